@@ -1,0 +1,52 @@
+# Two entry points, both usable on a fresh machine:
+#   make demo   set up .venv and run the main job
+#   make test   set up .venv (dev extras) and run the test suite
+# Here torch comes from the CPU wheel on disk (torch==2.13.0); the package metadata keeps torch>=2.2.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN ?= torch==2.13.0
+DEBIAN_DATA := dataset-fashion-mnist sword-text-sparv sword-text-web libsword-utils
+
+.PHONY: demo test lint bench venv install-demo install-dev data clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_PIN)"
+
+venv: $(PY)
+
+# Real data sets that ship as Debian packages (docs/DATA.md). Needs root (or sudo); skipped if present.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v mod2imp >/dev/null \
+	    && [ -d /usr/share/sword/modules/texts/ztext/spaRV1909eb ]; then \
+	  echo "data: Debian data packages present"; \
+	else \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -qq -o Acquire::Languages=en && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEBIAN_DATA) >/dev/null && \
+	  echo "data: installed $(DEBIAN_DATA)"; \
+	fi
+
+install-demo: $(PY) data
+	$(PIP) install -q -e ".[experiments]" "$(TORCH_PIN)"
+
+install-dev: $(PY) data
+	$(PIP) install -q -e ".[dev,hf,experiments]" "$(TORCH_PIN)"
+
+demo: install-demo
+	$(PY) examples/digits_demo.py
+
+test: install-dev
+	$(PY) -m ruff check src tests examples benchmarks
+	$(PY) -m pytest -q
+
+lint: install-dev
+	$(PY) -m ruff check src tests examples benchmarks
+	$(PY) -m ruff format --check src tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,31 @@
+"""rdrop: R-Drop (Regularized Dropout, Liang et al., NeurIPS 2021) for PyTorch.
+
+``import rdrop`` loads torch and nothing heavier; integrations load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss, symmetric_kl
+from rdrop.loss import RDropLoss
+from rdrop.wrapper import RDrop
+
+__all__ = [
+    "RDrop",
+    "RDropLoss",
+    "RDropOutput",
+    "multi_pass_rdrop_loss",
+    "rdrop_loss",
+    "symmetric_kl",
+]
+__version__ = "0.1.0"
+
+_LAZY_SUBMODULES = {"integrations", "experiments"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"rdrop.{name}")
+    raise AttributeError(f"module 'rdrop' has no attribute {name!r}")
