@@ -473,3 +473,28 @@ def _mse_rdrop(
     denom = _mean_denom(keep, num_items_in_batch) if reduction == "mean" else 1.0
     return _finish(task_rows, cons_rows, alpha=alpha, reduction=reduction, denom=denom,
                    check_finite=check_finite, inputs=passes)
+
+
+def _single_pass_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    consistency: str,
+    num_items_in_batch: int | Tensor | None,
+) -> RDropOutput:
+    """The plain task loss of one pass (R-Drop's off-steps under ``every_k_steps``), under the
+    same normalization: CE (or MSE for ``consistency="mse"``) per counted row, consistency 0."""
+    if consistency == "mse":
+        # MSE of a single pass = half the two-pass task term of identical passes.
+        out = _mse_rdrop([logits, logits], target, alpha=0.0, reduction=reduction,
+                         num_items_in_batch=num_items_in_batch, check_finite=False)
+        task = out.task_loss / 2
+    else:
+        _check_class_target(logits, target)
+        keep = target != ignore_index
+        denom = _mean_denom(keep, num_items_in_batch) if reduction == "mean" else 1.0
+        task = _reduce(_ce_rows(_log_probs(logits), target, keep, label_smoothing), reduction, denom)
+    return RDropOutput(loss=task, task_loss=task, consistency_loss=torch.zeros_like(task))

@@ -1,0 +1,98 @@
+"""``RDropLoss``: the functional loss as an ``nn.Module`` with validated hyperparameters."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from rdrop.functional import (
+    CONSISTENCIES,
+    RDropOutput,
+    _check_alpha,
+    _check_label_smoothing,
+    _check_reduction,
+    rdrop_loss,
+)
+
+__all__ = ["RDropLoss"]
+
+
+class RDropLoss(nn.Module):
+    r"""R-Drop loss module: ``CE(P1, y) + CE(P2, y) + alpha * 0.5 * (KL(P1||P2) + KL(P2||P1))``.
+
+    A thin module over :func:`rdrop.functional.rdrop_loss`; see there for the normalization
+    (per counted row mean by default, so ``alpha`` is independent of batch size and length).
+    Hyperparameters are validated here, at construction, not at the first step.
+
+    Args:
+        alpha: consistency weight ``>= 0``.
+        ignore_index: target value of rows that do not count.
+        label_smoothing: on each CE term, ``[0, 1)``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        consistency: ``"kl"``, ``"js"`` or ``"mse"``.
+        chunk_size: memory-lean chunked computation (see :func:`rdrop.functional.rdrop_loss`).
+
+    Raises:
+        TypeError, ValueError: invalid hyperparameters, with the valid choices in the message.
+
+    Example:
+        >>> import torch
+        >>> from rdrop import RDropLoss
+        >>> criterion = RDropLoss(alpha=0.5, label_smoothing=0.1)
+        >>> logits1, logits2 = torch.randn(3, 4), torch.randn(3, 4)
+        >>> out = criterion(logits1, logits2, torch.tensor([0, 3, 1]))
+        >>> out.loss.shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+        consistency: str = "kl",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_alpha(alpha)
+        _check_label_smoothing(label_smoothing)
+        _check_reduction(reduction)
+        if consistency not in CONSISTENCIES:
+            raise ValueError(f"consistency must be one of {CONSISTENCIES}, got {consistency!r}.")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
+        self.alpha = float(alpha)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.reduction = reduction
+        self.consistency = consistency
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        logits1: Tensor,
+        logits2: Tensor,
+        target: Tensor,
+        *,
+        num_items_in_batch: int | Tensor | None = None,
+    ) -> RDropOutput:
+        """Compute the loss of two passes; see :func:`rdrop.functional.rdrop_loss`."""
+        return rdrop_loss(
+            logits1,
+            logits2,
+            target,
+            alpha=self.alpha,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+            consistency=self.consistency,
+            num_items_in_batch=num_items_in_batch,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, consistency={self.consistency!r}, reduction={self.reduction!r}, "
+            f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}"
+        )
