@@ -105,7 +105,8 @@ def reference_mse_rdrop_loss(
 ) -> dict[str, torch.Tensor]:
     """Literal float64 R-Drop for regression heads, per row i (mean over rows):
 
-    task_i = mean_d (p1_id - y_id)^2 + mean_d (p2_id - y_id)^2, consistency_i = mean_d (p1_id - p2_id)^2
+    task_i        = mean_d (p1_id - y_id)^2 + mean_d (p2_id - y_id)^2
+    consistency_i = mean_d (p1_id - p2_id)^2
     """
     n = pred1.shape[0]
     p1 = pred1.reshape(n, -1).to(torch.float64)

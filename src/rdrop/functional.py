@@ -5,7 +5,7 @@ Normalization (the one rdrop documents and every entry point shares)
 A *row* is one prediction: one sample of an ``(N, C)`` classifier, one token of ``(B, T, V)``
 sequence logits. A row *counts* when its target is not ``ignore_index``. Per counted row ``i``::
 
-    task_i        = CE(P1_i, y_i) + CE(P2_i, y_i)                      # both passes, summed (paper eq. 3)
+    task_i        = CE(P1_i, y_i) + CE(P2_i, y_i)          # both passes, summed (paper eq. 3)
     consistency_i = 0.5 * (KL(P1_i || P2_i) + KL(P2_i || P1_i))
     loss          = task + alpha * consistency
 
@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -109,9 +108,14 @@ def _check_class_target(logits: Tensor, target: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------------- math helpers
+def _upcast(t: Tensor) -> Tensor:
+    # At least fp32 whatever the input dtype: bf16/fp16 log-probs lose the small differences the
+    # KL measures (float64 inputs stay float64).
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _log_probs(logits: Tensor) -> Tensor:
-    # fp32 whatever the input dtype: bf16 log-probs lose the small differences the KL measures.
-    return torch.log_softmax(logits.float(), dim=-1)
+    return torch.log_softmax(_upcast(logits), dim=-1)
 
 
 def _sym_kl_rows(logp1: Tensor, logp2: Tensor) -> Tensor:
@@ -203,8 +207,9 @@ def symmetric_kl(
         D_i = \tfrac12\big(KL(P^1_i \| P^2_i) + KL(P^2_i \| P^1_i)\big)
             = \tfrac12 \sum_c (p^1_{ic} - p^2_{ic})(\log p^1_{ic} - \log p^2_{ic})
 
-    per row ``i`` over the last dimension, computed from ``log_softmax`` in float32 whatever the
-    input dtype. Classes whose logit is ``-inf`` in both inputs contribute 0.
+    per row ``i`` over the last dimension, computed from ``log_softmax`` in float32 whatever
+    the input dtype (float64 inputs stay float64). Classes whose logit is ``-inf`` in both
+    inputs contribute 0.
 
     Args:
         logits1: logits of the first pass, shape ``(..., C)``, any floating dtype.
@@ -238,7 +243,8 @@ def symmetric_kl(
     else:
         if tuple(mask.shape) != tuple(rows.shape):
             raise ValueError(
-                f"mask shape {tuple(mask.shape)} must equal logits.shape[:-1] = {tuple(rows.shape)}."
+                f"mask shape {tuple(mask.shape)} must equal logits.shape[:-1] = "
+                f"{tuple(rows.shape)}."
             )
         keep = mask.to(device=rows.device, dtype=torch.bool)
         rows = torch.where(keep, rows, torch.zeros_like(rows))
@@ -464,8 +470,8 @@ def _mse_rdrop(
                 f"{pred_shape}; expected {pred_shape} (or {pred_shape[:-1]} for a (N, 1) head)."
             )
     n = pred_shape[0] if len(pred_shape) else 1
-    preds = [p.float().reshape(n, -1) for p in passes]
-    y = target.float().reshape(n, -1)
+    preds = [_upcast(p).reshape(n, -1) for p in passes]
+    y = _upcast(target).reshape(n, -1)
     task_rows = sum(((p - y) ** 2).mean(-1) for p in preds)
     pairs = list(itertools.combinations(range(len(preds)), 2))
     cons_rows = sum(((preds[a] - preds[b]) ** 2).mean(-1) for a, b in pairs) / len(pairs)
@@ -496,5 +502,6 @@ def _single_pass_loss(
         _check_class_target(logits, target)
         keep = target != ignore_index
         denom = _mean_denom(keep, num_items_in_batch) if reduction == "mean" else 1.0
-        task = _reduce(_ce_rows(_log_probs(logits), target, keep, label_smoothing), reduction, denom)
+        rows = _ce_rows(_log_probs(logits), target, keep, label_smoothing)
+        task = _reduce(rows, reduction, denom)
     return RDropOutput(loss=task, task_loss=task, consistency_loss=torch.zeros_like(task))

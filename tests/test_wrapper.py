@@ -1,0 +1,250 @@
+"""rdrop.RDrop: one forward over [x; x], the passes split back, plain behaviour outside training."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rdrop import RDrop, RDropLoss, rdrop_loss
+
+from reference import reference_rdrop_loss
+
+
+def _net(p: float = 0.3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Dropout(p), nn.Linear(16, 4))
+
+
+def _data(n: int = 8, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+class DictModel(nn.Module):
+    """Takes HF-style keyword inputs, returns an object with .logits (like a ModelOutput)."""
+
+    Out = collections.namedtuple("Out", ["logits", "hidden"])
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+        self.calls: list[int] = []
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, scale: float = 1.0):
+        self.calls.append(input_ids.shape[0])
+        h = self.net(input_ids * attention_mask * scale)
+        return self.Out(logits=h, hidden=h.detach())
+
+
+def test_loss_equals_reference_on_the_same_masks():
+    x, y = _data()
+    wrapped = RDrop(_net(), alpha=2.0, label_smoothing=0.1)
+    torch.manual_seed(123)
+    out = wrapped(x, target=y)
+    # Replay: the same RNG state gives the same dropout masks on [x; x].
+    torch.manual_seed(123)
+    logits = wrapped.model(torch.cat([x, x]))
+    ref = reference_rdrop_loss(list(logits.chunk(2)), y, alpha=2.0, label_smoothing=0.1)
+    torch.testing.assert_close(out.loss.double(), ref["loss"].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.logits, logits.chunk(2)[0])
+    assert out.consistency_loss.item() > 0  # the two copies drew different masks
+
+
+def test_alpha_zero_trains_exactly_like_the_plain_loop():
+    x, y = _data()
+    plain = _net(seed=5)
+    wrapped = RDrop(copy.deepcopy(plain), alpha=0.0)
+    opt_p = torch.optim.SGD(plain.parameters(), lr=0.1)
+    opt_w = torch.optim.SGD(wrapped.parameters(), lr=0.1)
+    for step in range(5):
+        torch.manual_seed(step)
+        l1, l2 = plain(torch.cat([x, x])).chunk(2)
+        loss = F.cross_entropy(l1, y) + F.cross_entropy(l2, y)  # the paper's two CE terms
+        opt_p.zero_grad()
+        loss.backward()
+        opt_p.step()
+        torch.manual_seed(step)
+        out = wrapped(x, target=y)
+        opt_w.zero_grad()
+        out.loss.backward()
+        opt_w.step()
+        torch.testing.assert_close(out.loss, loss, rtol=1e-6, atol=1e-7)
+    for p, q in zip(plain.parameters(), wrapped.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_alpha_zero_without_dropout_is_the_baseline_with_both_ce_terms():
+    x, y = _data()
+    plain = _net(p=0.0, seed=2)
+    with pytest.warns(UserWarning, match="no dropout"):
+        wrapped = RDrop(copy.deepcopy(plain), alpha=0.0)
+    opt_p = torch.optim.SGD(plain.parameters(), lr=0.05)
+    opt_w = torch.optim.SGD(wrapped.parameters(), lr=0.05)
+    for _ in range(5):
+        opt_p.zero_grad()
+        (2 * F.cross_entropy(plain(x), y)).backward()
+        opt_p.step()
+        opt_w.zero_grad()
+        wrapped(x, target=y).loss.backward()
+        opt_w.step()
+    for p, q in zip(plain.parameters(), wrapped.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_concat_and_twice_agree_on_a_dropout_free_model():
+    x, y = _data()
+    a = RDrop(_net(p=0.0), alpha=1.0, mode="concat", check_dropout=False)
+    b = RDrop(copy.deepcopy(a.model), alpha=1.0, mode="twice", check_dropout=False)
+    oa, ob = a(x, target=y), b(x, target=y)
+    oa.loss.backward()
+    ob.loss.backward()
+    torch.testing.assert_close(oa.loss, ob.loss)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_nested_inputs_and_object_outputs_are_duplicated_and_split():
+    model = DictModel()
+    wrapped = RDrop(model, alpha=1.0, num_passes=3)
+    x, y = _data()
+    batch = collections.UserDict({"input_ids": x, "attention_mask": torch.ones_like(x)})
+    out = wrapped(**batch, scale=0.5, target=y)  # non-tensor kwargs pass through
+    assert model.calls == [3 * len(x)]  # one forward over three copies
+    assert out.logits.shape == (len(x), 4)
+    assert torch.isfinite(out.loss)
+
+
+def test_eval_mode_and_missing_target_are_a_plain_forward():
+    net = _net()
+    wrapped = RDrop(net, alpha=1.0)
+    x, y = _data()
+    wrapped.eval()
+    torch.testing.assert_close(wrapped(x, target=y), net(x))
+    wrapped.train()
+    assert wrapped(x).shape == (len(x), 4)
+    assert wrapped.num_steps == 0  # neither counted as an R-Drop training step
+
+
+def test_every_k_steps_uses_plain_ce_between_rdrop_steps():
+    x, y = _data()
+    wrapped = RDrop(_net(p=0.0), alpha=1.0, every_k_steps=3, check_dropout=False)
+    outs = [wrapped(x, target=y) for _ in range(6)]
+    single_ce = F.cross_entropy(wrapped.model(x), y)
+    for step, out in enumerate(outs):
+        if step % 3 == 0:
+            torch.testing.assert_close(out.task_loss, 2 * single_ce)  # two passes, identical
+        else:
+            torch.testing.assert_close(out.task_loss, single_ce)
+            assert float(out.consistency_loss) == 0.0
+
+
+def test_alpha_warmup_is_linear():
+    wrapped = RDrop(_net(), alpha=4.0, alpha_warmup_steps=4)
+    x, y = _data()
+    seen = []
+    for _ in range(6):
+        seen.append(wrapped.current_alpha())
+        wrapped(x, target=y)
+    assert seen == [1.0, 2.0, 3.0, 4.0, 4.0, 4.0]
+
+
+def test_step_counter_is_checkpointed():
+    wrapped = RDrop(_net(), alpha=1.0, every_k_steps=2)
+    x, y = _data()
+    for _ in range(3):
+        wrapped(x, target=y)
+    clone = RDrop(_net(), alpha=1.0, every_k_steps=2)
+    clone.load_state_dict(wrapped.state_dict())
+    assert clone.num_steps == 3
+
+
+def test_rdrop_loss_module_forwards_to_the_function():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    y = torch.tensor([0, 1, 2, -100, 1])
+    crit = RDropLoss(alpha=0.3, label_smoothing=0.1)
+    torch.testing.assert_close(
+        crit(a, b, y).loss, rdrop_loss(a, b, y, alpha=0.3, label_smoothing=0.1).loss
+    )
+    assert "alpha=0.3" in repr(crit)
+
+
+# ---------------------------------------------------------------------------------- bad input
+def test_warns_about_batchnorm():
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Dropout(0.1), nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match="BatchNorm"):
+        RDrop(net, alpha=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RDrop(net, alpha=1.0, warn_batchnorm=False)
+
+
+def test_inner_model_in_eval_mode_raises():
+    wrapped = RDrop(_net(), alpha=1.0)
+    wrapped.model.eval()
+    x, y = _data()
+    with pytest.raises(ValueError, match="eval mode"):
+        wrapped(x, target=y)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"alpha": -0.5}, ValueError, "alpha"),
+        ({"num_passes": 1}, ValueError, "num_passes must be >= 2"),
+        ({"num_passes": 2.0}, TypeError, "num_passes must be an int"),
+        ({"mode": "stack"}, ValueError, "mode must be one of"),
+        ({"reduction": "batchmean"}, ValueError, "reduction must be one of"),
+        ({"every_k_steps": 0}, ValueError, "every_k_steps"),
+        ({"consistency": "cosine"}, ValueError, "consistency"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        RDrop(_net(), **{"alpha": 1.0, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"alpha": -1.0}, "alpha"),
+        ({"reduction": "batchmean"}, "reduction"),
+        ({"consistency": "cosine"}, "consistency"),
+        ({"label_smoothing": -0.1}, "label_smoothing"),
+        ({"chunk_size": 0}, "chunk_size"),
+    ],
+)
+def test_rdrop_loss_module_validates_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RDropLoss(**{"alpha": 1.0, **kwargs})
+
+
+def test_target_shape_mismatch_raises():
+    wrapped = RDrop(_net(), alpha=1.0)
+    x, y = _data()
+    with pytest.raises(ValueError, match="does not match logits shape"):
+        wrapped(x, target=y[:-1])
+
+
+def test_model_that_changes_batch_size_points_to_twice_mode():
+    class Pool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _net()
+
+        def forward(self, x):
+            return self.net(x).mean(0, keepdim=True)
+
+    with pytest.raises(ValueError, match="mode='twice'"):
+        RDrop(Pool(), alpha=1.0)(*_data()[:1], target=torch.tensor([0]))
+
+
+def test_non_module_rejected():
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        RDrop(lambda x: x, alpha=1.0)  # type: ignore[arg-type]
