@@ -13,7 +13,6 @@ from rdrop.batching import batch_size_of, duplicate_batch, extract_logits
 from rdrop.checks import active_dropout_rates, batchnorm_layers
 from rdrop.functional import (
     CONSISTENCIES,
-    RDropOutput,
     _check_alpha,
     _check_label_smoothing,
     _check_reduction,
