@@ -2,7 +2,7 @@
 
 A small dropout MLP is trained from the same seeds with and without R-Drop, for the same number of
 optimizer steps; the table reports held-out accuracy (mean ± std over seeds) and the final
-train/valid loss gap (valid CE - train CE, both in eval mode), the quantity R-Drop is meant to shrink.
+train/valid loss gap (valid CE - train CE, both in eval mode), which R-Drop is meant to shrink.
 
     python examples/digits_demo.py --seeds 5 --epochs 60 --alpha 1.0
 """

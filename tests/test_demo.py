@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_digits_demo_prints_the_table():
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "digits_demo.py"), "--seeds", "2", "--epochs", "2"],
+        [sys.executable, str(ROOT / "examples" / "digits_demo.py"), "--seeds=2", "--epochs=2"],
         capture_output=True, text=True, timeout=300, check=True,
     )
     lines = out.stdout.splitlines()
