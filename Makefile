@@ -8,6 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
+LINT_PATHS := $(wildcard src tests examples benchmarks)
 DEBIAN_DATA := dataset-fashion-mnist sword-text-sparv sword-text-web libsword-utils
 
 .PHONY: demo test lint bench venv install-demo install-dev data clean
@@ -41,12 +42,12 @@ demo: install-demo
 	$(PY) examples/digits_demo.py
 
 test: install-dev
-	$(PY) -m ruff check src tests examples benchmarks
+	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m pytest -q
 
 lint: install-dev
-	$(PY) -m ruff check src tests examples benchmarks
-	$(PY) -m ruff format --check src tests examples benchmarks
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
