@@ -1,0 +1,119 @@
+"""``rdrop``: a router over small subcommands (``ls``, ``run``, ``report``).
+
+Experiments load only inside a subcommand, so ``rdrop --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from rdrop.experiments import list_experiments
+
+    for exp in list_experiments():
+        kind = "ablation" if "ablation" in exp.tags else "family"
+        print(f"{exp.name:<24} [{kind}] {exp.description}")
+        if args.verbose:
+            print(f"    metric: {exp.metric} ({'higher' if exp.higher_is_better else 'lower'} is "
+                  f"better); all: {', '.join(exp.metrics)}")
+            if exp.data:
+                print(f"    data: {exp.data}")
+            if exp.paper:
+                print(f"    paper: {exp.paper}")
+            print(f"    variants: {', '.join(sorted(exp.variants))}")
+            if len(exp.grid) > 1 or exp.grid[0]:
+                print(f"    grid: {list(map(dict, exp.grid))}")
+            print("    config:")
+            for key, value in vars(exp.config).items():
+                print(f"      {key} = {value!r}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rdrop.experiments import list_experiments, parse_overrides, run_experiment
+    from rdrop.experiments.registry import get_experiment
+
+    names = [t for t in args.items if "=" not in t]
+    overrides = [t for t in args.items if "=" in t]
+    if args.all:
+        names += [e.name for e in list_experiments() if "family" in e.tags and e.name not in names]
+    if not names:
+        print("rdrop run: name an experiment (see `rdrop ls`) or pass --all.", file=sys.stderr)
+        return 2
+    variant = "quick" if args.quick else args.variant
+    # Validate everything before the first run starts.
+    parsed = {n: parse_overrides(type(get_experiment(n).config), overrides) for n in names}
+    for name in names:
+        records = run_experiment(name, parsed[name], out=args.out, variant=variant,
+                                 progress=not args.no_progress, dry_run=args.dry_run)
+        print(f"{name}: {len(records)} finished run(s) under {os.path.join(args.out, name)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rdrop.experiments.report import build_report
+
+    text = build_report(args.results, out=args.out, plots=not args.no_plots,
+                        experiments=args.experiment or None)
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="rdrop",
+        description="R-Drop evidence suite: list, run and report baseline vs R-Drop experiments.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_ls = sub.add_parser("ls", help="list experiments and their configs")
+    p_ls.add_argument("-v", "--verbose", action="store_true", help="show configs and variants")
+    p_ls.set_defaults(func=_cmd_ls)
+
+    p_run = sub.add_parser(
+        "run",
+        help="run (or resume) experiments",
+        description="Run experiments; finished (method, seed) runs under --out are skipped. "
+        "Overrides are key=value (tuples comma-separated), e.g. seeds=5 alpha=0.6 "
+        "methods=rdrop pass_dropouts=0.1,0.3.",
+    )
+    p_run.add_argument("items", nargs="*", metavar="EXPERIMENT|key=value")
+    p_run.add_argument("--all", action="store_true", help="every family (not the ablations)")
+    p_run.add_argument("--quick", action="store_true", help="the <= 60 s smoke variant")
+    p_run.add_argument("--variant", default=None, help="a named variant (see rdrop ls -v)")
+    p_run.add_argument("--out", default="results", help="output root (default: results)")
+    p_run.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p_run.add_argument("--dry-run", action="store_true", help="validate and plan only")
+    p_run.set_defaults(func=_cmd_run)
+
+    p_rep = sub.add_parser("report", help="tables and plots from saved results")
+    p_rep.add_argument("--results", default="results", help="root holding run JSONs")
+    p_rep.add_argument("--out", default=None, help="where to write (default: --results)")
+    p_rep.add_argument("--experiment", action="append", help="only these (repeatable)")
+    p_rep.add_argument("--no-plots", action="store_true")
+    p_rep.set_defaults(func=_cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rdrop`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from rdrop.experiments.config import ConfigError
+
+    try:
+        return int(args.func(args))
+    except (ConfigError, FileNotFoundError, ImportError) as exc:
+        # User errors (bad override, missing data or optional package): one clear line.
+        print(f"rdrop {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Experiment configs are data: frozen dataclasses, changed only through ``key=value`` overrides.
+
+Every family's config subclasses :class:`CommonConfig` (one level, no tower) and adds its own
+fields. :func:`parse_overrides` turns ``["seeds=5", "alpha=0.6"]`` into typed values checked
+against the dataclass fields, and :func:`apply_overrides` returns a new frozen config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+__all__ = [
+    "METHODS",
+    "NON_RESULT_FIELDS",
+    "RDROP_FIELDS",
+    "CommonConfig",
+    "ConfigError",
+    "apply_overrides",
+    "config_key",
+    "config_to_dict",
+    "parse_overrides",
+]
+
+METHODS = ("baseline", "rdrop")
+
+# Fields that only the R-Drop arm reads: a baseline run does not depend on them, so sweep points
+# that differ only here share one baseline run (see ``config_key``).
+RDROP_FIELDS = (
+    "alpha",
+    "num_passes",
+    "every_k_steps",
+    "pass_dropouts",
+    "consistency",
+    "rdrop_mode",
+    "alpha_warmup_steps",
+)
+# Fields that say which runs to do, not how one run goes: excluded from a run's identity.
+NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress")
+
+C = TypeVar("C", bound="CommonConfig")
+
+
+class ConfigError(ValueError):
+    """A bad ``key=value`` override or an invalid config value (message says which and why)."""
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    """Fields every experiment has. Families subclass this and add their own.
+
+    Attributes:
+        seeds: number of seeds per method (seeds ``first_seed .. first_seed + seeds - 1``).
+        first_seed: first seed.
+        methods: arms to run, a subset of ``("baseline", "rdrop")``.
+        alpha: R-Drop consistency weight (per-row normalization of ``rdrop.rdrop_loss``).
+        num_passes: dropout passes ``m >= 2`` for the R-Drop arm.
+        every_k_steps: apply R-Drop on every k-th optimizer step (others: one plain pass).
+        pass_dropouts: per-pass dropout rates for the R-Drop arm, e.g. ``(0.1, 0.3)``; empty
+            means every pass uses the model's own rates. Length must equal ``num_passes``.
+        consistency: ``"kl"`` (paper), ``"js"`` or ``"mse"``.
+        rdrop_mode: ``"concat"`` (one forward over ``[x; x]``) or ``"twice"``.
+        alpha_warmup_steps: linear alpha warm-up for the R-Drop arm (0 = none).
+        max_steps: optimizer steps per run, the same for both arms.
+        eval_every: steps between validation points on the curves (one "epoch" of the curves).
+        batch_size: examples per optimizer step (before R-Drop's duplication).
+        lr: peak learning rate; weight_decay: AdamW weight decay; warmup_steps: linear LR warm-up.
+        num_threads: ``torch.set_num_threads`` for the run (the machine is shared).
+        progress: show tqdm bars.
+    """
+
+    seeds: int = 3
+    first_seed: int = 0
+    methods: tuple[str, ...] = METHODS
+    alpha: float = 1.0
+    num_passes: int = 2
+    every_k_steps: int = 1
+    pass_dropouts: tuple[float, ...] = ()
+    consistency: str = "kl"
+    rdrop_mode: str = "concat"
+    alpha_warmup_steps: int = 0
+    max_steps: int = 1000
+    eval_every: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    num_threads: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check values; families extend this (call ``super().validate()``).
+
+        Raises:
+            ConfigError: the first invalid value, with the field name.
+        """
+        _positive("seeds", self.seeds)
+        _positive("max_steps", self.max_steps)
+        _positive("eval_every", self.eval_every)
+        _positive("batch_size", self.batch_size)
+        _positive("num_threads", self.num_threads)
+        if self.first_seed < 0:
+            raise ConfigError(f"first_seed must be >= 0, got {self.first_seed}.")
+        if not self.methods or any(m not in METHODS for m in self.methods):
+            raise ConfigError(
+                f"methods must be a non-empty subset of {METHODS}, got {self.methods}."
+            )
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods has duplicates: {self.methods}.")
+        if self.alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {self.alpha}.")
+        if self.num_passes < 2:
+            raise ConfigError(f"num_passes must be >= 2, got {self.num_passes}.")
+        _positive("every_k_steps", self.every_k_steps)
+        if self.pass_dropouts:
+            if len(self.pass_dropouts) != self.num_passes:
+                raise ConfigError(
+                    f"pass_dropouts has {len(self.pass_dropouts)} rates but num_passes is "
+                    f"{self.num_passes}; give one rate per pass, e.g. pass_dropouts=0.1,0.3."
+                )
+            if any(not 0.0 <= p < 1.0 for p in self.pass_dropouts):
+                raise ConfigError(f"pass_dropouts must lie in [0, 1), got {self.pass_dropouts}.")
+        if self.consistency not in ("kl", "js", "mse"):
+            raise ConfigError(f"consistency must be kl, js or mse, got {self.consistency!r}.")
+        if self.rdrop_mode not in ("concat", "twice"):
+            raise ConfigError(f"rdrop_mode must be concat or twice, got {self.rdrop_mode!r}.")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}.")
+        if self.warmup_steps < 0 or self.alpha_warmup_steps < 0:
+            raise ConfigError("warmup_steps and alpha_warmup_steps must be >= 0.")
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds this config runs."""
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value}.")
+
+
+# ------------------------------------------------------------------------------------ overrides
+def _parse_scalar(tp: Any, text: str, key: str) -> Any:
+    text = text.strip()
+    if tp is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a boolean (true/false), got {text!r}.")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {text!r}.") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {text!r}.") from None
+    if tp is str:
+        return text
+    raise ConfigError(f"{key}: cannot parse a value of type {tp!r} from the command line.")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Convert ``value`` (a string from the CLI, or a Python value) to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+            return None
+        return _coerce(args[0], value, key)
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        if isinstance(value, str):
+            parts = [p for p in value.replace(" ", "").split(",") if p != ""]
+        elif isinstance(value, Iterable):
+            parts = list(value)
+        else:
+            parts = [value]
+        return tuple(_coerce(item_tp, p, key) for p in parts)
+    if isinstance(value, str):
+        return _parse_scalar(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}.")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected int, got {value!r}.")
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def parse_overrides(cls: type[C], items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings into typed values for the config class ``cls``.
+
+    Tuples are comma-separated (``methods=rdrop``, ``pass_dropouts=0.1,0.3``); booleans accept
+    true/false/1/0; optional fields accept ``none``.
+
+    Args:
+        cls: a :class:`CommonConfig` subclass.
+        items: strings of the form ``key=value``.
+
+    Returns:
+        ``{key: typed value}``.
+
+    Raises:
+        ConfigError: a string without ``=``, an unknown key (with the closest known keys), or a
+            value that does not parse as the field's type.
+
+    Example:
+        >>> parse_overrides(CommonConfig, ["seeds=5", "alpha=0.6", "methods=rdrop"])
+        {'seeds': 5, 'alpha': 0.6, 'methods': ('rdrop',)}
+    """
+    types_ = _field_types(cls)
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value.")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key not in types_:
+            close = difflib.get_close_matches(key, list(types_), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"unknown config key {key!r} for {cls.__name__}.{hint} "
+                f"Known keys: {', '.join(sorted(types_))}."
+            )
+        out[key] = _coerce(types_[key], value, key)
+    return out
+
+
+def apply_overrides(config: C, overrides: Mapping[str, Any]) -> C:
+    """Return a copy of ``config`` with ``overrides`` applied (values coerced and validated).
+
+    Args:
+        config: a frozen config instance.
+        overrides: ``{field: value}``; values may be strings (as from the CLI) or Python values.
+
+    Returns:
+        A new frozen config.
+
+    Raises:
+        ConfigError: unknown field, unparsable or invalid value.
+
+    Example:
+        >>> cfg = apply_overrides(CommonConfig(), {"seeds": "2", "pass_dropouts": (0.1, 0.3)})
+        >>> cfg.seeds, cfg.pass_dropouts
+        (2, (0.1, 0.3))
+    """
+    types_ = _field_types(type(config))
+    typed: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in types_:
+            close = difflib.get_close_matches(key, list(types_), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r} for {type(config).__name__}.{hint}")
+        typed[key] = _coerce(types_[key], value, key)
+    try:
+        return dataclasses.replace(config, **typed)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def config_to_dict(config: CommonConfig) -> dict[str, Any]:
+    """A JSON-ready dict of the config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_key(config: CommonConfig, method: str) -> str:
+    """A short hash that identifies one arm's run for one seed, across processes.
+
+    Excludes :data:`NON_RESULT_FIELDS`; for ``method="baseline"`` also resets
+    :data:`RDROP_FIELDS` to their defaults, so an alpha sweep shares one baseline per seed.
+
+    Example:
+        >>> a = CommonConfig(alpha=0.5)
+        >>> config_key(a, "baseline") == config_key(CommonConfig(alpha=5.0), "baseline")
+        True
+        >>> config_key(a, "rdrop") == config_key(CommonConfig(alpha=5.0), "rdrop")
+        False
+    """
+    d = dataclasses.asdict(config)
+    for k in NON_RESULT_FIELDS:
+        d.pop(k, None)
+    if method == "baseline":
+        defaults = {f.name: f.default for f in dataclasses.fields(CommonConfig)}
+        for k in RDROP_FIELDS:
+            d[k] = defaults[k]
+    payload = json.dumps({"class": type(config).__name__, "method": method, **d}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:10]

@@ -1,0 +1,1 @@
+"""Data loaders: packaged real data by default, full-size formats from a local path."""

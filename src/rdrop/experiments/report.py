@@ -1,0 +1,299 @@
+"""Tables and plots from saved run records (no training, no registry needed).
+
+``build_report(root)`` reads every run JSON under ``root``, pairs each R-Drop configuration with
+the baseline runs of the same ``pair_key`` (same everything except the R-Drop fields), and writes
+``summary.csv`` (long format, one row per group and metric), ``summary.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rdrop.experiments.config import NON_RESULT_FIELDS
+from rdrop.experiments.io import load_results
+from rdrop.experiments.stats import PairedDiff, Summary, paired_difference, summarize
+
+__all__ = ["Group", "build_report", "group_results", "markdown_table"]
+
+
+@dataclass
+class Group:
+    """Baseline and R-Drop runs of one configuration of one experiment."""
+
+    experiment: str
+    label: str
+    metric: str
+    higher_is_better: bool
+    baseline: list[dict[str, Any]] = field(default_factory=list)
+    rdrop: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.baseline + self.rdrop
+
+    @property
+    def metrics(self) -> list[str]:
+        names: list[str] = [self.metric]
+        for r in self.records:
+            names += [m for m in r.get("metrics", {}) if m not in names]
+        return names
+
+    def values(self, method: str, metric: str) -> dict[int, float]:
+        runs = self.baseline if method == "baseline" else self.rdrop
+        return {r["seed"]: float(r["metrics"].get(metric, r["value"] if metric == r["metric"]
+                                                   else math.nan)) for r in runs}
+
+    def command(self) -> str:
+        recs = self.rdrop or self.baseline
+        return recs[0].get("command", "") if recs else ""
+
+    def info(self, key: str) -> str:
+        for r in self.records:
+            if r.get("info", {}).get(key):
+                return str(r["info"][key])
+        return ""
+
+
+def _label(rec: dict[str, Any]) -> str:
+    parts = [rec.get("variant", "default")]
+    if rec.get("setting", "default") not in ("default", ""):
+        parts.append(rec["setting"])
+    ov = {k: v for k, v in rec.get("overrides", {}).items() if k not in NON_RESULT_FIELDS}
+    parts += [f"{k}={v}" for k, v in ov.items() if f"{k}=" not in rec.get("setting", "")]
+    return " ".join(parts)
+
+
+def group_results(records: Sequence[dict[str, Any]]) -> list[Group]:
+    """Pair records: one group per (experiment, R-Drop config key) with its baselines.
+
+    Baseline runs whose ``pair_key`` has no R-Drop runs form a baseline-only group.
+    """
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["method"] == "baseline":
+            by_pair[(r["experiment"], r["pair_key"])].append(r)
+    groups: dict[tuple[str, str], Group] = {}
+    used: set[tuple[str, str]] = set()
+    for r in records:
+        if r["method"] != "rdrop":
+            continue
+        gk = (r["experiment"], r["key"])
+        if gk not in groups:
+            pk = (r["experiment"], r["pair_key"])
+            used.add(pk)
+            groups[gk] = Group(r["experiment"], _label(r), r["metric"],
+                               bool(r.get("higher_is_better", True)), list(by_pair.get(pk, [])))
+        groups[gk].rdrop.append(r)
+    for pk, recs in by_pair.items():
+        if pk not in used:
+            r = recs[0]
+            groups[pk] = Group(r["experiment"], _label(r), r["metric"],
+                               bool(r.get("higher_is_better", True)), list(recs))
+    return sorted(groups.values(), key=lambda g: (g.experiment, g.label))
+
+
+def _fmt(x: float, digits: int) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _ms(s: Summary, scale: float, digits: int) -> str:
+    if s.n == 0:
+        return "–"
+    std = "" if math.isnan(s.std) else f" ± {s.std * scale:.{digits}f}"
+    return f"{s.mean * scale:.{digits}f}{std}"
+
+
+def _scale(metric: str) -> tuple[float, int]:
+    # Accuracy-like metrics in [0, 1] are shown in percent, as in the paper.
+    if re.search(r"acc|f1|bleu|rouge|mcc", metric):
+        return 100.0, 2
+    return 1.0, 3
+
+
+def _rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
+    rows = []
+    for g in groups:
+        for metric in g.metrics:
+            b, r = g.values("baseline", metric), g.values("rdrop", metric)
+            sb, sr = summarize(list(b.values())), summarize(list(r.values()))
+            d: PairedDiff = paired_difference(b, r)
+            rows.append({
+                "experiment": g.experiment, "setting": g.label, "metric": metric,
+                "primary": metric == g.metric, "higher_is_better": g.higher_is_better,
+                "n_baseline": sb.n, "baseline_mean": sb.mean, "baseline_std": sb.std,
+                "n_rdrop": sr.n, "rdrop_mean": sr.mean, "rdrop_std": sr.std,
+                "n_pairs": d.n, "delta": d.mean, "delta_low": d.low, "delta_high": d.high,
+                "p_value": d.p_value,
+                "baseline_wall_s": summarize([x["wall_time_s"] for x in g.baseline]).mean,
+                "rdrop_wall_s": summarize([x["wall_time_s"] for x in g.rdrop]).mean,
+                "paper": g.info("paper") if metric == g.metric else "",
+                "command": g.command(),
+            })
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], *, primary_only: bool = False) -> str:
+    """A Markdown table of report rows (metrics in percent where they are rates)."""
+    head = ("| experiment | setting | metric | baseline | R-Drop | Δ (95% CI) | p | seeds "
+            "| s/run (base / R-Drop) | paper |")
+    lines = [head, "|" + "---|" * 10]
+    for row in rows:
+        if primary_only and not row["primary"]:
+            continue
+        scale, digits = _scale(row["metric"])
+        sb = Summary(row["n_baseline"], row["baseline_mean"], row["baseline_std"])
+        sr = Summary(row["n_rdrop"], row["rdrop_mean"], row["rdrop_std"])
+        if row["n_pairs"] >= 2:
+            delta = (f"{row['delta'] * scale:+.{digits}f} [{row['delta_low'] * scale:+.{digits}f}, "
+                     f"{row['delta_high'] * scale:+.{digits}f}]")
+        elif row["n_pairs"] == 1:
+            delta = f"{row['delta'] * scale:+.{digits}f}"
+        else:
+            delta = "–"
+        pct = " (%)" if scale == 100.0 else ""
+        lines.append(
+            f"| {row['experiment']} | {row['setting']} | {row['metric']}{pct} | "
+            f"{_ms(sb, scale, digits)} | {_ms(sr, scale, digits)} | {delta} | "
+            f"{_fmt(row['p_value'], 3)} | {max(row['n_baseline'], row['n_rdrop'])} | "
+            f"{_fmt(row['baseline_wall_s'], 0)} / {_fmt(row['rdrop_wall_s'], 0)} | "
+            f"{row['paper'] or '–'} |"
+        )
+    return "\n".join(lines)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
+
+
+def _mean_curve(runs: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    by_step: dict[float, list[float]] = defaultdict(list)
+    for r in runs:
+        for point in r.get("curves", []):
+            if key in point and point[key] is not None:
+                by_step[point["step"]].append(float(point[key]))
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def _plot_group(g: Group, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = {"baseline": "tab:blue", "rdrop": "tab:red"}
+    for method, runs in (("baseline", g.baseline), ("rdrop", g.rdrop)):
+        if not runs:
+            continue
+        for key, style in (("train_loss", "--"), ("valid_loss", "-")):
+            steps, ys = _mean_curve(runs, key)
+            if steps:
+                ax_loss.plot(steps, ys, style, color=colors[method],
+                             label=f"{method} {key.split('_')[0]}")
+        steps, ys = _mean_curve(runs, f"valid_{g.metric}")
+        if steps:
+            ax_metric.plot(steps, ys, "-o", ms=3, color=colors[method], label=method)
+    ax_loss.set_xlabel("optimizer step")
+    ax_loss.set_ylabel("loss (eval mode, mean over seeds)")
+    ax_loss.legend(fontsize=8)
+    ax_metric.set_xlabel("optimizer step")
+    ax_metric.set_ylabel(f"valid {g.metric}")
+    ax_metric.legend(fontsize=8)
+    fig.suptitle(f"{g.experiment} [{g.label}]: train/valid loss and validation {g.metric}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_metric(experiment: str, groups: Sequence[Group], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(groups) + 2), 3.6))
+    scale, _ = _scale(groups[0].metric)
+    for i, g in enumerate(groups):
+        for j, method in enumerate(("baseline", "rdrop")):
+            vals = [v * scale for v in g.values(method, g.metric).values()]
+            x = i + (j - 0.5) * 0.3
+            ax.scatter([x] * len(vals), vals, s=14, alpha=0.6,
+                       color="tab:blue" if j == 0 else "tab:red",
+                       label=method if i == 0 else None)
+            if vals:
+                ax.hlines(sum(vals) / len(vals), x - 0.12, x + 0.12,
+                          color="tab:blue" if j == 0 else "tab:red")
+    ax.set_xticks(range(len(groups)), [g.label for g in groups], rotation=20, fontsize=8)
+    ax.set_ylabel(groups[0].metric + (" (%)" if scale == 100 else ""))
+    ax.set_title(f"{experiment}: test {groups[0].metric} per seed (bar = mean)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_report(
+    root: str | os.PathLike[str] = "results",
+    *,
+    out: str | os.PathLike[str] | None = None,
+    plots: bool = True,
+    experiments: Sequence[str] | None = None,
+) -> str:
+    """Write ``summary.csv``, ``summary.md`` and plots under ``out`` (default ``root``).
+
+    Returns:
+        The Markdown text (primary-metric table, then all metrics, then commands).
+
+    Raises:
+        FileNotFoundError: ``root`` holds no run records.
+    """
+    records = load_results(root, experiments)
+    if not records:
+        raise FileNotFoundError(f"no run records (*.json with experiment/method/seed/value) "
+                                f"under {root!s}; run `rdrop run <experiment>` first.")
+    out = Path(out or root)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_results(records)
+    rows = _rows(groups)
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    md = ["## Results", "",
+          "Test metrics, mean ± sample std over seeds; Δ = R-Drop − baseline, paired by seed, "
+          "with a 95% Student-t interval and a paired t-test p-value. Both arms take the same "
+          "number of optimizer steps from the same seeds; s/run is wall time per run.", "",
+          markdown_table(rows, primary_only=True), "", "### All metrics", "",
+          markdown_table(rows), "", "### Reproduce", ""]
+    seen: set[str] = set()
+    for g in groups:
+        cmd = g.command()
+        if cmd and cmd not in seen:
+            seen.add(cmd)
+            md.append(f"- {g.experiment} [{g.label}]: `{cmd}`")
+    if plots:
+        plot_dir = out / "plots"
+        plot_dir.mkdir(exist_ok=True)
+        md += ["", "### Plots", ""]
+        by_exp: dict[str, list[Group]] = defaultdict(list)
+        for g in groups:
+            by_exp[g.experiment].append(g)
+            name = f"{_slug(g.experiment)}__{_slug(g.label)}_curves.png"
+            _plot_group(g, plot_dir / name)
+            md.append(f"- {g.experiment} [{g.label}] curves: `plots/{name}`")
+        for exp, gs in by_exp.items():
+            name = f"{_slug(exp)}_metric.png"
+            _plot_metric(exp, gs, plot_dir / name)
+            md.append(f"- {exp} per-seed test {gs[0].metric}: `plots/{name}`")
+    text = "\n".join(md) + "\n"
+    (out / "summary.md").write_text(text)
+    return text

@@ -1,0 +1,194 @@
+"""The pieces every recipe shares: the training step of each arm, seeding, the LR schedule.
+
+``make_step(model, cfg, method)`` is the only place where the two arms differ. Everything else in
+a recipe (data order, initialisation, optimizer, schedule, number of optimizer steps, evaluation)
+is identical for both arms and seeded by the run's seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import rdrop
+from rdrop.batching import extract_logits
+from rdrop.experiments.config import CommonConfig
+from rdrop.functional import RDropOutput, multi_pass_rdrop_loss
+
+__all__ = ["TrainStep", "linear_warmup_decay", "make_step", "seed_everything", "set_dropout"]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy (if present) and torch; return a torch generator for data order."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover
+        pass
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+_DROPOUT_ATTRS = ("attention_dropout", "dropout_prob")
+
+
+def _dropout_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    slots: list[tuple[nn.Module, str]] = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            slots.append((module, "p"))
+        elif isinstance(module, nn.MultiheadAttention):
+            slots.append((module, "dropout"))
+        slots += [
+            (module, a) for a in _DROPOUT_ATTRS if isinstance(getattr(module, a, None), float)
+        ]
+    return slots
+
+
+def set_dropout(model: nn.Module, p: float | list[float]) -> list[float]:
+    """Set every dropout rate in ``model`` to ``p`` and return the previous rates.
+
+    Covers ``nn.Dropout`` modules and float rates used functionally
+    (``nn.MultiheadAttention.dropout``, HF ``attention_dropout``). ``p`` may also be the list
+    this function returned, to restore the previous rates.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))
+        >>> old = set_dropout(net, 0.5)
+        >>> net[1].p, old
+        (0.5, [0.1])
+        >>> _ = set_dropout(net, old); net[1].p
+        0.1
+    """
+    slots = _dropout_slots(model)
+    old = [float(getattr(m, a)) for m, a in slots]
+    values = p if isinstance(p, list) else [float(p)] * len(slots)
+    for (m, a), v in zip(slots, values, strict=True):
+        setattr(m, a, v)
+    return old
+
+
+def linear_warmup_decay(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak LR, then linear decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class TrainStep:
+    """One arm's loss for one batch: ``step(*args, target=y, **kwargs) -> RDropOutput``.
+
+    * ``baseline``: one forward, cross-entropy (``ignore_index``, ``label_smoothing``);
+      ``consistency_loss`` is 0.
+    * ``rdrop``: :class:`rdrop.RDrop` with the config's ``alpha``, ``num_passes``,
+      ``every_k_steps``, ``consistency``, ``rdrop_mode``, ``alpha_warmup_steps``; with
+      ``pass_dropouts`` set, ``num_passes`` separate forwards, pass ``k`` with every dropout rate
+      set to ``pass_dropouts[k]``, combined by :func:`rdrop.multi_pass_rdrop_loss`.
+
+    ``logits`` of the output is the (first) pass's logits, for training metrics.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: CommonConfig,
+        method: str,
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        logits_fn: Callable[[Any], Tensor] | None = None,
+    ) -> None:
+        if method not in ("baseline", "rdrop"):
+            raise ValueError(f"method must be 'baseline' or 'rdrop', got {method!r}.")
+        self.model = model
+        self.cfg = cfg
+        self.method = method
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.logits_fn = logits_fn or extract_logits
+        self.calls = 0
+        self.wrapped: rdrop.RDrop | None = None
+        if method == "rdrop" and not cfg.pass_dropouts:
+            self.wrapped = rdrop.RDrop(
+                model,
+                alpha=cfg.alpha,
+                mode=cfg.rdrop_mode,
+                num_passes=cfg.num_passes,
+                every_k_steps=cfg.every_k_steps,
+                alpha_warmup_steps=cfg.alpha_warmup_steps,
+                consistency=cfg.consistency,
+                ignore_index=ignore_index,
+                label_smoothing=label_smoothing,
+                logits_fn=self.logits_fn,
+            )
+
+    def _plain(self, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor) -> RDropOutput:
+        logits = self.logits_fn(self.model(*args, **kwargs))
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            target.reshape(-1),
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+        )
+        return RDropOutput(loss, loss.detach(), torch.zeros((), device=loss.device), logits)
+
+    def __call__(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
+        step = self.calls
+        self.calls += 1
+        if self.method == "baseline":
+            return self._plain(args, kwargs, target)
+        if self.wrapped is not None:
+            return self.wrapped(*args, target=target, **kwargs)
+        # Per-pass dropout rates (the paper's "two dropout rates" ablation).
+        if step % self.cfg.every_k_steps != 0:
+            return self._plain(args, kwargs, target)
+        passes = []
+        original = set_dropout(self.model, self.cfg.pass_dropouts[0])
+        for p in self.cfg.pass_dropouts:
+            set_dropout(self.model, p)
+            passes.append(self.logits_fn(self.model(*args, **kwargs)))
+        set_dropout(self.model, original)
+        alpha = self.cfg.alpha
+        if self.cfg.alpha_warmup_steps:
+            alpha *= min(1.0, (step + 1) / self.cfg.alpha_warmup_steps)
+        out = multi_pass_rdrop_loss(
+            passes,
+            target,
+            alpha=alpha,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            consistency=self.cfg.consistency,
+        )
+        return RDropOutput(out.loss, out.task_loss, out.consistency_loss, passes[0])
+
+
+def make_step(model: nn.Module, cfg: CommonConfig, method: str, **kwargs: Any) -> TrainStep:
+    """Shorthand for :class:`TrainStep` (``kwargs``: ignore_index, label_smoothing, logits_fn)."""
+    return TrainStep(model, cfg, method, **kwargs)
+
+
+def cycle_batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless shuffled index batches over ``range(n)`` (a new permutation each epoch)."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield perm[i : i + batch_size]
+
+
+def num_epochs(cfg: CommonConfig, n_train: int) -> float:
+    """Passes over the training data that ``cfg.max_steps`` amounts to."""
+    return cfg.max_steps * cfg.batch_size / max(1, n_train)
+

@@ -1,0 +1,63 @@
+"""Config overrides parse, coerce and validate with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from rdrop.experiments.config import (
+    CommonConfig,
+    ConfigError,
+    apply_overrides,
+    config_key,
+    parse_overrides,
+)
+
+
+def test_parse_types():
+    got = parse_overrides(CommonConfig, ["seeds=5", "alpha=0.6", "methods=rdrop",
+                                         "pass_dropouts=0.1,0.3", "progress=false"])
+    assert got == {"seeds": 5, "alpha": 0.6, "methods": ("rdrop",),
+                   "pass_dropouts": (0.1, 0.3), "progress": False}
+
+
+def test_unknown_key_suggests():
+    with pytest.raises(ConfigError, match="Did you mean alpha"):
+        parse_overrides(CommonConfig, ["alpah=1"])
+
+
+@pytest.mark.parametrize("item, match", [
+    ("seeds", "key=value"),
+    ("seeds=three", "expected an integer"),
+    ("alpha=x", "expected a number"),
+    ("progress=maybe", "boolean"),
+])
+def test_parse_errors(item, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_overrides(CommonConfig, [item])
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"seeds": 0}, "seeds must be >= 1"),
+    ({"alpha": -1}, "alpha must be >= 0"),
+    ({"methods": ("dropout",)}, "methods must be"),
+    ({"num_passes": 3, "pass_dropouts": (0.1, 0.2)}, "one rate per pass"),
+    ({"consistency": "l2"}, "consistency"),
+])
+def test_validation_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(CommonConfig(), overrides)
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CommonConfig().alpha = 2.0  # type: ignore[misc]
+
+
+def test_config_key_shares_baseline_across_rdrop_fields():
+    a, b = CommonConfig(alpha=0.5), CommonConfig(alpha=5.0, every_k_steps=2)
+    assert config_key(a, "baseline") == config_key(b, "baseline")
+    assert config_key(a, "rdrop") != config_key(b, "rdrop")
+    assert config_key(a, "rdrop") == config_key(dataclasses.replace(a, seeds=9), "rdrop")
+    assert config_key(a, "baseline") != config_key(CommonConfig(lr=0.1), "baseline")
