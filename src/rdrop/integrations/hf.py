@@ -232,27 +232,29 @@ class _RDropMixin:
 
     def _shifts_labels(self, model: nn.Module) -> bool:
         """True for causal LMs: logits at position t predict label t + 1 (HF shifts internally)."""
-        shifts = getattr(self, "_loss_shifts_labels", None)  # the Trainer's own rule (v5)
-        if shifts is not None:
-            return bool(shifts)
-        config = getattr(model, "config", None)
-        if getattr(config, "is_encoder_decoder", False):
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
             return False
+        if getattr(self, "_loss_shifts_labels", False):  # the Trainer's own rule (v5)
+            return True
+        # The Trainer's rule misses causal LMs whose class name is not "...ForCausalLM" (e.g.
+        # GPT2LMHeadModel): their loss still shifts, so rdrop shifts and counts them too.
         return type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
     # ------------------------------------------------------------------------ normalization
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> Any:
-        """The Trainer's prefetch of one optimizer step's micro-batches, plus a label count for
-        models the Trainer does not count for (``forward`` without ``**kwargs``)."""
+        """The Trainer's prefetch of one optimizer step's micro-batches, with the label count
+        rdrop normalizes by: the Trainer's, or rdrop's own where the Trainer counts none (a
+        ``forward`` without ``**kwargs``) or counts unshifted labels of a causal LM."""
         batches, num_items = super().get_batch_samples(  # type: ignore[misc]
             epoch_iterator, num_batches, device
         )
-        if num_items is None and batches and "labels" in batches[0]:
-            num_items = self._count_items(batches, device)
+        if batches and "labels" in batches[0]:
+            shift = self._shifts_labels(self.accelerator.unwrap_model(self.model))
+            if num_items is None or (shift and not getattr(self, "_loss_shifts_labels", False)):
+                num_items = self._count_items(batches, device, shift)
         return batches, num_items
 
-    def _count_items(self, batches: list[Any], device: Any) -> Tensor | None:
-        shift = self._shifts_labels(self.accelerator.unwrap_model(self.model))
+    def _count_items(self, batches: list[Any], device: Any, shift: bool) -> Tensor | None:
         total = torch.zeros((), dtype=torch.long)
         for batch in batches:
             labels = batch.get("shift_labels", batch["labels"])
@@ -405,7 +407,7 @@ class _RDropMixin:
         parts = torch.stack([out.task_loss.detach(), out.consistency_loss.detach()]).float()
         parts = parts * scale
         if not self.loss_is_scaled_for_ga:
-            parts = parts / self.current_gradient_accumulation_steps
+            parts = parts / getattr(self, "current_gradient_accumulation_steps", 1)
         if self._rdrop_sums is None:
             self._rdrop_sums = torch.zeros_like(parts)
             self._rdrop_window_start = self.state.global_step

@@ -1,0 +1,138 @@
+"""Tiny models for the integration tests, and a dropout whose masks are reproducible.
+
+``KeyedDropout`` draws each row's mask from a generator seeded by (sample id, pass), where the pass
+of a row is how many earlier rows of the same forward carry the same sample id. The masks then do
+not depend on how samples are grouped into batches, micro-batches or ranks, so a gradient computed
+in pieces can be compared exactly with the full-batch gradient while dropout is really on (the two
+passes differ, so the consistency term is not zero). It also records the ids of every forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def pass_index(ids: Tensor) -> Tensor:
+    """For each row, the number of earlier rows with the same id (0 for the first pass)."""
+    same = ids.unsqueeze(0) == ids.unsqueeze(1)  # (R, R)
+    return torch.tril(same, diagonal=-1).sum(1)
+
+
+class KeyedDropout(nn.Module):
+    def __init__(self, p: float = 0.3) -> None:
+        super().__init__()
+        self.p = p
+        self.seen: list[list[int]] = []  # sample ids of each training forward, in row order
+
+    def forward(self, h: Tensor, ids: Tensor) -> Tensor:
+        if not self.training:
+            return h
+        self.seen.append(ids.tolist())
+        masks = []
+        for sid, k in zip(ids.tolist(), pass_index(ids).tolist(), strict=True):
+            g = torch.Generator().manual_seed(1000 * int(sid) + int(k))
+            masks.append(torch.rand(h.shape[1:], generator=g) >= self.p)
+        mask = torch.stack(masks).to(h.dtype)
+        return h * mask / (1 - self.p)
+
+
+class TokenTagger(nn.Module):
+    """(B, T) token ids -> (B, T, V) logits, with keyed dropout; a stand-in for a seq model."""
+
+    def __init__(self, vocab: int = 11, hidden: int = 8, p: float = 0.3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(vocab, hidden)
+        self.drop = KeyedDropout(p)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, input_ids: Tensor, sample_id: Tensor, labels: Tensor | None = None) -> Any:
+        h = torch.tanh(self.emb(input_ids))
+        return {"logits": self.out(self.drop(h, sample_id))}
+
+
+class TokenTaggerKw(TokenTagger):
+    """The same model with ``**kwargs`` in forward, so the HF Trainer counts num_items itself."""
+
+    def forward(self, input_ids: Tensor, sample_id: Tensor, labels: Tensor | None = None,
+                **kwargs: Any) -> Any:
+        return super().forward(input_ids, sample_id)
+
+
+def tagging_data(n: int = 8, length: int = 6, vocab: int = 11, seed: int = 0) -> list[dict]:
+    """Samples with a different number of padded (-100) label positions each."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        ids = torch.randint(0, vocab, (length,), generator=g)
+        labels = torch.randint(0, vocab, (length,), generator=g)
+        labels[1 + (i * 3) % (length - 1):] = -100
+        rows.append({"input_ids": ids, "sample_id": torch.tensor(i), "labels": labels})
+    return rows
+
+
+def tiny_bert(num_labels: int = 3, dropout: float = 0.1, seed: int = 0) -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, num_labels=num_labels,
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return BertForSequenceClassification(cfg)
+
+
+def classification_data(n: int = 16, length: int = 8, regression: bool = False,
+                        seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        label: Any = float(torch.randn((), generator=g)) if regression else i % 3
+        rows.append({"input_ids": torch.randint(1, 50, (length,), generator=g), "labels": label})
+    return rows
+
+
+def tiny_bart(seed: int = 0) -> nn.Module:
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = BartConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
+                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                     decoder_ffn_dim=32, max_position_embeddings=32, dropout=0.1, pad_token_id=1,
+                     bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    return BartForConditionalGeneration(cfg)
+
+
+def tiny_gpt2(seed: int = 0) -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=40, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    return GPT2LMHeadModel(cfg)
+
+
+def seq2seq_data(n: int = 8, seed: int = 0) -> list[dict]:
+    """Source/target pairs of varying length (BART ids: pad 1, eos 2)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        src = torch.randint(3, 40, (4 + i % 3,), generator=g).tolist() + [2]
+        tgt = torch.randint(3, 40, (2 + i % 4,), generator=g).tolist() + [2]
+        rows.append({"input_ids": src, "labels": tgt})
+    return rows
+
+
+def pad_collate(rows: list[dict]) -> dict[str, Tensor]:
+    """Pad input_ids with 1 (mask 0) and labels with -100."""
+    width = max(len(r["input_ids"]) for r in rows)
+    lwidth = max(len(r["labels"]) for r in rows)
+    ids = torch.full((len(rows), width), 1)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), lwidth), -100)
+    for i, r in enumerate(rows):
+        ids[i, :len(r["input_ids"])] = torch.tensor(r["input_ids"])
+        mask[i, :len(r["input_ids"])] = 1
+        labels[i, :len(r["labels"])] = torch.tensor(r["labels"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
