@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from tiny_models import (  # noqa: E402
+from tiny_models import (
     TokenTagger,
     TokenTaggerKw,
     classification_data,
@@ -24,10 +24,10 @@ from tiny_models import (  # noqa: E402
     tiny_bert,
     tiny_gpt2,
 )
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from rdrop.functional import multi_pass_rdrop_loss, rdrop_loss  # noqa: E402
-from rdrop.integrations.hf import (  # noqa: E402
+from rdrop.functional import multi_pass_rdrop_loss, rdrop_loss
+from rdrop.integrations.hf import (
     RDropSeq2SeqTrainer,
     RDropSeq2SeqTrainingArguments,
     RDropTrainer,

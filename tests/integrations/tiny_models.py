@@ -1,7 +1,8 @@
 """Tiny models for the integration tests, and a dropout whose masks are reproducible.
 
 ``KeyedDropout`` draws each row's mask from a generator seeded by (sample id, pass), where the pass
-of a row is how many earlier rows of the same forward carry the same sample id. The masks then do
+of a row is how many times the layer saw that sample id before (earlier rows of the same forward
+in concat mode, earlier forwards in twice mode). The masks then do
 not depend on how samples are grouped into batches, micro-batches or ranks, so a gradient computed
 in pieces can be compared exactly with the full-batch gradient while dropout is really on (the two
 passes differ, so the consistency term is not zero). It also records the ids of every forward.
@@ -15,25 +16,21 @@ import torch
 from torch import Tensor, nn
 
 
-def pass_index(ids: Tensor) -> Tensor:
-    """For each row, the number of earlier rows with the same id (0 for the first pass)."""
-    same = ids.unsqueeze(0) == ids.unsqueeze(1)  # (R, R)
-    return torch.tril(same, diagonal=-1).sum(1)
-
-
-class KeyedDropout(nn.Module):
+class KeyedDropout(nn.Dropout):
     def __init__(self, p: float = 0.3) -> None:
-        super().__init__()
-        self.p = p
+        super().__init__(p)
         self.seen: list[list[int]] = []  # sample ids of each training forward, in row order
+        self.times_seen: dict[int, int] = {}
 
     def forward(self, h: Tensor, ids: Tensor) -> Tensor:
         if not self.training:
             return h
         self.seen.append(ids.tolist())
         masks = []
-        for sid, k in zip(ids.tolist(), pass_index(ids).tolist(), strict=True):
-            g = torch.Generator().manual_seed(1000 * int(sid) + int(k))
+        for sid in ids.tolist():
+            k = self.times_seen.get(sid, 0)
+            self.times_seen[sid] = k + 1
+            g = torch.Generator().manual_seed(1000 * int(sid) + k)
             masks.append(torch.rand(h.shape[1:], generator=g) >= self.p)
         mask = torch.stack(masks).to(h.dtype)
         return h * mask / (1 - self.p)
@@ -118,8 +115,8 @@ def seq2seq_data(n: int = 8, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     rows = []
     for i in range(n):
-        src = torch.randint(3, 40, (4 + i % 3,), generator=g).tolist() + [2]
-        tgt = torch.randint(3, 40, (2 + i % 4,), generator=g).tolist() + [2]
+        src = [*torch.randint(3, 40, (4 + i % 3,), generator=g).tolist(), 2]
+        tgt = [*torch.randint(3, 40, (2 + i % 4,), generator=g).tolist(), 2]
         rows.append({"input_ids": src, "labels": tgt})
     return rows
 
