@@ -51,7 +51,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     parsed = {n: parse_overrides(type(get_experiment(n).config), overrides) for n in names}
     for name in names:
         records = run_experiment(name, parsed[name], out=args.out, variant=variant,
-                                 progress=not args.no_progress, dry_run=args.dry_run)
+                                 progress=not args.no_progress, dry_run=args.dry_run,
+                                 force=args.force)
         print(f"{name}: {len(records)} finished run(s) under {os.path.join(args.out, name)}")
     return 0
 
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", default="results", help="output root (default: results)")
     p_run.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p_run.add_argument("--dry-run", action="store_true", help="validate and plan only")
+    p_run.add_argument("--force", action="store_true", help="rerun finished runs too")
     p_run.set_defaults(func=_cmd_run)
 
     p_rep = sub.add_parser("report", help="tables and plots from saved results")

@@ -40,6 +40,9 @@ def test_run_then_report(capsys, tmp_path, calls):
     assert len(calls) == 4
     assert main(["run", "toy", "seeds=2", "--out", str(tmp_path), "--no-progress"]) == 0
     assert len(calls) == 4  # resumed: nothing left to do
+    assert main(["run", "toy", "seeds=1", "--out", str(tmp_path), "--no-progress",
+                 "--force"]) == 0
+    assert len(calls) == 6
     assert main(["report", "--results", str(tmp_path), "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "| toy | default | accuracy (%) |" in out

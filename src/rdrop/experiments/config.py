@@ -43,7 +43,7 @@ RDROP_FIELDS = (
     "alpha_warmup_steps",
 )
 # Fields that say which runs to do, not how one run goes: excluded from a run's identity.
-NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress")
+NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress", "device")
 
 C = TypeVar("C", bound="CommonConfig")
 
@@ -74,6 +74,8 @@ class CommonConfig:
         lr: peak learning rate; weight_decay: AdamW weight decay; warmup_steps: linear LR warm-up.
         num_threads: ``torch.set_num_threads`` for the run (the machine is shared).
         progress: show tqdm bars.
+        device: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto`` (cuda if available); not part
+            of a run's identity (see ``config_key``).
     """
 
     seeds: int = 3
@@ -94,6 +96,7 @@ class CommonConfig:
     warmup_steps: int = 0
     num_threads: int = 1
     progress: bool = True
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         self.validate()

@@ -143,6 +143,7 @@ def run_experiment(
     variant: str | None = None,
     progress: bool = True,
     dry_run: bool = False,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Run (or resume) experiment ``name``; return the records of all its planned runs.
 
@@ -157,6 +158,7 @@ def run_experiment(
         variant: a named variant such as ``"quick"``.
         progress: tqdm bars.
         dry_run: only plan; return the records that exist (and print nothing).
+        force: rerun and overwrite finished runs too.
 
     Raises:
         ConfigError: unknown experiment/variant/key or an invalid value.
@@ -169,7 +171,7 @@ def run_experiment(
     if overrides is not None and not isinstance(overrides, Mapping):
         overrides = parse_overrides(type(experiment.config), overrides)
     plan = plan_runs(experiment, out, overrides, variant=variant)
-    todo = [r for r in plan if read_json(r.path) is None]
+    todo = [r for r in plan if force or read_json(r.path) is None]
     if dry_run:
         return _records(plan)
     command = _command(name, variant, overrides)

@@ -20,7 +20,28 @@ from rdrop.batching import extract_logits
 from rdrop.experiments.config import CommonConfig
 from rdrop.functional import RDropOutput, multi_pass_rdrop_loss
 
-__all__ = ["TrainStep", "linear_warmup_decay", "make_step", "seed_everything", "set_dropout"]
+__all__ = [
+    "TrainStep",
+    "cycle_batches",
+    "linear_warmup_decay",
+    "make_step",
+    "num_epochs",
+    "resolve_device",
+    "seed_everything",
+    "set_dropout",
+]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else as given.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -180,7 +201,7 @@ def make_step(model: nn.Module, cfg: CommonConfig, method: str, **kwargs: Any) -
     return TrainStep(model, cfg, method, **kwargs)
 
 
-def cycle_batches(n: int, batch_size: int, generator: torch.Generator):
+def cycle_batches(n: int, batch_size: int, generator: torch.Generator):  # type: ignore[no-untyped-def]
     """Endless shuffled index batches over ``range(n)`` (a new permutation each epoch)."""
     while True:
         perm = torch.randperm(n, generator=generator)

@@ -21,6 +21,7 @@ from rdrop.experiments.training import (
     linear_warmup_decay,
     make_step,
     num_epochs,
+    resolve_device,
     seed_everything,
 )
 
@@ -128,16 +129,17 @@ def run_image(cfg: ImageConfig, ctx: RunContext) -> RunResult:
     data = _data(cfg.dataset, cfg.data_path, cfg.train_size, cfg.valid_size, cfg.test_size,
                  cfg.image_size, cfg.channels)
     mean, std = data.splits["train"][0].mean(), data.splits["train"][0].std()
-    x_tr, y_tr = data.splits["train"]
-    x_tr = (x_tr - mean) / std
+    device = resolve_device(cfg.device)
+    x_tr, y_tr = ((data.splits["train"][0] - mean) / std).to(device), data.splits["train"][1]
     x_va, y_va = (data.splits["valid"][0] - mean) / std, data.splits["valid"][1]
     x_te, y_te = (data.splits["test"][0] - mean) / std, data.splits["test"][1]
+    x_va, x_te, y_tr, y_va, y_te = (t.to(device) for t in (x_va, x_te, y_tr, y_va, y_te))
     # Train loss on the curves: eval mode, on a fixed slice of at most 2000 training images.
     n_probe = min(len(y_tr), 2000)
     generator = seed_everything(ctx.seed)
     model = SmallViT(image_shape=data.shape, num_classes=len(data.classes),
                      patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
-                     mlp_dim=cfg.mlp_dim, dropout=cfg.dropout)
+                     mlp_dim=cfg.mlp_dim, dropout=cfg.dropout).to(device)
     step_fn = make_step(model, cfg, ctx.method)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = linear_warmup_decay(optimizer, cfg.warmup_steps, cfg.max_steps)
@@ -150,7 +152,7 @@ def run_image(cfg: ImageConfig, ctx: RunContext) -> RunResult:
                dynamic_ncols=True)
     for step in bar:
         model.train()
-        idx = next(batches)
+        idx = next(batches).to(device)
         out = step_fn(x_tr[idx], target=y_tr[idx])
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()

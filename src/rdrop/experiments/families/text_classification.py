@@ -25,6 +25,7 @@ from rdrop.experiments.training import (
     linear_warmup_decay,
     make_step,
     num_epochs,
+    resolve_device,
     seed_everything,
 )
 
@@ -198,6 +199,8 @@ def run_text(cfg: TextConfig, ctx: RunContext) -> RunResult:
                           cfg.num_classes, cfg.sections, cfg.text_field,
                           tuple(sorted(sizes.items()))), model_path, cfg.max_length)
     num_classes = len(data.classes)
+    device = resolve_device(cfg.device)
+    splits = {k: tuple(t.to(device) for t in v) for k, v in splits.items()}
     ids, mask, y = splits["train"]
     n_probe = min(len(y), cfg.valid_size or 400)
     generator = seed_everything(ctx.seed)
@@ -206,7 +209,7 @@ def run_text(cfg: TextConfig, ctx: RunContext) -> RunResult:
     if cfg.freeze_embeddings:
         encoder.embeddings.word_embeddings.weight.requires_grad_(False)
     model = SentenceClassifier(encoder, encoder.config.hidden_size, num_classes,
-                               pooling=cfg.pooling, head_dropout=cfg.head_dropout)
+                               pooling=cfg.pooling, head_dropout=cfg.head_dropout).to(device)
     step_fn = make_step(model, cfg, ctx.method)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -221,7 +224,7 @@ def run_text(cfg: TextConfig, ctx: RunContext) -> RunResult:
                dynamic_ncols=True)
     for step in bar:
         model.train()
-        idx = next(batches)
+        idx = next(batches).to(device)
         out = step_fn(ids[idx], mask[idx], target=y[idx])
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()

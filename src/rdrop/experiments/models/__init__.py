@@ -1,0 +1,1 @@
+"""Models shared by experiment families (small Transformers trained from scratch)."""
