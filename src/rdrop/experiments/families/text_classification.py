@@ -62,7 +62,7 @@ class TextConfig(CommonConfig):
     valid_size: int = 400
     test_size: int = 2000
     model_path: str | None = None
-    max_length: int = 40
+    max_length: int = 32
     pooling: str = "mean"
     dropout: float = 0.1
     head_dropout: float = 0.1
