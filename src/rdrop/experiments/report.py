@@ -162,11 +162,16 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, primary_only: bool = False
         lines.append(
             f"| {row['experiment']} | {row['setting']} | {row['metric']}{pct} | "
             f"{_ms(sb, scale, digits)} | {_ms(sr, scale, digits)} | {delta} | "
-            f"{_fmt(row['p_value'], 3)} | {max(row['n_baseline'], row['n_rdrop'])} | "
+            f"{_fmt(row['p_value'], 3)} | {_seeds(row)} | "
             f"{_fmt(row['baseline_wall_s'], 0)} / {_fmt(row['rdrop_wall_s'], 0)} | "
             f"{row['paper'] or '–'} |"
         )
     return "\n".join(lines)
+
+
+def _seeds(row: dict[str, Any]) -> str:
+    nb, nr = row["n_baseline"], row["n_rdrop"]
+    return str(nb) if nb == nr else f"{nb} / {nr}"
 
 
 def _slug(text: str) -> str:
