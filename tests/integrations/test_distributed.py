@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,31 @@ def test_ddp_gradient_equals_single_process_gradient(ddp_result, layout):
         assert r["grad_vs_single"] <= GRAD_TOL * max(1.0, r["grad_scale"])
         assert r["param_vs_single"] <= GRAD_TOL
         assert all(cons > 0 for _, cons in r["loss_and_consistency"])  # dropout really on
+
+
+def test_hf_trainer_under_torchrun_matches_one_process(tmp_path):
+    """RDropTrainer, 2 processes x 2 accumulation steps x 2 samples with uneven padding, gives
+    the gradient and logged losses of one process on the same 8 samples (the Trainer's global
+    num_items_in_batch, times the world size rdrop multiplies back in)."""
+    pytest.importorskip("transformers")
+    script = str(HERE / "hf_ddp_check.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, script, str(tmp_path)], check=True, timeout=240,
+                   capture_output=True, env=env)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", "2", script, str(tmp_path)], check=True, timeout=240,
+                   capture_output=True, env=env)
+    ref = json.loads((tmp_path / "world1_rank0.json").read_text())
+    ranks = [json.loads((tmp_path / f"world2_rank{r}.json").read_text()) for r in range(2)]
+    single_step = sorted(i for ids in ref["seen"] for i in ids)
+    assert sorted(i for r in ranks for ids in r["seen"] for i in ids) == single_step
+    for r in ranks:
+        for ids in r["seen"]:  # each forward: [x; x] of this rank's own samples
+            half = len(ids) // 2
+            assert ids[:half] == ids[half:]
+        for name, g in ref["grad"].items():
+            diff = max(abs(a - b) for a, b in zip(r["grad"][name], g, strict=True))
+            assert diff <= GRAD_TOL, (name, diff)
+        assert r["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+        assert r["consistency_loss"] == pytest.approx(ref["consistency_loss"], rel=1e-5)
+        assert r["consistency_loss"] > 0
