@@ -243,6 +243,12 @@ def test_hyperparameters_from_args_and_constructor(tmp_path):
     assert (plain.rdrop_alpha, plain.rdrop_num_passes, plain.rdrop_consistency) == (1.0, 2, None)
 
 
+def test_arguments_keep_output_dir_first():
+    for cls in (RDropTrainingArguments, RDropSeq2SeqTrainingArguments):
+        args = cls("some_dir", report_to="none", rdrop_alpha=2.0)
+        assert (args.output_dir, args.rdrop_alpha) == ("some_dir", 2.0)
+
+
 @pytest.mark.parametrize(("kw", "err", "match"), [
     ({"rdrop_alpha": -1.0}, ValueError, "rdrop_alpha"),
     ({"rdrop_alpha": "1"}, TypeError, "rdrop_alpha"),

@@ -86,6 +86,8 @@ def _validate(alpha: Any, num_passes: Any, every_k_steps: Any, consistency: Any)
 # ------------------------------------------------------------------------------------ arguments
 @dataclass
 class _RDropArguments:
+    # A mixin listed first among the bases, so its fields come after the parent's and
+    # RDropTrainingArguments("out") still means output_dir="out".
     rdrop_alpha: float = field(
         default=1.0,
         metadata={"help": "Weight of the R-Drop consistency term (paper: 5 translation, "
@@ -111,7 +113,7 @@ class _RDropArguments:
 
 
 @dataclass
-class RDropTrainingArguments(TrainingArguments, _RDropArguments):
+class RDropTrainingArguments(_RDropArguments, TrainingArguments):
     """``TrainingArguments`` plus the R-Drop hyperparameters, validated at construction.
 
     Args:
@@ -142,7 +144,7 @@ class RDropTrainingArguments(TrainingArguments, _RDropArguments):
 
 
 @dataclass
-class RDropSeq2SeqTrainingArguments(Seq2SeqTrainingArguments, _RDropArguments):
+class RDropSeq2SeqTrainingArguments(_RDropArguments, Seq2SeqTrainingArguments):
     """``Seq2SeqTrainingArguments`` plus the R-Drop hyperparameters (see
     :class:`RDropTrainingArguments`; the paper's alpha for translation is 5).
 
