@@ -208,6 +208,14 @@ class _RDropMixin:
                 UserWarning,
                 stacklevel=2,
             )
+        if not hasattr(Trainer, "loss_is_scaled_for_ga"):
+            warnings.warn(
+                f"{type(self).__name__} is tested with transformers 5; this Trainer has no "
+                "loss_is_scaled_for_ga, so with gradient accumulation the loss scale may be off. "
+                "Upgrade: pip install -U 'transformers>=5'.",
+                UserWarning,
+                stacklevel=2,
+            )
         self._check_model_dropout()
         self._rdrop_sums: Tensor | None = None  # (task, consistency) since the last log
         self._rdrop_window_start = 0
