@@ -12,7 +12,6 @@ items (the binary packages of one source, the verses of one chapter) stay on one
 from __future__ import annotations
 
 import hashlib
-
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field

@@ -1,0 +1,139 @@
+"""Abstractive summarization: Debian package long description -> its one-line synopsis, a small
+pre-LN Transformer encoder-decoder trained from scratch, baseline vs R-Drop at equal optimizer
+steps; ROUGE-1/2/L (rouge-score, stemmed F1) on a held-out test split, **greedy** decoding.
+
+The paper fine-tunes BART-large on CNN/DailyMail with alpha = 0.7 (ROUGE-1/2/L 44.16/21.28/40.90
+-> 44.51/21.58/41.24). We keep alpha and use the only real document/summary set that ships here:
+the Debian descriptions (a paragraph of human-written English and the maintainer's synopsis),
+split by a seeded hash of the *source* package so sibling binary packages stay together.
+``dataset=text|hf data_path=...`` runs the same recipe on CNN/DailyMail from a local path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from rdrop.experiments.config import CommonConfig, ConfigError
+from rdrop.experiments.families.translation import EncodedPairs, encode_pairs, run_seq2seq
+from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
+
+__all__ = ["SummarizationConfig", "rouge_scores", "run_summarization"]
+
+
+@dataclass(frozen=True)
+class SummarizationConfig(CommonConfig):
+    """Summarization config (see :class:`CommonConfig` for the shared fields).
+
+    Attributes:
+        dataset: ``debian`` | ``text`` (``{split}.source``/``.target``) | ``hf`` (saved dataset
+            with ``article``/``highlights``); data_path: apt lists folder or data folder.
+        split_seed: seed of the hash split. vocab_size: BPE vocabulary (training split only).
+        max_src_len: documents are truncated to this many subwords. max_tgt_len: pairs whose
+            summary is longer are dropped.
+        train_size, valid_size, valid_bleu_size, test_size: caps per split (0 = all);
+            ``valid_bleu_size`` validation pairs are decoded for the curves (the name is shared
+            with the translation recipe).
+        dim, heads, ffn, encoder_layers, decoder_layers, dropout, attention_dropout,
+            activation_dropout, label_smoothing, decode_max_len, eval_batch_size: as for
+            translation (BART's fine-tuning recipe uses label smoothing 0.1 and dropout 0.1).
+    """
+
+    dataset: str = "debian"
+    data_path: str | None = None
+    split_seed: int = 0
+    vocab_size: int = 4000
+    max_src_len: int = 64
+    max_tgt_len: int = 16
+    train_size: int = 20000
+    valid_size: int = 400
+    valid_bleu_size: int = 100
+    test_size: int = 1000
+    dim: int = 128
+    heads: int = 4
+    ffn: int = 256
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    label_smoothing: float = 0.1
+    decode_max_len: int = 18
+    eval_batch_size: int = 200
+    alpha: float = 0.7
+    max_steps: int = 350
+    eval_every: int = 70
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 40
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dim % self.heads:
+            raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads}).")
+        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}.")
+        if self.max_src_len < 2 or self.max_tgt_len < 1 or self.decode_max_len < 1:
+            raise ConfigError("max_src_len >= 2, max_tgt_len >= 1 and decode_max_len >= 1.")
+        if self.vocab_size < 50:
+            raise ConfigError(f"vocab_size must be >= 50, got {self.vocab_size}.")
+
+
+def rouge_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 with the rouge-score package (Porter stemming on), as fractions in
+    [0, 1]; the report shows them x100, on the paper's scale.
+
+    Example:
+        >>> rouge_scores(["a small tool"], ["a small tool"])["rouge1"]
+        1.0
+    """
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for h, r in zip(hyps, refs, strict=True):
+        s = scorer.score(r, h)
+        for k in sums:
+            sums[k] += s[k].fmeasure
+    n = max(1, len(hyps))
+    return {k: v / n for k, v in sums.items()}
+
+
+@lru_cache(maxsize=4)
+def _data(dataset: str, path: str | None, split_seed: int, vocab_size: int, max_src_len: int,
+          max_tgt_len: int, train_size: int, valid_size: int, test_size: int) -> EncodedPairs:
+    from rdrop.experiments.data.text import load_summarization
+
+    raw = load_summarization(dataset, path, seed=split_seed)
+    return encode_pairs(raw, vocab_size=vocab_size, src_max=max_src_len, tgt_max=max_tgt_len,
+                        truncate_src=True, cache_name=f"summarization-{dataset}",
+                        caps={"train": train_size, "valid": valid_size, "test": test_size})
+
+
+def run_summarization(cfg: SummarizationConfig, ctx: RunContext) -> RunResult:
+    """One seed of one arm: BPE data, train the Transformer, greedy-decode the test split,
+    ROUGE-1/2/L."""
+    data = _data(cfg.dataset, cfg.data_path, cfg.split_seed, cfg.vocab_size, cfg.max_src_len,
+                 cfg.max_tgt_len, cfg.train_size, cfg.valid_size, cfg.test_size)
+    return run_seq2seq(cfg, ctx, data, rouge_scores, "rouge1")
+
+
+register(Experiment(
+    name="summarization",
+    config=SummarizationConfig(),
+    recipe=run_summarization,
+    metric="rouge1",
+    metrics=("rouge1", "rouge2", "rougeL", "test_loss", "loss_gap"),
+    description="Transformer 2+2 (d=128) from scratch, Debian description -> synopsis, greedy, "
+                "alpha 0.7",
+    data="Debian bookworm Translation-en: long description (<= 64 subwords) -> synopsis, 20k "
+         "train pairs (seeded sample), split by sha256 of the source package",
+    paper="CNN/DM (BART-large) ROUGE-1/2/L 44.16/21.28/40.90 -> 44.51/21.58/41.24 (+0.35 R-1)",
+    variants={"quick": {"train_size": 2000, "valid_size": 60, "valid_bleu_size": 30,
+                        "test_size": 100, "max_steps": 40, "eval_every": 20, "seeds": 2,
+                        "dim": 64, "ffn": 128, "encoder_layers": 1, "decoder_layers": 1,
+                        "warmup_steps": 5, "batch_size": 16}},
+))
