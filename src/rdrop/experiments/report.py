@@ -56,6 +56,16 @@ class Group:
         return recs[0].get("command", "") if recs else ""
 
     def info(self, key: str) -> str:
+        """``info[key]`` of the registered experiment if it is registered (the paper's figures
+        are metadata and may be corrected after a run), else from the records."""
+        try:
+            from rdrop.experiments.registry import discover
+
+            exp = discover().get(self.experiment)
+            if exp is not None and getattr(exp, key, ""):
+                return str(getattr(exp, key))
+        except Exception:  # a broken family module must not break the report
+            pass
         for r in self.records:
             if r.get("info", {}).get(key):
                 return str(r["info"][key])
