@@ -41,6 +41,9 @@ LOGIT_METHODS = ("naive", "rdrop_loss", "chunked")
 LINEAR_METHODS = ("linear+naive", "linear+rdrop_loss", "linear+chunked", "fused")
 BASELINE = {m: "naive" for m in LOGIT_METHODS} | {m: "linear+naive" for m in LINEAR_METHODS}
 ALPHA = 1.0
+# Ratios use process CPU time (user + sys, one thread): on a shared machine wall time measures
+# the neighbours too. With one idle core the two agree (both are in the CSV).
+TIME_KEY = "cpu_s"
 IGNORE_FRACTION = 0.1  # some padding rows, as in real token-level batches
 
 
@@ -108,14 +111,16 @@ def _worker(method: str, n: int, v: int, h: int, chunk: int, reps: int, device: 
     else:
         base = rss_bytes()
         reset_peak_rss()
-    times = []
+    times, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         clear()
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else rss_bytes("VmHWM")
-    return {"time_s": statistics.median(times), "extra_peak_gb": (peak - base) / 1e9}
+    return {"time_s": statistics.median(times), "cpu_s": statistics.median(cpu),
+            "extra_peak_gb": (peak - base) / 1e9}
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -188,29 +193,30 @@ def main() -> None:
                     print(f"FAIL  {method} N={n} V={v}: {proc.stderr[-500:]}", flush=True)
                     continue
                 res = json.loads(line[0][7:])
-                row |= {"time_s": round(res["time_s"], 4),
+                row |= {"time_s": round(res["time_s"], 4), "cpu_s": round(res["cpu_s"], 4),
                         "extra_peak_gb": round(res["extra_peak_gb"], 3)}
                 if BASELINE[method] == method:
                     base[method] = row
                 ref = base.get(BASELINE[method])
                 if ref:
-                    row["time_x"] = round(row["time_s"] / ref["time_s"], 3)
+                    row["time_x"] = round(row[TIME_KEY] / ref[TIME_KEY], 3)
                     row["mem_x"] = round(row["extra_peak_gb"] / max(ref["extra_peak_gb"], 1e-9), 3)
                 else:
                     row["time_x"] = row["mem_x"] = ""
                 row["baseline"] = BASELINE[method]
                 rows.append(row)
-                print(f"{method:18s} N={n:5d} V={v:6d} time {row['time_s']:8.3f} s "
+                print(f"{method:18s} N={n:5d} V={v:6d} cpu {row['cpu_s']:8.3f} s "
                       f"({row['time_x']}x)  extra peak {row['extra_peak_gb']:7.3f} GB "
                       f"({row['mem_x']}x {row['baseline']})", flush=True)
     if args.quick or not rows:
         return
     meta = machine() | {"threads": str(args.threads), "reps": str(args.reps)}
-    cols = ["method", "N", "V", "H", "chunk", "time_s", "time_x", "extra_peak_gb", "mem_x",
-            "baseline"]
-    body = ("Forward + backward of the R-Drop loss (alpha=1, 10% ignored rows, fp32). "
-            "`extra_peak_gb`: peak memory above the inputs; `time_x`, `mem_x`: ratio to "
-            "`baseline` at the same N, V (measured in the same run).\n\n" + md_table(rows, cols))
+    cols = ["method", "N", "V", "H", "chunk", "cpu_s", "time_s", "time_x", "extra_peak_gb",
+            "mem_x", "baseline"]
+    body = ("Forward + backward of the R-Drop loss (alpha=1, 10% ignored rows, fp32, one thread). "
+            "`cpu_s`: process CPU time, `time_s`: wall time (median of reps); `extra_peak_gb`: "
+            "peak RSS above the inputs; `time_x` (CPU time), `mem_x`: ratio to `baseline` at the "
+            "same N, V, measured in the same run.\n\n" + md_table(rows, cols))
     write_results(args.out or f"loss_{args.device}", rows, body, meta)
 
 

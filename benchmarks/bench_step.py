@@ -10,9 +10,10 @@ same batch of B samples:
 * ``concat+chunked`` (encoder-decoder): concat with the chunked loss (``chunk_size=512``).
 
 The physical floor of the R-Drop / baseline ratio is about 2.0: every sample is processed twice
-forward and backward; the loss and the optimizer step add little. Variants are timed in rotation
-(round-robin over ``--rounds``), so drifting load on a shared machine hits all of them alike;
-the reported time is the median over rounds.
+forward and backward; the loss and the optimizer step add little. Times are process CPU time
+with one thread (on a shared machine wall time measures the neighbours too); variants are timed
+in rotation (round-robin over ``--rounds``), so drifting load hits all of them alike; the
+reported time is the median over rounds.
 
     python benchmarks/bench_step.py            # writes benchmarks/results/step_cpu.{csv,md}
     python benchmarks/bench_step.py --quick    # prints only
@@ -99,17 +100,17 @@ def _variants(model: nn.Module, task: str) -> dict[str, tuple[nn.Module, object]
 def _step(
     name: str, runner: nn.Module, opt: torch.optim.Optimizer, inputs: tuple, y: Tensor
 ) -> tuple[float, float]:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     if name == "baseline":
         logits = runner(*inputs)
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     else:
         loss = runner(*inputs, target=y).loss
     loss.backward()
-    t1 = time.perf_counter()
+    t1 = time.process_time()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return t1 - t0, time.perf_counter() - t0
+    return t1 - t0, time.process_time() - t0
 
 
 def main() -> None:
