@@ -160,7 +160,7 @@ def test_quick_run_is_well_formed(tmp_path):
         ("baseline", 0), ("baseline", 1), ("rdrop", 0), ("rdrop", 1)]
     for r in recs:
         assert 0.0 <= r["value"] <= 1.0 and 0.0 <= r["metrics"]["macro_f1"] <= 1.0
-        assert [c["step"] for c in r["curves"]] == [4, 8]
+        assert [c["step"] for c in r["curves"]] == [3, 6]
         assert len(r["extra"]["classes"]) == 4
         assert r["extra"]["data_meta"]["snapshot"]
 

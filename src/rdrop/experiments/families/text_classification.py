@@ -9,6 +9,7 @@ recipe on GLUE-style TSV/CSV files or a saved Hugging Face dataset (pairs: ``tex
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -171,6 +172,15 @@ def _data(cfg_data: tuple[Any, ...], model_path: str, max_length: int):  # type:
     return data, tensors
 
 
+@lru_cache(maxsize=1)
+def _pretrained(model_path: str, dropout: float) -> nn.Module:
+    """The pre-trained encoder, loaded once per process; each run fine-tunes a deep copy."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(model_path, hidden_dropout_prob=dropout,
+                                     attention_probs_dropout_prob=dropout)
+
+
 @torch.no_grad()
 def _evaluate(model: nn.Module, split: tuple[Tensor, Tensor, Tensor], batch_size: int,
               num_classes: int) -> dict[str, float]:
@@ -188,7 +198,6 @@ def run_text(cfg: TextConfig, ctx: RunContext) -> RunResult:
     """One seed of one arm: setup, fine-tune ``max_steps`` steps, evaluate, return results."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
     from tqdm.auto import tqdm
-    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -205,8 +214,7 @@ def run_text(cfg: TextConfig, ctx: RunContext) -> RunResult:
     ids, mask, y = splits["train"]
     n_probe = min(len(y), cfg.valid_size or 400)
     generator = seed_everything(ctx.seed)
-    encoder = AutoModel.from_pretrained(model_path, hidden_dropout_prob=cfg.dropout,
-                                        attention_probs_dropout_prob=cfg.dropout)
+    encoder = copy.deepcopy(_pretrained(model_path, cfg.dropout))
     if cfg.freeze_embeddings:
         encoder.embeddings.word_embeddings.weight.requires_grad_(False)
     model = SentenceClassifier(encoder, encoder.config.hidden_size, num_classes,
@@ -281,8 +289,8 @@ register(Experiment(
          "400 valid / 2,000 test sentences, split by seeded hash of the source package",
     paper="GLUE dev average, alpha 0.1-1.0: BERT-base ≈ +1.9, RoBERTa-large ≈ +0.8 (Table 4)",
     variants={
-        "quick": {"train_size": 200, "valid_size": 64, "test_size": 128, "max_steps": 8,
-                  "eval_every": 4, "seeds": 2, "max_length": 24, "warmup_steps": 2,
+        "quick": {"train_size": 200, "valid_size": 48, "test_size": 96, "max_steps": 6,
+                  "eval_every": 3, "seeds": 2, "max_length": 16, "warmup_steps": 2,
                   "num_classes": 4, "eval_batch_size": 64},
         "full": {"train_size": 0, "valid_size": 0, "test_size": 0, "max_steps": 3000,
                  "eval_every": 300, "max_length": 128, "batch_size": 32},
