@@ -6,7 +6,7 @@ The paper trains transformer_iwslt_de_en on IWSLT14 (160k pairs, hundreds of epo
 = 5, label smoothing 0.1, dropout 0.3 and beam search; we keep alpha, label smoothing and dropout
 and shrink everything else to fit a few CPU minutes per run: a joint 4k BPE vocabulary trained on
 the training split only, 2+2 layers of width 128, verses of at most 24 subwords per side, 350
-steps of 64 pairs (about 2.4 epochs): an under-trained model, see docs/EXPERIMENTS_GENERATION.md.
+steps of 64 pairs (about 3 epochs): an under-trained model, see docs/EXPERIMENTS_GENERATION.md.
 
 The recipe (:func:`run_seq2seq`) is shared with the summarization family.
 """
