@@ -91,3 +91,47 @@ def test_readme_block_runs(line, code, tmp_path, monkeypatch):
         exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
     finally:
         torch.set_num_threads(threads)
+
+
+SUMMARY = README.parent / "results" / "summary.md"
+
+
+def results_rows(text: str) -> list[tuple[str, str, str, str, str]]:
+    """(metric, baseline, R-Drop, delta, p) of each row of the README's Results table."""
+    section = text.split("## Results", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 6 and "±" in cells[2]:
+            rows.append(tuple(cells[1:6]))
+    return rows
+
+
+def summary_rows(text: str) -> set[tuple[str, str, str, str, str]]:
+    """(metric, baseline, R-Drop, delta, p) of every row of ``rdrop report``'s tables."""
+    rows = set()
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 7 and "±" in cells[3]:
+            rows.add(tuple(cells[2:7]))
+    return rows
+
+
+def test_results_parsers_read_both_layouts():
+    readme = ("## Results\n| a | m | 1 ± 0 | 2 ± 0 | +1 [0, 2] | 0.1 | p | `c` |\n"
+              "## Next\n| x | m | 9 ± 9 |")
+    summary = "| e | s | m | 1 ± 0 | 2 ± 0 | +1 [0, 2] | 0.1 | 3 |"
+    assert results_rows(readme) == [("m", "1 ± 0", "2 ± 0", "+1 [0, 2]", "0.1")]
+    assert summary_rows(summary) == {("m", "1 ± 0", "2 ± 0", "+1 [0, 2]", "0.1")}
+
+
+def test_readme_results_match_the_committed_report():
+    """Every number in the README's Results table is a row that `rdrop report` wrote."""
+    if not (README.exists() and SUMMARY.exists()):
+        pytest.skip("no README.md or results/summary.md")
+    rows = results_rows(README.read_text())
+    assert rows, "README.md has no Results table rows"
+    reported = summary_rows(SUMMARY.read_text())
+    missing = [r for r in rows if r not in reported]
+    assert not missing, (f"README Results rows not in {SUMMARY}: {missing}; regenerate with "
+                         "`rdrop report --results results` and copy the rows")

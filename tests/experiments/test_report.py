@@ -60,6 +60,7 @@ def test_report_numbers_and_files(results):
     row_md = "| fixture | default alpha=1 | accuracy (%) | 81.00 ± 1.00 | 82.67 ± 0.58 | +1.67"
     assert row_md in text
     assert (results / "summary.md").read_text() == text
+    assert "- fixture [all 2 settings]: `rdrop run fixture`" in text  # one command, one line
     pngs = sorted(p.name for p in (results / "plots").glob("*.png"))
     assert pngs == ["fixture__default_alpha=1_curves.png", "fixture__default_alpha=5_curves.png",
                     "fixture_metric.png"]

@@ -289,12 +289,13 @@ def build_report(
           "number of optimizer steps from the same seeds; s/run is wall time per run.", "",
           markdown_table(rows, primary_only=True), "", "### All metrics", "",
           markdown_table(rows), "", "### Reproduce", ""]
-    seen: set[str] = set()
+    by_command: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
-        cmd = g.command()
-        if cmd and cmd not in seen:
-            seen.add(cmd)
-            md.append(f"- {g.experiment} [{g.label}]: `{cmd}`")
+        if g.command():
+            by_command[g.command()].append(g)
+    for cmd, gs in by_command.items():  # one command may run a whole grid (an ablation)
+        label = gs[0].label if len(gs) == 1 else f"all {len(gs)} settings"
+        md.append(f"- {gs[0].experiment} [{label}]: `{cmd}`")
     if plots:
         plot_dir = out / "plots"
         plot_dir.mkdir(exist_ok=True)
