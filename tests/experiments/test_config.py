@@ -61,3 +61,24 @@ def test_config_key_shares_baseline_across_rdrop_fields():
     assert config_key(a, "rdrop") != config_key(b, "rdrop")
     assert config_key(a, "rdrop") == config_key(dataclasses.replace(a, seeds=9), "rdrop")
     assert config_key(a, "baseline") != config_key(CommonConfig(lr=0.1), "baseline")
+
+
+FAMILIES = ["image", "text-classification", "translation", "summarization", "language-modeling"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_configs_reject_bad_rates_and_shapes(family):
+    from rdrop.experiments.registry import discover
+
+    cfg = discover()[family].config
+    with pytest.raises(ConfigError, match=r"dropout must lie in \[0, 1\), got 1.0"):
+        apply_overrides(cfg, {"dropout": 1.0})
+    if hasattr(cfg, "heads"):
+        with pytest.raises(ConfigError, match=r"must be divisible by heads \(7\)"):
+            apply_overrides(cfg, {"heads": 7})
+    if hasattr(cfg, "vocab_size"):
+        with pytest.raises(ConfigError, match="vocab_size must be >= 50, got 10"):
+            apply_overrides(cfg, {"vocab_size": 10})
+    if hasattr(cfg, "label_smoothing"):
+        with pytest.raises(ConfigError, match="label_smoothing must lie in"):
+            apply_overrides(cfg, {"label_smoothing": -0.1})

@@ -24,6 +24,9 @@ __all__ = [
     "CommonConfig",
     "ConfigError",
     "apply_overrides",
+    "check_heads",
+    "check_rates",
+    "check_vocab_size",
     "config_key",
     "config_to_dict",
     "parse_overrides",
@@ -146,6 +149,27 @@ class CommonConfig:
     def seed_list(self) -> list[int]:
         """The seeds this config runs."""
         return list(range(self.first_seed, self.first_seed + self.seeds))
+
+
+def check_rates(cfg: Any, *names: str) -> None:
+    """Raise ``ConfigError`` unless every field ``names`` of ``cfg`` lies in [0, 1) (dropout
+    probabilities, label smoothing)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name} must lie in [0, 1), got {value}.")
+
+
+def check_heads(cfg: Any) -> None:
+    """Raise ``ConfigError`` unless ``cfg.dim`` is divisible by ``cfg.heads`` (attention)."""
+    if cfg.dim % cfg.heads:
+        raise ConfigError(f"dim ({cfg.dim}) must be divisible by heads ({cfg.heads}).")
+
+
+def check_vocab_size(cfg: Any, low: int = 50) -> None:
+    """Raise ``ConfigError`` unless ``cfg.vocab_size >= low``."""
+    if cfg.vocab_size < low:
+        raise ConfigError(f"vocab_size must be >= {low}, got {cfg.vocab_size}.")
 
 
 def _positive(name: str, value: int) -> None:

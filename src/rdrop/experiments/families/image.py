@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop.experiments.config import CommonConfig, ConfigError
+from rdrop.experiments.config import CommonConfig, ConfigError, check_heads, check_rates
 from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
 from rdrop.experiments.training import (
     cycle_batches,
@@ -65,10 +65,8 @@ class ImageConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.dim % self.heads:
-            raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads}).")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}.")
+        check_heads(self)
+        check_rates(self, "dropout")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}.")
 

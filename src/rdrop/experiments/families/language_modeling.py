@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop.experiments.config import CommonConfig, ConfigError, apply_overrides
+from rdrop.experiments.config import (
+    CommonConfig,
+    ConfigError,
+    apply_overrides,
+    check_heads,
+    check_rates,
+    check_vocab_size,
+)
 from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
 from rdrop.experiments.training import (
     cycle_batches,
@@ -75,15 +82,11 @@ class LMConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.dim % self.heads:
-            raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads}).")
-        for name in ("dropout", "attention_dropout", "activation_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}.")
+        check_heads(self)
+        check_rates(self, "dropout", "attention_dropout", "activation_dropout")
         if self.block_size < 2:
             raise ConfigError(f"block_size must be >= 2, got {self.block_size}.")
-        if self.vocab_size < 50:
-            raise ConfigError(f"vocab_size must be >= 50, got {self.vocab_size}.")
+        check_vocab_size(self)
 
 
 @dataclass

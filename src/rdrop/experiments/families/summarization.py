@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from rdrop.experiments.config import CommonConfig, ConfigError
+from rdrop.experiments.config import (
+    CommonConfig,
+    ConfigError,
+    check_heads,
+    check_rates,
+    check_vocab_size,
+)
 from rdrop.experiments.families.translation import EncodedPairs, encode_pairs, run_seq2seq
 from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
 
@@ -71,15 +77,12 @@ class SummarizationConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.dim % self.heads:
-            raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads}).")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}.")
+        check_heads(self)
+        check_rates(self, "dropout", "attention_dropout", "activation_dropout",
+                    "label_smoothing")
         if self.max_src_len < 2 or self.max_tgt_len < 1 or self.decode_max_len < 1:
             raise ConfigError("max_src_len >= 2, max_tgt_len >= 1 and decode_max_len >= 1.")
-        if self.vocab_size < 50:
-            raise ConfigError(f"vocab_size must be >= 50, got {self.vocab_size}.")
+        check_vocab_size(self)
 
 
 def rouge_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop.experiments.config import CommonConfig, ConfigError
+from rdrop.experiments.config import CommonConfig, ConfigError, check_rates
 from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
 from rdrop.experiments.training import (
     cycle_batches,
@@ -83,8 +83,7 @@ class TextConfig(CommonConfig):
             raise ConfigError(f"pooling must be mean or cls, got {self.pooling!r}.")
         if self.max_length < 4:
             raise ConfigError(f"max_length must be >= 4, got {self.max_length}.")
-        if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.head_dropout < 1.0):
-            raise ConfigError("dropout and head_dropout must lie in [0, 1).")
+        check_rates(self, "dropout", "head_dropout")
         if self.num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}.")
 

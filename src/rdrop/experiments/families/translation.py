@@ -22,7 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop.experiments.config import CommonConfig, ConfigError
+from rdrop.experiments.config import (
+    CommonConfig,
+    ConfigError,
+    check_heads,
+    check_rates,
+    check_vocab_size,
+)
 from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
 from rdrop.experiments.training import (
     cycle_batches,
@@ -100,15 +106,10 @@ class TranslationConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.dim % self.heads:
-            raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads}).")
-        for name in ("dropout", "attention_dropout", "activation_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}.")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
-        if self.vocab_size < 50:
-            raise ConfigError(f"vocab_size must be >= 50, got {self.vocab_size}.")
+        check_heads(self)
+        check_rates(self, "dropout", "attention_dropout", "activation_dropout",
+                    "label_smoothing")
+        check_vocab_size(self)
         if self.max_len < 2 or self.decode_max_len < 1:
             raise ConfigError("max_len must be >= 2 and decode_max_len >= 1.")
 
