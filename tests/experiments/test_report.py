@@ -77,3 +77,15 @@ def test_t_interval_matches_scipy():
 def test_empty_results_raise(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run records"):
         build_report(tmp_path)
+
+
+def test_reproduce_command_drops_work_splitting_options():
+    recs = [_record("baseline", s, 0.8, "bk", "bk") for s in range(2)]
+    recs += [_record("rdrop", s, 0.8, "rk", "bk") for s in range(2)]
+    recs[2]["command"] = "rdrop run fixture alpha=5 methods=rdrop seeds=1 first_seed=1 progress=0"
+    (group,) = group_results(recs)
+    # an unregistered experiment's default is 3 seeds; this group has 2, starting at 0
+    assert group.command() == "rdrop run fixture alpha=5 seeds=2"
+    for r in recs:
+        r["seed"] += 4
+    assert group_results(recs)[0].command() == "rdrop run fixture alpha=5 first_seed=4 seeds=2"

@@ -11,6 +11,7 @@ import csv
 import math
 import os
 import re
+import shlex
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,20 +53,38 @@ class Group:
                                                    else math.nan)) for r in runs}
 
     def command(self) -> str:
+        """The ``rdrop run`` command that reproduces every run of the group (both arms, all its
+        seeds): a recorded command without the options that only split the work (``methods=``,
+        ``seeds=``, ``first_seed=``, threads, ...), plus ``seeds=N`` where the group has another
+        number of seeds than the experiment's default."""
         recs = self.rdrop or self.baseline
-        return recs[0].get("command", "") if recs else ""
+        if not recs or not recs[0].get("command"):
+            return ""
+        tokens = [t for t in shlex.split(recs[0]["command"])
+                  if t.partition("=")[0] not in NON_RESULT_FIELDS]
+        seeds = sorted({r["seed"] for r in self.records})
+        exp = self._registered()
+        default = getattr(getattr(exp, "config", None), "seeds", 3)
+        if seeds[0] != 0:
+            tokens.append(f"first_seed={seeds[0]}")
+        if len(seeds) != default:
+            tokens.append(f"seeds={len(seeds)}")
+        return shlex.join(tokens)
+
+    def _registered(self) -> Any:
+        try:
+            from rdrop.experiments.registry import discover
+
+            return discover().get(self.experiment)
+        except Exception:  # a broken family module must not break the report
+            return None
 
     def info(self, key: str) -> str:
         """``info[key]`` of the registered experiment if it is registered (the paper's figures
         are metadata and may be corrected after a run), else from the records."""
-        try:
-            from rdrop.experiments.registry import discover
-
-            exp = discover().get(self.experiment)
-            if exp is not None and getattr(exp, key, ""):
-                return str(getattr(exp, key))
-        except Exception:  # a broken family module must not break the report
-            pass
+        exp = self._registered()
+        if exp is not None and getattr(exp, key, ""):
+            return str(getattr(exp, key))
         for r in self.records:
             if r.get("info", {}).get(key):
                 return str(r["info"][key])
