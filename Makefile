@@ -51,9 +51,15 @@ test: install-dev
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m pytest -q
 
+# The code is hand-formatted (ruff line length 100); `ruff format --diff` shows what the
+# formatter would change, for information only.
 lint: install-dev
 	$(PY) -m ruff check $(LINT_PATHS)
-	$(PY) -m ruff format --check $(LINT_PATHS)
+
+# Benchmarks (long: ~5 + ~40 minutes on one CPU thread); results go to benchmarks/results/.
+bench: install-dev
+	$(PY) benchmarks/bench_step.py
+	$(PY) benchmarks/bench_loss.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
