@@ -89,3 +89,12 @@ def test_reproduce_command_drops_work_splitting_options():
     for r in recs:
         r["seed"] += 4
     assert group_results(recs)[0].command() == "rdrop run fixture alpha=5 first_seed=4 seeds=2"
+
+
+def test_reproduce_command_knows_the_variants_seeds():
+    recs = [_record(m, s, 0.8, "k", "k") for m in ("baseline", "rdrop") for s in range(2)]
+    for r in recs:  # the registered image family: its quick variant runs 2 seeds
+        r.update(experiment="image", variant="quick", command="rdrop run image --quick")
+    assert group_results(recs)[0].command() == "rdrop run image --quick"
+    recs = [r for r in recs if r["seed"] == 0]
+    assert group_results(recs)[0].command() == "rdrop run image --quick seeds=1"

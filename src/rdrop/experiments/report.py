@@ -65,6 +65,8 @@ class Group:
         seeds = sorted({r["seed"] for r in self.records})
         exp = self._registered()
         default = getattr(getattr(exp, "config", None), "seeds", 3)
+        variant = getattr(exp, "variants", {}).get(recs[0].get("variant", ""), {})
+        default = variant.get("seeds", default)  # e.g. --quick runs 2 seeds
         if seeds[0] != 0:
             tokens.append(f"first_seed={seeds[0]}")
         if len(seeds) != default:
