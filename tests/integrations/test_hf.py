@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
-from typing import Any
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from tiny_models import (
     TokenTagger,
     TokenTaggerKw,
     classification_data,
+    make_args,
     pad_collate,
     seq2seq_data,
     tagging_data,
@@ -35,14 +35,6 @@ from rdrop.integrations.hf import (
 )
 
 torch.set_num_threads(1)
-
-
-def make_args(tmp_path, cls=RDropTrainingArguments, **kw: Any):
-    base = {"output_dir": str(tmp_path), "report_to": "none", "use_cpu": True,
-            "save_strategy": "no", "logging_steps": 1, "per_device_train_batch_size": 4,
-            "disable_tqdm": True, "seed": 0}
-    base.update(kw)
-    return cls(**base)
 
 
 class LogitsRecorder:

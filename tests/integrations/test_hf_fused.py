@@ -13,7 +13,7 @@ from torch import nn
 
 pytest.importorskip("transformers")
 
-from tiny_models import pad_collate, seq2seq_data, tiny_bart, tiny_bert
+from tiny_models import make_args, pad_collate, seq2seq_data, tiny_bart, tiny_bert
 from transformers import Trainer, TrainerCallback
 
 from rdrop.integrations.hf import (
@@ -25,14 +25,6 @@ from rdrop.integrations.hf import (
 
 torch.set_num_threads(1)
 TOL = {"rtol": 1e-5, "atol": 1e-6}
-
-
-def make_args(tmp_path, cls=RDropTrainingArguments, **kw: Any):
-    base = {"output_dir": str(tmp_path), "report_to": "none", "use_cpu": True,
-            "save_strategy": "no", "logging_steps": 1, "per_device_train_batch_size": 4,
-            "disable_tqdm": True, "seed": 0}
-    base.update(kw)
-    return cls(**base)
 
 
 # ------------------------------------------------------------------------------------ models

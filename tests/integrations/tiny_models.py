@@ -133,3 +133,15 @@ def pad_collate(rows: list[dict]) -> dict[str, Tensor]:
         mask[i, :len(r["input_ids"])] = 1
         labels[i, :len(r["labels"])] = torch.tensor(r["labels"])
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def make_args(tmp_path: Any, cls: Any = None, **kw: Any) -> Any:
+    """Quiet CPU training arguments for the trainer tests (``cls`` defaults to
+    ``RDropTrainingArguments``); ``kw`` overrides."""
+    if cls is None:
+        from rdrop.integrations.hf import RDropTrainingArguments as cls
+    base = {"output_dir": str(tmp_path), "report_to": "none", "use_cpu": True,
+            "save_strategy": "no", "logging_steps": 1, "per_device_train_batch_size": 4,
+            "disable_tqdm": True, "seed": 0}
+    base.update(kw)
+    return cls(**base)
