@@ -312,8 +312,9 @@ def build_report(
           markdown_table(rows), "", "### Reproduce", ""]
     by_command: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
-        if g.command():
-            by_command[g.command()].append(g)
+        cmd = g.command()
+        if cmd:
+            by_command[cmd].append(g)
     for cmd, gs in by_command.items():  # one command may run a whole grid (an ablation)
         label = gs[0].label if len(gs) == 1 else f"all {len(gs)} settings"
         md.append(f"- {gs[0].experiment} [{label}]: `{cmd}`")
