@@ -16,6 +16,7 @@ from tiny_models import (
     TokenTagger,
     TokenTaggerKw,
     classification_data,
+    grad_recorder,
     make_args,
     pad_collate,
     seq2seq_data,
@@ -24,7 +25,7 @@ from tiny_models import (
     tiny_bert,
     tiny_gpt2,
 )
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from rdrop.functional import multi_pass_rdrop_loss, rdrop_loss
 from rdrop.integrations.hf import (
@@ -48,15 +49,6 @@ class LogitsRecorder:
         if module.training:
             logits = output["logits"] if isinstance(output, dict) else output.logits
             self.logits.append(logits.detach().clone())
-
-
-class GradRecorder(TrainerCallback):
-    def __init__(self) -> None:
-        self.grads: list[dict[str, torch.Tensor]] = []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()
-                           if p.grad is not None})
 
 
 class RecordingCollator:
@@ -188,7 +180,7 @@ def test_accumulated_gradient_equals_full_batch_gradient(tmp_path, model_cls):
 
     def run(batch: int, accumulation: int) -> tuple[dict, dict]:
         model = model_cls(seed=0)
-        grads = GradRecorder()
+        grads = grad_recorder()
         args = make_args(tmp_path, per_device_train_batch_size=batch, max_steps=1,
                          gradient_accumulation_steps=accumulation, rdrop_alpha=3.0,
                          remove_unused_columns=False)

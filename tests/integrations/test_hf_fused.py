@@ -13,8 +13,8 @@ from torch import nn
 
 pytest.importorskip("transformers")
 
-from tiny_models import make_args, pad_collate, seq2seq_data, tiny_bart, tiny_bert
-from transformers import Trainer, TrainerCallback
+from tiny_models import grad_recorder, make_args, pad_collate, seq2seq_data, tiny_bart, tiny_bert
+from transformers import Trainer
 
 from rdrop.integrations.hf import (
     RDropSeq2SeqTrainer,
@@ -157,18 +157,9 @@ def test_fused_seq2seq_equals_the_logits_path(tmp_path):
                 step(tiny_bart, tmp_path, False, batch, **kw))
 
 
-class GradRecorder(TrainerCallback):
-    def __init__(self) -> None:
-        self.grads: list[dict[str, torch.Tensor]] = []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()
-                           if p.grad is not None})
-
-
 def train(tmp_path, fused: bool, batch: int, accumulation: int, steps: int = 1, **kw: Any):
     model = gpt2(keyed=True)
-    grads = GradRecorder()
+    grads = grad_recorder()
     args = make_args(tmp_path, per_device_train_batch_size=batch, max_steps=steps,
                      gradient_accumulation_steps=accumulation, rdrop_alpha=3.0,
                      rdrop_fused_linear=fused, rdrop_chunk_size=7, **kw)

@@ -145,3 +145,19 @@ def make_args(tmp_path: Any, cls: Any = None, **kw: Any) -> Any:
             "disable_tqdm": True, "seed": 0}
     base.update(kw)
     return cls(**base)
+
+
+def grad_recorder() -> Any:
+    """A Trainer callback keeping a copy of every parameter gradient just before each optimizer
+    step (``.grads``: one ``{name: grad}`` per step)."""
+    from transformers import TrainerCallback
+
+    class GradRecorder(TrainerCallback):
+        def __init__(self) -> None:
+            self.grads: list[dict[str, Tensor]] = []
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()
+                               if p.grad is not None})
+
+    return GradRecorder()
