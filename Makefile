@@ -8,35 +8,30 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
-LINT_PATHS := $(wildcard src tests examples benchmarks)
-DEBIAN_DATA := dataset-fashion-mnist sword-text-sparv sword-text-web libsword-utils
+LINT_PATHS := $(wildcard src experiments/src tests examples benchmarks scripts)
 
 .PHONY: demo test lint bench venv install-demo install-dev data clean
 
 $(PY):
+	@echo "setup: creating $(VENV) and installing $(TORCH_PIN) (CPU build; about 1 min)"
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q --progress-bar off --upgrade pip
+	$(PIP) install -q --progress-bar off "$(TORCH_PIN)"
 
 venv: $(PY)
 
-# Real data sets that ship as Debian packages (docs/DATA.md). Needs root (or sudo); skipped if present.
+# Real data sets: Debian packages and the apt lists with English descriptions (docs/DATA.md).
+# Checks every input, fetches what is missing, fails with the fix. Needs root (or sudo) to fetch.
 data:
-	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v mod2imp >/dev/null \
-	    && [ -d /usr/share/sword/modules/texts/ztext/spaRV1909eb ]; then \
-	  echo "data: Debian data packages present"; \
-	else \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
-	  $$SUDO apt-get update -qq -o Acquire::Languages=en && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEBIAN_DATA) >/dev/null && \
-	  echo "data: installed $(DEBIAN_DATA)"; \
-	fi
+	@bash scripts/setup_data.sh
 
 install-demo: $(PY) data
-	$(PIP) install -q -e ".[experiments]" "$(TORCH_PIN)"
+	@echo "setup: pip install -e . -e ./experiments (the library and the evidence suite; 1-3 min on a fresh machine)"
+	$(PIP) install -q --progress-bar off -e . -e ./experiments "$(TORCH_PIN)"
 
 install-dev: $(PY) data
-	$(PIP) install -q -e ".[dev,hf,experiments]" "$(TORCH_PIN)"
+	@echo "setup: pip install -e '.[dev,hf]' -e ./experiments (1-3 min on a fresh machine)"
+	$(PIP) install -q --progress-bar off -e ".[dev,hf]" -e ./experiments "$(TORCH_PIN)"
 
 DEMO_OUT ?= runs/demo
 
@@ -62,4 +57,4 @@ bench: install-dev
 	$(PY) benchmarks/bench_loss.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info experiments/src/*.egg-info .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@ import sys
 def test_import_rdrop_loads_no_heavy_optional_module():
     code = (
         "import sys, rdrop\n"
-        "heavy = [m for m in ('transformers', 'accelerate', 'rdrop.experiments', "
+        "heavy = [m for m in ('transformers', 'accelerate', 'rdrop_experiments', "
         "'rdrop.integrations', 'matplotlib', 'sklearn', 'sacrebleu') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

@@ -22,10 +22,16 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = {"integrations", "experiments"}
+_LAZY_SUBMODULES = {"integrations"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"rdrop.{name}")
+    if name == "experiments":
+        # The evidence suite is its own distribution (experiments/ in the repository).
+        raise AttributeError(
+            "rdrop.experiments moved: the evidence suite is the separate package "
+            "`rdrop_experiments` (from a checkout: pip install -e ./experiments)."
+        )
     raise AttributeError(f"module 'rdrop' has no attribute {name!r}")

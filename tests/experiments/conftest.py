@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from rdrop.experiments.config import CommonConfig
-from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
-from rdrop.experiments.training import make_step, seed_everything
+from rdrop_experiments.config import CommonConfig
+from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.training import make_step, seed_everything
 
 CALLS: list[tuple[str, int, float]] = []
 FAIL_SEED: list[int] = []  # seeds whose run raises (a simulated crash)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from rdrop.experiments.config import (
+from rdrop_experiments.config import (
     CommonConfig,
     ConfigError,
     apply_overrides,
@@ -68,7 +68,7 @@ FAMILIES = ["image", "text-classification", "translation", "summarization", "lan
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_configs_reject_bad_rates_and_shapes(family):
-    from rdrop.experiments.registry import discover
+    from rdrop_experiments.registry import discover
 
     cfg = discover()[family].config
     with pytest.raises(ConfigError, match=r"dropout must lie in \[0, 1\), got 1.0"):

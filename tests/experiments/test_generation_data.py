@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from rdrop.experiments.data.parallel import clean_osis, load_parallel, read_parallel_files
-from rdrop.experiments.data.text import (
+from rdrop_experiments.data.parallel import clean_osis, load_parallel, read_parallel_files
+from rdrop_experiments.data.text import (
     PairData,
     hash_split,
     load_hf_text_splits,
@@ -18,8 +18,8 @@ from rdrop.experiments.data.text import (
     read_raw_text_splits,
     train_bpe,
 )
-from rdrop.experiments.families.language_modeling import make_blocks
-from rdrop.experiments.families.translation import encode_pairs
+from rdrop_experiments.families.language_modeling import make_blocks
+from rdrop_experiments.families.translation import encode_pairs
 
 
 def _write(path, lines):

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from rdrop.experiments import get_experiment, plan_runs, run_experiment
-from rdrop.experiments.models.causal_lm import CausalTransformerLM
-from rdrop.experiments.models.seq2seq import Seq2SeqTransformer, dropout_rates
-from rdrop.experiments.training import set_dropout
+from rdrop_experiments import get_experiment, plan_runs, run_experiment
+from rdrop_experiments.models.causal_lm import CausalTransformerLM
+from rdrop_experiments.models.seq2seq import Seq2SeqTransformer, dropout_rates
+from rdrop_experiments.training import set_dropout
 
 CASES = [
     ("translation", "bleu", ("bleu", "chrf", "test_loss", "loss_gap")),

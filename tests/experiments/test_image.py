@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from rdrop.experiments import run_experiment
-from rdrop.experiments.data.images import (
+from rdrop_experiments import run_experiment
+from rdrop_experiments.data.images import (
     load_fashion_mnist,
     load_hf_image_dataset,
     load_image_folder,

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from rdrop.experiments.io import write_json_atomic
-from rdrop.experiments.report import build_report, group_results
-from rdrop.experiments.stats import paired_difference, summarize
+from rdrop_experiments.io import write_json_atomic
+from rdrop_experiments.report import build_report, group_results
+from rdrop_experiments.stats import paired_difference, summarize
 
 BASE = {"exp": [0.80, 0.82, 0.81], "rd": [0.82, 0.83, 0.83], "rd_a5": [0.79, 0.80, 0.82]}
 
@@ -41,7 +41,7 @@ def results(tmp_path):
 
 
 def test_groups_share_the_baseline(results):
-    from rdrop.experiments.io import load_results
+    from rdrop_experiments.io import load_results
 
     groups = group_results(load_results(results))
     assert [g.label for g in groups] == ["default alpha=1", "default alpha=5"]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from rdrop.experiments import run_experiment
-from rdrop.experiments.io import load_results
+from rdrop_experiments import run_experiment
+from rdrop_experiments.io import load_results
 
 FIELDS = {"experiment", "method", "seed", "metric", "value", "config", "curves",
           "wall_time_s", "versions", "command", "key", "pair_key"}
@@ -69,7 +69,7 @@ def test_quick_variant_and_unknown_variant(tmp_path, calls):
     recs = run_experiment("toy", {}, out=tmp_path, variant="quick", progress=False)
     assert all(r["variant"] == "quick" and r["config"]["max_steps"] == 2 for r in recs)
     assert recs[0]["command"] == "rdrop run toy --quick"
-    from rdrop.experiments import ConfigError
+    from rdrop_experiments import ConfigError
 
     with pytest.raises(ConfigError, match="no variant"):
         run_experiment("toy", {}, out=tmp_path, variant="huge", progress=False)

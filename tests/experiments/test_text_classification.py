@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from rdrop.experiments import run_experiment
-from rdrop.experiments.data.debian import load_debian_descriptions, read_list_file
-from rdrop.experiments.data.text_classification import (
+from rdrop_experiments import run_experiment
+from rdrop_experiments.data.debian import load_debian_descriptions, read_list_file
+from rdrop_experiments.data.text_classification import (
     hash_split,
     load_debian_sections,
     load_hf_text_dataset,

@@ -121,7 +121,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, cache_name: str | None =
     texts = list(texts)
     cache: Path | None = None
     if cache_name is not None:
-        from rdrop.experiments.data.debian import cache_dir
+        from rdrop_experiments.data.debian import cache_dir
 
         digest = hashlib.sha256()
         digest.update(f"{vocab_size}:{min_frequency}:".encode())
@@ -290,7 +290,7 @@ def load_summarization(dataset: str = "debian", path: str | None = None, *, seed
         ValueError: unknown dataset or missing ``path``.
     """
     if dataset == "debian":
-        from rdrop.experiments.data.debian import APT_LISTS_DIR, load_debian_descriptions
+        from rdrop_experiments.data.debian import APT_LISTS_DIR, load_debian_descriptions
 
         packages, meta = load_debian_descriptions(path or APT_LISTS_DIR)
         splits: dict[str, list[tuple[str, str]]] = {"train": [], "valid": [], "test": []}
@@ -338,7 +338,7 @@ def load_lm_corpus(dataset: str = "bible-web", path: str | None = None, *, seed:
     """
     splits: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
     if dataset == "bible-web":
-        from rdrop.experiments.data.parallel import read_sword_module
+        from rdrop_experiments.data.parallel import read_sword_module
 
         verses = read_sword_module(path or "engWEB2015eb")
         chapters: dict[str, list[str]] = {}
@@ -350,7 +350,7 @@ def load_lm_corpus(dataset: str = "bible-web", path: str | None = None, *, seed:
                         {"split": f"sha256(seed={seed}:chapter) valid={valid_frac} "
                                   f"test={test_frac}", "chapters": len(chapters)})
     if dataset == "debian":
-        from rdrop.experiments.data.debian import APT_LISTS_DIR, load_debian_descriptions
+        from rdrop_experiments.data.debian import APT_LISTS_DIR, load_debian_descriptions
 
         packages, meta = load_debian_descriptions(path or APT_LISTS_DIR)
         for p in packages:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop.experiments.config import (
+from rdrop_experiments.config import (
     CommonConfig,
     ConfigError,
     apply_overrides,
@@ -27,8 +27,8 @@ from rdrop.experiments.config import (
     check_rates,
     check_vocab_size,
 )
-from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
-from rdrop.experiments.training import (
+from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.training import (
     cycle_batches,
     linear_warmup_decay,
     make_step,
@@ -126,7 +126,7 @@ def make_blocks(stream: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
 @lru_cache(maxsize=4)
 def _data(dataset: str, path: str | None, split_seed: int, vocab_size: int, block_size: int,
           train_tokens: int) -> TokenBlocks:
-    from rdrop.experiments.data.text import load_lm_corpus, train_bpe
+    from rdrop_experiments.data.text import load_lm_corpus, train_bpe
 
     corpus = load_lm_corpus(dataset, path, seed=split_seed)
     tok = train_bpe(corpus.splits["train"], vocab_size, cache_name=f"lm-{dataset}")
@@ -162,7 +162,7 @@ def run_language_modeling(cfg: LMConfig, ctx: RunContext) -> RunResult:
     """One seed of one arm: BPE token windows, train the causal LM, test perplexity."""
     from tqdm.auto import tqdm
 
-    from rdrop.experiments.models.causal_lm import CausalTransformerLM
+    from rdrop_experiments.models.causal_lm import CausalTransformerLM
 
     data = _data(cfg.dataset, cfg.data_path, cfg.split_seed, cfg.vocab_size, cfg.block_size,
                  cfg.train_tokens)

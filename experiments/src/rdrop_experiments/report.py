@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rdrop.experiments.config import NON_RESULT_FIELDS
-from rdrop.experiments.io import load_results
-from rdrop.experiments.stats import PairedDiff, Summary, paired_difference, summarize
+from rdrop_experiments.config import NON_RESULT_FIELDS
+from rdrop_experiments.io import load_results
+from rdrop_experiments.stats import PairedDiff, Summary, paired_difference, summarize
 
 __all__ = ["Group", "build_report", "group_results", "markdown_table"]
 
@@ -75,7 +75,7 @@ class Group:
 
     def _registered(self) -> Any:
         try:
-            from rdrop.experiments.registry import discover
+            from rdrop_experiments.registry import discover
 
             return discover().get(self.experiment)
         except Exception:  # a broken family module must not break the report

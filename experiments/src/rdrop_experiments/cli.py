@@ -14,7 +14,7 @@ __all__ = ["main"]
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from rdrop.experiments import list_experiments
+    from rdrop_experiments import list_experiments
 
     for exp in list_experiments():
         kind = "ablation" if "ablation" in exp.tags else "family"
@@ -36,8 +36,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rdrop.experiments import list_experiments, parse_overrides, run_experiment
-    from rdrop.experiments.registry import get_experiment
+    from rdrop_experiments import list_experiments, parse_overrides, run_experiment
+    from rdrop_experiments.registry import get_experiment
 
     names = [t for t in args.items if "=" not in t]
     overrides = [t for t in args.items if "=" in t]
@@ -58,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from rdrop.experiments.report import build_report
+    from rdrop_experiments.report import build_report
 
     text = build_report(args.results, out=args.out, plots=not args.no_plots,
                         experiments=args.experiment or None)
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rdrop`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from rdrop.experiments.config import ConfigError
+    from rdrop_experiments.config import ConfigError
 
     try:
         return int(args.func(args))

@@ -15,15 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from rdrop.experiments.config import (
+from rdrop_experiments.config import (
     CommonConfig,
     ConfigError,
     check_heads,
     check_rates,
     check_vocab_size,
 )
-from rdrop.experiments.families.translation import EncodedPairs, encode_pairs, run_seq2seq
-from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.families.translation import EncodedPairs, encode_pairs, run_seq2seq
+from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
 
 __all__ = ["SummarizationConfig", "rouge_scores", "run_summarization"]
 
@@ -108,7 +108,7 @@ def rouge_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
 @lru_cache(maxsize=4)
 def _data(dataset: str, path: str | None, split_seed: int, vocab_size: int, max_src_len: int,
           max_tgt_len: int, train_size: int, valid_size: int, test_size: int) -> EncodedPairs:
-    from rdrop.experiments.data.text import load_summarization
+    from rdrop_experiments.data.text import load_summarization
 
     raw = load_summarization(dataset, path, seed=split_seed)
     return encode_pairs(raw, vocab_size=vocab_size, src_max=max_src_len, tgt_max=max_tgt_len,

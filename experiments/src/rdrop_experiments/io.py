@@ -4,7 +4,7 @@ Layout under the output root::
 
     <out>/<experiment>/<method>-seed<seed>-<key>.json
 
-``key`` is :func:`rdrop.experiments.config.config_key`: the same command finds the same files and
+``key`` is :func:`rdrop_experiments.config.config_key`: the same command finds the same files and
 skips them; a changed config writes new files beside the old ones.
 """
 

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 import rdrop
 from rdrop.batching import extract_logits
-from rdrop.experiments.config import CommonConfig
 from rdrop.functional import RDropOutput, multi_pass_rdrop_loss
+from rdrop_experiments.config import CommonConfig
 
 __all__ = [
     "TrainStep",

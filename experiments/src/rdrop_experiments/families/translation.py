@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop.experiments.config import (
+from rdrop_experiments.config import (
     CommonConfig,
     ConfigError,
     check_heads,
     check_rates,
     check_vocab_size,
 )
-from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
-from rdrop.experiments.training import (
+from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.training import (
     cycle_batches,
     linear_warmup_decay,
     make_step,
@@ -148,7 +148,7 @@ def encode_pairs(data: Any, *, vocab_size: int, src_max: int, tgt_max: int, trun
     too when over ``src_max`` unless ``truncate_src`` (summarization truncates documents).
     ``valid``/``test`` are capped after filtering.
     """
-    from rdrop.experiments.data.text import train_bpe
+    from rdrop_experiments.data.text import train_bpe
 
     shuffled = {}
     for split, pairs in data.splits.items():
@@ -251,7 +251,7 @@ def run_seq2seq(cfg: Any, ctx: RunContext, data: EncodedPairs,
     """
     from tqdm.auto import tqdm
 
-    from rdrop.experiments.models.seq2seq import Seq2SeqTransformer
+    from rdrop_experiments.models.seq2seq import Seq2SeqTransformer
 
     src_tr, tgt_tr = data.src["train"], data.tgt["train"]
     n_probe = min(len(src_tr), 400)
@@ -329,7 +329,7 @@ def run_seq2seq(cfg: Any, ctx: RunContext, data: EncodedPairs,
 def _data(dataset: str, path: str | None, src_lang: str, tgt_lang: str, src_module: str,
           tgt_module: str, split_seed: int, vocab_size: int, max_len: int, train_size: int,
           valid_size: int, test_size: int) -> EncodedPairs:
-    from rdrop.experiments.data.parallel import load_parallel
+    from rdrop_experiments.data.parallel import load_parallel
 
     raw = load_parallel(dataset, path, src_lang=src_lang, tgt_lang=tgt_lang,
                         src_module=src_module, tgt_module=tgt_module, seed=split_seed)

@@ -6,14 +6,14 @@ Install with ``pip install 'rdrop[experiments]'``. Command line: ``rdrop ls``, `
 
 from __future__ import annotations
 
-from rdrop.experiments.config import (
+from rdrop_experiments.config import (
     CommonConfig,
     ConfigError,
     apply_overrides,
     config_key,
     parse_overrides,
 )
-from rdrop.experiments.registry import (
+from rdrop_experiments.registry import (
     Experiment,
     RunContext,
     RunResult,
@@ -22,7 +22,7 @@ from rdrop.experiments.registry import (
     list_experiments,
     register,
 )
-from rdrop.experiments.runner import plan_runs, resolve_configs, run_experiment
+from rdrop_experiments.runner import plan_runs, resolve_configs, run_experiment
 
 __all__ = [
     "CommonConfig",
@@ -45,7 +45,7 @@ __all__ = [
 
 
 def build_report(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """:func:`rdrop.experiments.report.build_report` (imported on use: it loads matplotlib)."""
-    from rdrop.experiments.report import build_report as _build
+    """:func:`rdrop_experiments.report.build_report` (imported on use: it loads matplotlib)."""
+    from rdrop_experiments.report import build_report as _build
 
     return _build(*args, **kwargs)

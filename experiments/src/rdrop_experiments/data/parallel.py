@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from rdrop.experiments.data.text import (
+from rdrop_experiments.data.text import (
     PairData,
     hash_split,
     load_hf_text_splits,
@@ -100,7 +100,7 @@ def load_bible_pairs(src_module: str = "spaRV1909eb", tgt_module: str = "engWEB2
 
     Cached as JSON under ``~/.cache/rdrop/`` keyed by the module names and the modules' files.
     """
-    from rdrop.experiments.data.debian import cache_dir
+    from rdrop_experiments.data.debian import cache_dir
 
     stamp = []
     for m in (src_module, tgt_module):

@@ -5,7 +5,7 @@ Dropout sits where the paper's fairseq Transformer has it: on the scaled embeddi
 positions (``dropout``), on every residual branch (``dropout``), on the attention weights
 (``attention_dropout``) and inside the feed-forward block (``activation_dropout``). Every rate is
 an ``nn.Dropout`` module or an ``attention_dropout`` float attribute, so
-:func:`rdrop.experiments.training.set_dropout` (the harness's per-pass dropout rates) and
+:func:`rdrop_experiments.training.set_dropout` (the harness's per-pass dropout rates) and
 :meth:`Seq2SeqTransformer.dropout_rates` reach all of them.
 
 Decoding is **greedy** (batched, no beam): :meth:`Seq2SeqTransformer.greedy_decode`.
@@ -51,7 +51,7 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention over ``F.scaled_dot_product_attention``.
 
     ``attention_dropout`` is a float attribute (dropout on the attention weights, training only),
-    which :func:`rdrop.experiments.training.set_dropout` recognises.
+    which :func:`rdrop_experiments.training.set_dropout` recognises.
     """
 
     def __init__(self, dim: int, heads: int, attention_dropout: float) -> None:
@@ -167,7 +167,7 @@ def override_dropout(model: nn.Module, p: float) -> Iterator[None]:
         >>> sorted(set(dropout_rates(m).values()))
         [0.1, 0.3]
     """
-    from rdrop.experiments.training import set_dropout
+    from rdrop_experiments.training import set_dropout
 
     old = set_dropout(model, p)
     try:

@@ -1,7 +1,7 @@
 """Sentence (and sentence-pair) classification data.
 
 * ``debian-sections``: Debian package description -> Section, from the local apt lists
-  (:mod:`rdrop.experiments.data.debian`), the top ``num_classes`` sections, split by a seeded
+  (:mod:`rdrop_experiments.data.debian`), the top ``num_classes`` sections, split by a seeded
   hash of the *source* package name (binary packages of one source share descriptions, so they
   stay in one split).
 * ``csv``: a CSV/TSV file, or a folder with ``train``/``valid``|``validation``|``dev``/``test``
@@ -97,7 +97,7 @@ def load_debian_sections(
         FileNotFoundError: no apt lists with English descriptions.
         ValueError: bad ``text_field`` or unknown section names.
     """
-    from rdrop.experiments.data.debian import APT_LISTS_DIR, load_debian_descriptions
+    from rdrop_experiments.data.debian import APT_LISTS_DIR, load_debian_descriptions
 
     if text_field not in ("synopsis", "long", "synopsis+long"):
         raise ValueError(f"text_field must be synopsis, long or synopsis+long, got {text_field!r}.")

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop.experiments.config import CommonConfig, ConfigError, check_rates
-from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
-from rdrop.experiments.training import (
+from rdrop_experiments.config import CommonConfig, ConfigError, check_rates
+from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.training import (
     cycle_batches,
     linear_warmup_decay,
     make_step,
@@ -149,7 +149,7 @@ def _data(cfg_data: tuple[Any, ...], model_path: str, max_length: int):  # type:
     """Load, cap and tokenize every split once per process (both arms and all seeds share it)."""
     from transformers import AutoTokenizer
 
-    from rdrop.experiments.data.text_classification import load_text_classification
+    from rdrop_experiments.data.text_classification import load_text_classification
 
     (dataset, data_path, text_column, label_column, num_classes, sections, text_field,
      caps) = cfg_data

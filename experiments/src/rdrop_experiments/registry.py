@@ -1,11 +1,11 @@
 """The experiment registry: families register themselves; ablations are named variants (data).
 
-A family module (any module in :mod:`rdrop.experiments.families`) calls :func:`register` at import
+A family module (any module in :mod:`rdrop_experiments.families`) calls :func:`register` at import
 time. :func:`discover` imports every module of that package, so a new family file needs no edit
 here. A *variant* is a named set of overrides (``quick`` is required: the <= 60 s smoke run); a
 *grid* variant lists several settings (an alpha sweep), each run with both arms unless the
 setting differs only in R-Drop fields, in which case the baseline is shared (see
-:func:`rdrop.experiments.config.config_key`).
+:func:`rdrop_experiments.config.config_key`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rdrop.experiments.config import CommonConfig, ConfigError
+from rdrop_experiments.config import CommonConfig, ConfigError
 
 __all__ = [
     "Experiment",
@@ -138,7 +138,7 @@ def register(experiment: Experiment, *, replace: bool = False) -> Experiment:
 
 
 def discover() -> dict[str, Experiment]:
-    """Import every module in :mod:`rdrop.experiments.families` once; return the registry.
+    """Import every module in :mod:`rdrop_experiments.families` once; return the registry.
 
     A family module that fails to import because an optional dependency is missing is skipped
     with a warning (its experiments are then absent from ``rdrop ls``); other errors propagate.
@@ -147,7 +147,7 @@ def discover() -> dict[str, Experiment]:
     if not _DISCOVERED:
         import warnings
 
-        from rdrop.experiments import families
+        from rdrop_experiments import families
 
         for info in sorted(pkgutil.iter_modules(families.__path__), key=lambda i: i.name):
             if info.name.startswith("_"):

@@ -15,21 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rdrop.experiments.config import (
+from rdrop_experiments.config import (
     CommonConfig,
     ConfigError,
     apply_overrides,
     config_key,
     config_to_dict,
 )
-from rdrop.experiments.io import (
+from rdrop_experiments.io import (
     SCHEMA_VERSION,
     package_versions,
     read_json,
     result_path,
     write_json_atomic,
 )
-from rdrop.experiments.registry import Experiment, RunContext, RunResult, get_experiment
+from rdrop_experiments.registry import Experiment, RunContext, RunResult, get_experiment
 
 __all__ = ["PlannedRun", "plan_runs", "resolve_configs", "run_experiment"]
 
@@ -165,7 +165,7 @@ def run_experiment(
     """
     from tqdm.auto import tqdm
 
-    from rdrop.experiments.config import parse_overrides
+    from rdrop_experiments.config import parse_overrides
 
     experiment = get_experiment(name)
     if overrides is not None and not isinstance(overrides, Mapping):

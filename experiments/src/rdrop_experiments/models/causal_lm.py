@@ -1,9 +1,9 @@
 """A small pre-LN causal Transformer language model with tied input/output embeddings.
 
-Same blocks as :mod:`rdrop.experiments.models.seq2seq` (decoder layers without cross-attention):
+Same blocks as :mod:`rdrop_experiments.models.seq2seq` (decoder layers without cross-attention):
 dropout on embeddings and residual branches (``dropout``), attention weights
 (``attention_dropout``) and the feed-forward block (``activation_dropout``), all reachable by
-:func:`rdrop.experiments.training.set_dropout`.
+:func:`rdrop_experiments.training.set_dropout`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop.experiments.models.seq2seq import DecoderLayer
+from rdrop_experiments.models.seq2seq import DecoderLayer
 
 __all__ = ["CausalTransformerLM"]
 
@@ -25,7 +25,7 @@ class CausalTransformerLM(nn.Module):
 
     Args:
         vocab_size: vocabulary. dim, heads, ffn, layers: sizes. dropout, attention_dropout,
-            activation_dropout: as in :class:`~rdrop.experiments.models.seq2seq.Seq2SeqTransformer`.
+            activation_dropout: as in :class:`~rdrop_experiments.models.seq2seq.Seq2SeqTransformer`.
         max_len: learned position table length (the block size). pad_id: padding token.
 
     Example:

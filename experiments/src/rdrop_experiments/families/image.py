@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop.experiments.config import CommonConfig, ConfigError, check_heads, check_rates
-from rdrop.experiments.registry import Experiment, RunContext, RunResult, register
-from rdrop.experiments.training import (
+from rdrop_experiments.config import CommonConfig, ConfigError, check_heads, check_rates
+from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.training import (
     cycle_batches,
     linear_warmup_decay,
     make_step,
@@ -102,7 +102,7 @@ class SmallViT(nn.Module):
 @lru_cache(maxsize=4)
 def _data(dataset: str, path: str | None, train_size: int, valid_size: int, test_size: int,
           image_size: int | None, channels: int):  # type: ignore[no-untyped-def]
-    from rdrop.experiments.data.images import load_images
+    from rdrop_experiments.data.images import load_images
 
     return load_images(dataset, path, train_size=train_size, valid_size=valid_size,
                        test_size=test_size, image_size=image_size, channels=channels)
