@@ -10,7 +10,6 @@ from typing import Any
 from torch import Tensor, nn
 
 from rdrop.batching import batch_size_of, duplicate_batch, extract_logits
-from rdrop.checks import active_dropout_rates, batchnorm_layers
 from rdrop.functional import (
     CONSISTENCIES,
     _check_alpha,
@@ -19,6 +18,7 @@ from rdrop.functional import (
     _single_pass_loss,
     multi_pass_rdrop_loss,
 )
+from rdrop.inspection import active_dropout_rates, batchnorm_layers
 
 __all__ = ["RDrop"]
 

@@ -52,7 +52,6 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
     ) from err
 
 from rdrop.batching import batch_size_of, duplicate_batch, extract_logits, split_batch
-from rdrop.checks import active_dropout_rates
 from rdrop.functional import (
     CONSISTENCIES,
     RDropOutput,
@@ -61,6 +60,7 @@ from rdrop.functional import (
     multi_pass_rdrop_loss,
 )
 from rdrop.fused_linear import fused_linear_rdrop_loss
+from rdrop.inspection import active_dropout_rates
 
 __all__ = [
     "RDropSeq2SeqTrainer",
