@@ -24,17 +24,29 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rdrop.argchecks import (
+    CONSISTENCIES,
+    REDUCTIONS,
+    check_alpha,
+    check_chunk_size,
+    check_consistency,
+    check_ignore_index,
+    check_label_smoothing,
+    check_num_items_in_batch,
+    check_reduction,
+)
+
 __all__ = [
     "CONSISTENCIES",
     "REDUCTIONS",
     "RDropOutput",
+    "mean_denominator",
     "multi_pass_rdrop_loss",
     "rdrop_loss",
+    "single_pass_loss",
     "symmetric_kl",
 ]
 
-REDUCTIONS = ("mean", "sum", "none")
-CONSISTENCIES = ("kl", "js", "mse")
 
 
 @dataclass(frozen=True)
@@ -56,24 +68,10 @@ class RDropOutput:
 
 
 # ----------------------------------------------------------------------------- validation helpers
-def _check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
-
-
-def _check_alpha(alpha: float) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a float, got {type(alpha).__name__}.")
-    if not math.isfinite(alpha) or alpha < 0:
-        raise ValueError(
-            f"alpha must be a finite number >= 0, got {alpha}. alpha weighs the consistency term; "
-            "use 0 to disable it (paper values: 5 translation, 1 language modeling, 0.1-1 GLUE)."
-        )
-
-
-def _check_label_smoothing(label_smoothing: float) -> None:
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
+# The argument checks live in rdrop.argchecks; these private names stay for older importers.
+_check_reduction = check_reduction
+_check_alpha = check_alpha
+_check_label_smoothing = check_label_smoothing
 
 
 def _check_pair(logits1: Tensor, logits2: Tensor) -> None:
@@ -94,7 +92,7 @@ def _check_pair(logits1: Tensor, logits2: Tensor) -> None:
 def _check_class_target(logits: Tensor, target: Tensor) -> None:
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}.")
-    if target.is_floating_point() or target.dtype == torch.bool:
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(
             f"target must hold class indices (an integer tensor), got dtype {target.dtype}. "
             "For regression heads use consistency='mse'."
@@ -105,6 +103,30 @@ def _check_class_target(logits: Tensor, target: Tensor) -> None:
             f"{tuple(logits.shape)}: expected target of shape {tuple(logits.shape[:-1])} "
             "(logits are (N, C) or (B, T, V) with the classes last; shift causal-LM labels first)."
         )
+
+
+class _Targets:
+    """Class targets read once: int64 indices, the rows that count, and the out-of-range rows.
+
+    Any integer dtype is accepted (uint8, int32...) and read as int64 before it is compared with
+    ``ignore_index`` (so a uint8 target cannot wrap around to -100). With ``check``, a counted
+    target outside ``[0, C)`` is replaced by 0 for the arithmetic and flagged in ``bad``, which
+    the one finiteness sync turns into a clear error; without it, ``gather`` sees the raw index
+    and PyTorch raises its own index error, so no wrong row is ever silently computed.
+    """
+
+    def __init__(self, target: Tensor, num_classes: int, ignore_index: int, check: bool) -> None:
+        target = target.long()
+        self.keep = target != ignore_index
+        if check:
+            self.bad: Tensor | None = self.keep & ((target < 0) | (target >= num_classes))
+            self.index = torch.where(self.keep & ~self.bad, target, torch.zeros_like(target))
+        else:
+            self.bad = None
+            self.index = torch.where(self.keep, target, torch.zeros_like(target))
+        self.raw = target
+        self.ignore_index = ignore_index
+        self.num_classes = num_classes
 
 
 # ---------------------------------------------------------------------------------- math helpers
@@ -128,21 +150,32 @@ def _sym_kl_rows(logp1: Tensor, logp2: Tensor) -> Tensor:
 
 
 def _js_rows(logp1: Tensor, logp2: Tensor) -> Tensor:
-    """Jensen-Shannon per row: 0.5 * KL(P1||M) + 0.5 * KL(P2||M), M = (P1 + P2) / 2."""
-    p1, p2 = logp1.exp(), logp2.exp()
-    logm = torch.log(0.5 * (p1 + p2))
-    kl1 = torch.where(p1 > 0, p1 * (logp1 - logm), torch.zeros_like(p1)).sum(-1)
-    kl2 = torch.where(p2 > 0, p2 * (logp2 - logm), torch.zeros_like(p2)).sum(-1)
-    return 0.5 * (kl1 + kl2)
+    """Jensen-Shannon per row: 0.5 * KL(P1||M) + 0.5 * KL(P2||M), M = (P1 + P2) / 2, in log space.
+
+    ``log m = logaddexp(log p1, log p2) - log 2`` stays finite when a probability underflows to
+    0 (``log(0.5 * (p1 + p2))`` would be -inf there, and its gradient NaN). A class that is -inf
+    in one pass contributes ``0 * log 0 = 0`` to that pass's term; one that is -inf in both is
+    replaced by 0 before any arithmetic, so neither value nor gradient meets ``-inf - -inf``.
+    """
+    dead = torch.isneginf(logp1) & torch.isneginf(logp2)
+    logp1 = logp1.masked_fill(dead, 0.0)
+    logp2 = logp2.masked_fill(dead, 0.0)
+    logm = torch.logaddexp(logp1, logp2) - math.log(2.0)
+
+    def kl_to_m(logp: Tensor) -> Tensor:
+        # p * (log p - log m), with the 0 * (-inf) of a class masked in this pass read as 0.
+        gap = torch.where(torch.isneginf(logp), torch.zeros_like(logp), logp - logm)
+        return torch.where(dead, torch.zeros_like(logp), logp.exp() * gap).sum(-1)
+
+    return 0.5 * (kl_to_m(logp1) + kl_to_m(logp2))
 
 
-def _ce_rows(logp: Tensor, target: Tensor, keep: Tensor, label_smoothing: float) -> Tensor:
+def _ce_rows(logp: Tensor, targets: _Targets, label_smoothing: float) -> Tensor:
     """Label-smoothed CE per row (PyTorch's definition); 0 where the row does not count."""
-    safe = torch.where(keep, target, torch.zeros_like(target))
-    nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    nll = -logp.gather(-1, targets.index.unsqueeze(-1)).squeeze(-1)
     if label_smoothing > 0:
         nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
-    return torch.where(keep, nll, torch.zeros_like(nll))
+    return torch.where(targets.keep, nll, torch.zeros_like(nll))
 
 
 def _reduce(rows: Tensor, reduction: str, denom: Tensor | float) -> Tensor:
@@ -152,15 +185,47 @@ def _reduce(rows: Tensor, reduction: str, denom: Tensor | float) -> Tensor:
     return total if reduction == "sum" else total / denom
 
 
-def _mean_denom(keep: Tensor, num_items_in_batch: int | Tensor | None) -> Tensor | float:
+def mean_denominator(keep: Tensor, num_items_in_batch: int | Tensor | None) -> Tensor | float:
+    r"""The count that ``reduction="mean"`` divides every summed term by.
+
+    .. math::
+        n = \begin{cases} \max(1, \sum_i \mathrm{keep}_i) & \text{num\_items\_in\_batch is None}
+            \\ \text{num\_items\_in\_batch} & \text{otherwise} \end{cases}
+
+    The ``max(1, .)`` makes an all-padding batch give ``0 / 1 = 0`` rather than NaN. A given
+    ``num_items_in_batch`` is used as is (it must be ``>= 1``): clamping it would silently turn
+    a mean into a sum.
+
+    Args:
+        keep: bool tensor, ``True`` at the rows that count.
+        num_items_in_batch: ``None``, a positive int, or an integer scalar tensor (see
+            :func:`rdrop.argchecks.check_num_items_in_batch`).
+
+    Returns:
+        A float32 scalar tensor on ``keep``'s device, or a Python float for an int count. A
+        tensor count on an accelerator is not read here (no sync): its sign is checked by the
+        loss's finiteness check.
+
+    Raises:
+        TypeError, ValueError: as :func:`rdrop.argchecks.check_num_items_in_batch`.
+
+    Example:
+        >>> import torch
+        >>> from rdrop.functional import mean_denominator
+        >>> keep = torch.tensor([True, False, True])
+        >>> float(mean_denominator(keep, None)), mean_denominator(keep, 8)
+        (2.0, 8.0)
+    """
+    num_items_in_batch = check_num_items_in_batch(num_items_in_batch)
     if num_items_in_batch is None:
         # clamp: an all-padding batch has a zero sum, so 0 / 1 = 0 rather than 0 / 0 = nan.
         return keep.sum().clamp_min(1).to(torch.float32)
     if isinstance(num_items_in_batch, Tensor):
-        return num_items_in_batch.to(device=keep.device, dtype=torch.float32).clamp_min(1)
-    if num_items_in_batch < 0:
-        raise ValueError(f"num_items_in_batch must be >= 0, got {num_items_in_batch}.")
-    return float(max(num_items_in_batch, 1))
+        return num_items_in_batch.reshape(()).to(device=keep.device, dtype=torch.float32)
+    return float(num_items_in_batch)
+
+
+_mean_denom = mean_denominator  # the private name stays for older importers
 
 
 def _finish(
@@ -172,25 +237,113 @@ def _finish(
     denom: Tensor | float,
     check_finite: bool,
     inputs: Sequence[Tensor],
+    targets: _Targets | None = None,
+    label_smoothing: float = 0.0,
 ) -> RDropOutput:
     task = _reduce(task_rows, reduction, denom)
     cons = _reduce(cons_rows, reduction, denom)
     out = RDropOutput(loss=task + alpha * cons, task_loss=task, consistency_loss=cons)
-    if check_finite and reduction != "none":
-        _raise_if_not_finite(out.loss, inputs)
+    if check_finite:
+        _check_result(out.loss if reduction != "none" else None, inputs, denom=denom,
+                      targets=targets, label_smoothing=label_smoothing)
     return out
 
 
-def _raise_if_not_finite(loss: Tensor, inputs: Sequence[Tensor]) -> None:
-    # One device sync per call; pass check_finite=False to skip it once training is known good.
-    if bool(torch.isfinite(loss.detach()).all()):
+def _check_result(
+    loss: Tensor | None,
+    inputs: Sequence[Tensor],
+    *,
+    denom: Tensor | float,
+    targets: _Targets | None,
+    label_smoothing: float,
+) -> None:
+    """The one device sync of ``check_finite``: the reduced loss is finite, the targets that
+    count are in range, a tensor ``num_items_in_batch`` is positive; all in one fused ``bool``.
+    Only when that fails are the inputs read again, to say which of these went wrong."""
+    ok: Tensor | None = None
+    if loss is not None:
+        ok = torch.isfinite(loss.detach()).all()
+    if isinstance(denom, Tensor):
+        ok = denom > 0 if ok is None else ok & (denom > 0)
+    if targets is not None and targets.bad is not None:
+        good = ~targets.bad.any()
+        ok = good if ok is None else ok & good.to(ok.device)
+    if ok is None or bool(ok):
         return
-    bad = [f"pass {i + 1}" for i, t in enumerate(inputs) if bool(torch.isnan(t.detach()).any())]
-    where = f"NaN in the logits of {', '.join(bad)}" if bad else "overflow in the loss"
+    _raise_diagnosis(inputs, denom=denom, targets=targets, label_smoothing=label_smoothing)
+
+
+def _raise_if_not_finite(loss: Tensor, inputs: Sequence[Tensor]) -> None:
+    # Kept for older importers (fused_linear): the finiteness part of _check_result alone.
+    _check_result(loss, inputs, denom=1.0, targets=None, label_smoothing=0.0)
+
+
+def _raise_diagnosis(
+    inputs: Sequence[Tensor],
+    *,
+    denom: Tensor | float,
+    targets: _Targets | None,
+    label_smoothing: float,
+) -> None:
+    # Slow path, reached only when the check failed: find the first cause the user can fix.
+    if isinstance(denom, Tensor) and not bool(denom > 0):
+        raise ValueError(
+            f"num_items_in_batch must be >= 1, got {int(denom)}. It is the number of counted "
+            "(non-ignored) targets of the whole accumulated batch; pass None to use this "
+            "batch's own count."
+        )
+    if targets is not None and targets.bad is not None and bool(targets.bad.any()):
+        found = targets.raw[targets.bad]
+        raise ValueError(
+            f"target holds class indices outside [0, {targets.num_classes}) at rows that count: "
+            f"min {int(found.min())}, max {int(found.max())} ({found.numel()} rows). Targets must "
+            f"be class indices below the number of classes (logits.shape[-1]); padding rows must "
+            f"equal ignore_index={targets.ignore_index} (set ignore_index to your padding value)."
+        )
+    detached = [t.detach() for t in inputs]
+    nan = [f"pass {i + 1}" for i, t in enumerate(detached) if bool(torch.isnan(t).any())]
+    if nan:
+        raise FloatingPointError(
+            f"R-Drop loss is not finite (NaN in the logits of {', '.join(nan)}). The model "
+            "diverged or produced invalid outputs: lower the learning rate, clip gradients, "
+            "prefer bf16 over fp16, and check the inputs. Pass check_finite=False to skip "
+            "this check."
+        )
+    posinf = [f"pass {i + 1}" for i, t in enumerate(detached) if bool(torch.isposinf(t).any())]
+    if posinf:
+        raise FloatingPointError(
+            f"R-Drop loss is not finite (+inf in the logits of {', '.join(posinf)}): softmax of "
+            "+inf is undefined. Clamp the logits or check the model's output layer."
+        )
+    neginf = [torch.isneginf(t) for t in detached]
+    if any(bool(m.any()) for m in neginf):
+        if targets is not None and label_smoothing > 0:
+            raise ValueError(
+                f"R-Drop loss is infinite: a logit is -inf and label_smoothing={label_smoothing}"
+                " > 0. Label smoothing gives every class some target mass, so a class with "
+                "probability 0 makes the cross-entropy infinite. Mask with a large finite "
+                "negative value (e.g. torch.finfo(logits.dtype).min) instead of -inf, or use "
+                "label_smoothing=0."
+            )
+        if targets is not None and any(
+            bool((m.gather(-1, targets.index.unsqueeze(-1)).squeeze(-1) & targets.keep).any())
+            for m in neginf
+        ):
+            raise ValueError(
+                "R-Drop loss is infinite: the target class of a counted row has logit -inf "
+                "(probability 0). Do not mask a row's own target class; set that row's target "
+                "to ignore_index if it should not count."
+            )
+        if any(bool((m != neginf[0]).any()) for m in neginf[1:]):
+            raise ValueError(
+                "R-Drop loss is infinite: a class is masked (-inf) in one pass but not in "
+                "another, so the KL between the passes is infinite. Mask the same classes in "
+                "every pass."
+            )
     raise FloatingPointError(
-        f"R-Drop loss is not finite ({where}). The model diverged or produced invalid outputs: "
-        "lower the learning rate, clip gradients, prefer bf16 over fp16, and check the inputs. "
-        "Pass check_finite=False to skip this check."
+        "R-Drop loss is not finite (overflow in the loss). The model diverged or produced "
+        "invalid outputs: lower the learning rate, clip gradients, prefer bf16 over fp16, and "
+        "check the inputs. Pass check_finite=False to skip this check."
     )
 
 
@@ -236,7 +389,7 @@ def symmetric_kl(
         True
     """
     _check_pair(logits1, logits2)
-    _check_reduction(reduction)
+    check_reduction(reduction)
     rows = _sym_kl_rows(_log_probs(logits1), _log_probs(logits2))
     if mask is None:
         keep = torch.ones_like(rows, dtype=torch.bool)
@@ -387,40 +540,40 @@ def multi_pass_rdrop_loss(
         raise ValueError(f"R-Drop needs at least 2 passes, got {len(passes)}.")
     for other in passes[1:]:
         _check_pair(passes[0], other)
-    _check_alpha(alpha)
-    _check_reduction(reduction)
-    if consistency not in CONSISTENCIES:
-        raise ValueError(f"consistency must be one of {CONSISTENCIES}, got {consistency!r}.")
+    alpha = check_alpha(alpha)
+    check_reduction(reduction)
+    check_consistency(consistency)
+    chunk_size = check_chunk_size(chunk_size)
     if consistency == "mse":
         return _mse_rdrop(passes, target, alpha=alpha, reduction=reduction,
                           num_items_in_batch=num_items_in_batch, check_finite=check_finite)
-    _check_label_smoothing(label_smoothing)
+    ignore_index = check_ignore_index(ignore_index)
+    label_smoothing = check_label_smoothing(label_smoothing)
     _check_class_target(passes[0], target)
 
-    keep = target != ignore_index
-    denom = _mean_denom(keep, num_items_in_batch) if reduction == "mean" else 1.0
+    targets = _Targets(target, passes[0].shape[-1], ignore_index, check=check_finite)
+    denom = mean_denominator(targets.keep, num_items_in_batch) if reduction == "mean" else 1.0
     if chunk_size is not None:
-        return _chunked(passes, target, alpha=alpha, ignore_index=ignore_index,
-                        label_smoothing=label_smoothing, reduction=reduction,
-                        consistency=consistency, denom=denom, chunk_size=chunk_size,
-                        check_finite=check_finite)
+        return _chunked(passes, targets, alpha=alpha, label_smoothing=label_smoothing,
+                        reduction=reduction, consistency=consistency, denom=denom,
+                        chunk_size=chunk_size, check_finite=check_finite)
 
     logps = [_log_probs(p) for p in passes]
-    task_rows = sum(_ce_rows(lp, target, keep, label_smoothing) for lp in logps)
+    task_rows = sum(_ce_rows(lp, targets, label_smoothing) for lp in logps)
     pair_fn = _sym_kl_rows if consistency == "kl" else _js_rows
     pairs = list(itertools.combinations(range(len(logps)), 2))
     cons_rows = sum(pair_fn(logps[a], logps[b]) for a, b in pairs) / len(pairs)
-    cons_rows = torch.where(keep, cons_rows, torch.zeros_like(cons_rows))
+    cons_rows = torch.where(targets.keep, cons_rows, torch.zeros_like(cons_rows))
     return _finish(task_rows, cons_rows, alpha=alpha, reduction=reduction, denom=denom,
-                   check_finite=check_finite, inputs=passes)
+                   check_finite=check_finite, inputs=passes, targets=targets,
+                   label_smoothing=label_smoothing)
 
 
 def _chunked(
     passes: list[Tensor],
-    target: Tensor,
+    targets: _Targets,
     *,
     alpha: float,
-    ignore_index: int,
     label_smoothing: float,
     reduction: str,
     consistency: str,
@@ -428,8 +581,6 @@ def _chunked(
     chunk_size: int,
     check_finite: bool,
 ) -> RDropOutput:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
     if len(passes) != 2 or consistency != "kl" or reduction == "none":
         raise ValueError(
             "chunk_size supports two passes, consistency='kl' and reduction 'mean' or 'sum'; "
@@ -437,15 +588,20 @@ def _chunked(
         )
     from rdrop._chunked import chunked_rdrop_sums  # local: keeps the plain path import-light
 
+    target = targets.raw
+    if targets.bad is not None:
+        # Out-of-range rows are left out of the arithmetic; _check_result raises on them.
+        target = torch.where(targets.bad, targets.ignore_index, target)
     task_sum, cons_sum = chunked_rdrop_sums(
-        passes[0], passes[1], target, ignore_index=ignore_index,
+        passes[0], passes[1], target, ignore_index=targets.ignore_index,
         label_smoothing=label_smoothing, chunk_size=chunk_size,
     )
     scale = 1.0 if reduction == "sum" else denom
     task, cons = task_sum / scale, cons_sum / scale
     out = RDropOutput(loss=task + alpha * cons, task_loss=task, consistency_loss=cons)
     if check_finite:
-        _raise_if_not_finite(out.loss, passes)
+        _check_result(out.loss, passes, denom=denom, targets=targets,
+                      label_smoothing=label_smoothing)
     return out
 
 
@@ -476,32 +632,72 @@ def _mse_rdrop(
     pairs = list(itertools.combinations(range(len(preds)), 2))
     cons_rows = sum(((preds[a] - preds[b]) ** 2).mean(-1) for a, b in pairs) / len(pairs)
     keep = torch.ones(n, dtype=torch.bool, device=y.device)
-    denom = _mean_denom(keep, num_items_in_batch) if reduction == "mean" else 1.0
+    denom = mean_denominator(keep, num_items_in_batch) if reduction == "mean" else 1.0
     return _finish(task_rows, cons_rows, alpha=alpha, reduction=reduction, denom=denom,
                    check_finite=check_finite, inputs=passes)
 
 
-def _single_pass_loss(
+def single_pass_loss(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-    consistency: str,
-    num_items_in_batch: int | Tensor | None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    consistency: str = "kl",
+    num_items_in_batch: int | Tensor | None = None,
+    check_finite: bool = True,
 ) -> RDropOutput:
-    """The plain task loss of one pass (R-Drop's off-steps under ``every_k_steps``), under the
-    same normalization: CE (or MSE for ``consistency="mse"``) per counted row, consistency 0."""
+    r"""The plain task loss of one pass, under the same normalization as :func:`rdrop_loss`.
+
+    For the steps on which R-Drop is off (``every_k_steps``) or a single-pass evaluation: per
+    counted row, :math:`CE(P_i, y_i)` (or :math:`MSE(p_i, y_i)` for ``consistency="mse"``),
+    reduced as in :func:`rdrop_loss`; the consistency term is 0. So the same ``reduction`` and
+    ``num_items_in_batch`` give a loss on the scale of one pass of :func:`rdrop_loss`'s task term.
+
+    Args:
+        logits: one pass, ``(N, C)`` or ``(B, T, V)``; ``(N,)``/``(N, D)`` for ``"mse"``.
+        target: as in :func:`rdrop_loss`.
+        ignore_index, label_smoothing, reduction, consistency, num_items_in_batch, check_finite:
+            as in :func:`rdrop_loss` (``consistency`` only picks CE or MSE).
+
+    Returns:
+        :class:`RDropOutput` with ``loss == task_loss`` and ``consistency_loss == 0``.
+
+    Raises:
+        TypeError, ValueError, FloatingPointError: as :func:`rdrop_loss`.
+
+    Example:
+        >>> import torch
+        >>> from rdrop.functional import single_pass_loss
+        >>> logits, y = torch.randn(4, 3), torch.tensor([0, 2, 1, -100])
+        >>> out = single_pass_loss(logits, y)
+        >>> ce = torch.nn.functional.cross_entropy(logits, y)
+        >>> bool(torch.isclose(out.loss, ce)), float(out.consistency_loss)
+        (True, 0.0)
+    """
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}.")
+    _check_pair(logits, logits)
+    check_reduction(reduction)
+    check_consistency(consistency)
     if consistency == "mse":
         # MSE of a single pass = half the two-pass task term of identical passes.
         out = _mse_rdrop([logits, logits], target, alpha=0.0, reduction=reduction,
-                         num_items_in_batch=num_items_in_batch, check_finite=False)
+                         num_items_in_batch=num_items_in_batch, check_finite=check_finite)
         task = out.task_loss / 2
     else:
+        ignore_index = check_ignore_index(ignore_index)
+        label_smoothing = check_label_smoothing(label_smoothing)
         _check_class_target(logits, target)
-        keep = target != ignore_index
-        denom = _mean_denom(keep, num_items_in_batch) if reduction == "mean" else 1.0
-        rows = _ce_rows(_log_probs(logits), target, keep, label_smoothing)
+        targets = _Targets(target, logits.shape[-1], ignore_index, check=check_finite)
+        denom = mean_denominator(targets.keep, num_items_in_batch) if reduction == "mean" else 1.0
+        rows = _ce_rows(_log_probs(logits), targets, label_smoothing)
         task = _reduce(rows, reduction, denom)
+        if check_finite:
+            _check_result(task if reduction != "none" else None, [logits], denom=denom,
+                          targets=targets, label_smoothing=label_smoothing)
     return RDropOutput(loss=task, task_loss=task, consistency_loss=torch.zeros_like(task))
+
+
+_single_pass_loss = single_pass_loss  # the private name stays for older importers

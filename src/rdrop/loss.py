@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from rdrop.functional import (
-    CONSISTENCIES,
-    RDropOutput,
-    _check_alpha,
-    _check_label_smoothing,
-    _check_reduction,
-    rdrop_loss,
+from rdrop.argchecks import (
+    check_alpha,
+    check_chunk_size,
+    check_consistency,
+    check_ignore_index,
+    check_label_smoothing,
+    check_reduction,
 )
+from rdrop.functional import RDropOutput, rdrop_loss
 
 __all__ = ["RDropLoss"]
 
@@ -55,19 +56,17 @@ class RDropLoss(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        _check_alpha(alpha)
-        _check_label_smoothing(label_smoothing)
-        _check_reduction(reduction)
-        if consistency not in CONSISTENCIES:
-            raise ValueError(f"consistency must be one of {CONSISTENCIES}, got {consistency!r}.")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
-        self.alpha = float(alpha)
-        self.ignore_index = ignore_index
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-        self.consistency = consistency
-        self.chunk_size = chunk_size
+        self.alpha = check_alpha(alpha)
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        self.reduction = check_reduction(reduction)
+        self.consistency = check_consistency(consistency)
+        self.chunk_size = check_chunk_size(chunk_size)
+        if self.chunk_size is not None and (consistency != "kl" or reduction == "none"):
+            raise ValueError(
+                "chunk_size supports consistency='kl' with reduction 'mean' or 'sum', got "
+                f"consistency={consistency!r}, reduction={reduction!r}; use chunk_size=None."
+            )
 
     def forward(
         self,
