@@ -6,21 +6,24 @@
 #     `apt-get update` leaves no Translation-en list: we ask for English explicitly and check.
 # Each check prints one line; a missing input is fetched; if it is still missing, exit 1 with the fix.
 set -uo pipefail
-LISTS=/var/lib/apt/lists
+# The paths and the apt-get command can be overridden (the tests run this script against stubs).
+LISTS=${RDROP_APT_LISTS:-/var/lib/apt/lists}
+FASHION=${RDROP_FASHION_DIR:-/usr/share/datasets/fashion-mnist}
+SWORD=${RDROP_SWORD_DIR:-/usr/share/sword/modules/texts/ztext}
+APT_GET=${RDROP_APT_GET:-apt-get}
 PACKAGES=(dataset-fashion-mnist sword-text-sparv sword-text-web libsword-utils)
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 have_packages() {
-  [ -d /usr/share/datasets/fashion-mnist ] && command -v mod2imp >/dev/null \
-    && [ -d /usr/share/sword/modules/texts/ztext/spaRV1909eb ] \
-    && [ -d /usr/share/sword/modules/texts/ztext/engWEB2015eb ]
+  [ -d "$FASHION" ] && command -v mod2imp >/dev/null \
+    && [ -d "$SWORD/spaRV1909eb" ] && [ -d "$SWORD/engWEB2015eb" ]
 }
 have_lists() {
   compgen -G "$LISTS/*_Packages*" >/dev/null && compgen -G "$LISTS/*_i18n_Translation-en*" >/dev/null
 }
 apt_update() {
   echo "data: apt-get update (with English descriptions: -o Acquire::Languages=en)"
-  $SUDO apt-get update -o Acquire::Languages=en "$@" | sed 's/^/  apt: /'
+  $SUDO $APT_GET update -o Acquire::Languages=en "$@" | sed 's/^/  apt: /'
 }
 
 updated=0
@@ -49,7 +52,7 @@ if have_packages; then
 else
   [ "$updated" = 1 ] || apt_update
   echo "data: apt-get install ${PACKAGES[*]}"
-  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${PACKAGES[@]}" \
+  if ! DEBIAN_FRONTEND=noninteractive $SUDO $APT_GET install -y -q "${PACKAGES[@]}" \
        | grep -E '^(Setting up|E:)' | sed 's/^/  apt: /'; then :; fi
   if ! have_packages; then
     echo "data: ERROR: the Debian data packages did not install: ${PACKAGES[*]}" >&2
