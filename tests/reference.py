@@ -44,6 +44,50 @@ def _js(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return 0.5 * (_kl(logp, logm) + _kl(logq, logm))
 
 
+def reference_js_rows(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
+    """Literal float64 Jensen-Shannon per row of (N, C) logits, differentiable:
+
+        JS_i = 0.5 * sum_c p_c log(p_c / m_c) + 0.5 * sum_c q_c log(q_c / m_c),  m = (p + q) / 2
+
+    with the convention 0 * log 0 = 0: a term whose probability is exactly 0 (a -inf logit) is
+    left out, and a class that is -inf in both rows is left out entirely. One row, one class at a
+    time, so it shares no code or trick with rdrop's vectorized log-space version.
+    """
+    n_classes = logits1.shape[-1]
+    rows = []
+    for r1, r2 in zip(logits1.reshape(-1, n_classes), logits2.reshape(-1, n_classes), strict=True):
+        lp, lq = _log_softmax64(r1), _log_softmax64(r2)
+        total = torch.zeros((), dtype=torch.float64)
+        for c in range(n_classes):
+            zero_p, zero_q = bool(torch.isneginf(lp[c])), bool(torch.isneginf(lq[c]))
+            if zero_p and zero_q:
+                continue
+            p, q = torch.exp(lp[c]), torch.exp(lq[c])
+            m = 0.5 * (p + q)
+            if not zero_p:
+                total = total + 0.5 * p * torch.log(p / m)
+            if not zero_q:
+                total = total + 0.5 * q * torch.log(q / m)
+        rows.append(total)
+    return torch.stack(rows)
+
+
+def js_by_hand(row1: list[float], row2: list[float]) -> float:
+    """Jensen-Shannon of two logit rows with the math module only (Python floats are float64)."""
+
+    def softmax(r: list[float]) -> list[float]:
+        top = max(r)
+        e = [math.exp(v - top) for v in r]
+        return [v / sum(e) for v in e]
+
+    total = 0.0
+    for p, q in zip(softmax(row1), softmax(row2), strict=True):
+        m = 0.5 * (p + q)
+        total += (0.5 * p * math.log(p / m) if p > 0 else 0.0)
+        total += (0.5 * q * math.log(q / m) if q > 0 else 0.0)
+    return total
+
+
 def reference_rdrop_loss(
     logits_list: list[torch.Tensor],
     target: torch.Tensor,
