@@ -431,7 +431,9 @@ def rdrop_loss(
     Everything is computed in float32 from ``log_softmax``.
 
     Alternatives (``consistency=``):
-        * ``"js"``: Jensen-Shannon divergence instead of the symmetric KL (bounded by log 2).
+        * ``"js"``: Jensen-Shannon divergence instead of the symmetric KL (bounded by log 2),
+          computed in log space: finite values and gradients when a probability underflows or
+          a class is ``-inf`` in one or both passes.
         * ``"mse"``: regression heads. ``logits`` are predictions ``(N,)`` or ``(N, D)`` and
           ``target`` real values of the same shape; task = MSE(p1, y) + MSE(p2, y) and
           consistency = MSE(p1, p2) per row (mean over ``D``); ``ignore_index`` and
@@ -440,7 +442,8 @@ def rdrop_loss(
     Args:
         logits1: first pass, ``(N, C)`` or ``(B, T, V)`` (classes last), any floating dtype.
         logits2: second pass, same shape (same batch, its own dropout masks).
-        target: class indices of shape ``logits1.shape[:-1]``.
+        target: class indices of shape ``logits1.shape[:-1]``, any integer dtype (read as int64,
+            so a ``uint8`` target works, with an ``ignore_index`` it can hold).
         alpha: weight of the consistency term, ``>= 0``.
         ignore_index: target value of rows that do not count (padding).
         label_smoothing: applied to each CE term, in ``[0, 1)``.
@@ -448,20 +451,29 @@ def rdrop_loss(
         consistency: ``"kl"`` (paper), ``"js"`` or ``"mse"``.
         num_items_in_batch: for ``"mean"``: divide by this count instead of the local number of
             counted rows. Pass the number of counted rows of the whole accumulated (and, under
-            DDP, global) batch so gradient accumulation gives the full-batch gradient.
+            DDP, global) batch so gradient accumulation gives the full-batch gradient. A positive
+            int or integer scalar tensor; 0 is refused (it is not clamped to 1, which would
+            silently turn the mean into a sum).
         chunk_size: if set (``"kl"``, ``"mean"``/``"sum"``), compute over chunks of this many
             rows with a memory-lean autograd function: same values and gradients, no full
             ``(N, V)`` float32 intermediates. Worth it for large vocabularies.
-        check_finite: raise if the reduced loss is NaN/inf (costs one device sync).
+        check_finite: one fused device sync per call that raises if the reduced loss is NaN/inf,
+            a counted target is outside ``[0, C)``, or a tensor ``num_items_in_batch`` is
+            ``< 1``; the error says which (and why: NaN logits, a ``-inf`` logit with label
+            smoothing, a ``-inf`` target class...). ``False`` skips it: no sync, an
+            out-of-range target then fails in PyTorch's own index check.
 
     Returns:
         :class:`RDropOutput` with ``loss = task_loss + alpha * consistency_loss``.
 
     Raises:
-        TypeError: non-tensor or non-floating logits; non-integer target for ``"kl"``/``"js"``.
+        TypeError: non-tensor or non-floating logits; non-integer target for ``"kl"``/``"js"``;
+            ``None`` (or another non-number) for ``ignore_index``, ``label_smoothing``, ``alpha``.
         ValueError: mismatched shapes, ``alpha < 0``, unknown ``reduction``/``consistency``,
-            ``label_smoothing`` outside ``[0, 1)``, bad ``chunk_size``.
-        FloatingPointError: the loss is not finite (NaN logits, divergence).
+            ``label_smoothing`` outside ``[0, 1)``, bad ``chunk_size``, ``num_items_in_batch <
+            1``, a counted target outside ``[0, C)``, an infinite loss from ``-inf`` logits (with
+            label smoothing, at the target class, or in one pass only).
+        FloatingPointError: the loss is not finite (NaN or +inf logits, divergence).
 
     Example:
         >>> import torch

@@ -30,7 +30,10 @@ class RDropLoss(nn.Module):
         label_smoothing: on each CE term, ``[0, 1)``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         consistency: ``"kl"``, ``"js"`` or ``"mse"``.
-        chunk_size: memory-lean chunked computation (see :func:`rdrop.functional.rdrop_loss`).
+        chunk_size: memory-lean chunked computation (see :func:`rdrop.functional.rdrop_loss`);
+            needs ``consistency="kl"`` and a ``"mean"``/``"sum"`` reduction.
+        check_finite: the one device sync per call that checks the loss and the targets (see
+            :func:`rdrop.functional.rdrop_loss`); ``False`` to skip it.
 
     Raises:
         TypeError, ValueError: invalid hyperparameters, with the valid choices in the message.
@@ -54,6 +57,7 @@ class RDropLoss(nn.Module):
         reduction: str = "mean",
         consistency: str = "kl",
         chunk_size: int | None = None,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         self.alpha = check_alpha(alpha)
@@ -62,6 +66,7 @@ class RDropLoss(nn.Module):
         self.reduction = check_reduction(reduction)
         self.consistency = check_consistency(consistency)
         self.chunk_size = check_chunk_size(chunk_size)
+        self.check_finite = bool(check_finite)
         if self.chunk_size is not None and (consistency != "kl" or reduction == "none"):
             raise ValueError(
                 "chunk_size supports consistency='kl' with reduction 'mean' or 'sum', got "
@@ -88,6 +93,7 @@ class RDropLoss(nn.Module):
             consistency=self.consistency,
             num_items_in_batch=num_items_in_batch,
             chunk_size=self.chunk_size,
+            check_finite=self.check_finite,
         )
 
     def extra_repr(self) -> str:
