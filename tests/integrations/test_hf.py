@@ -79,7 +79,7 @@ def test_missing_transformers_names_the_extra():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)
-    assert "pip install rdrop[hf]" in out.stdout
+    assert "pip install 'torch-rdrop[hf]'" in out.stdout
 
 
 # ------------------------------------------------------------------------ loss equals functional

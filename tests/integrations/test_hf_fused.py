@@ -119,7 +119,7 @@ def step(model_fn, tmp_path, fused: bool, batch: dict, trainer_cls=RDropTrainer,
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
              if p.grad is not None}
-    return loss.detach(), grads, trainer._rdrop_sums
+    return loss.detach(), grads, trainer._rdrop_window.sums
 
 
 def assert_same(fused: tuple, plain: tuple) -> None:

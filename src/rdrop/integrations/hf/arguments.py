@@ -1,0 +1,165 @@
+"""The R-Drop training arguments: a dataclass mixin over the HF arguments, and its checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+from rdrop.argchecks import (
+    check_alpha,
+    check_chunk_size,
+    check_consistency,
+    check_positive_int,
+)
+
+__all__ = [
+    "DEFAULTS",
+    "RDropArgumentsMixin",
+    "RDropSeq2SeqTrainingArguments",
+    "RDropTrainingArguments",
+    "validate_rdrop_options",
+]
+
+# The R-Drop options of the trainers, by the name they have without the ``rdrop_`` prefix.
+DEFAULTS: dict[str, Any] = {"alpha": 1.0, "num_passes": 2, "every_k_steps": 1,
+                            "alpha_warmup_steps": 0, "consistency": None,
+                            "fused_linear": False, "chunk_size": 1024}
+
+
+def validate_rdrop_options(options: dict[str, Any]) -> None:
+    """Raise a specific error, naming the ``rdrop_...`` argument, for each invalid option.
+
+    Args:
+        options: values keyed as :data:`DEFAULTS` (``alpha``, ``num_passes``, ...).
+
+    Raises:
+        TypeError, ValueError: the message names the argument and the allowed values.
+    """
+    check_alpha(options["alpha"], name="rdrop_alpha")
+    check_positive_int("rdrop_num_passes", options["num_passes"], 2)
+    check_positive_int("rdrop_every_k_steps", options["every_k_steps"], 1)
+    check_positive_int("rdrop_alpha_warmup_steps", options["alpha_warmup_steps"], 0)
+    consistency = options["consistency"]
+    if consistency is not None:
+        try:
+            check_consistency(consistency, name="rdrop_consistency")
+        except ValueError as err:
+            raise ValueError(f"{err} Or None (automatic: 'mse' for regression heads, 'kl' "
+                             "otherwise).") from None
+    fused = options["fused_linear"]
+    if not isinstance(fused, bool):
+        raise TypeError(f"rdrop_fused_linear must be a bool, got {type(fused).__name__}.")
+    if options["chunk_size"] is None:
+        raise TypeError("rdrop_chunk_size must be a positive int (tokens per chunk), got None.")
+    check_chunk_size(options["chunk_size"], name="rdrop_chunk_size")
+    if fused and options["num_passes"] != 2:
+        raise ValueError(
+            f"rdrop_fused_linear=True supports rdrop_num_passes=2 only (the fused loss compares "
+            f"two passes), got {options['num_passes']}. Use rdrop_num_passes=2 or "
+            "rdrop_fused_linear=False."
+        )
+    if fused and consistency not in (None, "kl"):
+        raise ValueError(
+            f"rdrop_fused_linear=True computes the symmetric KL only, got rdrop_consistency="
+            f"{consistency!r}. Use rdrop_consistency='kl' (or None) or rdrop_fused_linear=False."
+        )
+
+
+@dataclass
+class RDropArgumentsMixin:
+    """The ``rdrop_...`` fields, to list FIRST among the bases of an arguments dataclass.
+
+    Listed first, its fields come after the parent's, so positional use of the parent
+    (``RDropTrainingArguments("out")`` meaning ``output_dir="out"``) keeps working. Its
+    ``__post_init__`` validates them, then runs the parent's.
+    """
+
+    rdrop_alpha: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the R-Drop consistency term (paper: 5 translation, "
+                          "0.7 summarization, 1 language modeling, 0.1-1 GLUE)."},
+    )
+    rdrop_num_passes: int = field(
+        default=2, metadata={"help": "Dropout passes per sample (m >= 2)."}
+    )
+    rdrop_every_k_steps: int = field(
+        default=1,
+        metadata={"help": "Apply R-Drop on every k-th optimizer step; other steps are plain "
+                          "single-pass steps."},
+    )
+    rdrop_alpha_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Ramp alpha linearly from alpha/n to alpha over the first n optimizer "
+                          "steps (0: no warm-up)."},
+    )
+    rdrop_consistency: str | None = field(
+        default=None,
+        metadata={"help": "'kl' (paper), 'js', 'mse', or None: 'mse' for regression heads "
+                          "(float labels), 'kl' otherwise."},
+    )
+    rdrop_fused_linear: bool = field(
+        default=False,
+        metadata={"help": "Language models: compute the loss from the last hidden states and the "
+                          "output layer in chunks, never building the full logits (saves the "
+                          "(2 x tokens, vocab) logits and their gradients). KL, 2 passes."},
+    )
+    rdrop_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "Rows (tokens) per chunk of the fused loss (rdrop_fused_linear)."},
+    )
+
+    def rdrop_options(self) -> dict[str, Any]:
+        """The ``rdrop_...`` fields keyed as :data:`DEFAULTS`."""
+        return {key: getattr(self, f"rdrop_{key}") for key in DEFAULTS}
+
+    def __post_init__(self) -> None:
+        validate_rdrop_options(self.rdrop_options())
+        super().__post_init__()  # type: ignore[misc]
+
+
+@dataclass
+class RDropTrainingArguments(RDropArgumentsMixin, TrainingArguments):
+    """``TrainingArguments`` plus the R-Drop hyperparameters, validated at construction.
+
+    Args:
+        rdrop_alpha: consistency weight ``>= 0`` (default 1.0), under rdrop's per-row
+            normalization (:func:`rdrop.functional.rdrop_loss`).
+        rdrop_num_passes: dropout passes ``m >= 2`` (default 2).
+        rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1: every step).
+        rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
+            (default 0), by :func:`rdrop.schedule.rdrop_step`.
+        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"`` or ``None`` (automatic).
+        rdrop_fused_linear: language models only: fuse the output layer into the loss so the
+            full logits are never built (default False; see :class:`RDropTrainer`).
+        rdrop_chunk_size: tokens per chunk of the fused loss (default 1024).
+        **kwargs: everything ``TrainingArguments`` takes.
+
+    Raises:
+        TypeError, ValueError: an invalid R-Drop hyperparameter (the message names it).
+
+    Example:
+        >>> from rdrop.integrations.hf import RDropTrainingArguments
+        >>> args = RDropTrainingArguments(output_dir="out", rdrop_alpha=0.5, report_to="none")
+        >>> args.rdrop_alpha, args.rdrop_num_passes
+        (0.5, 2)
+        >>> RDropTrainingArguments(output_dir="out", rdrop_alpha=-1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: rdrop_alpha must be a finite number >= 0, got -1.0. ...
+    """
+
+
+@dataclass
+class RDropSeq2SeqTrainingArguments(RDropArgumentsMixin, Seq2SeqTrainingArguments):
+    """``Seq2SeqTrainingArguments`` plus the R-Drop hyperparameters (see
+    :class:`RDropTrainingArguments`; the paper's alpha for translation is 5).
+
+    Example:
+        >>> from rdrop.integrations.hf import RDropSeq2SeqTrainingArguments
+        >>> args = RDropSeq2SeqTrainingArguments(output_dir="out", rdrop_alpha=5.0,
+        ...                                      predict_with_generate=True, report_to="none")
+        >>> args.rdrop_alpha, args.predict_with_generate
+        (5.0, True)
+    """

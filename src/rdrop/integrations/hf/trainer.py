@@ -1,0 +1,321 @@
+"""``RDropTrainer`` and ``RDropSeq2SeqTrainer``: the HF trainers whose training loss is R-Drop.
+
+The mixin composes the jobs of this package: arguments (:mod:`.arguments`), label counting
+(:mod:`.labels`), the logits path (:mod:`.logits`), the fused head (:mod:`.fused`), logging
+(:mod:`.logs`) and the guards (:mod:`.guards`). When R-Drop runs and with which alpha is
+:func:`rdrop.schedule.rdrop_step` of the optimizer step (``state.global_step``, the same for
+every micro-batch of an accumulated step).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import Seq2SeqTrainer, Trainer
+from transformers.trainer_pt_utils import nested_gather
+
+from rdrop.batching import batch_size_of, duplicate_batch, split_batch
+from rdrop.schedule import rdrop_step
+
+from .arguments import DEFAULTS, validate_rdrop_options
+from .fused import check_fused_head, check_fused_model, forward_hidden, fused_loss
+from .guards import check_checkpointing_args, check_checkpointing_model, no_dropout_message
+from .labels import align, count_items, shifts_labels
+from .logits import check_packed_batch, logits_loss, prepare_decoder_inputs, split_logits
+from .logs import PartsWindow
+
+__all__ = ["RDropSeq2SeqTrainer", "RDropTrainer", "RDropTrainerMixin"]
+
+
+class RDropTrainerMixin:
+    """The R-Drop ``compute_loss`` shared by the trainers; list it before the HF trainer class
+    among the bases (``class T(RDropTrainerMixin, SomeTrainer)``)."""
+
+    # Attributes the HF Trainer provides (declared for type checkers).
+    args: Any
+    state: Any
+    model: nn.Module
+    accelerator: Any
+    compute_loss_func: Any
+    current_gradient_accumulation_steps: int
+    loss_is_scaled_for_ga: bool | None
+
+    def __init__(
+        self,
+        *args: Any,
+        rdrop_alpha: float | None = None,
+        rdrop_num_passes: int | None = None,
+        rdrop_every_k_steps: int | None = None,
+        rdrop_alpha_warmup_steps: int | None = None,
+        rdrop_consistency: str | None = None,
+        rdrop_fused_linear: bool | None = None,
+        rdrop_chunk_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        given = {"alpha": rdrop_alpha, "num_passes": rdrop_num_passes,
+                 "every_k_steps": rdrop_every_k_steps,
+                 "alpha_warmup_steps": rdrop_alpha_warmup_steps,
+                 "consistency": rdrop_consistency, "fused_linear": rdrop_fused_linear,
+                 "chunk_size": rdrop_chunk_size}
+        # The constructor wins over the arguments dataclass, which wins over the defaults.
+        options = {key: value if value is not None
+                   else getattr(self.args, f"rdrop_{key}", DEFAULTS[key])
+                   for key, value in given.items()}
+        validate_rdrop_options(options)
+        for key, value in options.items():
+            setattr(self, f"rdrop_{key}", value)
+        self.rdrop_alpha = float(self.rdrop_alpha)
+        owner = type(self).__name__
+        if self.compute_loss_func is not None:
+            raise ValueError(
+                f"{owner} computes the R-Drop loss itself; it cannot be combined with "
+                "compute_loss_func. Drop compute_loss_func, or subclass and override "
+                "compute_loss."
+            )
+        check_checkpointing_args(self.args, owner)
+        if getattr(self.args, "n_gpu", 1) > 1:
+            warnings.warn(
+                f"{owner}: several GPUs in one process (torch DataParallel) are not supported; "
+                "the loss normalization assumes one device per process. Launch with torchrun "
+                "or accelerate launch (DDP) instead.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self.model is not None:
+            message = no_dropout_message(self.model, owner)
+            if message:
+                warnings.warn(message, UserWarning, stacklevel=2)
+        if self.rdrop_fused_linear:
+            plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+            check_fused_model(
+                self.model, is_language_model=self._is_language_model(self.model),
+                sharded=bool(getattr(self, "is_fsdp_enabled", False)
+                             or getattr(plugin, "zero_stage", 0) == 3))
+        self._rdrop_first_step_checked = False  # model checks that run at the first step
+        self._rdrop_window = PartsWindow()
+
+    # ------------------------------------------------------------------------------ helpers
+    def _shifts_labels(self, model: nn.Module) -> bool:
+        return shifts_labels(model, getattr(self, "_loss_shifts_labels", False))
+
+    def _is_language_model(self, model: nn.Module) -> bool:
+        encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+        return bool(encoder_decoder or self._shifts_labels(model))
+
+    def _half_precision(self) -> bool:
+        return bool(getattr(self.args, "bf16", False) or getattr(self.args, "fp16", False))
+
+    # ------------------------------------------------------------------------ normalization
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> Any:
+        """The Trainer's prefetch of one optimizer step's micro-batches, with the label count
+        rdrop normalizes by: the Trainer's, or rdrop's own where the Trainer counts none (a
+        ``forward`` without ``**kwargs``) or counts unshifted labels of a causal LM."""
+        batches, num_items = super().get_batch_samples(  # type: ignore[misc]
+            epoch_iterator, num_batches, device
+        )
+        if batches and "labels" in batches[0]:
+            shift = self._shifts_labels(self.accelerator.unwrap_model(self.model))
+            if num_items is None or (shift and not getattr(self, "_loss_shifts_labels", False)):
+                num_items = count_items(batches, shift)
+                if num_items is not None:
+                    num_items = num_items.to(device)
+                    if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                        num_items = self.accelerator.gather(num_items).sum()
+        return batches, num_items
+
+    def _loss_scale(self) -> int:
+        """Under DDP with a global ``num_items_in_batch``, DDP averages gradients over processes:
+        multiply by their number so the result is the global sum over the global count."""
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+            return max(self.accelerator.num_processes // tp, 1)
+        return 1
+
+    # ---------------------------------------------------------------------------- the loss
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor | tuple[Tensor, Any]:
+        r"""R-Drop loss in training; the parent's single-pass loss otherwise (eval, predict).
+
+        .. math::
+            \mathcal{L} = \frac{1}{n}\sum_i \Big[\sum_{k=1}^m CE(P^k_i, y_i)
+                + \alpha_s\, \overline{D}(P^j_i, P^k_i)\Big]
+
+        over the counted labels ``i`` of this micro-batch, ``n = num_items_in_batch`` (the count
+        over the accumulated, and under DDP global, batch) or the local count when it is None;
+        ``alpha_s`` and whether R-Drop runs at all (else ``m = 1``) come from
+        :func:`rdrop.schedule.rdrop_step` at the optimizer step ``s = state.global_step``.
+        With ``rdrop_fused_linear`` the same value comes from the output layer's input and
+        weights (the returned outputs then hold logits with 0 positions).
+
+        Args:
+            model: the (possibly DDP-wrapped) model.
+            inputs: the collated batch, with ``labels``.
+            return_outputs: also return the first pass's model output.
+            num_items_in_batch: counted labels of the whole accumulated batch.
+
+        Returns:
+            The loss, or ``(loss, outputs)``.
+
+        Raises:
+            ValueError: no ``labels`` in a training batch; logits whose batch dimension is not
+                ``num_passes * batch``; a multi-label classification head; checkpointing
+                without the RNG state; a packed batch whose varlen metadata does not describe
+                the duplicated tokens; with ``rdrop_fused_linear``, a model whose logits are
+                not its output layer applied to the layer's input (checked at the first step).
+            TypeError: the model output holds no logits.
+        """
+        if not model.training:
+            return super().compute_loss(  # type: ignore[misc]
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        owner = type(self).__name__
+        if "labels" not in inputs:
+            raise ValueError(
+                f"{owner} needs 'labels' in every training batch (R-Drop's task term is "
+                f"supervised); got keys {sorted(inputs)}."
+            )
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        shift_labels = inputs.pop("shift_labels", None)
+        unwrapped = self.accelerator.unwrap_model(model)
+        config = getattr(unwrapped, "config", None)
+        if getattr(config, "problem_type", None) == "multi_label_classification":
+            raise ValueError(
+                f"{owner} does not support multi-label classification (BCE heads); use "
+                "rdrop.RDrop with a custom loss."
+            )
+        prepare_decoder_inputs(unwrapped, inputs, labels)
+        if not self._rdrop_first_step_checked:
+            check_checkpointing_model(unwrapped, owner)
+
+        schedule = rdrop_step(self.state.global_step, alpha=self.rdrop_alpha,
+                              every_k_steps=self.rdrop_every_k_steps,
+                              alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
+        m = self.rdrop_num_passes if schedule.active else 1
+        b = batch_size_of(inputs)
+        batch = duplicate_batch(inputs, m, batch_size=b) if m > 1 else inputs
+        check_packed_batch(unwrapped, batch, m, b, owner)
+        shift = self._shifts_labels(unwrapped)
+        if self.rdrop_fused_linear:
+            if not self._rdrop_first_step_checked:
+                check_fused_head(unwrapped, inputs, b, half_precision=self._half_precision())
+            outputs, hidden = forward_hidden(model, unwrapped, batch, m, b)
+            passes, target = align(hidden, labels, shift_labels, shift)
+            out = fused_loss(unwrapped, passes, target, alpha=schedule.alpha,
+                             label_smoothing=self.args.label_smoothing_factor,
+                             num_items_in_batch=num_items_in_batch,
+                             chunk_size=self.rdrop_chunk_size)
+        else:
+            outputs = model(**batch)
+            passes, target = align(split_logits(outputs, m, b, owner), labels, shift_labels,
+                                   shift)
+            out = logits_loss(passes, target, alpha=schedule.alpha,
+                              consistency=self.rdrop_consistency,
+                              label_smoothing=self.args.label_smoothing_factor,
+                              num_items_in_batch=num_items_in_batch)
+        self._rdrop_first_step_checked = True
+        scale = self._loss_scale() if num_items_in_batch is not None else 1
+        # Normalized by num_items_in_batch: already scaled for accumulation. Otherwise a per-batch
+        # mean, which the Trainer divides by the accumulation steps.
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        weight = scale if self.loss_is_scaled_for_ga else (
+            scale / getattr(self, "current_gradient_accumulation_steps", 1))
+        self._rdrop_window.add(out, passes=m, weight=weight, step=self.state.global_step)
+        self._rdrop_observe(unwrapped, inputs, passes[0].detach(), target)
+        loss = out.loss * scale
+        if not return_outputs:
+            return loss
+        first = split_batch(outputs, m)[0] if m > 1 else outputs
+        return loss, first
+
+    def _rdrop_observe(self, model: nn.Module, inputs: dict[str, Any], first_pass: Tensor,
+                       target: Tensor) -> None:
+        """Called after each training loss with the first pass (logits, or the output layer's
+        input with ``rdrop_fused_linear``) and its target: a place for a parent trainer's
+        training metrics (see :class:`rdrop.integrations.trl.RDropSFTTrainer`)."""
+
+    # ------------------------------------------------------------------------------ logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add ``task_loss``, ``consistency_loss`` (before alpha) and ``task_loss_per_pass``
+        (comparable to ``eval_loss``), averaged over the logging window like ``loss``, to the
+        Trainer's training logs."""
+        if "loss" in logs:
+            logs.update(self._rdrop_window.pop(
+                self.state.global_step, lambda t: nested_gather(t, self.args.parallel_mode)))
+        super().log(logs, start_time)  # type: ignore[misc]
+
+
+class RDropTrainer(RDropTrainerMixin, Trainer):
+    """``transformers.Trainer`` whose training loss is R-Drop.
+
+    Everything else is the Trainer's: pass the usual arguments, plus optionally the R-Drop
+    hyperparameters (otherwise read from :class:`RDropTrainingArguments`, else the defaults).
+
+    Args:
+        *args, **kwargs: as for ``transformers.Trainer``.
+        rdrop_alpha: consistency weight ``>= 0`` (default 1.0).
+        rdrop_num_passes: dropout passes per sample (default 2).
+        rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1).
+        rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
+            (default 0), by :func:`rdrop.schedule.rdrop_step`.
+        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"`` or ``None`` (``"mse"`` for float labels).
+        rdrop_fused_linear: language models (causal, or encoder-decoder): compute the loss from
+            the output layer's input ``h`` and its weight ``W`` and bias ``b`` with
+            :func:`rdrop.fused_linear.fused_linear_rdrop_loss`, ``rdrop_chunk_size`` tokens at a
+            time, so the logits ``z = h W^T + b`` of the ``2 x tokens`` rows are never built
+            (default False). The same loss and gradients as the logits path (tested to 1e-6 in
+            float32); needs ``rdrop_num_passes=2`` and KL. The head runs in the weight's dtype
+            outside autocast.
+        rdrop_chunk_size: tokens per chunk of the fused loss (default 1024).
+
+    Logs ``task_loss``, ``consistency_loss`` and ``task_loss_per_pass`` next to ``loss``
+    (``loss = task_loss + alpha * consistency_loss`` on R-Drop steps; ``task_loss`` sums the
+    passes, so ``loss`` is about twice ``eval_loss``: compare ``task_loss_per_pass`` with it).
+
+    Raises:
+        TypeError, ValueError: invalid hyperparameters; ``compute_loss_func`` given;
+            activation checkpointing with ``preserve_rng_state=False`` (its recompute would
+            draw new dropout masks: wrong gradients).
+        ValueError: with ``rdrop_fused_linear``: more than 2 passes or a non-KL consistency; a
+            model that is not a language model with an ``nn.Linear`` output layer, or that
+            transforms its logits after it (a config soft-cap or logit scale at construction; at
+            the first training step, the model's logits differ on one sample, in eval mode, from
+            the layer applied to its input); FSDP or DeepSpeed ZeRO-3.
+
+    Example:
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> from rdrop.integrations.hf import RDropTrainer, RDropTrainingArguments
+        >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+        ...                  num_attention_heads=2, intermediate_size=32, num_labels=3)
+        >>> args = RDropTrainingArguments(output_dir="/tmp/rdrop-doctest", rdrop_alpha=0.5,
+        ...                               report_to="none", use_cpu=True)
+        >>> trainer = RDropTrainer(model=BertForSequenceClassification(cfg), args=args,
+        ...                        rdrop_num_passes=3)
+        >>> trainer.rdrop_alpha, trainer.rdrop_num_passes
+        (0.5, 3)
+
+        A causal LM with the fused output layer:
+
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> lm = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2))
+        >>> trainer = RDropTrainer(model=lm, args=args, rdrop_fused_linear=True)
+        >>> trainer.rdrop_fused_linear, trainer.rdrop_chunk_size
+        (True, 1024)
+    """
+
+
+class RDropSeq2SeqTrainer(RDropTrainerMixin, Seq2SeqTrainer):
+    """``transformers.Seq2SeqTrainer`` whose training loss is R-Drop over the decoder tokens.
+
+    Same arguments as :class:`RDropTrainer`; ``decoder_input_ids`` are built from the labels
+    (``model.prepare_decoder_input_ids_from_labels``) when the collator did not provide them.
+    Evaluation with ``predict_with_generate`` is unchanged.
+    """
