@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from rdrop_experiments.config import CommonConfig
-from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.training import make_step, seed_everything
 
 CALLS: list[tuple[str, int, float]] = []
@@ -23,15 +24,23 @@ class ToyConfig(CommonConfig):
     eval_every: int = 5
     seeds: int = 2
     progress: bool = False
+    sleep: float = 0.0  # seconds per run, so that two concurrent runners overlap
 
 
-def toy_recipe(cfg: ToyConfig, ctx: RunContext) -> RunResult:
+def toy_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """The toy's data: the same for every seed and arm (a fixed generator)."""
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1234))
+    return x, (x[:, 0] > 0).long()
+
+
+def toy_recipe(cfg: ToyConfig, ctx: ArmRun) -> RunResult:
     if ctx.seed in FAIL_SEED:
         raise RuntimeError("simulated crash")
     CALLS.append((ctx.method, ctx.seed, cfg.alpha))
-    gen = seed_everything(ctx.seed)
-    x = torch.randn(32, 4, generator=gen)
-    y = (x[:, 0] > 0).long()
+    time.sleep(cfg.sleep)
+    seed_everything(ctx.seed)
+    x, y = toy_data()
+    ctx.record_data(x, y)
     model = nn.Sequential(nn.Linear(4, cfg.hidden), nn.Dropout(0.2), nn.Linear(cfg.hidden, 2))
     step = make_step(model, cfg, ctx.method)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -66,3 +75,9 @@ def calls():  # type: ignore[no-untyped-def]
 def fail_seeds() -> list[int]:
     """Append a seed to make its runs raise (a simulated crash)."""
     return FAIL_SEED
+
+
+@pytest.fixture
+def toy_xy() -> tuple[torch.Tensor, torch.Tensor]:
+    """The toy experiment's (x, y), as its recipe builds them."""
+    return toy_data()

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from rdrop_experiments.io import write_json_atomic
 from rdrop_experiments.report import build_report, group_results
 from rdrop_experiments.stats import paired_difference, summarize
+from rdrop_experiments.storage import write_json_atomic
 
 BASE = {"exp": [0.80, 0.82, 0.81], "rd": [0.82, 0.83, 0.83], "rd_a5": [0.79, 0.80, 0.82]}
 
@@ -41,10 +41,10 @@ def results(tmp_path):
 
 
 def test_groups_share_the_baseline(results):
-    from rdrop_experiments.io import load_results
+    from rdrop_experiments.storage import load_results
 
     groups = group_results(load_results(results))
-    assert [g.label for g in groups] == ["default alpha=1", "default alpha=5"]
+    assert [g.label for g in groups] == ["alpha=1", "alpha=5"]
     assert all(len(g.baseline) == 3 and len(g.rdrop) == 3 for g in groups)
 
 
@@ -52,17 +52,17 @@ def test_report_numbers_and_files(results):
     text = build_report(results)
     with open(results / "summary.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["metric"] == "accuracy"]
-    row = next(r for r in rows if r["setting"] == "default alpha=1")
+    row = next(r for r in rows if r["setting"] == "alpha=1")
     d = paired_difference(dict(enumerate(BASE["exp"])), dict(enumerate(BASE["rd"])))
     assert math.isclose(float(row["delta"]), d.mean)
     assert math.isclose(float(row["delta_low"]), d.low) and d.low > 0  # +1.67 [+0.23, +3.10]
     assert math.isclose(float(row["baseline_mean"]), summarize(BASE["exp"]).mean)
-    row_md = "| fixture | default alpha=1 | accuracy (%) | 81.00 ± 1.00 | 82.67 ± 0.58 | +1.67"
+    row_md = "| fixture | alpha=1 | accuracy (%) | 81.00 ± 1.00 | 82.67 ± 0.58 | +1.67"
     assert row_md in text
     assert (results / "summary.md").read_text() == text
     assert "- fixture [all 2 settings]: `rdrop run fixture`" in text  # one command, one line
     pngs = sorted(p.name for p in (results / "plots").glob("*.png"))
-    assert pngs == ["fixture__default_alpha=1_curves.png", "fixture__default_alpha=5_curves.png",
+    assert pngs == ["fixture__alpha=1_curves.png", "fixture__alpha=5_curves.png",
                     "fixture_metric.png"]
     assert all((results / "plots" / p).stat().st_size > 1000 for p in pngs)
 
@@ -92,9 +92,104 @@ def test_reproduce_command_drops_work_splitting_options():
 
 
 def test_reproduce_command_knows_the_variants_seeds():
-    recs = [_record(m, s, 0.8, "k", "k") for m in ("baseline", "rdrop") for s in range(2)]
-    for r in recs:  # the registered image family: its quick variant runs 2 seeds
+    from rdrop_experiments.registry import get_experiment
+
+    image = get_experiment("image")  # the registered family: its quick variant's seed count
+    n = image.variants["quick"].get("seeds", image.config.seeds)
+    recs = [_record(m, s, 0.8, "k", "k") for m in ("baseline", "rdrop") for s in range(n + 1)]
+    for r in recs:
         r.update(experiment="image", variant="quick", command="rdrop run image --quick")
+    assert group_results(recs)[0].command() == f"rdrop run image --quick seeds={n + 1}"
+    recs = [r for r in recs if r["seed"] < n]
     assert group_results(recs)[0].command() == "rdrop run image --quick"
-    recs = [r for r in recs if r["seed"] == 0]
-    assert group_results(recs)[0].command() == "rdrop run image --quick seeds=1"
+
+
+def _write(root, recs):
+    for i, r in enumerate(recs):
+        write_json_atomic(root / r["experiment"] / f"{r['method']}-{i}.json", r)
+
+
+def test_settings_sort_by_number():
+    recs = []
+    for alpha, key in ((10.0, "k10"), (3.0, "k3"), (0.3, "k03"), (1.0, "k1")):
+        recs += [_record("rdrop", s, 0.8, key, "bk", f"alpha={alpha}") for s in range(2)]
+    recs += [_record("baseline", s, 0.8, "bk", "bk") for s in range(2)]
+    assert [g.label for g in group_results(recs)] == [
+        "alpha=0.3", "alpha=1.0", "alpha=3.0", "alpha=10.0"]
+
+
+def test_the_default_alpha_is_named(results):
+    recs = [_record(m, s, 0.8, m, "baseline") for m in ("baseline", "rdrop") for s in range(2)]
+    for r in recs:  # the image family at its defaults, e.g. max_steps overridden
+        r.update(experiment="image", overrides={"max_steps": "1500"},
+                 config={"alpha": get_default("image").alpha, "dataset": "fashion-mnist"})
+    (group,) = group_results(recs)
+    assert group.label == f"max_steps=1500 alpha={get_default('image').alpha:g} (default)"
+
+
+def get_default(name):
+    from rdrop_experiments.registry import get_experiment
+
+    return get_experiment(name).config
+
+
+def test_quick_image_runs_are_labelled_digits():
+    recs = [_record(m, s, 0.8, m, "baseline") for m in ("baseline", "rdrop") for s in range(2)]
+    for r in recs:
+        r.update(experiment="image", variant="quick",
+                 config={"alpha": get_default("image").alpha, "dataset": "digits"})
+    assert group_results(recs)[0].label.startswith("quick dataset=digits")
+
+
+def test_quick_rows_never_mix_with_full_ones(tmp_path):
+    full = [_record(m, s, 0.8, m, "baseline") for m in ("baseline", "rdrop") for s in range(2)]
+    quick = [dict(r, variant="quick", key=r["key"] + "q", pair_key="baselineq")
+             for r in full]
+    _write(tmp_path, full + quick)
+    text = build_report(tmp_path, plots=False)
+    assert "| fixture | alpha=1 | accuracy (%) |" in text and "| fixture | quick" not in text
+    assert "4 quick (smoke) run record(s)" in text
+    text = build_report(tmp_path, plots=False, include_quick=True)
+    assert "| fixture | quick alpha=1 | accuracy (%) |" in text
+    only_quick = tmp_path / "q"
+    _write(only_quick, quick)
+    text = build_report(only_quick, plots=False)
+    assert "**Quick smoke runs**" in text and "| fixture | quick alpha=1 |" in text
+
+
+def test_unknown_experiment_names_the_ones_there(results):
+    with pytest.raises(FileNotFoundError, match=r"no run records of nosuch .* it holds: fixture"):
+        build_report(results, experiments=["nosuch"])
+
+
+def test_different_data_is_flagged(tmp_path):
+    recs = [_record(m, s, 0.8, m, "baseline") for m in ("baseline", "rdrop") for s in range(3)]
+    for r in recs:
+        r["data_hash"] = "aaaa"
+    text = build_report(_write(tmp_path / "same", recs) or tmp_path / "same", plots=False)
+    assert "different data" not in text.lower()
+    recs[-1]["data_hash"] = "bbbb"  # one R-Drop seed trained on another apt snapshot
+    text = build_report(_write(tmp_path / "mixed", recs) or tmp_path / "mixed", plots=False)
+    assert "| fixture | alpha=1 ⚠ different data | accuracy (%) |" in text
+    assert "- fixture [alpha=1]: aaaa, bbbb" in text
+
+
+def test_plots_use_percent_and_say_which_way_is_better(results, monkeypatch):
+    import matplotlib.figure
+    from matplotlib.collections import PathCollection
+
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: figures.append(fig))
+    build_report(results)
+    assert len(figures) == 3
+    for fig in figures:
+        for ax in fig.axes:
+            label = ax.get_ylabel()
+            assert label.endswith(("(lower is better)", "(higher is better)")), label
+            if "accuracy" in label:
+                assert "(%)" in label and "higher is better" in label
+                ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+                ys += [y for coll in ax.collections if isinstance(coll, PathCollection)
+                       for _, y in coll.get_offsets()]  # the per-seed points
+                assert ys and min(ys) > 50  # 0.79 .. 0.83 stored, shown as 79 .. 83

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 
-from rdrop_experiments import run_experiment
-from rdrop_experiments.io import load_results
+from rdrop_experiments import plan_runs, run_experiment
+from rdrop_experiments.registry import get_experiment
+from rdrop_experiments.storage import RecordLock, data_hash, load_results
 
 FIELDS = {"experiment", "method", "seed", "metric", "value", "config", "curves",
           "wall_time_s", "versions", "command", "key", "pair_key"}
@@ -30,11 +37,17 @@ def test_rerun_skips_finished_and_redoes_missing(tmp_path, calls):
     assert len(calls) == 4
     victim = next(r for r in recs if r["method"] == "rdrop" and r["seed"] == 1)
     (tmp_path / "toy" / victim["_path"].split("/")[-1]).unlink()
-    (tmp_path / "toy" / ".partial.json.tmp").write_text("{")  # a write cut off by a kill
+    stale = tmp_path / "toy" / ".partial.json.tmp"  # a write cut off by a kill
+    stale.write_text("{")
+    killed = tmp_path / "toy" / f".{victim['_path'].split('/')[-1]}.x1y2.tmp"
+    killed.write_text("{")
     calls.clear()
     recs2 = run_experiment("toy", ["seeds=2"], out=tmp_path, progress=False)
     assert calls == [("rdrop", 1, 1.0)]
     assert len(recs2) == 4
+    assert not stale.exists() and not killed.exists()
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == sorted(
+        Path(r["_path"]).name for r in recs2)  # no temp or lock files left
 
 
 def test_crash_mid_run_keeps_finished_runs(tmp_path, calls, fail_seeds):
@@ -75,3 +88,76 @@ def test_quick_variant_and_unknown_variant(tmp_path, calls):
         run_experiment("toy", {}, out=tmp_path, variant="huge", progress=False)
     with pytest.raises(ConfigError, match="unknown experiment"):
         run_experiment("toyy", {}, out=tmp_path, progress=False)
+
+
+def test_records_name_their_code_and_data(tmp_path, calls, toy_xy):
+    recs = run_experiment("toy", {"seeds": 2}, out=tmp_path, progress=False)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    x, y = toy_xy
+    for r in recs:
+        assert r["git_commit"] == head and isinstance(r["git_dirty"], bool)
+        assert r["data_hash"] == data_hash(x, y)
+
+
+def _planned_paths(tmp_path, seeds=2):
+    return [r.path for r in plan_runs(get_experiment("toy"), tmp_path, {"seeds": seeds})]
+
+
+def test_a_record_locked_by_a_live_process_is_skipped(tmp_path, calls, capsys):
+    first = _planned_paths(tmp_path)[0]  # baseline seed 0
+    first.parent.mkdir(parents=True)
+    lock = RecordLock(first)
+    assert lock.acquire()  # held by this (live) process, as by a second `rdrop run`
+    recs = run_experiment("toy", {"seeds": 2}, out=tmp_path, progress=False)
+    assert sorted(calls) == [("baseline", 1, 1.0), ("rdrop", 0, 1.0), ("rdrop", 1, 1.0)]
+    assert len(recs) == 3 and lock.path.exists()
+    assert "is being run by another process" in capsys.readouterr().err
+    lock.release()
+    calls.clear()
+    run_experiment("toy", {"seeds": 2}, out=tmp_path, progress=False)
+    assert calls == [("baseline", 0, 1.0)]
+
+
+def test_a_stale_lock_of_a_dead_process_is_broken(tmp_path, calls):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    first = _planned_paths(tmp_path)[0]
+    first.parent.mkdir(parents=True)
+    Path(f"{first}.lock").write_text(f"{socket.gethostname()} {dead.pid}\n")
+    (first.parent / f".{first.name}.abcd.tmp").write_text("{")  # its cut-off write
+    recs = run_experiment("toy", {"seeds": 2}, out=tmp_path, progress=False)
+    assert len(calls) == 4 and len(recs) == 4
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted(
+        Path(r["_path"]).name for r in recs)
+
+
+def test_record_lock_is_exclusive():
+    import tempfile
+
+    record = Path(tempfile.mkdtemp()) / "r.json"
+    a, b = RecordLock(record), RecordLock(record)
+    assert a.acquire() and not b.acquire()
+    assert a.owner() == (socket.gethostname(), os.getpid()) and not a.is_stale()
+    a.release()
+    assert not a.path.exists() and b.acquire()
+    b.release()
+
+
+def test_two_runners_on_one_folder_run_each_record_once(tmp_path, calls):
+    errors = []
+
+    def runner():
+        try:
+            run_experiment("toy", {"seeds": 3, "sleep": 0.3}, out=tmp_path, progress=False)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 6  # each record once
+    assert len(load_results(tmp_path)) == 6

@@ -1,7 +1,7 @@
 """The evidence suite: a registry of experiments (configs as data), a resumable runner, reports.
 
-Install with ``pip install 'rdrop[experiments]'``. Command line: ``rdrop ls``, ``rdrop run``,
-``rdrop report``. See ``docs/EXPERIMENTS.md`` for how a family registers.
+Install from a checkout with ``pip install -e ./experiments``. Command line: ``rdrop ls``,
+``rdrop run``, ``rdrop report``. See ``docs/EXPERIMENTS.md`` for how a family registers.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from rdrop_experiments.config import (
     parse_overrides,
 )
 from rdrop_experiments.registry import (
+    ArmRun,
     Experiment,
     RunContext,
     RunResult,
@@ -25,6 +26,7 @@ from rdrop_experiments.registry import (
 from rdrop_experiments.runner import plan_runs, resolve_configs, run_experiment
 
 __all__ = [
+    "ArmRun",
     "CommonConfig",
     "ConfigError",
     "Experiment",

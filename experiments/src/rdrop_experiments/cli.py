@@ -1,6 +1,7 @@
 """``rdrop``: a router over small subcommands (``ls``, ``run``, ``report``).
 
-Experiments load only inside a subcommand, so ``rdrop --help`` stays fast.
+Experiments load only inside a subcommand, so ``rdrop --help`` stays fast. ``key=value``
+overrides and flags may come in any order (``rdrop run image --quick seeds=1``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+DEFAULT_OUT = "runs"  # the same as rdrop_experiments.runner.DEFAULT_OUT, without importing torch
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
@@ -26,7 +29,10 @@ def _cmd_ls(args: argparse.Namespace) -> int:
                 print(f"    data: {exp.data}")
             if exp.paper:
                 print(f"    paper: {exp.paper}")
-            print(f"    variants: {', '.join(sorted(exp.variants))}")
+            print("    variants:")
+            for vname, overrides in sorted(exp.variants.items()):
+                items = " ".join(f"{k}={v}" for k, v in overrides.items())
+                print(f"      {vname}: {items}")
             if len(exp.grid) > 1 or exp.grid[0]:
                 print(f"    grid: {list(map(dict, exp.grid))}")
             print("    config:")
@@ -38,6 +44,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from rdrop_experiments import list_experiments, parse_overrides, run_experiment
     from rdrop_experiments.registry import get_experiment
+    from rdrop_experiments.runner import format_plan, plan_runs
 
     names = [t for t in args.items if "=" not in t]
     overrides = [t for t in args.items if "=" in t]
@@ -47,13 +54,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("rdrop run: name an experiment (see `rdrop ls`) or pass --all.", file=sys.stderr)
         return 2
     variant = "quick" if args.quick else args.variant
-    # Validate everything before the first run starts.
+    # Validate everything (every experiment's every planned config) before the first run starts.
     parsed = {n: parse_overrides(type(get_experiment(n).config), overrides) for n in names}
+    plans = {n: plan_runs(get_experiment(n), args.out, parsed[n], variant=variant) for n in names}
     for name in names:
         records = run_experiment(name, parsed[name], out=args.out, variant=variant,
                                  progress=not args.no_progress, dry_run=args.dry_run,
-                                 force=args.force)
-        print(f"{name}: {len(records)} finished run(s) under {os.path.join(args.out, name)}")
+                                 force=args.force, allow_committed=args.allow_committed)
+        if args.dry_run:
+            print(format_plan(plans[name], force=args.force))
+        else:
+            print(f"{name}: {len(records)} finished run(s) under {os.path.join(args.out, name)}")
     return 0
 
 
@@ -61,7 +72,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from rdrop_experiments.report import build_report
 
     text = build_report(args.results, out=args.out, plots=not args.no_plots,
-                        experiments=args.experiment or None)
+                        experiments=args.experiment or None, include_quick=args.include_quick)
     print(text)
     return 0
 
@@ -89,32 +100,54 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--all", action="store_true", help="every family (not the ablations)")
     p_run.add_argument("--quick", action="store_true", help="the <= 60 s smoke variant")
     p_run.add_argument("--variant", default=None, help="a named variant (see rdrop ls -v)")
-    p_run.add_argument("--out", default="results", help="output root (default: results)")
-    p_run.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    p_run.add_argument("--dry-run", action="store_true", help="validate and plan only")
+    p_run.add_argument("--out", default=DEFAULT_OUT,
+                       help=f"output root (default: {DEFAULT_OUT}/, ignored by git)")
+    p_run.add_argument("--no-progress", action="store_true", help="no progress output")
+    p_run.add_argument("--dry-run", action="store_true",
+                       help="validate every value and print the plan; train nothing")
     p_run.add_argument("--force", action="store_true", help="rerun finished runs too")
+    p_run.add_argument("--allow-committed", action="store_true",
+                       help="let a --quick run write into a git-tracked folder such as results/")
     p_run.set_defaults(func=_cmd_run)
 
     p_rep = sub.add_parser("report", help="tables and plots from saved results")
-    p_rep.add_argument("--results", default="results", help="root holding run JSONs")
+    p_rep.add_argument("--results", default=DEFAULT_OUT,
+                       help=f"root holding run JSONs (default: {DEFAULT_OUT}; the committed "
+                       "evidence: --results results)")
     p_rep.add_argument("--out", default=None, help="where to write (default: --results)")
     p_rep.add_argument("--experiment", action="append", help="only these (repeatable)")
     p_rep.add_argument("--no-plots", action="store_true")
+    p_rep.add_argument("--include-quick", action="store_true",
+                       help="keep quick (smoke) runs beside full ones (default: left out)")
     p_rep.set_defaults(func=_cmd_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rdrop`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops collecting positionals at the first flag; take key=value items after it too.
+    stray = [t for t in extra if t.startswith("-") or "=" not in t]
+    if stray or (extra and args.command != "run"):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.items = [*args.items, *extra]
     from rdrop_experiments.config import ConfigError
 
     try:
-        return int(args.func(args))
-    except (ConfigError, FileNotFoundError, ImportError) as exc:
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return status
+    except (ConfigError, FileNotFoundError, PermissionError, ImportError) as exc:
         # User errors (bad override, missing data or optional package): one clear line.
         print(f"rdrop {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`rdrop ls -v | head`): stop quietly, as cat and ls do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -110,6 +110,7 @@ class CommonConfig:
         Raises:
             ConfigError: the first invalid value, with the field name.
         """
+        _check_numbers(self)
         _positive("seeds", self.seeds)
         _positive("max_steps", self.max_steps)
         _positive("eval_every", self.eval_every)
@@ -170,6 +171,22 @@ def check_vocab_size(cfg: Any, low: int = 50) -> None:
     """Raise ``ConfigError`` unless ``cfg.vocab_size >= low``."""
     if cfg.vocab_size < low:
         raise ConfigError(f"vocab_size must be >= {low}, got {cfg.vocab_size}.")
+
+
+def _check_numbers(cfg: Any) -> None:
+    """Every number of every field (tuples too) must be finite and >= 0: no field of any config
+    takes a negative size, rate or count, and nan/inf would only fail later, mid-training."""
+    import math
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not math.isfinite(v):
+                raise ConfigError(f"{f.name} must be a finite number, got {v}.")
+            if v < 0:
+                raise ConfigError(f"{f.name} must be >= 0, got {v}.")
 
 
 def _positive(name: str, value: int) -> None:

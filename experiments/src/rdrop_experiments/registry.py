@@ -19,6 +19,7 @@ from typing import Any
 from rdrop_experiments.config import CommonConfig, ConfigError
 
 __all__ = [
+    "ArmRun",
     "Experiment",
     "Recipe",
     "RunContext",
@@ -31,20 +32,46 @@ __all__ = [
 
 
 @dataclass
-class RunContext:
-    """What the runner hands a recipe besides the config.
+class ArmRun:
+    """One arm (method) for one seed: what the runner asks a recipe to run, and the recipe's
+    handle back to the runner (progress display, which data it used).
 
     Attributes:
-        method: ``"baseline"`` or ``"rdrop"``.
+        method: ``"baseline"`` or ``"rdrop"`` (or another arm the config names).
         seed: the run's seed (the recipe seeds torch with it before building the model).
-        progress: whether to draw tqdm bars.
-        label: short text for progress bars, e.g. ``"image rdrop s0"``.
+        progress: whether to show progress (a bar on a terminal, plain lines in a log).
+        label: short text for progress, e.g. ``"image rdrop s0"``.
+        data_hash: set by :meth:`record_data`; the runner stores it in the record.
     """
 
     method: str
     seed: int
     progress: bool = True
     label: str = ""
+    data_hash: str | None = None
+
+    def record_data(self, *splits: Any) -> str:
+        """Hash the exact splits this run trains and evaluates on (tensors, arrays, texts, or
+        containers of them; see :func:`rdrop_experiments.storage.data_hash`) for the record.
+        Call it once, after loading the data; returns the hash."""
+        from rdrop_experiments.storage import data_hash
+
+        self.data_hash = data_hash(*splits)
+        return self.data_hash
+
+    def bar(self, iterable: Any = None, **kwargs: Any) -> Any:
+        """A progress bar over ``iterable`` (``desc`` defaults to :attr:`label`; ``kwargs`` as
+        for tqdm): a tqdm bar on a terminal, one plain line per interval in a log, nothing when
+        :attr:`progress` is off. See :func:`rdrop_experiments.progress.progress_bar`."""
+        from rdrop_experiments.progress import progress_bar
+
+        kwargs.setdefault("desc", self.label)
+        kwargs.setdefault("disable", not self.progress)
+        return progress_bar(iterable, **kwargs)
+
+
+# Old name, kept so recipes written against it still import.
+RunContext = ArmRun
 
 
 @dataclass
@@ -63,7 +90,7 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Recipe = Callable[[Any, RunContext], RunResult]
+Recipe = Callable[[Any, ArmRun], RunResult]
 
 
 @dataclass(frozen=True)
@@ -73,7 +100,8 @@ class Experiment:
     Attributes:
         name: CLI name (``rdrop run <name>``).
         config: the default config instance (a frozen :class:`CommonConfig` subclass).
-        recipe: ``recipe(config, ctx) -> RunResult``: one seed of one arm, start to finish.
+        recipe: ``recipe(config, run) -> RunResult`` (``run``: an :class:`ArmRun`): one seed
+            of one arm, start to finish.
         metric: primary metric name (a key of ``RunResult.metrics``).
         higher_is_better: direction of ``metric``.
         metrics: all metric names to tabulate (primary first).
@@ -157,7 +185,7 @@ def discover() -> dict[str, Experiment]:
             except ModuleNotFoundError as exc:
                 warnings.warn(
                     f"experiment family {info.name!r} skipped: missing module {exc.name!r} "
-                    "(pip install 'rdrop[experiments]').",
+                    "(pip install -e ./experiments).",
                     RuntimeWarning,
                     stacklevel=2,
                 )

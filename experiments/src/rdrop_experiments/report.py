@@ -3,6 +3,11 @@
 ``build_report(root)`` reads every run JSON under ``root``, pairs each R-Drop configuration with
 the baseline runs of the same ``pair_key`` (same everything except the R-Drop fields), and writes
 ``summary.csv`` (long format, one row per group and metric), ``summary.md`` and PNG plots.
+
+Conventions: rates (accuracy, F1, BLEU, chrF, ROUGE, MCC) are stored as fractions and shown in
+percent everywhere, tables and plots alike; settings sort numerically (alpha 3 before 10); every
+plot axis says whether lower or higher is better; quick (smoke) runs are left out of a report
+that also has full runs; a comparison whose runs saw different data (``data_hash``) is flagged.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from rdrop_experiments.config import NON_RESULT_FIELDS
-from rdrop_experiments.io import load_results
 from rdrop_experiments.stats import PairedDiff, Summary, paired_difference, summarize
+from rdrop_experiments.storage import load_results
 
 __all__ = ["Group", "build_report", "group_results", "markdown_table"]
 
@@ -47,6 +52,13 @@ class Group:
             names += [m for m in r.get("metrics", {}) if m not in names]
         return names
 
+    @property
+    def data_hashes(self) -> list[str]:
+        """The distinct ``data_hash`` values of the group's records (records without one, made
+        before hashes were stored, are not counted). More than one: the arms or seeds were not
+        trained and tested on the same data."""
+        return sorted({r["data_hash"] for r in self.records if r.get("data_hash")})
+
     def values(self, method: str, metric: str) -> dict[int, float]:
         runs = self.baseline if method == "baseline" else self.rdrop
         return {r["seed"]: float(r["metrics"].get(metric, r["value"] if metric == r["metric"]
@@ -63,7 +75,7 @@ class Group:
         tokens = [t for t in shlex.split(recs[0]["command"])
                   if t.partition("=")[0] not in NON_RESULT_FIELDS]
         seeds = sorted({r["seed"] for r in self.records})
-        exp = self._registered()
+        exp = _registered(self.experiment)
         default = getattr(getattr(exp, "config", None), "seeds", 3)
         variant = getattr(exp, "variants", {}).get(recs[0].get("variant", ""), {})
         default = variant.get("seeds", default)  # e.g. --quick runs 2 seeds
@@ -73,18 +85,10 @@ class Group:
             tokens.append(f"seeds={len(seeds)}")
         return shlex.join(tokens)
 
-    def _registered(self) -> Any:
-        try:
-            from rdrop_experiments.registry import discover
-
-            return discover().get(self.experiment)
-        except Exception:  # a broken family module must not break the report
-            return None
-
     def info(self, key: str) -> str:
         """``info[key]`` of the registered experiment if it is registered (the paper's figures
         are metadata and may be corrected after a run), else from the records."""
-        exp = self._registered()
+        exp = _registered(self.experiment)
         if exp is not None and getattr(exp, key, ""):
             return str(getattr(exp, key))
         for r in self.records:
@@ -93,13 +97,58 @@ class Group:
         return ""
 
 
+def _registered(name: str) -> Any:
+    try:
+        from rdrop_experiments.registry import discover
+
+        return discover().get(name)
+    except Exception:  # a broken family module must not break the report
+        return None
+
+
 def _label(rec: dict[str, Any]) -> str:
-    parts = [rec.get("variant", "default")]
-    if rec.get("setting", "default") not in ("default", ""):
-        parts.append(rec["setting"])
+    """What sets the group apart: the variant (unless default), the data set where it is not
+    the experiment's own (the quick image run trains on digits), the setting and overrides,
+    and the R-Drop arm's alpha (marked "default" when it is the experiment's)."""
+    parts = [] if rec.get("variant", "default") == "default" else [rec["variant"]]
+    setting = rec.get("setting", "default")
+    cfg = rec.get("config", {})
+    exp = _registered(rec["experiment"])
+    default_cfg = getattr(exp, "config", None)
+    default_data = getattr(default_cfg, "dataset", None)
+    if cfg.get("dataset") and default_data is not None and cfg["dataset"] != default_data:
+        parts.append(f"dataset={cfg['dataset']}")
+    if setting not in ("default", ""):
+        parts.append(setting)
     ov = {k: v for k, v in rec.get("overrides", {}).items() if k not in NON_RESULT_FIELDS}
-    parts += [f"{k}={v}" for k, v in ov.items() if f"{k}=" not in rec.get("setting", "")]
-    return " ".join(parts)
+    parts += [f"{k}={v}" for k, v in ov.items() if f"{k}=" not in setting]
+    if rec["method"] != "baseline" and "alpha" in cfg and not any(
+            p.startswith("alpha=") for p in parts):
+        mark = " (default)" if cfg["alpha"] == getattr(default_cfg, "alpha", None) else ""
+        parts.append(f"alpha={_num(cfg['alpha'])}{mark}")
+    return " ".join(parts) or "default"
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _natural(text: str) -> list[tuple[int, Any]]:
+    """Sort key that orders the numbers inside labels by value: alpha=3 before alpha=10.
+
+    Example:
+        >>> sorted(["alpha=10", "alpha=3", "alpha=0.3"], key=_natural)
+        ['alpha=0.3', 'alpha=3', 'alpha=10']
+    """
+    key: list[tuple[int, Any]] = []
+    for tok in re.split(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)", text):
+        if not tok:
+            continue
+        try:
+            key.append((0, float(tok)))
+        except ValueError:
+            key.append((1, tok))
+    return key
 
 
 def group_results(records: Sequence[dict[str, Any]]) -> list[Group]:
@@ -128,7 +177,7 @@ def group_results(records: Sequence[dict[str, Any]]) -> list[Group]:
             r = recs[0]
             groups[pk] = Group(r["experiment"], _label(r), r["metric"],
                                bool(r.get("higher_is_better", True)), list(recs))
-    return sorted(groups.values(), key=lambda g: (g.experiment, g.label))
+    return sorted(groups.values(), key=lambda g: (g.experiment, _natural(g.label)))
 
 
 def _fmt(x: float, digits: int) -> str:
@@ -166,6 +215,7 @@ def _rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
                 "baseline_wall_s": summarize([x["wall_time_s"] for x in g.baseline]).mean,
                 "rdrop_wall_s": summarize([x["wall_time_s"] for x in g.rdrop]).mean,
                 "paper": g.info("paper") if metric == g.metric else "",
+                "data_hashes": " ".join(g.data_hashes),
                 "command": g.command(),
             })
     return rows
@@ -190,8 +240,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, primary_only: bool = False
         else:
             delta = "–"
         pct = " (%)" if scale == 100.0 else ""
+        setting = row["setting"]
+        if len(row.get("data_hashes", "").split()) > 1:
+            setting += " ⚠ different data"
         lines.append(
-            f"| {row['experiment']} | {row['setting']} | {row['metric']}{pct} | "
+            f"| {row['experiment']} | {setting} | {row['metric']}{pct} | "
             f"{_ms(sb, scale, digits)} | {_ms(sr, scale, digits)} | {delta} | "
             f"{_fmt(row['p_value'], 3)} | {_seeds(row)} | "
             f"{_fmt(row['baseline_wall_s'], 0)} / {_fmt(row['rdrop_wall_s'], 0)} | "
@@ -209,14 +262,30 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
 
 
-def _mean_curve(runs: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def _mean_curve(runs: Sequence[dict[str, Any]], key: str,
+                scale: float = 1.0) -> tuple[list[float], list[float]]:
     by_step: dict[float, list[float]] = defaultdict(list)
     for r in runs:
         for point in r.get("curves", []):
             if key in point and point[key] is not None:
-                by_step[point["step"]].append(float(point[key]))
+                by_step[point["step"]].append(float(point[key]) * scale)
     steps = sorted(by_step)
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def _better(higher: bool) -> str:
+    return "higher is better" if higher else "lower is better"
+
+
+def _axis_name(metric: str) -> str:
+    scale, _ = _scale(metric)
+    return metric + (" (%)" if scale == 100.0 else "")
+
+
+def _title(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def _plot_group(g: Group, path: Path) -> None:
@@ -225,8 +294,10 @@ def _plot_group(g: Group, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     colors = {"baseline": "tab:blue", "rdrop": "tab:red"}
+    names = {"baseline": "baseline", "rdrop": "R-Drop"}
+    scale, _ = _scale(g.metric)
     for method, runs in (("baseline", g.baseline), ("rdrop", g.rdrop)):
         if not runs:
             continue
@@ -234,18 +305,19 @@ def _plot_group(g: Group, path: Path) -> None:
             steps, ys = _mean_curve(runs, key)
             if steps:
                 ax_loss.plot(steps, ys, style, color=colors[method],
-                             label=f"{method} {key.split('_')[0]}")
-        steps, ys = _mean_curve(runs, f"valid_{g.metric}")
+                             label=f"{names[method]} {key.split('_')[0]}")
+        steps, ys = _mean_curve(runs, f"valid_{g.metric}", scale)
         if steps:
-            ax_metric.plot(steps, ys, "-o", ms=3, color=colors[method], label=method)
+            ax_metric.plot(steps, ys, "-o", ms=3, color=colors[method], label=names[method])
     ax_loss.set_xlabel("optimizer step")
-    ax_loss.set_ylabel("loss (eval mode, mean over seeds)")
+    ax_loss.set_ylabel("loss, eval mode (lower is better)")
+    ax_loss.set_title("train (dashed) and validation loss", fontsize=9)
     ax_loss.legend(fontsize=8)
     ax_metric.set_xlabel("optimizer step")
-    ax_metric.set_ylabel(f"valid {g.metric}")
+    ax_metric.set_ylabel(f"validation {_axis_name(g.metric)} ({_better(g.higher_is_better)})")
+    ax_metric.set_title(f"validation {g.metric}", fontsize=9)
     ax_metric.legend(fontsize=8)
-    fig.suptitle(f"{g.experiment} [{g.label}]: train/valid loss and validation {g.metric}")
-    fig.tight_layout()
+    fig.suptitle(_title(f"{g.experiment} [{g.label}]: mean over seeds", 90), fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -256,46 +328,68 @@ def _plot_metric(experiment: str, groups: Sequence[Group], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(groups) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(groups) + 2.5), 4.4),
+                           layout="constrained")
     scale, _ = _scale(groups[0].metric)
+    colors = ("tab:blue", "tab:red")
     for i, g in enumerate(groups):
         for j, method in enumerate(("baseline", "rdrop")):
             vals = [v * scale for v in g.values(method, g.metric).values()]
             x = i + (j - 0.5) * 0.3
-            ax.scatter([x] * len(vals), vals, s=14, alpha=0.6,
-                       color="tab:blue" if j == 0 else "tab:red",
-                       label=method if i == 0 else None)
+            ax.scatter([x] * len(vals), vals, s=14, alpha=0.6, color=colors[j],
+                       label=("baseline" if j == 0 else "R-Drop") if i == 0 else None)
             if vals:
-                ax.hlines(sum(vals) / len(vals), x - 0.12, x + 0.12,
-                          color="tab:blue" if j == 0 else "tab:red")
-    ax.set_xticks(range(len(groups)), [g.label for g in groups], rotation=20, fontsize=8)
-    ax.set_ylabel(groups[0].metric + (" (%)" if scale == 100 else ""))
-    ax.set_title(f"{experiment}: test {groups[0].metric} per seed (bar = mean)")
+                ax.hlines(sum(vals) / len(vals), x - 0.12, x + 0.12, color=colors[j])
+    ax.set_xticks(range(len(groups)), [_title(g.label, 18) for g in groups], fontsize=7)
+    ax.set_ylabel(f"test {_axis_name(groups[0].metric)} "
+                  f"({_better(groups[0].higher_is_better)})")
+    ax.set_title(_title(f"{experiment}: test {groups[0].metric} per seed (bar = mean)", 70),
+                 fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def build_report(
-    root: str | os.PathLike[str] = "results",
+    root: str | os.PathLike[str] = "runs",
     *,
     out: str | os.PathLike[str] | None = None,
     plots: bool = True,
     experiments: Sequence[str] | None = None,
+    include_quick: bool = False,
 ) -> str:
     """Write ``summary.csv``, ``summary.md`` and plots under ``out`` (default ``root``).
+
+    Args:
+        root: folder holding run records (searched recursively).
+        out: where to write (default ``root``).
+        plots: write PNG plots.
+        experiments: only these experiments.
+        include_quick: keep quick (smoke) runs when full runs are present too; by default they
+            are left out, so smoke numbers never sit beside evidence. A report of quick runs
+            only is headed as such.
 
     Returns:
         The Markdown text (primary-metric table, then all metrics, then commands).
 
     Raises:
-        FileNotFoundError: ``root`` holds no run records.
+        FileNotFoundError: ``root`` holds no run records (of ``experiments``, naming the ones
+            it does hold).
     """
     records = load_results(root, experiments)
     if not records:
+        held = sorted({r["experiment"] for r in load_results(root)}) if experiments else []
+        if held:
+            raise FileNotFoundError(f"no run records of {', '.join(experiments or [])} under "
+                                    f"{root!s}; it holds: {', '.join(held)}.")
         raise FileNotFoundError(f"no run records (*.json with experiment/method/seed/value) "
                                 f"under {root!s}; run `rdrop run <experiment>` first.")
+    quick = [r for r in records if r.get("variant") == "quick"]
+    only_quick = len(quick) == len(records)
+    left_out = 0
+    if quick and len(quick) < len(records) and not include_quick:
+        records = [r for r in records if r.get("variant") != "quick"]
+        left_out = len(quick)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     groups = group_results(records)
@@ -304,12 +398,27 @@ def build_report(
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    md = ["## Results", "",
-          "Test metrics, mean ± sample std over seeds; Δ = R-Drop − baseline, paired by seed, "
-          "with a 95% Student-t interval and a paired t-test p-value. Both arms take the same "
-          "number of optimizer steps from the same seeds; s/run is wall time per run.", "",
-          markdown_table(rows, primary_only=True), "", "### All metrics", "",
-          markdown_table(rows), "", "### Reproduce", ""]
+    md = ["## Results", ""]
+    if only_quick:
+        md += ["**Quick smoke runs**: they check that the pipeline runs end to end; they are "
+               "too short to be evidence.", ""]
+    md += ["Test metrics, mean ± sample std over seeds; Δ = R-Drop − baseline, paired by seed, "
+           "with a 95% Student-t interval and a paired t-test p-value. Both arms take the same "
+           "number of optimizer steps from the same seeds; s/run is wall time per run. Rates "
+           "(accuracy, F1, BLEU, chrF, ROUGE) in percent.", ""]
+    if left_out:
+        md += [f"{left_out} quick (smoke) run record(s) under {root!s} left out "
+               "(`--include-quick` keeps them).", ""]
+    md += [markdown_table(rows, primary_only=True), "", "### All metrics", "",
+           markdown_table(rows), ""]
+    mixed = [g for g in groups if len(g.data_hashes) > 1]
+    if mixed:
+        md += ["### Different data", "",
+               "These comparisons mix runs made on different data (different `data_hash`; e.g. "
+               "the apt lists changed between runs): rerun them on one snapshot.", ""]
+        md += [f"- {g.experiment} [{g.label}]: {', '.join(g.data_hashes)}" for g in mixed]
+        md.append("")
+    md += ["### Reproduce", ""]
     by_command: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
         cmd = g.command()

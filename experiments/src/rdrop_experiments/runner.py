@@ -1,7 +1,9 @@
 """Run an experiment: resolve its config, plan (setting, method, seed) runs, skip finished ones.
 
-The runner owns everything around a recipe: config resolution, the run plan, seeding threads,
-timing, versions and the atomic JSON write. A recipe only trains and evaluates one arm for one seed.
+The runner owns everything around a recipe: config resolution, the run plan, the checks that
+must pass before any training (device, writable output, not the committed results), one lock per
+record, seeding threads, timing, provenance (versions, git commit, data hash) and the atomic JSON
+write. A recipe only trains and evaluates one arm for one seed.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import os
 import shlex
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,16 +26,34 @@ from rdrop_experiments.config import (
     config_key,
     config_to_dict,
 )
-from rdrop_experiments.io import (
+from rdrop_experiments.progress import progress_bar
+from rdrop_experiments.registry import ArmRun, Experiment, RunResult, get_experiment
+from rdrop_experiments.storage import (
     SCHEMA_VERSION,
+    RecordLock,
+    check_writable,
+    clean_stale_tmp,
+    git_state,
     package_versions,
     read_json,
     result_path,
     write_json_atomic,
 )
-from rdrop_experiments.registry import Experiment, RunContext, RunResult, get_experiment
 
-__all__ = ["PlannedRun", "plan_runs", "resolve_configs", "run_experiment"]
+__all__ = [
+    "DEFAULT_OUT",
+    "PlannedRun",
+    "check_device",
+    "format_plan",
+    "is_committed_folder",
+    "plan_runs",
+    "resolve_configs",
+    "run_experiment",
+    "run_name",
+]
+
+# Where `rdrop run` writes by default: ignored by git, never the committed results/ folder.
+DEFAULT_OUT = "runs"
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,7 @@ class PlannedRun:
     key: str
     pair_key: str
     path: Path
+    label: str = ""  # the experiment's name with its data set where a variant swaps it
 
 
 def _setting_label(setting: Mapping[str, Any]) -> str:
@@ -104,7 +127,7 @@ def plan_runs(
                 path = result_path(out, experiment.name, method, seed, key)
                 if path not in plan:  # a baseline shared by sweep points keeps the first label
                     plan[path] = PlannedRun(experiment.name, label, cfg, method, seed, key,
-                                            pair_key, path)
+                                            pair_key, path, run_name(experiment, cfg))
     return list(plan.values())
 
 
@@ -119,101 +142,226 @@ def _command(name: str, variant: str | None, overrides: Mapping[str, Any] | None
     return shlex.join(parts)
 
 
-def _execute(experiment: Experiment, run: PlannedRun, *, progress: bool) -> RunResult:
+def run_name(experiment: Experiment, cfg: CommonConfig) -> str:
+    """The experiment's name, with the data set where a variant swaps it (``image (digits)``:
+    the quick image run trains on scikit-learn's digits, not Fashion-MNIST)."""
+    data = getattr(cfg, "dataset", None)
+    if data is not None and data != getattr(experiment.config, "dataset", data):
+        return f"{experiment.name} ({data})"
+    return experiment.name
+
+
+def _budget(cfg: CommonConfig) -> str:
+    """The run's length in the config's own terms: steps, and any compute cap or patience."""
+    parts = [f"steps={cfg.max_steps}"]
+    for name in sorted(vars(cfg)):
+        if name != "max_steps" and any(w in name for w in ("budget", "sample_passes", "patience")):
+            parts.append(f"{name}={getattr(cfg, name)}")
+    return " ".join(parts)
+
+
+def format_plan(plan: Sequence[PlannedRun], *, force: bool = False) -> str:
+    """One line per planned run (experiment, setting, method, seed, length, to do or done).
+
+    Example:
+        >>> print(format_plan([]))
+        (nothing planned)
+    """
+    if not plan:
+        return "(nothing planned)"
+    lines = []
+    for run in plan:
+        name = run.label or run.experiment
+        done = read_json(run.path) is not None
+        state = "redo" if done and force else "done" if done else "todo"
+        lines.append(f"{state}  {name}  [{run.setting}]  {run.method}  seed={run.seed}  "
+                     f"{_budget(run.config)}  device={run.config.device}  -> {run.path}")
+    todo = sum(1 for line in lines if not line.startswith("done"))
+    lines.append(f"{len(plan)} run(s) planned, {todo} to run.")
+    return "\n".join(lines)
+
+
+def check_device(name: str) -> None:
+    """Refuse a device this machine does not have, before any training.
+
+    Raises:
+        ConfigError: ``device`` names a missing CUDA/MPS device or is not a device string.
+
+    Example:
+        >>> check_device("cpu"); check_device("auto")
+    """
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={name!r} is not a device; use cpu, cuda, cuda:N or auto.")\
+            from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={name!r} but CUDA is not available on this machine; "
+                              "use device=cpu (or device=auto).")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device={name!r} but this machine has {count} CUDA device(s) "
+                              f"(cuda:0 .. cuda:{count - 1}).")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} but MPS is not available; use device=cpu.")
+
+
+def is_committed_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` holds files tracked by git (such as the committed ``results/``).
+
+    Example:
+        >>> import tempfile
+        >>> is_committed_folder(tempfile.mkdtemp())
+        False
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "ls-files", "--", "."],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def _execute(experiment: Experiment, run: PlannedRun, *, progress: bool) -> tuple[RunResult,
+                                                                                    ArmRun]:
     import torch
 
     torch.set_num_threads(run.config.num_threads)
-    ctx = RunContext(method=run.method, seed=run.seed, progress=progress,
-                     label=f"{experiment.name} {run.method} s{run.seed}")
-    result = experiment.recipe(run.config, ctx)
+    arm = ArmRun(method=run.method, seed=run.seed, progress=progress,
+                 label=f"{run.label or experiment.name} {run.method} s{run.seed}")
+    result = experiment.recipe(run.config, arm)
     if not isinstance(result, RunResult):
         raise TypeError(f"recipe of {experiment.name!r} returned {type(result).__name__}, "
                         "expected RunResult.")
     if experiment.metric not in result.metrics:
         raise KeyError(f"recipe of {experiment.name!r} returned no {experiment.metric!r} metric; "
                        f"got {sorted(result.metrics)}.")
-    return result
+    return result, arm
 
 
 def run_experiment(
     name: str,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
     *,
-    out: str | os.PathLike[str] = "results",
+    out: str | os.PathLike[str] = DEFAULT_OUT,
     variant: str | None = None,
     progress: bool = True,
     dry_run: bool = False,
     force: bool = False,
+    allow_committed: bool = False,
 ) -> list[dict[str, Any]]:
     """Run (or resume) experiment ``name``; return the records of all its planned runs.
 
     Finished runs (a complete JSON at the planned path) are skipped, so rerunning the same
     command after a crash runs only what is missing. Each finished run is written at once,
-    atomically, before the next starts.
+    atomically, before the next starts. Before any training: every config value is validated,
+    the device must exist, ``out`` must be writable, and a ``quick`` run may not write into a
+    folder tracked by git (the committed results). While a run trains, its record is locked
+    (``<record>.lock``), so a second process on the same folder skips it instead of redoing it.
 
     Args:
         name: a registered experiment.
         overrides: ``{key: value}`` or ``["key=value", ...]``.
-        out: output root.
+        out: output root (default ``runs``, ignored by git).
         variant: a named variant such as ``"quick"``.
-        progress: tqdm bars.
-        dry_run: only plan; return the records that exist (and print nothing).
+        progress: progress bars (plain lines when stderr is not a terminal).
+        dry_run: only validate and plan; return the records that exist (see :func:`format_plan`).
         force: rerun and overwrite finished runs too.
+        allow_committed: let a ``quick`` run write into a git-tracked folder.
 
     Raises:
-        ConfigError: unknown experiment/variant/key or an invalid value.
+        ConfigError: unknown experiment/variant/key, an invalid value, a missing device, or a
+            quick run into a committed folder.
+        PermissionError: ``out`` is not writable.
     """
-    from tqdm.auto import tqdm
-
     from rdrop_experiments.config import parse_overrides
 
     experiment = get_experiment(name)
     if overrides is not None and not isinstance(overrides, Mapping):
         overrides = parse_overrides(type(experiment.config), overrides)
     plan = plan_runs(experiment, out, overrides, variant=variant)
-    todo = [r for r in plan if force or read_json(r.path) is None]
+    for device in sorted({r.config.device for r in plan}):
+        check_device(device)
     if dry_run:
         return _records(plan)
+    if variant == "quick" and not allow_committed and is_committed_folder(out):
+        raise ConfigError(
+            f"--out {str(out)!r} holds files tracked by git (committed results); quick runs are "
+            f"smoke tests, not evidence. Use the default --out {DEFAULT_OUT} or another folder "
+            "(or pass --allow-committed if you really mean it)."
+        )
+    folder = Path(out) / experiment.name
+    check_writable(folder)
+    clean_stale_tmp(folder)
+    todo = [r for r in plan if force or read_json(r.path) is None]
     command = _command(name, variant, overrides)
     versions = package_versions()
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=name, unit="run",
-               disable=not progress, dynamic_ncols=True)
+    git = git_state()
+    bar = progress_bar(total=len(plan), initial=len(plan) - len(todo),
+                       desc=plan[0].label if plan else name, unit="run",
+                       disable=not progress)
     for run in todo:
         bar.set_postfix_str(f"{run.setting} {run.method} seed={run.seed}")
-        start = time.perf_counter()
-        result = _execute(experiment, run, progress=progress and run.config.progress)
-        wall = time.perf_counter() - start
-        primary = float(result.metrics[experiment.metric])
-        record = {
-            "schema": SCHEMA_VERSION,
-            "experiment": experiment.name,
-            "variant": variant or "default",
-            "setting": run.setting,
-            "method": run.method,
-            "seed": run.seed,
-            "metric": experiment.metric,
-            "value": primary,
-            "higher_is_better": experiment.higher_is_better,
-            "metrics": {k: float(v) for k, v in result.metrics.items()},
-            "curves": result.curves,
-            "wall_time_s": round(wall, 3),
-            "config": config_to_dict(run.config),
-            "key": run.key,
-            "pair_key": run.pair_key,
-            "overrides": {k: _fmt(v) for k, v in (overrides or {}).items()},
-            "command": command,
-            "extra": result.extra,
-            "info": {"description": experiment.description, "data": experiment.data,
-                     "paper": experiment.paper},
-            "versions": versions,
-            "host": {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
-                     "num_threads": run.config.num_threads},
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        write_json_atomic(run.path, record)
+        with RecordLock(run.path) as lock:
+            if not lock.acquire():
+                host, pid = lock.owner() or ("?", "?")
+                print(f"{name}: {run.method} seed={run.seed} [{run.setting}] is being run by "
+                      f"another process (pid {pid} on {host}); skipped here.", file=sys.stderr)
+                continue
+            if not force and read_json(run.path) is not None:  # finished by another process
+                bar.update(1)
+                continue
+            start = time.perf_counter()
+            result, arm = _execute(experiment, run, progress=progress and run.config.progress)
+            wall = time.perf_counter() - start
+            write_json_atomic(run.path, _record(experiment, run, result, arm, wall=wall,
+                                                variant=variant, overrides=overrides,
+                                                command=command, versions=versions, git=git))
         bar.update(1)
     bar.close()
     return _records(plan)
+
+
+def _record(experiment: Experiment, run: PlannedRun, result: RunResult, arm: ArmRun, *,
+            wall: float, variant: str | None, overrides: Mapping[str, Any] | None, command: str,
+            versions: dict[str, str], git: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION,
+        "experiment": experiment.name,
+        "variant": variant or "default",
+        "setting": run.setting,
+        "method": run.method,
+        "seed": run.seed,
+        "metric": experiment.metric,
+        "value": float(result.metrics[experiment.metric]),
+        "higher_is_better": experiment.higher_is_better,
+        "metrics": {k: float(v) for k, v in result.metrics.items()},
+        "curves": result.curves,
+        "wall_time_s": round(wall, 3),
+        "config": config_to_dict(run.config),
+        "key": run.key,
+        "pair_key": run.pair_key,
+        "overrides": {k: _fmt(v) for k, v in (overrides or {}).items()},
+        "command": command,
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "data_hash": arm.data_hash,
+        "extra": result.extra,
+        "info": {"description": experiment.description, "data": experiment.data,
+                 "paper": experiment.paper},
+        "versions": versions,
+        "host": {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
+                 "num_threads": run.config.num_threads},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def _records(plan: list[PlannedRun]) -> list[dict[str, Any]]:
