@@ -25,6 +25,9 @@ input gradients, so at most two chunk-sized fp32 temporaries live beside them (f
 bf16/fp16 inputs). Storing the gradients computed in forward instead would need four ``(N, V)``
 tensors (task and consistency parts of each pass, because their scales are only known in
 backward), more than the whole target budget.
+
+The functions below are the eager kernels; when ``rdrop._compiled.compile_wanted`` says so, the
+same math runs as ``torch.compile``-d kernels instead (``RDROP_COMPILE=never`` forces eager).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import math
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from rdrop import _compiled
 
 __all__ = ["chunked_rdrop_sums"]
 
@@ -156,13 +161,15 @@ class _ChunkedRDropSums(torch.autograd.Function):
         lse2 = torch.empty_like(lse1)
         task = torch.zeros((), dtype=cd, device=x1.device)
         cons = torch.zeros_like(task)
+        compiled = _compiled.compile_wanted(x1.numel())
+        forward = _compiled.fwd if compiled else chunk_forward
         for s in range(0, n, chunk_size):
             e = min(s + chunk_size, n)
-            t, c, lse1[s:e], lse2[s:e] = chunk_forward(x1[s:e], x2[s:e], y[s:e], keep[s:e], eps)
+            t, c, lse1[s:e], lse2[s:e] = forward(x1[s:e], x2[s:e], y[s:e], keep[s:e], eps)
             task += t
             cons += c
         ctx.save_for_backward(x1, x2, y, keep, lse1, lse2)
-        ctx.eps, ctx.chunk_size = eps, chunk_size
+        ctx.eps, ctx.chunk_size, ctx.compiled = eps, chunk_size, compiled
         return task, cons
 
     @staticmethod
@@ -178,6 +185,9 @@ class _ChunkedRDropSums(torch.autograd.Function):
         n = x1.shape[0]
         grad1 = torch.empty_like(x1) if need1 else None
         grad2 = torch.empty_like(x2) if need2 else None
+        if ctx.compiled:
+            return _compiled_backward(ctx, x1, x2, y, keep, lse1, lse2, g_task, g_cons,
+                                      grad1, grad2)
         direct = x1.dtype == cd  # write into the gradient itself, no chunk temporary
         w = keep.to(cd)
         gt_rows, gc_rows = w * g_task.to(cd), w * g_cons.to(cd)
@@ -195,6 +205,29 @@ class _ChunkedRDropSums(torch.autograd.Function):
                 if grad2 is not None:
                     grad2[s:e].copy_(g2)
         return grad1, grad2, None, None, None, None
+
+
+def _compiled_backward(
+    ctx: torch.autograd.function.FunctionCtx,
+    x1: Tensor, x2: Tensor, y: Tensor, keep: Tensor, lse1: Tensor, lse2: Tensor,
+    g_task: Tensor, g_cons: Tensor, grad1: Tensor | None, grad2: Tensor | None,
+) -> tuple[Tensor | None, ...]:
+    # The compiled kernel writes both gradients (in the input dtype) straight into their slices;
+    # a gradient that is not needed still gets a chunk-sized scratch block to write into.
+    cd = lse1.dtype
+    w = keep.to(cd)
+    gt_rows, gc_rows = w * g_task.to(cd), w * g_cons.to(cd)
+    n, size = x1.shape[0], ctx.chunk_size
+    scratch = None
+    if grad1 is None or grad2 is None:
+        scratch = torch.empty((min(size, n), x1.shape[1]), dtype=x1.dtype, device=x1.device)
+    for s in range(0, n, size):
+        e = min(s + size, n)
+        out1 = grad1[s:e] if grad1 is not None else scratch[: e - s]  # type: ignore[index]
+        out2 = grad2[s:e] if grad2 is not None else scratch[: e - s]  # type: ignore[index]
+        _compiled.grads(x1[s:e], x2[s:e], lse1[s:e], lse2[s:e], y[s:e], gt_rows[s:e],
+                        gc_rows[s:e], ctx.eps, out1, out2)
+    return grad1, grad2, None, None, None, None
 
 
 def chunked_rdrop_sums(

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from rdrop import _compiled
 from rdrop._chunked import _compute_dtype, chunk_forward, chunk_grads
 from rdrop.functional import (
     RDropOutput,
@@ -52,20 +53,29 @@ def _fused_pass(
             torch.zeros(w.shape[0], dtype=cd, device=w.device) if b is not None else None,
         ]
         w_t, w_c = keep.to(cd) * coef_task.to(cd), keep.to(cd) * coef_cons.to(cd)
+    compiled = _compiled.compile_wanted(n * w.shape[0])
     for s in range(0, n, chunk_size):
         e = min(s + chunk_size, n)
         a1, a2 = h1[s:e], h2[s:e]
         z1, z2 = nn.functional.linear(a1, w, b), nn.functional.linear(a2, w, b)
-        t, c, lse1, lse2 = chunk_forward(z1, z2, y[s:e], keep[s:e], eps)
-        task += t
-        cons += c
         if grads[0] is None:
+            forward = _compiled.fwd if compiled else chunk_forward
+            t, c, _, _ = forward(z1, z2, y[s:e], keep[s:e], eps)
+            task += t
+            cons += c
             continue
         direct = z1.dtype == cd  # the logits block is dead once read: overwrite it
-        g1, g2 = chunk_grads(
-            z1, z2, lse1, lse2, y[s:e], w_t[s:e], w_c[s:e], eps,
-            z1 if direct else None, z2 if direct else None,
-        )
+        if compiled:  # one kernel: sums and both logits' gradients
+            t, c, g1, g2 = _compiled.fwd_grads(z1, z2, y[s:e], keep[s:e], w_t[s:e], w_c[s:e],
+                                               eps)
+        else:
+            t, c, lse1, lse2 = chunk_forward(z1, z2, y[s:e], keep[s:e], eps)
+            g1, g2 = chunk_grads(
+                z1, z2, lse1, lse2, y[s:e], w_t[s:e], w_c[s:e], eps,
+                z1 if direct else None, z2 if direct else None,
+            )
+        task += t
+        cons += c
         # The logits of the unfused path are in the input dtype, so is their gradient.
         g1, g2 = g1.to(h1.dtype), g2.to(h1.dtype)
         torch.mm(g1, w, out=grads[0][s:e])
@@ -150,6 +160,73 @@ class _FusedLinearRDrop(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by a constant."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, factor: float
+    ) -> Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, g: Tensor
+    ) -> tuple[Tensor, None]:
+        return g * ctx.factor, None
+
+
+def _is_dtensor(t: Tensor | None) -> bool:
+    # Checked by module name first so that plain tensors never import torch.distributed.
+    if t is None or not type(t).__module__.startswith("torch.distributed"):
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _gathered(t: Tensor | None, name: str) -> Tensor | None:
+    """A sharded parameter (a DTensor, as FSDP2's ``fully_shard`` leaves it outside forward) as
+    the full local tensor, differentiable: the gradient flows back as a partial sum that is
+    reduce-scattered to each rank's shard, divided by the mesh size (FSDP2's default average over
+    data-parallel ranks). Plain tensors pass through."""
+    if t is None or not _is_dtensor(t):
+        return t
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    placements = t.placements  # type: ignore[attr-defined]
+    if not all(isinstance(p, (Shard, Replicate)) for p in placements):
+        raise ValueError(
+            f"{name} is a DTensor with placements {placements}; only data-parallel sharding "
+            "(Shard/Replicate, as fully_shard makes) is supported. Gather it first."
+        )
+    mesh = t.device_mesh  # type: ignore[attr-defined]
+    full = t.full_tensor(grad_placements=[Partial()] * mesh.ndim)  # type: ignore[attr-defined]
+    return _ScaleGrad.apply(full, 1.0 / mesh.size())
+
+
+def _resolve_head(
+    weight: Tensor | nn.Module, bias: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """``(weight, bias)`` from a weight tensor (and optional bias) or an output-layer module."""
+    if not isinstance(weight, nn.Module):
+        return weight, bias
+    if bias is not None:
+        raise ValueError(
+            "bias is taken from the module when weight is a module; drop the bias argument "
+            "(or pass module.weight and the bias tensor)."
+        )
+    w = getattr(weight, "weight", None)
+    if not isinstance(w, Tensor):
+        raise TypeError(
+            f"weight is a {type(weight).__name__} without a .weight tensor; pass the output "
+            "layer (an nn.Linear, or any module with .weight of shape (V, H)) or its weight."
+        )
+    b = getattr(weight, "bias", None)
+    return w, b if isinstance(b, Tensor) else None
+
+
 def _check_inputs(hidden1: Tensor, hidden2: Tensor, weight: Tensor, bias: Tensor | None,
                   target: Tensor) -> None:
     named = {"hidden1": hidden1, "hidden2": hidden2, "weight": weight}
@@ -191,7 +268,7 @@ def _check_inputs(hidden1: Tensor, hidden2: Tensor, weight: Tensor, bias: Tensor
 def fused_linear_rdrop_loss(
     hidden1: Tensor,
     hidden2: Tensor,
-    weight: Tensor,
+    weight: Tensor | nn.Module,
     target: Tensor,
     *,
     bias: Tensor | None = None,
@@ -223,12 +300,23 @@ def fused_linear_rdrop_loss(
     known then), so ``out.loss.backward()`` does not project twice; differentiating
     ``task_loss`` or ``consistency_loss`` separately is supported and recomputes.
 
+    The per-chunk loss and gradient math runs as a ``torch.compile``-d kernel when the call is
+    large (at least ``2**22`` logits per pass; environment variable ``RDROP_COMPILE``:
+    ``auto``/``always``/``never``), else, or where no compiler works, as eager PyTorch: the same
+    values either way.
+
     Args:
         hidden1: last hidden states of the first pass, ``(N, H)`` or ``(B, T, H)``.
         hidden2: second pass, same shape (same batch, its own dropout masks).
-        weight: output projection ``(V, H)`` (an ``nn.Linear(H, V).weight``), same dtype.
+        weight: the output layer itself (an ``nn.Linear(H, V)``, or any module with ``.weight``
+            of shape ``(V, H)`` and optionally ``.bias``; its bias is used), or its weight
+            tensor ``(V, H)``; same dtype as the hidden states. It may be sharded by FSDP2
+            (``torch.distributed.fsdp.fully_shard``; outside the owner's forward its parameters
+            are ``DTensor`` shards): the full weight is all-gathered for the call and its
+            gradient reduce-scattered back to each rank's shard, averaged over the mesh as FSDP2
+            averages data-parallel gradients.
         target: class indices of shape ``hidden1.shape[:-1]``.
-        bias: optional ``(V,)`` bias of the projection.
+        bias: optional ``(V,)`` bias of the projection, with a weight tensor only.
         alpha: weight of the consistency term, ``>= 0``.
         ignore_index: target value of rows that do not count (padding).
         label_smoothing: applied to each CE term, in ``[0, 1)``.
@@ -242,9 +330,11 @@ def fused_linear_rdrop_loss(
         :class:`~rdrop.functional.RDropOutput` (``logits`` is ``None``: they never exist).
 
     Raises:
-        TypeError: non-tensor or non-floating inputs, mixed dtypes, non-integer target.
+        TypeError: non-tensor or non-floating inputs, mixed dtypes, non-integer target, a
+            module without a ``.weight`` tensor.
         ValueError: mismatched shapes, ``alpha < 0``, ``reduction="none"`` or unknown,
-            ``label_smoothing`` outside ``[0, 1)``, ``chunk_size < 1``.
+            ``label_smoothing`` outside ``[0, 1)``, ``chunk_size < 1``, ``bias`` given with a
+            module, a ``DTensor`` weight with placements other than Shard/Replicate.
         FloatingPointError: the loss is not finite.
 
     Example:
@@ -263,6 +353,9 @@ def fused_linear_rdrop_loss(
         >>> fused.loss.backward()
         >>> head.weight.grad.shape
         torch.Size([50, 8])
+        >>> same = fused_linear_rdrop_loss(h1, h2, head, y, alpha=1.0)  # the module itself
+        >>> bool(torch.allclose(same.loss, plain.loss))
+        True
     """
     _check_alpha(alpha)
     _check_label_smoothing(label_smoothing)
@@ -274,7 +367,9 @@ def fused_linear_rdrop_loss(
         )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    weight, bias = _resolve_head(weight, bias)
     _check_inputs(hidden1, hidden2, weight, bias, target)
+    weight, bias = _gathered(weight, "weight"), _gathered(bias, "bias")
 
     h = hidden1.shape[-1]
     h1, h2 = hidden1.reshape(-1, h), hidden2.reshape(-1, h)
@@ -296,8 +391,8 @@ def fused_linear_rdrop_loss(
 class FusedLinearRDropLoss(nn.Module):
     r"""Module form of :func:`fused_linear_rdrop_loss`, hyperparameters validated at construction.
 
-    Call it with the two passes' hidden states and the head's weight (and bias); it returns an
-    :class:`~rdrop.functional.RDropOutput` without building full logits.
+    Call it with the two passes' hidden states and the head (module, or weight and bias); it
+    returns an :class:`~rdrop.functional.RDropOutput` without building full logits.
 
     Args:
         alpha: consistency weight ``>= 0``.
@@ -345,7 +440,7 @@ class FusedLinearRDropLoss(nn.Module):
         self,
         hidden1: Tensor,
         hidden2: Tensor,
-        weight: Tensor,
+        weight: Tensor | nn.Module,
         target: Tensor,
         bias: Tensor | None = None,
         *,

@@ -1,0 +1,207 @@
+"""Compiled per-chunk kernels of the chunked R-Drop loss (private; used by ``rdrop._chunked`` and
+``rdrop.fused_linear``).
+
+The same per-chunk math as the eager code in :mod:`rdrop._chunked` (see its docstring for the
+closed-form gradients), written as pure tensor expressions so that ``torch.compile`` (inductor:
+vectorized C++ on CPU, Triton on GPU) fuses each into a few passes over a row: the log-sum-exps,
+the two cross-entropies and the KL in one kernel, the two logits' gradients in another, with no
+``(rows, V)`` temporaries.
+
+When to compile (environment variable ``RDROP_COMPILE``, read at each call):
+
+* ``auto`` (default): compile when one call covers at least ``2**22`` logits per pass (a
+  16 MB fp32 block; below that the one-time compile, seconds to a minute, is not repaid);
+* ``always`` / ``1``: compile at any size; ``never`` / ``0``: always run the eager code.
+
+Compilation is skipped (eager code, which dynamo then traces itself) inside a user's
+``torch.compile`` and under a ``TorchDispatchMode``. If compiling fails (no C++ compiler, no
+Triton, an unsupported platform), a warning is issued once and the eager code runs from then
+on; the results are the same.
+
+One compiled graph serves every chunk: the row dimension is dynamic, and a 1-row chunk (which
+would otherwise specialize a second graph) is padded to 2 rows with an uncounted row.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["compile_wanted", "fwd", "fwd_grads", "grads"]
+
+MIN_ELEMENTS = 1 << 22
+_MODES = {"auto": "auto", "": "auto", "always": "always", "1": "always", "never": "never",
+          "0": "never"}
+_compiled: dict[str, Callable[..., Any]] = {}
+_broken: list[str] = []  # the first compile error, once compiling has failed
+
+
+def _mode() -> str:
+    raw = os.environ.get("RDROP_COMPILE", "auto").strip().lower()
+    if raw not in _MODES:
+        raise ValueError(
+            f"RDROP_COMPILE must be one of auto, always (1), never (0); got {raw!r}."
+        )
+    return _MODES[raw]
+
+
+def _dispatch_mode_active() -> bool:
+    # A user's TorchDispatchMode (memory trackers, FlopCounter...) cannot be compiled through.
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
+def compile_wanted(numel: int) -> bool:
+    """Whether a call over ``numel`` logits per pass should use the compiled kernels."""
+    mode = _mode()
+    if mode == "never" or _broken or torch.compiler.is_compiling() or _dispatch_mode_active():
+        return False
+    return mode == "always" or numel >= MIN_ELEMENTS
+
+
+# ------------------------------------------------------------------------------- the math
+def _cd(z: Tensor) -> torch.dtype:
+    return torch.float64 if z.dtype == torch.float64 else torch.float32
+
+
+def _log_probs(z: Tensor, lse: Tensor) -> Tensor:
+    return z.to(lse.dtype) - lse.unsqueeze(1)
+
+
+def _diff(l1: Tensor, l2: Tensor) -> Tensor:
+    # -inf in both passes: nan, and the class has probability 0 in both, so it contributes 0.
+    d = l1 - l2
+    return torch.where(torch.isnan(d), torch.zeros_like(d), d)
+
+
+def _task_cons(l1: Tensor, l2: Tensor, y: Tensor, keep: Tensor, eps: Tensor) -> tuple[Tensor, ...]:
+    # eps is a 0-d tensor, not a float: one graph for every label smoothing (the extra mean is
+    # fused into the same pass over the row).
+    idx = y.unsqueeze(1)
+    task = -(l1.gather(1, idx) + l2.gather(1, idx)).squeeze(1)
+    smooth = l1.mean(-1) + l2.mean(-1)  # -inf where a class is masked: select, not multiply
+    task = (1.0 - eps) * task - torch.where(eps > 0, eps * smooth, torch.zeros_like(smooth))
+    cons = 0.5 * ((l1.exp() - l2.exp()) * _diff(l1, l2)).sum(-1)
+    zero = torch.zeros((), dtype=l1.dtype, device=l1.device)
+    return torch.where(keep, task, zero).sum(), torch.where(keep, cons, zero).sum()
+
+
+def _grad_pair(
+    l1: Tensor, l2: Tensor, y: Tensor, gt: Tensor, gc: Tensor, eps: Tensor
+) -> tuple[Tensor, Tensor]:
+    d = _diff(l1, l2)
+    p1, p2 = l1.exp(), l2.exp()
+    s1 = (p1 * d).sum(-1, keepdim=True)
+    s2 = (p2 * d).sum(-1, keepdim=True)
+    h, gt = (0.5 * gc).unsqueeze(1), gt.unsqueeze(1)
+    hot = torch.arange(l1.shape[1], device=l1.device).unsqueeze(0) == y.unsqueeze(1)
+    lin = gt * (eps / l1.shape[1]) + torch.where(hot, gt * (1.0 - eps), torch.zeros_like(gt))
+    g1 = p1 * (h * (d - s1 + 1.0) + gt) - h * p2 - lin
+    g2 = p2 * (h * (s2 - d + 1.0) + gt) - h * p1 - lin
+    return g1, g2
+
+
+def _fwd(z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, eps: Tensor) -> tuple[Tensor, ...]:
+    cd = _cd(z1)
+    lse1, lse2 = torch.logsumexp(z1.to(cd), -1), torch.logsumexp(z2.to(cd), -1)
+    task, cons = _task_cons(_log_probs(z1, lse1), _log_probs(z2, lse2), y, keep, eps)
+    return task, cons, lse1, lse2
+
+
+def _grads(
+    z1: Tensor, z2: Tensor, lse1: Tensor, lse2: Tensor, y: Tensor, gt: Tensor, gc: Tensor,
+    eps: Tensor, out1: Tensor, out2: Tensor,
+) -> None:
+    g1, g2 = _grad_pair(_log_probs(z1, lse1), _log_probs(z2, lse2), y, gt, gc, eps)
+    out1.copy_(g1)
+    out2.copy_(g2)
+
+
+def _fwd_grads(
+    z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, gt: Tensor, gc: Tensor, eps: Tensor
+) -> tuple[Tensor, ...]:
+    cd = _cd(z1)
+    l1 = _log_probs(z1, torch.logsumexp(z1.to(cd), -1))
+    l2 = _log_probs(z2, torch.logsumexp(z2.to(cd), -1))
+    task, cons = _task_cons(l1, l2, y, keep, eps)
+    g1, g2 = _grad_pair(l1, l2, y, gt, gc, eps)
+    return task, cons, g1.to(z1.dtype), g2.to(z2.dtype)
+
+
+# ------------------------------------------------------------------------ compile + fallback
+def _kernel(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    if name not in _compiled:
+        _compiled[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return _compiled[name]
+
+
+def _run(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    # Detached views: a requires_grad flag would be guarded on and compile a second graph.
+    args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+    if not _broken:
+        try:
+            return _kernel(name, fn)(*args)
+        except Exception as err:  # any compiler failure: fall back, once
+            if type(err).__name__ == "FailOnRecompileLimitHit":
+                return fn(*args)  # too many dtypes/devices in one process: this call eager
+            _broken.append(f"{type(err).__name__}: {err}")
+            warnings.warn(
+                "rdrop: torch.compile of the chunked loss failed, using the eager kernels "
+                f"(same results, slower). Set RDROP_COMPILE=never to skip the attempt. "
+                f"Cause: {_broken[0][:300]}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return fn(*args)
+
+
+def _pad(rows: int, *tensors: Tensor) -> list[Tensor]:
+    # A 1-row chunk would specialize a second graph (dynamo treats size 1 apart): add a row of
+    # zeros; callers give it keep=False / zero coefficients, so it contributes nothing.
+    if rows != 1:
+        return list(tensors)
+    return [torch.cat([t, torch.zeros_like(t)]) for t in tensors]
+
+
+def _eps(eps: float, z: Tensor) -> Tensor:
+    return torch.tensor(eps, dtype=_cd(z), device=z.device)
+
+
+def fwd(z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, eps: float) -> tuple[Tensor, ...]:
+    """Compiled ``rdrop._chunked.chunk_forward``: (task sum, consistency sum, lse1, lse2)."""
+    n = z1.shape[0]
+    z1, z2, y, keep = _pad(n, z1, z2, y, keep)
+    task, cons, lse1, lse2 = _run("fwd", _fwd, z1, z2, y, keep, _eps(eps, z1))
+    return task, cons, lse1[:n], lse2[:n]
+
+
+def grads(
+    z1: Tensor, z2: Tensor, lse1: Tensor, lse2: Tensor, y: Tensor, gt: Tensor, gc: Tensor,
+    eps: float, out1: Tensor, out2: Tensor,
+) -> None:
+    """Compiled ``rdrop._chunked.chunk_grads``, written into ``out1``/``out2``."""
+    if z1.shape[0] == 1:
+        g1, g2 = torch.empty_like(out1), torch.empty_like(out2)
+        padded = _pad(1, z1, z2, lse1, lse2, y, gt, gc, g1, g2)
+        g1, g2 = padded[-2:]
+        _run("grads", _grads, *padded[:7], _eps(eps, z1), g1, g2)
+        out1.copy_(g1[:1])
+        out2.copy_(g2[:1])
+        return
+    _run("grads", _grads, z1, z2, lse1, lse2, y, gt, gc, _eps(eps, z1), out1, out2)
+
+
+def fwd_grads(
+    z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, gt: Tensor, gc: Tensor, eps: float
+) -> tuple[Tensor, ...]:
+    """Sums, and the logits' gradients for per-row coefficients ``gt``/``gc``, in one kernel."""
+    n = z1.shape[0]
+    z1, z2, y, keep, gt, gc = _pad(n, z1, z2, y, keep, gt, gc)
+    task, cons, g1, g2 = _run("fwd_grads", _fwd_grads, z1, z2, y, keep, gt, gc, _eps(eps, z1))
+    return task, cons, g1[:n], g2[:n]
