@@ -111,7 +111,7 @@ def test_concat_and_twice_agree_on_a_dropout_free_model():
 
 def test_nested_inputs_and_object_outputs_are_duplicated_and_split():
     model = DictModel()
-    wrapped = RDrop(model, alpha=1.0, num_passes=3)
+    wrapped = RDrop(model, alpha=1.0, num_passes=3, check_inputs=False)
     x, y = _data()
     batch = collections.UserDict({"input_ids": x, "attention_mask": torch.ones_like(x)})
     out = wrapped(**batch, scale=0.5, target=y)  # non-tensor kwargs pass through
@@ -120,12 +120,17 @@ def test_nested_inputs_and_object_outputs_are_duplicated_and_split():
     assert torch.isfinite(out.loss)
 
 
-def test_eval_mode_and_missing_target_are_a_plain_forward():
+def test_missing_target_is_a_plain_forward_and_eval_with_target_is_one_pass():
     net = _net()
     wrapped = RDrop(net, alpha=1.0)
     x, y = _data()
     wrapped.eval()
-    torch.testing.assert_close(wrapped(x, target=y), net(x))
+    torch.testing.assert_close(wrapped(x), net(x))
+    out = wrapped(x, target=y)  # eval with a target: one pass, an RDropOutput (not a tensor)
+    ref = reference_rdrop_loss([net(x), net(x)], y, alpha=0.0)["task_loss"] / 2  # one CE term
+    torch.testing.assert_close(out.loss.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    assert out.loss is out.task_loss and float(out.consistency_loss) == 0.0
+    torch.testing.assert_close(out.logits, net(x))
     wrapped.train()
     assert wrapped(x).shape == (len(x), 4)
     assert wrapped.num_steps == 0  # neither counted as an R-Drop training step
@@ -248,3 +253,149 @@ def test_model_that_changes_batch_size_points_to_twice_mode():
 def test_non_module_rejected():
     with pytest.raises(TypeError, match=r"nn\.Module"):
         RDrop(lambda x: x, alpha=1.0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------ concat mode: which inputs are batched
+class ClassEmbeddingHead(nn.Module):
+    """CLIP-style: scores every row against class embeddings, which are not batched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Sequential(nn.Linear(6, 5), nn.Dropout(0.3))
+
+    def forward(self, x: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) @ class_emb.T
+
+
+def test_unbatched_input_with_dim0_equal_to_batch_is_named_and_the_fix_works():
+    x, _ = _data(n=4)
+    class_emb = torch.randn(4, 5)  # C == B == 4
+    y = torch.tensor([0, 3, 1, 2])
+    with pytest.raises(ValueError, match=r"unbatched=\['class_emb'\]"):
+        RDrop(ClassEmbeddingHead(), alpha=1.0)(x, class_emb=class_emb, target=y)
+
+    for names in ({"unbatched": ("class_emb",)}, {"batched": (0,)}):
+        wrapped = RDrop(ClassEmbeddingHead(), alpha=1.0, **names)
+        torch.manual_seed(7)
+        out = wrapped(x, class_emb=class_emb, target=y)
+        torch.manual_seed(7)
+        l1, l2 = wrapped.model(torch.cat([x, x]), class_emb).chunk(2)
+        ref = reference_rdrop_loss([l1, l2], y, alpha=1.0)
+        assert out.logits.shape == (4, 4)
+        torch.testing.assert_close(out.loss.double(), ref["loss"].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_input_name_lists_the_inputs():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"unbatched= names \['mask'\].*\[0\]"):
+        RDrop(_net(), alpha=1.0, unbatched=("mask",))(x, target=y)
+
+
+class SeqFirstLSTM(nn.Module):
+    """nn.LSTM with the default batch_first=False: inputs (T, B, F)."""
+
+    def __init__(self, last_only: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = nn.LSTM(6, 8)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(8, 4)
+        self.last_only = last_only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(x)
+        logits = self.head(self.drop(h))  # (T, B, 4)
+        return logits[-1] if self.last_only else logits
+
+
+def test_sequence_first_model_is_refused_with_the_fix():
+    x = torch.randn(7, 3, 6)  # T=7, B=3: concat mode would double the time axis
+    with pytest.raises(ValueError, match="batch_first"):
+        RDrop(SeqFirstLSTM(last_only=True), alpha=1.0)(x, target=torch.tensor([0, 1, 2]))
+    # Full sequence output: the doubled time axis splits into two "passes" of the right shape,
+    # but the second half continues the first; the first-call check catches it.
+    y = torch.randint(0, 4, (7, 3))
+    with pytest.raises(ValueError, match=r"does not reproduce the plain forward.*batch_first"):
+        RDrop(SeqFirstLSTM(last_only=False), alpha=1.0)(x, target=y)
+    out = RDrop(SeqFirstLSTM(last_only=False), alpha=1.0, mode="twice")(x, target=y)
+    assert out.consistency_loss.item() > 0
+
+
+def test_the_first_call_check_runs_once_and_keeps_train_eval_flags():
+    model = DictModel()
+    model.net[2].eval()  # a user's choice the check must not undo
+    wrapped = RDrop(model, alpha=1.0)
+    x, y = _data()
+    for _ in range(2):
+        wrapped(input_ids=x, attention_mask=torch.ones_like(x), target=y)
+    assert model.calls == [8, 16, 16, 16]  # check: plain + duplicated, then the training calls
+    assert model.training and not model.net[2].training
+
+
+def test_batch_size_one_with_batchnorm_is_refused_in_concat_mode():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.2), nn.BatchNorm1d(8), nn.Linear(8, 4))
+    wrapped = RDrop(net, alpha=1.0, warn_batchnorm=False)
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"batch size 1 with BatchNorm.*mode='twice'"):
+        wrapped(x[:1], target=y[:1])
+    assert torch.isfinite(wrapped(x[:2], target=y[:2]).loss)  # two samples are fine
+    net[2].eval()
+    assert torch.isfinite(wrapped(x[:1], target=y[:1]).loss)  # eval BatchNorm: per-sample
+
+
+class LossAndLogits(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return logits.logsumexp(-1).mean(), logits
+
+
+@pytest.mark.parametrize("mode", ["concat", "twice"])
+def test_model_returning_loss_and_logits_gets_advice_that_works(mode):
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"logits_fn=lambda out: out\[1\]"):
+        RDrop(LossAndLogits(), alpha=1.0, mode=mode)(x, target=y)
+    wrapped = RDrop(LossAndLogits(), alpha=1.0, mode=mode, logits_fn=lambda out: out[1])
+    torch.manual_seed(3)
+    out = wrapped(x, target=y)
+    torch.manual_seed(3)
+    if mode == "concat":
+        passes = list(wrapped.model.net(torch.cat([x, x])).chunk(2))
+    else:
+        passes = [wrapped.model.net(x), wrapped.model.net(x)]
+    ref = reference_rdrop_loss(passes, y, alpha=1.0)
+    torch.testing.assert_close(out.loss.double(), ref["loss"].detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
+        ({"chunk_size": True}, TypeError, "chunk_size"),
+        ({"chunk_size": 64, "num_passes": 3}, ValueError, "chunk_size supports num_passes=2"),
+        ({"label_smoothing": None}, TypeError, "label_smoothing"),
+        ({"ignore_index": None}, TypeError, "ignore_index"),
+        ({"stop_gradient": 1}, TypeError, "stop_gradient must be a bool"),
+        ({"check_finite": "no"}, TypeError, "check_finite must be a bool"),
+        ({"logits_fn": 3}, TypeError, "logits_fn must be callable"),
+        ({"alpha_warmup_steps": -1}, ValueError, "alpha_warmup_steps"),
+    ],
+)
+def test_more_bad_hyperparameters_fail_at_construction(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        RDrop(_net(), **{"alpha": 1.0, **kwargs})
+
+
+def test_check_finite_switch_reaches_the_loss():
+    x, y = _data()
+    bad = nn.Sequential(_net(), nn.Threshold(1e9, float("nan")))  # every logit becomes NaN
+    with pytest.raises(FloatingPointError):
+        RDrop(bad, alpha=1.0, check_inputs=False, check_dropout=False)(x, target=y)
+    out = RDrop(bad, alpha=1.0, check_inputs=False, check_dropout=False,
+                check_finite=False)(x, target=y)
+    assert torch.isnan(out.loss)

@@ -1,20 +1,38 @@
-"""Model inspections that decide whether R-Drop can do anything, and warnings about BatchNorm."""
+"""Model inspections: does R-Drop have anything to do (dropout), what to change if not, and
+which layers (BatchNorm) see the duplicated batch."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-__all__ = ["active_dropout_rates", "batchnorm_layers"]
+__all__ = ["active_dropout_rates", "batchnorm_layers", "no_dropout_advice"]
 
 # Attribute names under which models keep dropout probabilities applied functionally
 # (torch.nn.MultiheadAttention.dropout, HF attention modules' dropout / attention_dropout floats).
 _FLOAT_DROPOUT_ATTRS = ("dropout", "attention_dropout", "dropout_p", "attn_dropout")
+# Stochastic depth drops whole residual branches at random: two passes differ as with dropout.
+# timm's DropPath / DropBlock keep ``drop_prob``; torchvision's StochasticDepth keeps ``p``.
+_STOCHASTIC_DEPTH_NAMES = ("DropPath", "DropBlock", "StochasticDepth")
+
+
+def _stochastic_depth_rate(module: nn.Module) -> float | None:
+    if not any(n in type(module).__name__ for n in _STOCHASTIC_DEPTH_NAMES):
+        return None
+    for attr in ("drop_prob", "p"):
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def active_dropout_rates(model: nn.Module) -> dict[str, float]:
     """Names and probabilities of the dropout layers in ``model`` with ``p > 0``.
 
-    Counts ``nn.Dropout``-family modules and float dropout attributes such as
+    Counts ``nn.Dropout``-family modules, stochastic-depth layers (any module whose class name
+    contains ``DropPath``, ``DropBlock`` or ``StochasticDepth``: timm, torchvision) with a drop
+    probability above 0, and float dropout attributes such as
     ``nn.MultiheadAttention.dropout``. Dropout applied with ``F.dropout`` on a literal inside
     ``forward`` cannot be seen; pass ``check_dropout=False`` to :class:`rdrop.RDrop` then.
 
@@ -35,11 +53,56 @@ def active_dropout_rates(model: nn.Module) -> dict[str, float]:
             if module.p > 0:
                 rates[name] = float(module.p)
             continue
+        depth = _stochastic_depth_rate(module)
+        if depth is not None:
+            if depth > 0:
+                rates[name] = depth
+            continue
         for attr in _FLOAT_DROPOUT_ATTRS:
             value = getattr(module, attr, None)
             if isinstance(value, float) and value > 0:
                 rates[f"{name}.{attr}" if name else attr] = value
     return rates
+
+
+def _config_dropout_keys(config: Any) -> list[str]:
+    to_dict = getattr(config, "to_dict", None)
+    items = to_dict() if callable(to_dict) else getattr(config, "__dict__", {})
+    return sorted(k for k, v in items.items()
+                  if "dropout" in k and isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def no_dropout_advice(model: nn.Module) -> str:
+    """How to give *this* model dropout, for the warning that it has none.
+
+    Recognizes PEFT LoRA models (modules with ``lora_dropout``), timm models (defined in a
+    ``timm`` module) and Hugging Face models (a ``config`` with dropout keys; those keys are
+    named), in that order; otherwise suggests ``nn.Dropout``.
+
+    Args:
+        model: the model that has no active dropout.
+
+    Returns:
+        One or two sentences naming the setting to change.
+
+    Example:
+        >>> from torch import nn
+        >>> no_dropout_advice(nn.Linear(2, 2))
+        'Add dropout (nn.Dropout) to the model or raise its rate.'
+    """
+    if any(hasattr(m, "lora_dropout") for m in model.modules()):
+        return ("This is a PEFT LoRA model: set LoraConfig(lora_dropout=0.1) (or more); the "
+                "frozen base model's dropout applies only if its config enables it.")
+    if type(model).__module__.split(".")[0] == "timm":
+        return ("This is a timm model: create it with dropout, e.g. "
+                "timm.create_model(name, drop_rate=0.1, drop_path_rate=0.1).")
+    config = getattr(model, "config", None)
+    keys = _config_dropout_keys(config) if config is not None else []
+    if keys:
+        settings = ", ".join(f"{k}=0.1" for k in keys)
+        return (f"Its config's dropout settings are {keys}: raise them, e.g. "
+                f"from_pretrained(..., {settings}).")
+    return "Add dropout (nn.Dropout) to the model or raise its rate."
 
 
 def batchnorm_layers(model: nn.Module) -> list[str]:

@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from rdrop.batching import batch_size_of, duplicate_batch, extract_logits
-from rdrop.functional import (
-    CONSISTENCIES,
-    _check_alpha,
-    _check_label_smoothing,
-    _check_reduction,
-    _single_pass_loss,
-    multi_pass_rdrop_loss,
+from rdrop.argchecks import (
+    check_alpha,
+    check_chunk_size,
+    check_consistency,
+    check_ignore_index,
+    check_label_smoothing,
+    check_positive_int,
+    check_reduction,
 )
-from rdrop.inspection import active_dropout_rates, batchnorm_layers
+from rdrop.batching import InputName, concat_forward, concat_inputs, extract_logits
+from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, single_pass_loss
+from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
+from rdrop.schedule import RDropStep, rdrop_step
 
 __all__ = ["RDrop"]
 
 MODES = ("concat", "twice")
-
-
-def _check_positive_int(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
 
 
 class RDrop(nn.Module):
@@ -38,9 +34,16 @@ class RDrop(nn.Module):
     In training mode, ``out = wrapped(*args, target=y, **kwargs)``:
 
     * ``mode="concat"`` (default) runs ONE forward over the inputs duplicated along the batch
-      dimension (``[x; x]``: every tensor whose dim 0 is the batch size, in nested dicts, tuples
-      and Hugging Face ``BatchEncoding`` too), so each copy draws its own dropout masks, then
-      splits the logits into the passes;
+      dimension (``[x; x]``), so each copy draws its own dropout masks, then splits the logits
+      into the passes. Which inputs are batched follows one rule (:mod:`rdrop.batching`): the
+      first tensor (positional inputs first) defines ``B``; every tensor with dim 0 equal to ``B``
+      is duplicated unless named in ``unbatched=`` (or only those named in ``batched=``);
+      packed batches (``cu_seq_lens_q``...) are duplicated along their tokens with the sequence
+      boundaries offset. The logits must have ``num_passes * B`` rows. On the first call the
+      wrapper also checks, in eval mode and without gradients, that each copy's output equals
+      the plain forward's (``check_inputs=False`` skips it): an input whose dim 0 equals ``B``
+      by coincidence (class embeddings with ``C == B``, a sequence-first ``nn.LSTM``) fails here
+      with the duplicated inputs named.
     * ``mode="twice"`` runs ``num_passes`` separate forwards (for models that cannot take a
       doubled batch, or to keep each BatchNorm batch a real batch);
 
@@ -48,10 +51,47 @@ class RDrop(nn.Module):
     :class:`~rdrop.functional.RDropOutput` whose ``logits`` are the first pass's. Per counted row:
 
     .. math::
-        \mathcal{L} = \sum_k CE(P^k, y) + \alpha_t \cdot \overline{D_{sym}}(P^j, P^k)
+        \mathcal{L} = \sum_{k=1}^m CE(P^k, y) + \alpha_s \cdot \overline{D_{sym}}(P^j, P^k)
 
-    In eval mode, or without ``target``, the call is a plain single forward returning the model's
-    own output, so evaluation and generation code need no change.
+    **Stop-gradient variant** (``stop_gradient=True``): the second pass runs under
+    ``torch.no_grad`` and is the detached target of the first:
+
+    .. math::
+        \mathcal{L}_{sg} = CE(P^1, y) + \alpha_s \cdot \tfrac12\big(KL(P^1\|\bar P^2)
+            + KL(\bar P^2\|P^1)\big), \qquad \bar P^2 = \mathrm{sg}(P^2)
+
+    with the same per-row normalization. Its gradient differs from full R-Drop's in three ways:
+    only pass 1 receives gradient (full R-Drop also back-propagates the KL into pass 2); the CE of
+    pass 2 is dropped, so the task term has weight 1, not 2 (at the same learning rate the CE
+    gradient is half of full R-Drop's, and alpha weighs the KL twice as much relative to it);
+    and the KL gradient reaches the parameters through one pass only. The two passes are
+    always two forwards (``mode`` is ignored); the no-grad one keeps no activation graph, so a
+    step costs about 1.33x a single-pass step (forward + backward + one forward) instead of 2x,
+    with the memory of one pass's activations.
+
+    **Which step** (``every_k_steps``, ``alpha_warmup_steps``): the decision is
+    :func:`rdrop.schedule.rdrop_step` of the *optimizer* step, so every micro-batch of one
+    accumulated step gets the same decision. Tell the wrapper the optimizer
+    (``RDrop(..., optimizer=opt)`` or ``wrapped.attach_optimizer(opt)``; it counts
+    ``opt.step()`` calls with a post-hook) or the step (``wrapped.set_step(n)``). Without either
+    it counts training calls, which is right only without gradient accumulation.
+
+    **Outside training**: without ``target`` the call is a plain forward returning the model's
+    own output, so evaluation and generation code need no change. With ``target`` in eval mode it
+    returns an :class:`~rdrop.functional.RDropOutput` of one pass: ``loss = task_loss`` is the
+    single-pass CE (:func:`rdrop.functional.single_pass_loss`, comparable to a validation loss;
+    the training loss has two CE terms), ``consistency_loss = 0``, ``logits`` the output.
+
+    **torch.compile**: ``torch.compile(RDrop(net, check_finite=False))`` compiles a few graphs
+    and does not recompile per step: the step decision runs outside the graph (a disabled
+    function, one graph break), alpha enters as a value, not a guard. ``check_finite=True``
+    reads the loss once per step, one more graph break. Alternatively compile only the model,
+    ``RDrop(torch.compile(net))``: one graph per input shape (``2B`` rows on R-Drop steps, ``B``
+    on single-pass steps).
+
+    **Gradient checkpointing** must preserve the RNG state (PyTorch's and Hugging Face's
+    default): with ``preserve_rng_state=False`` the recompute draws new dropout masks and the
+    gradients no longer match the loss.
 
     Args:
         model: any ``nn.Module`` with dropout. Its output must be logits, or hold them (``.logits``,
@@ -61,21 +101,31 @@ class RDrop(nn.Module):
             :func:`rdrop.functional.rdrop_loss`.
         mode: ``"concat"`` or ``"twice"``.
         num_passes: ``m >= 2`` dropout passes (consistency = mean pairwise divergence).
-        every_k_steps: apply R-Drop on every k-th training call; the others are plain
+        every_k_steps: apply R-Drop on every k-th optimizer step; the others are plain
             single-pass steps whose loss is the task loss of one pass (CE, no consistency).
         alpha_warmup_steps: ramp alpha linearly from ``alpha / n`` to ``alpha`` over the first
-            ``n`` training calls (0 = no warm-up).
+            ``n`` optimizer steps (0 = no warm-up).
         consistency: ``"kl"``, ``"js"``, or ``"mse"`` for regression heads.
-        ignore_index, label_smoothing, reduction, chunk_size: as in
-            :func:`rdrop.functional.rdrop_loss`.
-        logits_fn: optional callable mapping the model output to the logits tensor.
+        ignore_index, label_smoothing, reduction, chunk_size, check_finite: as in
+            :func:`rdrop.functional.rdrop_loss` (``chunk_size`` needs two passes, ``"kl"`` and a
+            reduction other than ``"none"``).
+        logits_fn: optional callable mapping the model output to the logits tensor (a model
+            returning ``(loss, logits)``: ``logits_fn=lambda out: out[1]``).
+        stop_gradient: the cheaper variant above (needs ``num_passes=2``).
+        optimizer: the optimizer whose steps define the step schedule (see above).
+        batched, unbatched: names of the inputs that are (only) / are not batched in concat mode:
+            ``int`` for a positional input, ``str`` for a keyword input.
+        check_inputs: on the first concat-mode call, check the duplication against a plain
+            forward (two extra forwards without gradients, in eval mode, once).
         check_dropout: warn at construction if the model has no active dropout (R-Drop then
             only doubles the cost) and raise at a training call if the model is in eval mode.
         warn_batchnorm: warn at construction about BatchNorm layers.
 
     Raises:
-        TypeError, ValueError: invalid hyperparameters; target/logit shape mismatch at call time;
-            a training call while the wrapped model is in eval mode.
+        TypeError, ValueError: invalid hyperparameters (at construction); at call time a
+            target/logit shape mismatch, logits without ``num_passes * B`` rows, batch size 1
+            with BatchNorm in concat mode, a failed input check, or a training call while the
+            wrapped model is in eval mode.
 
     Example:
         >>> import torch
@@ -83,11 +133,14 @@ class RDrop(nn.Module):
         >>> from rdrop import RDrop
         >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
         >>> model = RDrop(net, alpha=1.0)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> _ = model.attach_optimizer(opt)    # the schedule counts optimizer steps
         >>> x, y = torch.randn(5, 8), torch.randint(0, 3, (5,))
         >>> out = model(x, target=y)           # one forward over [x; x]
         >>> out.loss.backward()
-        >>> out.logits.shape
-        torch.Size([5, 3])
+        >>> opt.step()
+        >>> out.logits.shape, model.num_steps
+        (torch.Size([5, 3]), 1)
         >>> _ = model.eval()
         >>> model(x).shape                     # eval: the plain model
         torch.Size([5, 3])
@@ -107,46 +160,72 @@ class RDrop(nn.Module):
         label_smoothing: float = 0.0,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        check_finite: bool = True,
         logits_fn: Callable[[Any], Tensor] | None = None,
+        stop_gradient: bool = False,
+        optimizer: torch.optim.Optimizer | None = None,
+        batched: Collection[InputName] | None = None,
+        unbatched: Collection[InputName] | None = None,
+        check_inputs: bool = True,
         check_dropout: bool = True,
         warn_batchnorm: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        _check_alpha(alpha)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-        _check_positive_int("num_passes", num_passes, 2)
-        _check_positive_int("every_k_steps", every_k_steps, 1)
-        _check_positive_int("alpha_warmup_steps", alpha_warmup_steps, 0)
-        if consistency not in CONSISTENCIES:
-            raise ValueError(f"consistency must be one of {CONSISTENCIES}, got {consistency!r}.")
-        _check_label_smoothing(label_smoothing)
-        _check_reduction(reduction)
+        self.alpha = check_alpha(alpha)
+        self.num_passes = check_positive_int("num_passes", num_passes, 2)
+        self.every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
+        self.alpha_warmup_steps = check_positive_int("alpha_warmup_steps", alpha_warmup_steps, 0)
+        self.consistency = check_consistency(consistency)
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        self.reduction = check_reduction(reduction)
+        self.chunk_size = check_chunk_size(chunk_size)
+        if self.chunk_size is not None and (
+            self.num_passes != 2 or self.consistency != "kl" or self.reduction == "none"
+        ):
+            raise ValueError(
+                "chunk_size supports num_passes=2, consistency='kl' and reduction 'mean' or "
+                "'sum'; use chunk_size=None for the other settings."
+            )
+        for name, flag in (("stop_gradient", stop_gradient), ("check_finite", check_finite),
+                           ("check_inputs", check_inputs)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}.")
+        if stop_gradient and self.num_passes != 2:
+            raise ValueError(
+                f"stop_gradient=True uses one gradient pass and one detached target pass; "
+                f"num_passes must be 2, got {self.num_passes}."
+            )
+        if logits_fn is not None and not callable(logits_fn):
+            raise TypeError(f"logits_fn must be callable, got {type(logits_fn).__name__}.")
         self.model = model
-        self.alpha = float(alpha)
         self.mode = mode
-        self.num_passes = num_passes
-        self.every_k_steps = every_k_steps
-        self.alpha_warmup_steps = alpha_warmup_steps
-        self.consistency = consistency
-        self.ignore_index = ignore_index
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-        self.chunk_size = chunk_size
+        self.check_finite = check_finite
+        self.stop_gradient = stop_gradient
         self.logits_fn = logits_fn or extract_logits
+        self.batched = batched
+        self.unbatched = unbatched
         self.check_dropout = check_dropout
-        self.num_steps = 0  # training calls with a target so far (checkpointed via extra state)
+        self.num_steps = 0  # the optimizer step (or training calls, see _step_source)
+        self._step_source = "calls"  # "calls" until an optimizer or set_step() says otherwise
+        self._inputs_checked = not check_inputs
+        self._optimizer_hook: Any = None
+        if optimizer is not None:
+            self.attach_optimizer(optimizer)
         if check_dropout and not active_dropout_rates(model):
             warnings.warn(
                 "RDrop: the model has no dropout layer with p > 0, so both passes are identical "
-                "and R-Drop only doubles the cost. Add dropout (or raise its rate), or pass "
+                f"and R-Drop only doubles the cost. {no_dropout_advice(model)} Pass "
                 "check_dropout=False if the model applies dropout functionally.",
                 UserWarning,
                 stacklevel=2,
             )
         bn = batchnorm_layers(model)
+        self._batchnorms = tuple(model.get_submodule(n) for n in bn)
         if warn_batchnorm and bn:
             warnings.warn(
                 f"RDrop: BatchNorm layers {bn[:3]}{'...' if len(bn) > 3 else ''} see the "
@@ -160,11 +239,57 @@ class RDrop(nn.Module):
             )
 
     # ------------------------------------------------------------------------------------ state
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Count ``optimizer.step()`` calls as the step of the schedule (a step post-hook).
+
+        Returns:
+            The hook's handle (``handle.remove()`` detaches it).
+
+        Raises:
+            TypeError: ``optimizer`` has no ``register_step_post_hook`` (not a torch optimizer).
+        """
+        register = getattr(optimizer, "register_step_post_hook", None)
+        if register is None:
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
+                "without one, call wrapped.set_step(optimizer_step) before each step."
+            )
+        if self._optimizer_hook is not None:
+            self._optimizer_hook.remove()
+        self._optimizer_hook = register(self._on_optimizer_step)
+        self._step_source = "optimizer"
+        return self._optimizer_hook
+
+    def _on_optimizer_step(self, *_: Any) -> None:
+        self.num_steps += 1
+
+    def set_step(self, optimizer_step: int) -> None:
+        """Set the optimizer step (``>= 0``) that the next training calls use; from then on
+        training calls no longer advance the step themselves.
+
+        Raises:
+            TypeError, ValueError: not an int ``>= 0``.
+        """
+        self.num_steps = check_positive_int("optimizer_step", optimizer_step, 0)
+        self._step_source = "manual"
+
+    def schedule(self) -> RDropStep:
+        """The decision of :func:`rdrop.schedule.rdrop_step` at the current step."""
+        return rdrop_step(self.num_steps, alpha=self.alpha, every_k_steps=self.every_k_steps,
+                          alpha_warmup_steps=self.alpha_warmup_steps)
+
     def current_alpha(self) -> float:
-        """Alpha at the current step, after the linear warm-up (if any)."""
-        if self.alpha_warmup_steps == 0:
-            return self.alpha
-        return self.alpha * min(1.0, (self.num_steps + 1) / self.alpha_warmup_steps)
+        """Alpha at the current step, after the linear warm-up (if any); 0.0 on an off-step."""
+        return self.schedule().alpha
+
+    @torch.compiler.disable
+    def _next_decision(self) -> RDropStep:
+        # Outside any compiled graph: the counter is a Python int, and a guard on it would
+        # recompile every step.
+        decision = self.schedule()
+        if self._step_source == "calls":
+            self.num_steps += 1
+        return decision
 
     def get_extra_state(self) -> dict[str, int]:
         return {"num_steps": self.num_steps}
@@ -175,7 +300,8 @@ class RDrop(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, mode={self.mode!r}, num_passes={self.num_passes}, "
-            f"every_k_steps={self.every_k_steps}, consistency={self.consistency!r}"
+            f"every_k_steps={self.every_k_steps}, consistency={self.consistency!r}, "
+            f"stop_gradient={self.stop_gradient}"
         )
 
     # ---------------------------------------------------------------------------------- forward
@@ -186,45 +312,108 @@ class RDrop(nn.Module):
         num_items_in_batch: int | Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        if not self.training or target is None:
+        if target is None:
             return self.model(*args, **kwargs)
-        if self.check_dropout and not self.model.training:
-            raise ValueError(
-                "RDrop was called for training (a target was given) but the wrapped model is in "
-                "eval mode, so dropout is off and both passes are identical. Call .train() on the "
-                "RDrop wrapper (not only on the inner model), or call it without target to predict."
-            )
-        step = self.num_steps
-        self.num_steps += 1
         loss_kwargs = {
             "ignore_index": self.ignore_index,
             "label_smoothing": self.label_smoothing,
             "reduction": self.reduction,
             "consistency": self.consistency,
             "num_items_in_batch": num_items_in_batch,
+            "check_finite": self.check_finite,
         }
-        if step % self.every_k_steps != 0:
-            logits = self.logits_fn(self.model(*args, **kwargs))
-            out = _single_pass_loss(logits, target, **loss_kwargs)
-            return dataclasses.replace(out, logits=logits)
-
+        if not self.training:
+            return self._single_pass(args, kwargs, target, loss_kwargs)
+        if self.check_dropout and not self.model.training:
+            raise ValueError(
+                "RDrop was called for training (a target was given) but the wrapped model is in "
+                "eval mode, so dropout is off and both passes are identical. Call .train() on the "
+                "RDrop wrapper (not only on the inner model), or call it without target to predict."
+            )
+        decision = self._next_decision()
+        if not decision.active:
+            return self._single_pass(args, kwargs, target, loss_kwargs)
+        if self.stop_gradient:
+            return self._stop_gradient_loss(args, kwargs, target, decision.alpha, loss_kwargs)
         passes = self._passes(args, kwargs)
-        out = multi_pass_rdrop_loss(
-            passes, target, alpha=self.current_alpha(), chunk_size=self.chunk_size, **loss_kwargs
-        )
-        return dataclasses.replace(out, logits=passes[0])
+        # The loss gets the constant self.alpha and the step's alpha is applied here: the loss
+        # checks its alpha in Python, which under torch.compile would guard on (and recompile
+        # for) every warm-up value.
+        out = multi_pass_rdrop_loss(passes, target, alpha=self.alpha,
+                                    chunk_size=self.chunk_size, **loss_kwargs)
+        loss = out.task_loss + decision.alpha * out.consistency_loss
+        return RDropOutput(loss, out.task_loss, out.consistency_loss, logits=passes[0])
+
+    def _single_pass(self, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor,
+                     loss_kwargs: dict[str, Any]) -> RDropOutput:
+        logits = self.logits_fn(self.model(*args, **kwargs))
+        out = single_pass_loss(logits, target, **loss_kwargs)
+        return RDropOutput(out.loss, out.task_loss, out.consistency_loss, logits=logits)
+
+    def _stop_gradient_loss(self, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor,
+                            alpha: float, loss_kwargs: dict[str, Any]) -> RDropOutput:
+        logits1 = self.logits_fn(self.model(*args, **kwargs))
+        with torch.no_grad():  # the target pass: no activation graph is kept
+            logits2 = self.logits_fn(self.model(*args, **kwargs))
+        task = single_pass_loss(logits1, target, **loss_kwargs).task_loss
+        # logits2 carries no graph, so the consistency's gradient flows into pass 1 only.
+        cons = multi_pass_rdrop_loss([logits1, logits2], target, alpha=self.alpha,
+                                     chunk_size=self.chunk_size, **loss_kwargs).consistency_loss
+        return RDropOutput(task + alpha * cons, task, cons, logits=logits1)
 
     def _passes(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Tensor]:
         m = self.num_passes
         if self.mode == "twice":
             return [self.logits_fn(self.model(*args, **kwargs)) for _ in range(m)]
-        b = batch_size_of((args, kwargs))
-        dup_args, dup_kwargs = duplicate_batch((args, kwargs), m, batch_size=b)
-        logits = self.logits_fn(self.model(*dup_args, **dup_kwargs))
-        if logits.dim() == 0 or logits.shape[0] != m * b:
+        if not self._inputs_checked:
+            self._check_concat(args, kwargs)
+        fwd = concat_forward(self.model, args, kwargs, m, logits_fn=self.logits_fn,
+                             batched=self.batched, unbatched=self.unbatched)
+        if fwd.layout.batch_size == 1 and not fwd.layout.packed and any(
+            bn.training for bn in self._batchnorms
+        ):
             raise ValueError(
-                f"the model returned logits with {logits.shape[0] if logits.dim() else 0} rows "
-                f"for a duplicated batch of {m * b} ({m} x {b}); concat mode needs the batch "
-                "dimension first in inputs and outputs. Use mode='twice' for this model."
+                "batch size 1 with BatchNorm in concat mode: BatchNorm normalizes the copies of "
+                "the one sample against each other, which makes both passes nearly equal and "
+                "the consistency term ~0. Use a batch size >= 2, mode='twice', or put the "
+                "BatchNorm layers in eval mode."
             )
-        return list(logits.split(b, dim=0))
+        return fwd.passes
+
+    @torch.compiler.disable
+    def _check_concat(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Once: in eval mode and without gradients, each copy of the duplicated batch must give
+        the plain forward's logits; otherwise an input was duplicated that is not batched."""
+        m = self.num_passes
+        modes = [(mod, mod.training) for mod in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                plain = self.logits_fn(self.model(*args, **kwargs))
+                dup_args, dup_kwargs, layout = concat_inputs(
+                    args, kwargs, m, batched=self.batched, unbatched=self.unbatched)
+                copies = layout.split(self.logits_fn(self.model(*dup_args, **dup_kwargs)))
+        finally:
+            for mod, was_training in modes:
+                mod.training = was_training
+        tol = 1e-4 if plain.dtype in (torch.float32, torch.float64) else 3e-2
+        scale = float(plain.detach().abs().max()) if plain.numel() else 0.0
+        same = all(
+            c.shape == plain.shape
+            and torch.allclose(c.float(), plain.float(), rtol=10 * tol, atol=tol * (1 + scale))
+            for c in copies
+        )
+        if not same:
+            others = [n for n in layout.duplicated[1:]]
+            names = ", ".join(repr(n) for n in layout.duplicated)
+            hint = (f" If any of {others} is not batched (e.g. class embeddings with as many "
+                    f"rows as the batch), pass unbatched={others[:1]!r}." if others else "")
+            raise ValueError(
+                f"concat mode: the duplicated batch does not reproduce the plain forward (plain "
+                f"logits {tuple(plain.shape)}, each copy {tuple(copies[0].shape)}; duplicated "
+                f"inputs: {names}, batch size {layout.batch_size}).{hint} If the model mixes "
+                "rows of the batch or takes the batch in another dimension (nn.LSTM with "
+                "batch_first=False), use batch_first=True or mode='twice'. Pass "
+                "check_inputs=False to skip this check."
+            )
+        self._inputs_checked = True
