@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rdrop_experiments.data.common import cache_dir  # re-exported: its old home
+
 __all__ = [
     "APT_LISTS_DIR",
     "DebianPackage",
@@ -55,13 +57,6 @@ class DebianPackage:
     section: str
     synopsis: str
     long: str
-
-
-def cache_dir() -> Path:
-    """Where processed data sets are cached: ``$RDROP_CACHE`` or ``~/.cache/rdrop``."""
-    path = Path(os.environ.get("RDROP_CACHE", Path.home() / ".cache" / "rdrop"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def read_list_file(path: str | os.PathLike[str]) -> str:

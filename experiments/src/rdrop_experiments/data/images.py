@@ -267,11 +267,9 @@ def load_hf_image_dataset(
         ImportError: the ``datasets`` package is not installed.
         ValueError: no image/label column found.
     """
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ImportError("reading a saved Hugging Face dataset needs the `datasets` package "
-                          "(pip install datasets); it is not an rdrop dependency.") from exc
+    from rdrop_experiments.data.common import import_datasets
+
+    datasets = import_datasets()
     dd = datasets.load_from_disk(str(path))
     if isinstance(dd, datasets.Dataset):
         dd = datasets.DatasetDict({"train": dd})

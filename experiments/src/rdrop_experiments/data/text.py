@@ -121,7 +121,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, cache_name: str | None =
     texts = list(texts)
     cache: Path | None = None
     if cache_name is not None:
-        from rdrop_experiments.data.debian import cache_dir
+        from rdrop_experiments.data.common import cache_dir
 
         digest = hashlib.sha256()
         digest.update(f"{vocab_size}:{min_frequency}:".encode())
@@ -211,11 +211,9 @@ def load_hf_text_splits(path: str | os.PathLike[str], columns: Sequence[str]) ->
         ImportError: ``datasets`` is not installed (``pip install datasets``).
         KeyError: a column is missing.
     """
-    try:
-        import datasets  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise ImportError("reading a saved Hugging Face dataset needs the `datasets` package: "
-                          "pip install datasets") from exc
+    from rdrop_experiments.data.common import import_datasets
+
+    datasets = import_datasets()
     dd = datasets.load_from_disk(str(path))
     if isinstance(dd, datasets.Dataset):
         dd = {"train": dd}
@@ -338,7 +336,7 @@ def load_lm_corpus(dataset: str = "bible-web", path: str | None = None, *, seed:
     """
     splits: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
     if dataset == "bible-web":
-        from rdrop_experiments.data.parallel import read_sword_module
+        from rdrop_experiments.data.sword import read_sword_module
 
         verses = read_sword_module(path or "engWEB2015eb")
         chapters: dict[str, list[str]] = {}

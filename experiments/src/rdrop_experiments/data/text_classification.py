@@ -245,11 +245,9 @@ def load_hf_text_dataset(
     Raises:
         ImportError: the ``datasets`` package is not installed.
     """
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ImportError("reading a saved Hugging Face dataset needs the `datasets` package "
-                          "(pip install datasets); it is not an rdrop dependency.") from exc
+    from rdrop_experiments.data.common import import_datasets
+
+    datasets = import_datasets()
     dd = datasets.load_from_disk(str(path))
     if isinstance(dd, datasets.Dataset):
         dd = datasets.DatasetDict({"train": dd})

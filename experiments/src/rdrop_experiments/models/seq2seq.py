@@ -6,7 +6,7 @@ positions (``dropout``), on every residual branch (``dropout``), on the attentio
 (``attention_dropout``) and inside the feed-forward block (``activation_dropout``). Every rate is
 an ``nn.Dropout`` module or an ``attention_dropout`` float attribute, so
 :func:`rdrop_experiments.training.set_dropout` (the harness's per-pass dropout rates) and
-:meth:`Seq2SeqTransformer.dropout_rates` reach all of them.
+:func:`rdrop.inspection.active_dropout_rates` reach all of them.
 
 Decoding is **greedy** (batched, no beam): :meth:`Seq2SeqTransformer.greedy_decode`.
 """
@@ -14,8 +14,6 @@ Decoding is **greedy** (batched, no beam): :meth:`Seq2SeqTransformer.greedy_deco
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +25,6 @@ __all__ = [
     "FeedForward",
     "MultiHeadAttention",
     "Seq2SeqTransformer",
-    "dropout_rates",
     "sinusoidal_positions",
 ]
 
@@ -134,46 +131,6 @@ class DecoderLayer(nn.Module):
         if self.cross and memory is not None:
             x = x + self.drop(self.cross_attn(self.norm2(x), memory, mask=memory_mask))
         return x + self.drop(self.ffn(self.norm3(x)))
-
-
-def dropout_rates(model: nn.Module) -> dict[str, float]:
-    """Every dropout rate of ``model`` by module path (``nn.Dropout.p`` and ``attention_dropout``).
-
-    Example:
-        >>> m = Seq2SeqTransformer(vocab_size=16, dim=8, heads=2, ffn=16, encoder_layers=1,
-        ...                        decoder_layers=1, dropout=0.3)
-        >>> sorted(set(dropout_rates(m).values()))
-        [0.1, 0.3]
-    """
-    rates = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Dropout):
-            rates[name] = module.p
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            rates[f"{name}.attention_dropout"] = module.attention_dropout
-    return rates
-
-
-@contextmanager
-def override_dropout(model: nn.Module, p: float) -> Iterator[None]:
-    """Temporarily set every dropout rate of ``model`` (residual, activation, attention) to ``p``.
-
-    Example:
-        >>> m = Seq2SeqTransformer(vocab_size=16, dim=8, heads=2, ffn=16, encoder_layers=1,
-        ...                        decoder_layers=1)
-        >>> with override_dropout(m, 0.5):
-        ...     sorted(set(dropout_rates(m).values()))
-        [0.5]
-        >>> sorted(set(dropout_rates(m).values()))
-        [0.1, 0.3]
-    """
-    from rdrop_experiments.training import set_dropout
-
-    old = set_dropout(model, p)
-    try:
-        yield
-    finally:
-        set_dropout(model, old)
 
 
 class Seq2SeqTransformer(nn.Module):
