@@ -203,3 +203,94 @@ def test_saves_only_inputs_and_per_row_scalars():
     assert large and all(t.data_ptr() in inputs for t in large)  # the inputs themselves, no copy
     assert all(t.numel() <= n for t in saved if t.data_ptr() not in inputs)
     loss.backward()
+
+
+# ------------------------------------------------------------- compiled kernels (rdrop._compiled)
+@pytest.fixture
+def compiled(monkeypatch):
+    """Force the torch.compile kernels at any size (the default compiles large calls only)."""
+    from rdrop import _compiled
+
+    monkeypatch.setenv("RDROP_COMPILE", "always")
+    monkeypatch.setattr(_compiled, "_broken", [])
+    return _compiled
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_compiled_kernels_match_reference_and_eager(compiled, monkeypatch, dtype,
+                                                    label_smoothing):
+    # 13 rows in chunks of 4: the last chunk has 1 row (the padded case).
+    a, b, y = _make((13, 11), dtype, seed=5)
+    kw = {"alpha": 0.7, "label_smoothing": label_smoothing}
+
+    def ours(p, q):
+        return rdrop_loss(p, q, y, chunk_size=4, **kw)
+
+    got, ga, gb = _loss_and_grads(ours, a, b)
+    assert not compiled._broken
+    ref, ra, rb = _loss_and_grads(
+        lambda p, q: reference_rdrop_loss([p.double(), q.double()], y, **kw), a, b)
+    for key in ("loss", "task_loss", "consistency_loss"):
+        _close(got[key], ref[key], dtype, "value")
+    assert ga.dtype == dtype
+    _close(ga, ra, dtype, "grad")
+    _close(gb, rb, dtype, "grad")
+    monkeypatch.setenv("RDROP_COMPILE", "never")
+    eager, ea, eb = _loss_and_grads(ours, a, b)
+    rtol, atol = (1e-6, 1e-7) if dtype == torch.float32 else TOLERANCES[dtype]["grad"]
+    torch.testing.assert_close(got["loss"], eager["loss"], rtol=rtol, atol=atol)
+    torch.testing.assert_close(ga.double(), ea.double(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(gb.double(), eb.double(), rtol=rtol, atol=atol)
+
+
+def test_compiled_kernels_one_graph_for_every_chunk_and_shape(compiled):
+    from torch._dynamo.utils import counters
+
+    def run(n, v, chunk, eps):
+        a, b, y = _make((n, v), torch.float32, seed=n + v)
+        _loss_and_grads(lambda p, q: rdrop_loss(p, q, y, alpha=1.0, chunk_size=chunk,
+                                                label_smoothing=eps), a, b)
+
+    run(12, 9, 5, 0.0)  # compiles (or reuses) the float32 graphs
+    before = counters["stats"]["unique_graphs"]
+    for n, v, chunk, eps in [(13, 9, 4, 0.0), (9, 30, 4, 0.1), (17, 7, 8, 0.2), (1, 5, 4, 0.0)]:
+        run(n, v, chunk, eps)  # other rows, V, last-chunk sizes (incl. 1 row), smoothing
+    assert counters["stats"]["unique_graphs"] == before
+    assert not compiled._broken
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(compiled, monkeypatch):
+    def broken_kernel(name, fn):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler found")
+
+        return fail
+
+    monkeypatch.setattr(compiled, "_kernel", broken_kernel)
+    a, b, y = _make((10, 7), torch.float32, seed=6)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+        got, ga, gb = _loss_and_grads(lambda p, q: rdrop_loss(p, q, y, alpha=1.0, chunk_size=3),
+                                      a, b)
+    assert compiled._broken  # from now on eager, without trying again
+    assert not compiled.compile_wanted(1 << 30)
+    ref, ra, rb = _loss_and_grads(lambda p, q: rdrop_loss(p, q, y, alpha=1.0), a, b)
+    torch.testing.assert_close(got["loss"], ref["loss"])
+    torch.testing.assert_close(ga, ra)
+    torch.testing.assert_close(gb, rb)
+
+
+def test_compile_switch(monkeypatch):
+    from rdrop import _compiled
+
+    monkeypatch.setattr(_compiled, "_broken", [])
+    monkeypatch.delenv("RDROP_COMPILE", raising=False)
+    assert not _compiled.compile_wanted(_compiled.MIN_ELEMENTS - 1)  # auto: small stays eager
+    assert _compiled.compile_wanted(_compiled.MIN_ELEMENTS)
+    monkeypatch.setenv("RDROP_COMPILE", "never")
+    assert not _compiled.compile_wanted(1 << 30)
+    monkeypatch.setenv("RDROP_COMPILE", "1")
+    assert _compiled.compile_wanted(1)
+    monkeypatch.setenv("RDROP_COMPILE", "sometimes")
+    with pytest.raises(ValueError, match="RDROP_COMPILE must be one of"):
+        _compiled.compile_wanted(1)

@@ -215,3 +215,23 @@ def test_full_logits_never_exist():
         out = fused_linear_rdrop_loss(*leaves[:3], y, bias=leaves[3], alpha=1.0, chunk_size=chunk)
         out.loss.backward()
     assert mode.largest <= chunk * v  # no tensor of forward or backward exceeds one chunk block
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_compiled_kernels_match_reference(monkeypatch, label_smoothing):
+    from rdrop import _compiled
+
+    monkeypatch.setenv("RDROP_COMPILE", "always")
+    monkeypatch.setattr(_compiled, "_broken", [])
+    params, y = _make((11,), torch.float32, seed=7)
+    kw = {"alpha": 1.3, "label_smoothing": label_smoothing}
+    ours = _leaves(params)
+    out = fused_linear_rdrop_loss(*ours[:3], y, bias=ours[3], chunk_size=5, **kw)  # 5, 5, 1 rows
+    got = _grads(out.loss, ours)
+    assert not _compiled._broken
+    ref_leaves = _leaves([p.double() for p in params])
+    z = [linear(h, ref_leaves[2], ref_leaves[3]) for h in ref_leaves[:2]]
+    ref = reference_rdrop_loss(z, y, **kw)
+    _close(out.loss, ref["loss"], torch.float32, "value")
+    for g, r in zip(got, _grads(ref["loss"], ref_leaves), strict=True):
+        _close(g, r, torch.float32, "grad")
