@@ -118,8 +118,8 @@ def _label(rec: dict[str, Any]) -> str:
     default_data = getattr(default_cfg, "dataset", None)
     if cfg.get("dataset") and default_data is not None and cfg["dataset"] != default_data:
         parts.append(f"dataset={cfg['dataset']}")
-    if setting not in ("default", ""):
-        parts.append(setting)
+    if setting not in ("default", ""):  # "k=v,k=v"; which arms ran (methods=) is no setting
+        parts += [p for p in setting.split(",") if p.partition("=")[0] not in NON_RESULT_FIELDS]
     ov = {k: v for k, v in rec.get("overrides", {}).items() if k not in NON_RESULT_FIELDS}
     parts += [f"{k}={v}" for k, v in ov.items() if f"{k}=" not in setting]
     if rec["method"] != "baseline" and "alpha" in cfg and not any(
@@ -285,7 +285,7 @@ def _axis_name(metric: str) -> str:
 def _title(text: str, width: int) -> str:
     import textwrap
 
-    return "\n".join(textwrap.wrap(text, width)) or text
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False)) or text
 
 
 def _plot_group(g: Group, path: Path) -> None:
@@ -345,7 +345,7 @@ def _plot_metric(experiment: str, groups: Sequence[Group], path: Path) -> None:
                   f"({_better(groups[0].higher_is_better)})")
     ax.set_title(_title(f"{experiment}: test {groups[0].metric} per seed (bar = mean)", 70),
                  fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # never over the points
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
