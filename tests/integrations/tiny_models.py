@@ -161,3 +161,88 @@ def grad_recorder() -> Any:
                                if p.grad is not None})
 
     return GradRecorder()
+
+
+def tiny_tokenizer(words: list[str] | None = None) -> Any:
+    """A word-level fast tokenizer built offline (no hub): specials <pad> <eos> <unk>, then
+    ``words``; a chat template so TRL can also take conversational data."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = words or [f"w{i}" for i in range(29)]
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>")
+
+
+def tiny_llama(vocab_size: int = 32, dropout: float = 0.1, seed: int = 0) -> nn.Module:
+    """A 1-layer Llama with attention dropout (Llama has no other dropout), random init."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                      max_position_embeddings=64, attention_dropout=dropout, pad_token_id=0,
+                      eos_token_id=1, bos_token_id=None, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg)
+
+
+def sft_texts(n: int = 8, seed: int = 0) -> list[str]:
+    """Texts of 3 to 9 words over tiny_tokenizer's vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(f"w{int(i)}" for i in torch.randint(0, 29, (3 + k % 7,), generator=g))
+            for k in range(n)]
+
+
+class VarlenTagger(nn.Module):
+    """A packed-sequence model that reads the varlen metadata as a flash-attention varlen kernel
+    does, and refuses metadata that does not describe its tokens: one row of ``N`` tokens,
+    ``cu_seq_lens_q/k`` the boundaries (ending at ``N``), ``max_length_q/k`` the longest
+    sequence, ``position_ids`` restarting at each boundary. "Attention" is a causal running mean
+    inside each sequence, so tokens never see another sequence (or another R-Drop copy)."""
+
+    def __init__(self, vocab: int = 11, hidden: int = 8, p: float = 0.3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(vocab, hidden)
+        self.drop = nn.Dropout(p)
+        self.out = nn.Linear(hidden, vocab)
+        self.calls: list[dict[str, Any]] = []
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, cu_seq_lens_q: Tensor,
+                cu_seq_lens_k: Tensor, max_length_q: int, max_length_k: int,
+                labels: Tensor | None = None, **kwargs: Any) -> Any:
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise ValueError(f"varlen: expected one row of tokens, got {tuple(input_ids.shape)}")
+        n = input_ids.shape[1]
+        for cu, longest in ((cu_seq_lens_q, max_length_q), (cu_seq_lens_k, max_length_k)):
+            if int(cu[0]) != 0 or int(cu[-1]) != n:
+                raise ValueError(f"varlen: boundaries {cu.tolist()} do not cover {n} tokens")
+            if int(cu.diff().max()) != int(longest):
+                raise ValueError(f"varlen: max_length {longest} != longest {cu.diff().max()}")
+        self.calls.append({"n": n, "cu": cu_seq_lens_q.tolist()})
+        h = self.emb(input_ids[0])
+        pieces = []
+        for s, e in zip(cu_seq_lens_q[:-1].tolist(), cu_seq_lens_q[1:].tolist(), strict=True):
+            if position_ids[0, s:e].tolist() != list(range(e - s)):
+                raise ValueError("varlen: position_ids do not restart at the boundaries")
+            seg = h[s:e]
+            pieces.append(seg.cumsum(0) / torch.arange(1, e - s + 1)[:, None])
+        h = torch.tanh(torch.cat(pieces))
+        return {"logits": self.out(self.drop(h))[None]}
+
+
+def packed_batch(lengths: tuple[int, ...] = (3, 4, 2), vocab: int = 11,
+                 seed: int = 0) -> dict[str, Tensor]:
+    """A padding-free batch as TRL's collator builds it (labels -100 at each sequence start)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, sum(lengths)), generator=g)
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    labels = ids.clone()
+    labels[position_ids == 0] = -100
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    return {"input_ids": ids, "position_ids": position_ids, "labels": labels,
+            "cu_seq_lens_q": cu, "cu_seq_lens_k": cu.clone(),
+            "max_length_q": max(lengths), "max_length_k": max(lengths)}

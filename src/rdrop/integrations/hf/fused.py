@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rdrop.batching import extract_logits
+from rdrop.batching import ConcatLayout, extract_logits
 from rdrop.functional import RDropOutput
 from rdrop.fused_linear import fused_linear_rdrop_loss
 
@@ -142,12 +142,13 @@ def check_fused_head(model: nn.Module, inputs: dict[str, Any], b: int, *,
 
 
 def forward_hidden(model: nn.Module, unwrapped: nn.Module, batch: dict[str, Any],
-                   m: int, b: int) -> tuple[Any, list[Tensor]]:
+                   layout: ConcatLayout) -> tuple[Any, list[Tensor]]:
     """One forward (through the DDP/accelerate wrapper) whose output layer projects no
-    position; returns the model output and the layer's input per pass, ``m x (b, T, H)``.
+    position; returns the model output and the layer's input split into the passes.
 
     Raises:
-        ValueError: the layer is called other than once, or its input is not ``(m*b, T, H)``.
+        ValueError: the layer is called other than once, or its input is not
+            ``(batch, seq, hidden)`` with the copies along the duplicated dimension.
     """
     seen: list[Tensor] = []
 
@@ -163,12 +164,14 @@ def forward_hidden(model: nn.Module, unwrapped: nn.Module, batch: dict[str, Any]
     name = type(unwrapped).__name__
     _one_call(seen, name)
     hidden = seen[0]
-    if hidden.dim() != 3 or hidden.shape[0] != m * b:
+    total = layout.copies * layout.length
+    if hidden.dim() != 3 or hidden.shape[layout.dim] != total:
         raise ValueError(
             f"rdrop_fused_linear=True: expected the output layer's input of {name} to be "
-            f"({m * b}, seq, hidden) ({m} passes x batch {b}), got {tuple(hidden.shape)}. {_OFF}"
+            f"(batch, seq, hidden) with {total} entries in dim {layout.dim} ({layout.copies} "
+            f"passes x {layout.length}), got {tuple(hidden.shape)}. {_OFF}"
         )
-    return outputs, list(hidden.split(b, dim=0))
+    return outputs, layout.split(hidden, "output layer inputs")
 
 
 def fused_loss(model: nn.Module, passes: list[Tensor], target: Tensor, *, alpha: float,

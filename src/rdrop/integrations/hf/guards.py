@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from rdrop.inspection import active_dropout_rates
+from rdrop.inspection import active_dropout_rates, no_dropout_advice
 
 __all__ = ["check_checkpointing_args", "check_checkpointing_model", "no_dropout_message"]
 
@@ -71,17 +71,11 @@ def check_checkpointing_model(model: nn.Module, owner: str) -> None:
             raise ValueError(f"{owner}: " + _why(where) + _FIX)
 
 
-def _dropout_keys(config: Any) -> dict[str, float]:
-    if config is None or not hasattr(config, "to_dict"):
-        return {}
-    return {k: v for k, v in config.to_dict().items()
-            if "dropout" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 def no_dropout_message(model: nn.Module, owner: str) -> str | None:
-    """The warning for a model without active dropout, naming the fix for this kind of model
-    (PEFT: the adapters' ``lora_dropout``; timm: ``drop_rate``/``drop_path_rate``; Hugging
-    Face: that config's dropout keys), or ``None`` when the model has dropout.
+    """The warning for a model without active dropout (stochastic depth counts), naming the fix
+    for this kind of model (:func:`rdrop.inspection.no_dropout_advice`: PEFT's
+    ``lora_dropout``, timm's ``drop_rate``/``drop_path_rate``, a Hugging Face config's dropout
+    keys), or ``None`` when the model has dropout.
 
     Example:
         >>> from torch import nn
@@ -90,22 +84,6 @@ def no_dropout_message(model: nn.Module, owner: str) -> str | None:
     """
     if active_dropout_rates(model):
         return None
-    head = (f"{owner}: the model has no dropout with p > 0, so all R-Drop passes are identical, "
-            "the consistency term is 0 and each step costs twice as much for nothing. ")
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict):  # a PEFT model: only the adapters train
-        base = getattr(model, "get_base_model", lambda: model)()
-        return head + (
-            "With PEFT the base model is frozen and its dropout is usually off: set the "
-            "adapters' dropout, e.g. LoraConfig(lora_dropout=0.1), before get_peft_model "
-            f"(base model config: {_dropout_keys(getattr(base, 'config', None)) or 'none'}).")
-    if hasattr(model, "drop_path_rate") or hasattr(model, "default_cfg"):  # a timm model
-        return head + ("Create the timm model with drop_rate=0.1 and/or drop_path_rate=0.1 "
-                       "(stochastic depth).")
-    keys = _dropout_keys(getattr(model, "config", None))
-    if keys:
-        names = ", ".join(f"{k}=0.1" for k in keys)
-        return head + (f"Its config has {keys}: create the model with a dropout > 0, e.g. "
-                       f"from_pretrained(..., {names}).")
-    return head + ("Add dropout layers (nn.Dropout) to the model, or use a model that has "
-                   "them.")
+    return (f"{owner}: the model has no dropout with p > 0, so all R-Drop passes are identical, "
+            "the consistency term is 0 and each step costs twice as much for nothing. "
+            + no_dropout_advice(model))

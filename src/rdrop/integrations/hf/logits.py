@@ -4,22 +4,34 @@ Packed and padding-free batches (TRL ``padding_free``, packing, ``DataCollatorWi
 carry varlen metadata: ``cu_seq_lens_q/k`` (the boundaries of the sequences in the flattened
 tokens) and ``max_length_q/k``. A varlen attention kernel reads the duplicated batch through
 them, so after duplication they must describe the doubled tokens (the second copy's boundaries
-offset by the first copy's token count); :func:`check_packed_batch` refuses a batch where they
-do not, instead of letting the kernel attend across the wrong boundaries.
+offset by the first copy's token count). :func:`rdrop.batching.concat_inputs` lays a pack's
+copies out along its tokens (one row of ``2T`` tokens) and offsets the boundaries;
+:func:`check_packed_batch` checks the result as a varlen kernel would read it and refuses a batch
+where they disagree, instead of letting the kernel attend across the wrong boundaries. TRL's
+``seq_idx`` (the sequence of each token, for linear-attention layers) is offset here the same
+way.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from rdrop.batching import extract_logits
+from rdrop.batching import ConcatLayout, extract_logits
 from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, single_pass_loss
 
 from .labels import IGNORE_INDEX, first_count
 
-__all__ = ["check_packed_batch", "logits_loss", "prepare_decoder_inputs", "split_logits"]
+__all__ = [
+    "check_packed_batch",
+    "logits_loss",
+    "prepare_decoder_inputs",
+    "split_logits",
+    "with_seq_idx",
+    "without_seq_idx",
+]
 
 _VARLEN_BOUNDARIES = ("cu_seq_lens_q", "cu_seq_lens_k")
 _FLASH = ("flash_attention", "flash_attn", "kernels-community/flash")
@@ -40,31 +52,68 @@ def prepare_decoder_inputs(model: nn.Module, inputs: dict[str, Any], labels: Ten
         inputs["labels"] = labels
 
 
-def check_packed_batch(model: nn.Module, batch: dict[str, Any], m: int, b: int,
+def without_seq_idx(inputs: dict[str, Any]) -> tuple[dict[str, Any], Tensor | None]:
+    """The inputs without ``seq_idx`` (the index of each token's sequence in a pack), and it."""
+    if not isinstance(inputs.get("seq_idx"), Tensor):
+        return inputs, None
+    inputs = dict(inputs)
+    return inputs, inputs.pop("seq_idx")
+
+
+def with_seq_idx(batch: dict[str, Any], seq_idx: Tensor | None,
+                 layout: ConcatLayout | None) -> dict[str, Any]:
+    """Put ``seq_idx`` back, laid out like the copies: along the tokens of a pack with copy
+    ``k``'s sequences numbered after copy ``k - 1``'s, or repeated along dim 0.
+
+    Example:
+        >>> import torch
+        >>> from rdrop.batching import ConcatLayout
+        >>> layout = ConcatLayout(copies=2, batch_size=1, dim=1, length=3, duplicated=())
+        >>> with_seq_idx({}, torch.tensor([[0, 0, 1]]), layout)["seq_idx"].tolist()
+        [[0, 0, 1, 2, 2, 3]]
+    """
+    if seq_idx is None:
+        return batch
+    batch = dict(batch)
+    if layout is None or layout.copies == 1:
+        batch["seq_idx"] = seq_idx
+    elif layout.packed:
+        step = int(seq_idx.max()) + 1 if seq_idx.numel() else 0
+        batch["seq_idx"] = torch.cat([seq_idx + k * step for k in range(layout.copies)], dim=1)
+    else:
+        batch["seq_idx"] = torch.cat([seq_idx] * layout.copies, dim=0)
+    return batch
+
+
+def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLayout,
                        owner: str) -> None:
     """Refuse a duplicated packed batch whose varlen metadata does not describe its tokens.
 
     Args:
         model: the unwrapped model (its ``config._attn_implementation`` is read).
-        batch: the batch as the model will see it (after duplication when ``m > 1``).
-        m: copies in the batch; b: the original batch size.
+        batch: the batch as the model will see it (after duplication).
+        layout: how the copies were laid out (:func:`rdrop.batching.concat_inputs`).
         owner: the trainer's class name, for the message.
 
     Raises:
-        ValueError: ``cu_seq_lens_q/k`` do not end at the number of tokens of the batch (the
-            duplication did not offset them), or a padding-free batch of one row without them
-            goes to a flash-attention model (which recognizes packing only in a batch of one
-            row, so the duplicated rows would attend across their sequences).
+        ValueError: ``cu_seq_lens_q/k`` do not end at the number of tokens of the batch, or
+            ``max_length_q/k`` is shorter than their longest sequence; or a padding-free batch
+            (``position_ids``, no ``attention_mask``) without them, duplicated into several
+            rows, goes to a flash-attention model (which recognizes packing from
+            ``position_ids`` only in a batch of one row, so the rows would attend across their
+            sequences).
 
     Example:
         >>> import torch
         >>> from torch import nn
+        >>> from rdrop.batching import ConcatLayout
+        >>> layout = ConcatLayout(copies=2, batch_size=1, dim=0, length=1, duplicated=())
         >>> batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long),
         ...          "cu_seq_lens_q": torch.tensor([0, 3, 5])}
-        >>> check_packed_batch(nn.Linear(1, 1), batch, 2, 1, "RDropTrainer")
+        >>> check_packed_batch(nn.Linear(1, 1), batch, layout, "X")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: RDropTrainer: the packed batch's cu_seq_lens_q ends at 5 tokens, ...
+        ValueError: X: the packed batch's cu_seq_lens_q ends at 5 tokens, but the ...
     """
     tokens = next((batch[k] for k in ("input_ids", "position_ids", "inputs_embeds")
                    if isinstance(batch.get(k), Tensor)), None)
@@ -73,37 +122,48 @@ def check_packed_batch(model: nn.Module, batch: dict[str, Any], m: int, b: int,
     n = tokens.shape[0] * tokens.shape[1]
     for key in _VARLEN_BOUNDARIES:
         cu = batch.get(key)
-        if isinstance(cu, Tensor) and cu.numel() and int(cu[-1]) != n:
+        if not isinstance(cu, Tensor) or not cu.numel():
+            continue
+        if int(cu[-1]) != n:
             raise ValueError(
                 f"{owner}: the packed batch's {key} ends at {int(cu[-1])} tokens, but the "
-                f"duplicated batch ({m} copies x {b} row(s)) has {n}: a varlen attention kernel "
+                f"duplicated batch ({layout.copies} copies) has {n}: a varlen attention kernel "
                 "would read the first copy's boundaries for all tokens. The duplication must "
-                f"offset the second copy's boundaries (rdrop.batching does this for cu_seq_lens_"
-                "q/k); if this batch was built by hand, drop cu_seq_lens_q/k and max_length_q/k "
-                "(the model then derives them from position_ids), or disable padding_free/"
-                "packing."
+                "offset the second copy's boundaries (rdrop.batching.concat_inputs does); if "
+                "this batch was built by hand, drop cu_seq_lens_q/k and max_length_q/k (the "
+                "model then derives them from position_ids), or disable padding_free/packing."
+            )
+        longest = int(cu.diff().max()) if cu.numel() > 1 else 0
+        limit = batch.get(f"max_length_{key[-1]}")
+        if isinstance(limit, (int, Tensor)) and int(limit) < longest:
+            raise ValueError(
+                f"{owner}: the packed batch's max_length_{key[-1]} is {int(limit)}, shorter than "
+                f"its longest sequence ({longest} tokens by {key}); a varlen kernel would cut "
+                "it. Let the collator compute max_length_q/k."
             )
     implementation = str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
     padding_free = ("position_ids" in batch and "attention_mask" not in batch
                     and not any(k in batch for k in _VARLEN_BOUNDARIES))
-    if m > 1 and b == 1 and padding_free and implementation.startswith(_FLASH):
+    if (layout.copies > 1 and not layout.packed and layout.batch_size == 1 and padding_free
+            and implementation.startswith(_FLASH)):
         raise ValueError(
             f"{owner}: a padding-free batch (one row of packed sequences, position_ids and no "
             f"attention_mask) goes to a {implementation} model without cu_seq_lens_q/k; flash "
             "attention finds the sequences from position_ids only in a batch of one row, so the "
-            f"{m} duplicated rows would attend across sequences. Use a collator that returns "
-            "cu_seq_lens_q/k and max_length_q/k (TRL's padding_free collator; "
+            f"{layout.copies} duplicated rows would attend across sequences. Use a collator that "
+            "returns cu_seq_lens_q/k and max_length_q/k (TRL's padding_free collator; "
             "DataCollatorWithFlattening(return_flash_attn_kwargs=True)) or attn_implementation="
             "'sdpa'."
         )
 
 
-def split_logits(outputs: Any, m: int, b: int, owner: str) -> list[Tensor]:
-    """The logits of a forward over ``m`` copies of a batch of ``b``, as ``m`` passes.
+def split_logits(outputs: Any, layout: ConcatLayout, owner: str) -> list[Tensor]:
+    """The logits of a forward over the copies of a batch, one tensor per pass.
 
     Raises:
         TypeError: the output holds no logits.
-        ValueError: the logits do not have ``m * b`` rows.
+        ValueError: the logits do not have ``copies x`` the batch (or the pack's tokens) along
+            the duplicated dimension.
     """
     try:
         logits = extract_logits(outputs)
@@ -113,13 +173,16 @@ def split_logits(outputs: Any, m: int, b: int, owner: str) -> list[Tensor]:
             "the logits of the passes. Return a ModelOutput with .logits, a dict with 'logits', "
             "or a tuple whose first item is the logits."
         ) from err
-    if logits.dim() == 0 or logits.shape[0] != m * b:
+    total = layout.copies * layout.length
+    if logits.dim() <= layout.dim or logits.shape[layout.dim] != total:
+        what = "tokens of the pack" if layout.packed else "rows"
         raise ValueError(
-            f"{owner}: expected logits with {m * b} rows ({m} passes x batch {b}), got shape "
-            f"{tuple(logits.shape)}. The model must keep the batch dimension first and return "
-            "logits (not a loss) as its first output."
+            f"{owner}: expected logits with {total} {what} in dim {layout.dim} "
+            f"({layout.copies} passes x {layout.length}), got shape {tuple(logits.shape)}. The "
+            "model must keep the batch dimension first and return logits (not a loss) as its "
+            "first output."
         )
-    return list(logits.split(b, dim=0))
+    return layout.split(logits)
 
 
 def logits_loss(passes: list[Tensor], target: Tensor, *, alpha: float, consistency: str | None,

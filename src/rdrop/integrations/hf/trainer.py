@@ -16,14 +16,21 @@ from torch import Tensor, nn
 from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer_pt_utils import nested_gather
 
-from rdrop.batching import batch_size_of, duplicate_batch, split_batch
+from rdrop.batching import concat_inputs
 from rdrop.schedule import rdrop_step
 
 from .arguments import DEFAULTS, validate_rdrop_options
 from .fused import check_fused_head, check_fused_model, forward_hidden, fused_loss
 from .guards import check_checkpointing_args, check_checkpointing_model, no_dropout_message
 from .labels import align, count_items, shifts_labels
-from .logits import check_packed_batch, logits_loss, prepare_decoder_inputs, split_logits
+from .logits import (
+    check_packed_batch,
+    logits_loss,
+    prepare_decoder_inputs,
+    split_logits,
+    with_seq_idx,
+    without_seq_idx,
+)
 from .logs import PartsWindow
 
 __all__ = ["RDropSeq2SeqTrainer", "RDropTrainer", "RDropTrainerMixin"]
@@ -200,14 +207,17 @@ class RDropTrainerMixin:
                               every_k_steps=self.rdrop_every_k_steps,
                               alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
         m = self.rdrop_num_passes if schedule.active else 1
-        b = batch_size_of(inputs)
-        batch = duplicate_batch(inputs, m, batch_size=b) if m > 1 else inputs
-        check_packed_batch(unwrapped, batch, m, b, owner)
+        # One forward over m copies (rdrop.batching's rule: dim 0, or the tokens of a pack).
+        inputs, seq_idx = without_seq_idx(inputs)
+        _, batch, layout = concat_inputs((), inputs, m)
+        batch = with_seq_idx(batch, seq_idx, layout)
+        check_packed_batch(unwrapped, batch, layout, owner)
         shift = self._shifts_labels(unwrapped)
         if self.rdrop_fused_linear:
             if not self._rdrop_first_step_checked:
-                check_fused_head(unwrapped, inputs, b, half_precision=self._half_precision())
-            outputs, hidden = forward_hidden(model, unwrapped, batch, m, b)
+                check_fused_head(unwrapped, with_seq_idx(inputs, seq_idx, None),
+                                 layout.batch_size, half_precision=self._half_precision())
+            outputs, hidden = forward_hidden(model, unwrapped, batch, layout)
             passes, target = align(hidden, labels, shift_labels, shift)
             out = fused_loss(unwrapped, passes, target, alpha=schedule.alpha,
                              label_smoothing=self.args.label_smoothing_factor,
@@ -215,7 +225,7 @@ class RDropTrainerMixin:
                              chunk_size=self.rdrop_chunk_size)
         else:
             outputs = model(**batch)
-            passes, target = align(split_logits(outputs, m, b, owner), labels, shift_labels,
+            passes, target = align(split_logits(outputs, layout, owner), labels, shift_labels,
                                    shift)
             out = logits_loss(passes, target, alpha=schedule.alpha,
                               consistency=self.rdrop_consistency,
@@ -233,8 +243,7 @@ class RDropTrainerMixin:
         loss = out.loss * scale
         if not return_outputs:
             return loss
-        first = split_batch(outputs, m)[0] if m > 1 else outputs
-        return loss, first
+        return loss, layout.split_output(outputs)[0] if m > 1 else outputs
 
     def _rdrop_observe(self, model: nn.Module, inputs: dict[str, Any], first_pass: Tensor,
                        target: Tensor) -> None:
