@@ -176,3 +176,10 @@ def test_report_of_an_unknown_experiment_names_the_known_ones(tmp_path, capsys, 
     assert main(["report", "--results", str(tmp_path), "--experiment", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert "no run records of nosuch" in err and "it holds: toy" in err
+
+
+def test_every_experiment_is_checked_before_the_first_trains(tmp_path, capsys, calls):
+    (tmp_path / "toy-alpha").write_text("a file where the second experiment's folder goes")
+    assert main(["run", "toy", "toy-alpha", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    assert calls == []  # toy, the first, did not train either

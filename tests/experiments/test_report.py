@@ -193,3 +193,10 @@ def test_plots_use_percent_and_say_which_way_is_better(results, monkeypatch):
                 ys += [y for coll in ax.collections if isinstance(coll, PathCollection)
                        for _, y in coll.get_offsets()]  # the per-seed points
                 assert ys and min(ys) > 50  # 0.79 .. 0.83 stored, shown as 79 .. 83
+
+
+def test_which_arms_ran_is_not_part_of_the_label():
+    recs = [_record("rdrop", s, 0.8, "rk", "bk", "methods=rdrop,alpha=0.2") for s in range(2)]
+    recs += [_record("baseline", s, 0.8, "b3", "b3", "methods=baseline,dropout=0.3")
+             for s in range(2)]
+    assert sorted(g.label for g in group_results(recs)) == ["alpha=0.2", "dropout=0.3"]

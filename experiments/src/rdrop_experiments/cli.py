@@ -44,7 +44,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from rdrop_experiments import list_experiments, parse_overrides, run_experiment
     from rdrop_experiments.registry import get_experiment
-    from rdrop_experiments.runner import format_plan, plan_runs
+    from rdrop_experiments.runner import format_plan, plan_runs, preflight
 
     names = [t for t in args.items if "=" not in t]
     overrides = [t for t in args.items if "=" in t]
@@ -57,6 +57,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Validate everything (every experiment's every planned config) before the first run starts.
     parsed = {n: parse_overrides(type(get_experiment(n).config), overrides) for n in names}
     plans = {n: plan_runs(get_experiment(n), args.out, parsed[n], variant=variant) for n in names}
+    for name in names:  # devices, committed results, writable folders: before the first run
+        preflight(plans[name], args.out, variant=variant, allow_committed=args.allow_committed,
+                  write=not args.dry_run)
     for name in names:
         records = run_experiment(name, parsed[name], out=args.out, variant=variant,
                                  progress=not args.no_progress, dry_run=args.dry_run,

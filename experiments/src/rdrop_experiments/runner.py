@@ -47,6 +47,7 @@ __all__ = [
     "format_plan",
     "is_committed_folder",
     "plan_runs",
+    "preflight",
     "resolve_configs",
     "run_experiment",
     "run_name",
@@ -230,6 +231,31 @@ def is_committed_folder(folder: str | os.PathLike[str]) -> bool:
     return out.returncode == 0 and bool(out.stdout.strip())
 
 
+def preflight(plan: Sequence[PlannedRun], out: str | os.PathLike[str], *,
+              variant: str | None = None, allow_committed: bool = False,
+              write: bool = True) -> None:
+    """Every check that must pass before any training starts (the CLI runs it for all the
+    experiments of a command first): each planned device exists; with ``write``, a ``quick``
+    run does not target a git-tracked folder and each experiment's folder is writable.
+
+    Raises:
+        ConfigError: a missing device, or a quick run into a committed folder.
+        PermissionError: an output folder that cannot be written.
+    """
+    for device in sorted({r.config.device for r in plan}):
+        check_device(device)
+    if not write:
+        return
+    if variant == "quick" and not allow_committed and is_committed_folder(out):
+        raise ConfigError(
+            f"--out {str(out)!r} holds files tracked by git (committed results); quick runs are "
+            f"smoke tests, not evidence. Use the default --out {DEFAULT_OUT} or another folder "
+            "(or pass --allow-committed if you really mean it)."
+        )
+    for experiment in sorted({r.experiment for r in plan}):
+        check_writable(Path(out) / experiment)
+
+
 def _execute(experiment: Experiment, run: PlannedRun, *, progress: bool) -> tuple[RunResult,
                                                                                     ArmRun]:
     import torch
@@ -288,18 +314,10 @@ def run_experiment(
     if overrides is not None and not isinstance(overrides, Mapping):
         overrides = parse_overrides(type(experiment.config), overrides)
     plan = plan_runs(experiment, out, overrides, variant=variant)
-    for device in sorted({r.config.device for r in plan}):
-        check_device(device)
+    preflight(plan, out, variant=variant, allow_committed=allow_committed, write=not dry_run)
     if dry_run:
         return _records(plan)
-    if variant == "quick" and not allow_committed and is_committed_folder(out):
-        raise ConfigError(
-            f"--out {str(out)!r} holds files tracked by git (committed results); quick runs are "
-            f"smoke tests, not evidence. Use the default --out {DEFAULT_OUT} or another folder "
-            "(or pass --allow-committed if you really mean it)."
-        )
     folder = Path(out) / experiment.name
-    check_writable(folder)
     clean_stale_tmp(folder)
     todo = [r for r in plan if force or read_json(r.path) is None]
     command = _command(name, variant, overrides)
