@@ -7,6 +7,7 @@ makes Accelerate use gloo on CPU) for ``accelerate_example.py``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
@@ -47,7 +48,36 @@ def test_example_tags_its_rdrop_lines(name):
 
 def test_plain_pytorch():
     out = run([sys.executable, str(EXAMPLES / "plain_pytorch.py"), "--steps", "20"])
-    assert "consistency" in out and "test accuracy" in out
+    assert out.startswith("R-Drop (alpha=1.0) in a plain PyTorch loop, 20 steps"), out
+    assert re.search(r"step 20: loss \S+ = task \S+ \+ 1.0 \* consistency \S+", out), out
+    assert "the wrapped model's output equals the plain model's: True" in out, out
+
+
+def _load_digits_demo():
+    pytest.importorskip("sklearn")
+    spec = importlib.util.spec_from_file_location("digits_demo", EXAMPLES / "digits_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_demo_is_quick_by_default_and_keeps_the_long_run():
+    demo = _load_digits_demo()
+    quick, full = demo.parse_args([]), demo.parse_args(["--full"])
+    # The default trains 2 methods x 3 seeds x 15 epochs of 17 steps (about 10 s on one core);
+    # --full is the long run, and explicit values override either preset.
+    assert (quick.seeds, quick.epochs) == (3, 15) and (full.seeds, full.epochs) == (5, 60)
+    assert demo.parse_args(["--full", "--seeds", "2"]).seeds == 2
+
+
+def test_digits_demo_says_what_it_shows():
+    _load_digits_demo()
+    out = run([sys.executable, str(EXAMPLES / "digits_demo.py"), "--seeds", "1", "--epochs", "1"])
+    assert out.startswith("Training a dropout MLP on scikit-learn digits, with and without "
+                          "R-Drop (alpha=1.0): 1 seed(s) x 1 epoch(s) per method; --full"), out
+    for split in ("train", "valid"):
+        assert re.search(rf"dropout passes on the {split} images \(symmetric KL, lower = more "
+                         rf"consistent\): baseline \S+, rdrop \S+ \(ratio \S+\)", out), out
 
 
 def test_hf_trainer_classification():
