@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import collections
+import itertools
 from dataclasses import dataclass
 
 import pytest
 import torch
+from torch import nn
 
-from rdrop.batching import batch_size_of, duplicate_batch, extract_logits, split_batch
+from rdrop import RDrop
+from rdrop.batching import (
+    batch_size_of,
+    concat_forward,
+    concat_inputs,
+    duplicate_batch,
+    extract_logits,
+    split_batch,
+)
+
+from reference import reference_rdrop_loss
 
 
 class Encoding(collections.UserDict):
@@ -69,3 +81,145 @@ def test_extract_logits_from_the_usual_outputs():
     assert extract_logits((t, "aux")) is t
     with pytest.raises(TypeError, match="logits_fn"):
         extract_logits({"scores": t})
+    with pytest.raises(TypeError, match=r"logits_fn=lambda out: out\[1\]"):
+        extract_logits((torch.tensor(0.5), t))
+
+
+# ------------------------------------------------------------------- concat_inputs: the rule
+def test_first_positional_tensor_defines_the_batch_and_only_matching_tensors_double():
+    x, mask, table = torch.randn(3, 2), torch.ones(3, 2), torch.randn(5, 2)
+    args, kwargs, layout = concat_inputs((x, 7), {"mask": mask, "table": table, "k": "v"})
+    assert args[0].shape == (6, 2) and args[1] == 7
+    assert kwargs["mask"].shape == (6, 2) and kwargs["table"] is table and kwargs["k"] == "v"
+    assert (layout.batch_size, layout.dim, layout.duplicated) == (3, 0, (0, "mask"))
+
+
+def test_batched_and_unbatched_names():
+    x, emb = torch.randn(4, 2), torch.randn(4, 2)  # same length: ambiguous without names
+    _, kw, _ = concat_inputs((), {"x": x, "emb": emb}, unbatched=("emb",))
+    assert kw["x"].shape == (8, 2) and kw["emb"] is emb
+    args, kw, layout = concat_inputs((x,), {"emb": emb}, batched=(0,))
+    assert args[0].shape == (8, 2) and kw["emb"] is emb and layout.duplicated == (0,)
+    with pytest.raises(ValueError, match="both batched= and unbatched="):
+        concat_inputs((x,), {"emb": emb}, batched=(0,), unbatched=(0,))
+    with pytest.raises(ValueError, match=r"batched= names \[1\]"):
+        concat_inputs((x,), {"emb": emb}, batched=(1,))
+
+
+def test_split_output_splits_every_duplicated_tensor():
+    _, _, layout = concat_inputs((torch.randn(2, 3),), {}, 2)
+    out = {"logits": torch.arange(8.0).reshape(4, 2), "loss": torch.tensor(1.0)}
+    first, second = layout.split_output(out)
+    assert first["logits"].tolist() == [[0, 1], [2, 3]] and second["logits"][0].tolist() == [4, 5]
+    assert first["loss"] is out["loss"]
+    with pytest.raises(ValueError, match=r"expected 4 rows.*mode='twice'"):
+        layout.split(torch.zeros(3, 2))
+
+
+# --------------------------------------------------------------------- packed / padding-free
+class VarlenModel(nn.Module):
+    """Reads packing metadata the way a flash-attention varlen kernel does, and refuses what
+    such a kernel would misread; each token attends (a causal running mean) only within its
+    own sequence."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.pos = nn.Embedding(11, 8), nn.Embedding(16, 8)
+        self.drop, self.head = nn.Dropout(p), nn.Linear(8, 5)
+
+    def forward(self, input_ids, position_ids, cu_seq_lens_q, cu_seq_lens_k, max_length_q,
+                max_length_k):
+        if input_ids.shape[0] != 1:
+            raise ValueError("varlen: the batch must be flattened to one row")
+        tokens = input_ids.shape[1]
+        for cu, longest in ((cu_seq_lens_q, max_length_q), (cu_seq_lens_k, max_length_k)):
+            lengths = cu.diff()
+            if cu[0] != 0 or cu[-1] != tokens or (lengths <= 0).any():
+                raise ValueError(f"varlen: boundaries {cu.tolist()} do not cover {tokens} tokens")
+            if lengths.max() > longest:
+                raise ValueError("varlen: a sequence is longer than max_length")
+        expected_pos = torch.cat([torch.arange(int(n)) for n in cu_seq_lens_q.diff()])
+        if not torch.equal(position_ids[0], expected_pos):
+            raise ValueError("varlen: position_ids do not restart at each boundary")
+        h = self.drop(self.emb(input_ids[0]) + self.pos(position_ids[0]))
+        bounds = cu_seq_lens_q.tolist()
+        segments = []
+        for start, end in itertools.pairwise(bounds):
+            seg = h[start:end]
+            segments.append(seg.cumsum(0) / torch.arange(1, end - start + 1).unsqueeze(-1))
+        return self.head(torch.cat(segments)).unsqueeze(0)  # (1, T, 5)
+
+
+def _pack():
+    # three sequences of lengths 3, 4, 2 packed into one row of 9 tokens
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 0, 1]])
+    cu = torch.tensor([0, 3, 7, 9], dtype=torch.int32)
+    return {"input_ids": ids, "position_ids": pos, "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
+            "max_length_q": 4, "max_length_k": 4}
+
+
+def test_packed_batch_is_duplicated_along_its_tokens_with_offset_boundaries():
+    _, kw, layout = concat_inputs((), _pack(), 2)
+    assert kw["cu_seq_lens_q"].tolist() == [0, 3, 7, 9, 12, 16, 18]
+    assert kw["cu_seq_lens_k"].tolist() == [0, 3, 7, 9, 12, 16, 18]
+    assert kw["max_length_q"] == 4 and kw["max_length_k"] == 4
+    assert kw["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1] * 2]
+    assert kw["input_ids"].shape == (1, 18)
+    assert (layout.dim, layout.length, layout.packed) == (1, 9, True)
+    three = concat_inputs((), _pack(), 3)[1]["cu_seq_lens_q"].tolist()
+    assert three == [0, 3, 7, 9, 12, 16, 18, 21, 25, 27]
+
+
+def test_packed_concat_forward_passes_equal_the_single_pack_forward():
+    model = VarlenModel(p=0.0)  # no dropout: every copy must equal the plain forward
+    fwd = concat_forward(model, (), _pack(), 3)
+    plain = model(**_pack())
+    assert len(fwd.passes) == 3
+    for p in fwd.passes:
+        torch.testing.assert_close(p, plain)
+    # ... and each sequence of the pack equals that sequence run alone.
+    alone = model(input_ids=torch.tensor([[4, 5, 6, 7]]), position_ids=torch.tensor([[0, 1, 2, 3]]),
+                  cu_seq_lens_q=torch.tensor([0, 4]), cu_seq_lens_k=torch.tensor([0, 4]),
+                  max_length_q=4, max_length_k=4)
+    torch.testing.assert_close(fwd.passes[1][:, 3:7], alone)
+
+
+def test_the_varlen_model_rejects_a_pack_doubled_without_offsets():
+    batch = _pack()
+    batch["input_ids"] = torch.cat([batch["input_ids"]] * 2, dim=1)
+    batch["position_ids"] = torch.cat([batch["position_ids"]] * 2, dim=1)
+    with pytest.raises(ValueError, match="do not cover 18 tokens"):
+        VarlenModel()(**batch)
+    with pytest.raises(ValueError, match="concat_inputs"):
+        duplicate_batch(_pack(), 2)  # dim-0 duplication refuses packed metadata
+
+
+def test_rdrop_on_a_packed_batch_equals_the_reference_on_the_same_masks():
+    labels = torch.tensor([[2, 0, 4, 1, -100, 3, 3, 0, 1]])
+    wrapped = RDrop(VarlenModel(p=0.3), alpha=1.0)
+    torch.manual_seed(4)
+    out = wrapped(**_pack(), target=labels)
+    # Replay: the same masks over the pack duplicated by hand.
+    cu = torch.tensor([0, 3, 7, 9, 12, 16, 18])
+    torch.manual_seed(4)
+    logits = wrapped.model(torch.cat([_pack()["input_ids"]] * 2, 1),
+                           torch.cat([_pack()["position_ids"]] * 2, 1), cu, cu, 4, 4)
+    ref = reference_rdrop_loss(list(logits.split(9, dim=1)), labels, alpha=1.0)
+    torch.testing.assert_close(out.loss.double(), ref["loss"].detach(), rtol=1e-5, atol=1e-6)
+    assert out.logits.shape == (1, 9, 5) and out.consistency_loss.item() > 0
+
+
+def test_packed_batches_it_cannot_duplicate_are_refused_with_the_input_named():
+    with pytest.raises(ValueError, match=r"\['seq_idx'\]"):
+        concat_inputs((), {**_pack(), "seq_idx": torch.zeros(1, 9, dtype=torch.int32)}, 2)
+    two_rows = {**_pack(), "input_ids": torch.zeros(2, 9, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"one row of concatenated sequences"):
+        concat_inputs((), two_rows, 2)
+    with pytest.raises(ValueError, match=r"'token_type_ids' of shape \(1, 4\)"):
+        concat_inputs((), {**_pack(), "token_type_ids": torch.zeros(1, 4)}, 2)
+    # named unbatched, an unknown key passes through untouched
+    seq_idx = torch.zeros(1, 9, dtype=torch.int32)
+    _, kw, _ = concat_inputs((), {**_pack(), "seq_idx": seq_idx}, 2, unbatched=("seq_idx",))
+    assert kw["seq_idx"] is seq_idx
