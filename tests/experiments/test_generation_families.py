@@ -24,6 +24,7 @@ CASES = [
 @pytest.mark.parametrize(("name", "metric", "metrics"), CASES)
 def test_quick_run_is_well_formed(tmp_path, name, metric, metrics):
     recs = run_experiment(name, out=tmp_path, variant="quick", progress=False)
+    assert len({r["data_hash"] for r in recs}) == 1 and recs[0]["data_hash"]  # one data, all runs
     assert sorted((r["method"], r["seed"]) for r in recs) == [
         ("baseline", 0), ("baseline", 1), ("rdrop", 0), ("rdrop", 1)]
     exp = get_experiment(name)

@@ -21,6 +21,7 @@ from rdrop_experiments.data.images import (
 
 def test_quick_run_is_well_formed(tmp_path):
     recs = run_experiment("image", out=tmp_path, variant="quick", progress=False)
+    assert len({r["data_hash"] for r in recs}) == 1 and recs[0]["data_hash"]  # one data, all runs
     assert sorted((r["method"], r["seed"]) for r in recs) == [
         ("baseline", 0), ("baseline", 1), ("rdrop", 0), ("rdrop", 1)]
     for r in recs:

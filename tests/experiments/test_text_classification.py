@@ -156,6 +156,7 @@ def _have_debian_lists() -> bool:
 @pytest.mark.skipif(not _have_debian_lists(), reason="no apt lists with Translation-en (make data)")
 def test_quick_run_is_well_formed(tmp_path):
     recs = run_experiment("text-classification", out=tmp_path, variant="quick", progress=False)
+    assert len({r["data_hash"] for r in recs}) == 1 and recs[0]["data_hash"]  # one data, all runs
     assert sorted((r["method"], r["seed"]) for r in recs) == [
         ("baseline", 0), ("baseline", 1), ("rdrop", 0), ("rdrop", 1)]
     for r in recs:
