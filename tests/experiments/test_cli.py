@@ -137,8 +137,14 @@ def test_quick_run_refuses_the_committed_results(tmp_path, capsys, calls):
     assert main(["run", "toy", "--quick", "--out", out, "--no-progress",
                  "--allow-committed"]) == 0
     assert len(calls) == 4
-    # a folder git does not track takes quick runs
-    assert main(["run", "toy", "--quick", "--out", str(repo / "runs"), "--no-progress"]) == 0
+    # nor a new folder inside the committed one (its records would join the next report)
+    assert main(["run", "toy", "--quick", "--out", str(repo / "results" / "quick")]) == 2
+    # a folder git does not track takes quick runs, new or not
+    assert main(["run", "toy", "--quick", "--out", str(repo / "runs" / "demo"),
+                 "--no-progress"]) == 0
+    (repo / "runs" / "old").mkdir()
+    assert main(["run", "toy", "--quick", "--out", str(repo / "runs" / "old"),
+                 "--no-progress"]) == 0
 
 
 class _ClosedPipe(io.StringIO):

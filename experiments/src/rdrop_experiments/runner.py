@@ -213,22 +213,37 @@ def check_device(name: str) -> None:
 
 
 def is_committed_folder(folder: str | os.PathLike[str]) -> bool:
-    """Whether ``folder`` holds files tracked by git (such as the committed ``results/``).
+    """Whether ``folder`` is, or would be created inside, a folder that holds files tracked by
+    git (the committed ``results/``, or ``results/quick`` below it), the checkout's root aside.
 
     Example:
         >>> import tempfile
         >>> is_committed_folder(tempfile.mkdtemp())
         False
     """
-    folder = Path(folder)
-    if not folder.is_dir():
+    path = Path(folder).resolve()
+    existing = next((p for p in (path, *path.parents) if p.is_dir()), None)
+    if existing is None:
         return False
-    try:
-        out = subprocess.run(["git", "-C", str(folder), "ls-files", "--", "."],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(existing), *args], capture_output=True,
+                                 text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if not top:
         return False
-    return out.returncode == 0 and bool(out.stdout.strip())
+    root = Path(top).resolve()
+    for p in (path, *path.parents):
+        if p == root or root not in p.parents:
+            return False
+        if p.is_dir() and git("ls-files", "--", str(p)):
+            return True
+    return False
 
 
 def preflight(plan: Sequence[PlannedRun], out: str | os.PathLike[str], *,
