@@ -80,5 +80,24 @@ def test_family_configs_reject_bad_rates_and_shapes(family):
         with pytest.raises(ConfigError, match="vocab_size must be >= 50, got 10"):
             apply_overrides(cfg, {"vocab_size": 10})
     if hasattr(cfg, "label_smoothing"):
-        with pytest.raises(ConfigError, match="label_smoothing must lie in"):
+        with pytest.raises(ConfigError, match=r"label_smoothing must lie in \[0, 1\)"):
+            apply_overrides(cfg, {"label_smoothing": 1.0})
+        with pytest.raises(ConfigError, match=r"label_smoothing must be >= 0, got -0\.1"):
             apply_overrides(cfg, {"label_smoothing": -0.1})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_number_of_every_family_is_finite_and_not_negative(family):
+    from rdrop_experiments.registry import discover
+
+    cfg = discover()[family].config
+    numeric = [f.name for f in dataclasses.fields(cfg)
+               if isinstance(getattr(cfg, f.name), (int, float))
+               and not isinstance(getattr(cfg, f.name), bool)]
+    assert {"alpha", "lr", "batch_size", "max_steps"} <= set(numeric)
+    for name in numeric:
+        for bad, says in ((float("nan"), "finite"), (float("inf"), "finite"), (-1, ">= 0")):
+            if isinstance(getattr(cfg, name), int) and isinstance(bad, float):
+                continue  # an int field cannot hold nan/inf (the parser refuses them)
+            with pytest.raises(ConfigError, match=rf"^{name} must be (a )?{says}"):
+                apply_overrides(cfg, {name: bad})
