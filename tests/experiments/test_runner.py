@@ -161,3 +161,24 @@ def test_two_runners_on_one_folder_run_each_record_once(tmp_path, calls):
     assert errors == []
     assert sorted(calls) == sorted(set(calls)) and len(calls) == 6  # each record once
     assert len(load_results(tmp_path)) == 6
+
+
+def test_protocol_fields_reach_the_top_of_the_record(tmp_path, calls):
+    from rdrop_experiments.registry import RunResult
+
+    toy = get_experiment("toy")
+    recipe = toy.recipe
+
+    def with_protocol(cfg, arm):
+        result = recipe(cfg, arm)
+        extra = {"selection": "best_valid", "best_step": 3, "sample_passes": 96, "other": 1}
+        return RunResult(result.metrics, result.curves, extra)
+
+    object.__setattr__(toy, "recipe", with_protocol)
+    try:
+        recs = run_experiment("toy", {"seeds": 1}, out=tmp_path, progress=False)
+    finally:
+        object.__setattr__(toy, "recipe", recipe)
+    for r in recs:
+        assert (r["selection"], r["best_step"], r["sample_passes"]) == ("best_valid", 3, 96)
+        assert "other" not in r and r["extra"]["other"] == 1

@@ -55,6 +55,9 @@ __all__ = [
 
 # Where `rdrop run` writes by default: ignored by git, never the committed results/ folder.
 DEFAULT_OUT = "runs"
+# Fields a recipe reports in ``RunResult.extra`` that scripts read at the top of a record (the
+# second protocol's selection rule); copied there, and left in ``extra`` too.
+TOP_LEVEL_FIELDS = ("selection", "best_step", "best_sample_passes", "sample_passes")
 
 
 @dataclass(frozen=True)
@@ -387,6 +390,7 @@ def _record(experiment: Experiment, run: PlannedRun, result: RunResult, arm: Arm
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "data_hash": arm.data_hash,
+        **{k: result.extra[k] for k in TOP_LEVEL_FIELDS if k in result.extra},
         "extra": result.extra,
         "info": {"description": experiment.description, "data": experiment.data,
                  "paper": experiment.paper},
