@@ -32,7 +32,7 @@ __all__ = [
     "parse_overrides",
 ]
 
-METHODS = ("baseline", "rdrop")
+METHODS = ("baseline", "rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
 
 # Fields that only the R-Drop arm reads: a baseline run does not depend on them, so sweep points
 # that differ only here share one baseline run (see ``config_key``).
@@ -44,6 +44,7 @@ RDROP_FIELDS = (
     "consistency",
     "rdrop_mode",
     "alpha_warmup_steps",
+    "chunk_size",
 )
 # Fields that say which runs to do, not how one run goes: excluded from a run's identity.
 NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress", "device")
@@ -62,7 +63,10 @@ class CommonConfig:
     Attributes:
         seeds: number of seeds per method (seeds ``first_seed .. first_seed + seeds - 1``).
         first_seed: first seed.
-        methods: arms to run, a subset of ``("baseline", "rdrop")``.
+        methods: arms to run, a subset of :data:`METHODS`: ``baseline`` (one pass, CE),
+            ``rdrop``, ``rdrop_alpha0`` (two passes, consistency weight 0: the doubled-sample
+            gradient without the KL term), ``rdrop_stop_gradient`` (second pass under
+            ``no_grad`` as a detached target).
         alpha: R-Drop consistency weight (per-row normalization of ``rdrop.rdrop_loss``).
         num_passes: dropout passes ``m >= 2`` for the R-Drop arm.
         every_k_steps: apply R-Drop on every k-th optimizer step (others: one plain pass).
@@ -71,8 +75,18 @@ class CommonConfig:
         consistency: ``"kl"`` (paper), ``"js"`` or ``"mse"``.
         rdrop_mode: ``"concat"`` (one forward over ``[x; x]``) or ``"twice"``.
         alpha_warmup_steps: linear alpha warm-up for the R-Drop arm (0 = none).
-        max_steps: optimizer steps per run, the same for both arms.
-        eval_every: steps between validation points on the curves (one "epoch" of the curves).
+        chunk_size: rows per chunk of the R-Drop loss (``rdrop_loss(chunk_size=...)``: the same
+            values at a fraction of the memory; for large LM vocabularies). None = unchunked.
+        max_steps: optimizer steps per run at most (a safety stop; the protocol stops on
+            ``patience`` or ``max_sample_passes`` first).
+        eval_every: steps between validation points on the curves.
+        patience: stop after this many evaluation points without a strictly better validation
+            metric (0 = never stop on patience).
+        max_sample_passes: compute cap in training sample passes (forward+backward of one
+            sample = 1; an R-Drop step over B samples = 2B), the same for every arm (0 = none).
+        lr_schedule: ``constant`` (linear warm-up, then constant: the protocol's default, so
+            no arm's schedule depends on when it stops) or ``linear`` (warm-up, then linear
+            decay to 0 at ``max_steps``).
         batch_size: examples per optimizer step (before R-Drop's duplication).
         lr: peak learning rate; weight_decay: AdamW weight decay; warmup_steps: linear LR warm-up.
         num_threads: ``torch.set_num_threads`` for the run (the machine is shared).
@@ -83,7 +97,7 @@ class CommonConfig:
 
     seeds: int = 3
     first_seed: int = 0
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = ("baseline", "rdrop")
     alpha: float = 1.0
     num_passes: int = 2
     every_k_steps: int = 1
@@ -91,8 +105,12 @@ class CommonConfig:
     consistency: str = "kl"
     rdrop_mode: str = "concat"
     alpha_warmup_steps: int = 0
+    chunk_size: int | None = None
     max_steps: int = 1000
     eval_every: int = 100
+    patience: int = 0
+    max_sample_passes: int = 0
+    lr_schedule: str = "constant"
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -114,6 +132,11 @@ class CommonConfig:
         _positive("seeds", self.seeds)
         _positive("max_steps", self.max_steps)
         _positive("eval_every", self.eval_every)
+        if self.patience < 0 or self.max_sample_passes < 0:
+            raise ConfigError("patience and max_sample_passes must be >= 0 (0 = off), got "
+                              f"{self.patience} and {self.max_sample_passes}.")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ConfigError(f"lr_schedule must be constant or linear, got {self.lr_schedule!r}.")
         _positive("batch_size", self.batch_size)
         _positive("num_threads", self.num_threads)
         if self.first_seed < 0:

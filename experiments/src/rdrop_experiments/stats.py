@@ -1,4 +1,5 @@
-"""Summary statistics over seeds: mean, standard deviation, paired difference with a t interval."""
+"""Summary statistics over seeds: mean, standard deviation, paired difference with a t interval,
+Holm's step-down correction for a family of comparisons."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["PairedDiff", "Summary", "paired_difference", "summarize", "t_quantile"]
+__all__ = ["PairedDiff", "Summary", "holm", "paired_difference", "summarize", "t_quantile"]
 
 # Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30 (fallback when scipy is absent).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -107,3 +108,30 @@ def paired_difference(
     elif s.mean != 0:
         p = 0.0
     return PairedDiff(s.n, s.mean, s.std, s.mean - half, s.mean + half, p, level)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    r"""Holm's step-down adjusted p-values (family-wise error control), in the input order.
+
+    With the :math:`m` p-values sorted ascending, :math:`p_{(1)} \le \dots \le p_{(m)}`:
+
+    .. math::
+        \tilde p_{(i)} = \min\Big(1, \max_{j \le i} (m - j + 1)\, p_{(j)}\Big)
+
+    NaN p-values (a comparison with fewer than two seeds) stay NaN and do not count in
+    :math:`m`.
+
+    Example:
+        >>> [round(p, 6) for p in holm([0.01, 0.04, 0.03])]
+        [0.03, 0.06, 0.06]
+        >>> holm([0.2, float("nan")])
+        [0.2, nan]
+    """
+    order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(order)
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out

@@ -17,13 +17,15 @@ from torch import Tensor, nn
 
 import rdrop
 from rdrop.batching import extract_logits
-from rdrop.functional import RDropOutput, multi_pass_rdrop_loss
-from rdrop_experiments.config import CommonConfig
+from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss
+from rdrop.schedule import rdrop_step
+from rdrop_experiments.config import METHODS, CommonConfig
 
 __all__ = [
     "TrainStep",
     "cycle_batches",
     "linear_warmup_decay",
+    "lr_schedule",
     "make_step",
     "num_epochs",
     "resolve_device",
@@ -109,11 +111,40 @@ def linear_warmup_decay(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, cfg: CommonConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The config's schedule: ``constant`` (linear warm-up over ``cfg.warmup_steps``, then the
+    peak LR) or ``linear`` (:func:`linear_warmup_decay` to 0 at ``cfg.max_steps``).
+
+    Example:
+        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        >>> sched = lr_schedule(opt, CommonConfig(warmup_steps=2, lr_schedule="constant"))
+        >>> [round(sched.lr_lambdas[0](s), 2) for s in range(4)]
+        [0.5, 1.0, 1.0, 1.0]
+    """
+    if cfg.lr_schedule == "linear":
+        return linear_warmup_decay(optimizer, cfg.warmup_steps, cfg.max_steps)
+    warmup = cfg.warmup_steps
+
+    def factor(step: int) -> float:
+        return (step + 1) / warmup if warmup and step < warmup else 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class TrainStep:
     """One arm's loss for one batch: ``step(*args, target=y, **kwargs) -> RDropOutput``.
 
     * ``baseline``: one forward, cross-entropy (``ignore_index``, ``label_smoothing``);
       ``consistency_loss`` is 0.
+    * ``rdrop_alpha0``: the ``rdrop`` arm with ``alpha = 0``: two passes, both cross-entropies,
+      no consistency term (separates the KL term from the doubled-sample gradient).
+    * ``rdrop_stop_gradient``: the first pass with gradients, the second under ``no_grad`` (a
+      detached target): ``loss = CE(P1) + alpha * symKL(P1, sg(P2))`` with
+      :func:`rdrop.rdrop_loss`'s normalization (computed as ``rdrop_loss(l1, l2.detach())``,
+      whose extra ``CE(P2)`` term is a constant without gradient; it is subtracted from the
+      logged ``loss`` and ``task_loss``). One backward pass, one activation graph.
     * ``rdrop``: :class:`rdrop.RDrop` with the config's ``alpha``, ``num_passes``,
       ``every_k_steps``, ``consistency``, ``rdrop_mode``, ``alpha_warmup_steps``; with
       ``pass_dropouts`` set, ``num_passes`` separate forwards, pass ``k`` with every dropout rate
@@ -132,8 +163,8 @@ class TrainStep:
         label_smoothing: float = 0.0,
         logits_fn: Callable[[Any], Tensor] | None = None,
     ) -> None:
-        if method not in ("baseline", "rdrop"):
-            raise ValueError(f"method must be 'baseline' or 'rdrop', got {method!r}.")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
         self.model = model
         self.cfg = cfg
         self.method = method
@@ -142,10 +173,10 @@ class TrainStep:
         self.logits_fn = logits_fn or extract_logits
         self.calls = 0
         self.wrapped: rdrop.RDrop | None = None
-        if method == "rdrop" and not cfg.pass_dropouts:
+        if method in ("rdrop", "rdrop_alpha0") and not cfg.pass_dropouts:
             self.wrapped = rdrop.RDrop(
                 model,
-                alpha=cfg.alpha,
+                alpha=0.0 if method == "rdrop_alpha0" else cfg.alpha,
                 mode=cfg.rdrop_mode,
                 num_passes=cfg.num_passes,
                 every_k_steps=cfg.every_k_steps,
@@ -154,6 +185,7 @@ class TrainStep:
                 ignore_index=ignore_index,
                 label_smoothing=label_smoothing,
                 logits_fn=self.logits_fn,
+                chunk_size=cfg.chunk_size,
             )
 
     def _plain(self, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor) -> RDropOutput:
@@ -166,11 +198,31 @@ class TrainStep:
         )
         return RDropOutput(loss, loss.detach(), torch.zeros((), device=loss.device), logits)
 
+    def _stop_gradient(self, step: int, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       target: Tensor) -> RDropOutput:
+        decision = rdrop_step(step, alpha=self.cfg.alpha, every_k_steps=self.cfg.every_k_steps,
+                              alpha_warmup_steps=self.cfg.alpha_warmup_steps)
+        if not decision.active:
+            return self._plain(args, kwargs, target)
+        logits1 = self.logits_fn(self.model(*args, **kwargs))
+        with torch.no_grad():  # the target pass: dropout on, no graph kept
+            logits2 = self.logits_fn(self.model(*args, **kwargs))
+        out = rdrop_loss(logits1, logits2, target, alpha=decision.alpha,
+                         ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                         consistency=self.cfg.consistency, chunk_size=self.cfg.chunk_size)
+        # rdrop_loss sums CE over both passes; CE(P2) has no gradient here, drop it from logs.
+        ce2 = F.cross_entropy(logits2.reshape(-1, logits2.shape[-1]).float(), target.reshape(-1),
+                              ignore_index=self.ignore_index,
+                              label_smoothing=self.label_smoothing)
+        return RDropOutput(out.loss - ce2, out.task_loss - ce2, out.consistency_loss, logits1)
+
     def __call__(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
         step = self.calls
         self.calls += 1
         if self.method == "baseline":
             return self._plain(args, kwargs, target)
+        if self.method == "rdrop_stop_gradient":
+            return self._stop_gradient(step, args, kwargs, target)
         if self.wrapped is not None:
             return self.wrapped(*args, target=target, **kwargs)
         # Per-pass dropout rates (the paper's "two dropout rates" ablation).
@@ -182,7 +234,7 @@ class TrainStep:
             set_dropout(self.model, p)
             passes.append(self.logits_fn(self.model(*args, **kwargs)))
         set_dropout(self.model, original)
-        alpha = self.cfg.alpha
+        alpha = 0.0 if self.method == "rdrop_alpha0" else self.cfg.alpha
         if self.cfg.alpha_warmup_steps:
             alpha *= min(1.0, (step + 1) / self.cfg.alpha_warmup_steps)
         out = multi_pass_rdrop_loss(

@@ -27,14 +27,9 @@ from rdrop_experiments.config import (
     check_rates,
     check_vocab_size,
 )
+from rdrop_experiments.protocol import protocol_grid, train_until_patience
 from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
-from rdrop_experiments.training import (
-    cycle_batches,
-    linear_warmup_decay,
-    make_step,
-    num_epochs,
-    seed_everything,
-)
+from rdrop_experiments.training import cycle_batches, lr_schedule, make_step, seed_everything
 
 __all__ = ["LMConfig", "TokenBlocks", "make_blocks", "run_language_modeling"]
 
@@ -51,8 +46,8 @@ class LMConfig(CommonConfig):
         split_seed: seed of the hash split (by chapter / source package).
         vocab_size: BPE vocabulary, trained on the training split only.
         block_size: tokens per training sequence (and per evaluation window, no overlap).
-        train_tokens: cap on training tokens (0 = all). valid_blocks: validation windows for
-            the curves (0 = all).
+        train_tokens: cap on training tokens (0 = all). valid_blocks, test_blocks: validation
+            and test windows (0 = all; else the split's first windows).
         dim, heads, ffn, layers, dropout, attention_dropout, activation_dropout: the model.
         eval_batch_size: windows per evaluation forward.
     """
@@ -64,6 +59,7 @@ class LMConfig(CommonConfig):
     block_size: int = 64
     train_tokens: int = 0
     valid_blocks: int = 300
+    test_blocks: int = 0
     dim: int = 128
     heads: int = 4
     ffn: int = 256
@@ -159,18 +155,22 @@ def _nll(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
 
 
 def run_language_modeling(cfg: LMConfig, ctx: RunContext) -> RunResult:
-    """One seed of one arm: BPE token windows, train the causal LM, test perplexity."""
-    from tqdm.auto import tqdm
-
+    """One seed of one arm: BPE token windows, train the causal LM until validation perplexity
+    stalls (:func:`rdrop_experiments.protocol.train_until_patience`), test perplexity at the
+    best-validation checkpoint."""
     from rdrop_experiments.models.causal_lm import CausalTransformerLM
 
     data = _data(cfg.dataset, cfg.data_path, cfg.split_seed, cfg.vocab_size, cfg.block_size,
                  cfg.train_tokens)
     x_tr, y_tr = data.splits["train"]
     x_va, y_va = data.splits["valid"]
+    x_te, y_te = data.splits["test"]
     if cfg.valid_blocks > 0:
         x_va, y_va = x_va[: cfg.valid_blocks], y_va[: cfg.valid_blocks]
-    probe = min(len(x_tr), max(64, len(x_va)))  # fixed training slice for the curves
+    if cfg.test_blocks > 0:
+        x_te, y_te = x_te[: cfg.test_blocks], y_te[: cfg.test_blocks]
+    probe = min(len(x_tr), 64)  # fixed training slice for the curves
+    ctx.record_data(x_tr, y_tr, x_va, y_va, x_te, y_te)
     generator = seed_everything(ctx.seed)
     model = CausalTransformerLM(
         vocab_size=data.vocab_size, dim=cfg.dim, heads=cfg.heads, ffn=cfg.ffn,
@@ -179,80 +179,72 @@ def run_language_modeling(cfg: LMConfig, ctx: RunContext) -> RunResult:
     step_fn = make_step(model, cfg, ctx.method, ignore_index=PAD_ID)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.98))
-    scheduler = linear_warmup_decay(optimizer, cfg.warmup_steps, cfg.max_steps)
     batches = cycle_batches(len(x_tr), cfg.batch_size, generator)
 
-    curves: list[dict[str, float]] = []
-    running = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}
-    bar = tqdm(range(1, cfg.max_steps + 1), desc=ctx.label, leave=False, disable=not ctx.progress,
-               dynamic_ncols=True)
-    for step in bar:
-        model.train()
+    def next_batch() -> tuple[tuple[Tensor], Tensor]:
         idx = next(batches)
-        out = step_fn(x_tr[idx], target=y_tr[idx])
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        running["loss"] += out.loss.item()
-        running["task"] += out.task_loss.item()
-        running["consistency"] += out.consistency_loss.item()
-        running["n"] += 1
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            tr = _nll(model, x_tr[:probe], y_tr[:probe], cfg.eval_batch_size)
-            va = _nll(model, x_va, y_va, cfg.eval_batch_size)
-            n = running["n"]
-            curves.append({
-                "step": step, "epoch": step * cfg.batch_size / len(x_tr),
-                "train_loss": tr, "valid_loss": va, "valid_perplexity": math.exp(va),
-                "train_objective": running["loss"] / n, "train_task_loss": running["task"] / n,
-                "train_consistency": running["consistency"] / n,
-            })
-            running = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}
-            bar.set_postfix(valid_ppl=f"{math.exp(va):.1f}")
-    bar.close()
+        return (x_tr[idx],), y_tr[idx]
 
-    test_nll = _nll(model, *data.splits["test"], cfg.eval_batch_size)
+    def evaluate(split: str) -> dict[str, float]:
+        x, y = {"train": (x_tr[:probe], y_tr[:probe]), "valid": (x_va, y_va),
+                "test": (x_te, y_te)}[split]
+        nll = _nll(model, x, y, cfg.eval_batch_size)
+        return {"loss": nll, "perplexity": math.exp(min(nll, 50.0))}
+
+    outcome = train_until_patience(
+        cfg=cfg, method=ctx.method, model=model, step_fn=step_fn, optimizer=optimizer,
+        scheduler=lr_schedule(optimizer, cfg), next_batch=next_batch, batch_size=cfg.batch_size,
+        n_train=len(x_tr), evaluate=evaluate, metric="perplexity", higher_is_better=False,
+        clip_norm=1.0, progress=ctx.progress, label=ctx.label)
+    best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
     return RunResult(
-        metrics={"perplexity": math.exp(test_nll), "test_loss": test_nll,
-                 "loss_gap": curves[-1]["valid_loss"] - curves[-1]["train_loss"]},
-        curves=curves,
-        extra={"data": data.source, "tokens": data.tokens, "data_meta": data.meta,
-               "blocks": {k: len(v[0]) for k, v in data.splits.items()},
-               "epochs": num_epochs(cfg, len(x_tr)),
+        metrics={"perplexity": outcome.test["perplexity"], "test_loss": outcome.test["loss"],
+                 "loss_gap": best["valid_loss"] - best["train_loss"]},
+        curves=outcome.curves,
+        extra={**outcome.record_fields(), "data": data.source, "tokens": data.tokens,
+               "data_meta": data.meta, "blocks": {"train": len(x_tr), "valid": len(x_va),
+                                                  "test": len(x_te)},
+               "epochs": outcome.steps * cfg.batch_size / len(x_tr),
                "parameters": sum(p.numel() for p in model.parameters())},
     )
 
 
-# A low-resource setting: 25k training tokens seen about 8 times in 200 steps, so the baseline
-# overfits within a CPU minute or two; the paper's ablations run here (they need many cheap runs).
-LOW_RESOURCE = {"train_tokens": 25000, "max_steps": 200, "eval_every": 40}
-_QUICK = {"train_tokens": 60000, "valid_blocks": 40, "max_steps": 40, "eval_every": 20,
-          "seeds": 2, "dim": 64, "ffn": 128, "layers": 1, "block_size": 32, "warmup_steps": 5}
+# Second protocol (docs/EXPERIMENTS.md, "Second protocol"): 15k training tokens (234 windows
+# of 64) and a 2-layer d=64 model with a 1k BPE, so the baseline passes its validation optimum
+# within a few hundred steps on a shared CPU core; every arm trains until validation perplexity
+# has not improved for `patience` evaluation points (one evaluation = about one epoch), under
+# one compute cap in sample passes.
+PROTOCOL = {"train_tokens": 15000, "vocab_size": 1000, "dim": 64, "ffn": 128, "heads": 2,
+            "valid_blocks": 100, "test_blocks": 200, "eval_every": 15, "patience": 4,
+            "max_sample_passes": 16 * 1500, "max_steps": 5000, "warmup_steps": 15}
+ALPHA_GRID = (0.5, 2.0)
+DROPOUT_GRID = (0.1, 0.3)
+STOP_GRADIENT_ALPHAS = (2.0,)
+_QUICK = {"train_tokens": 8000, "valid_blocks": 20, "test_blocks": 20, "eval_every": 10,
+          "patience": 1, "max_sample_passes": 16 * 20, "seeds": 1, "dim": 32, "ffn": 64,
+          "heads": 2, "layers": 1, "block_size": 32, "warmup_steps": 2, "vocab_size": 500}
 
 base = register(Experiment(
     name="language-modeling",
-    config=LMConfig(),
+    config=apply_overrides(LMConfig(), PROTOCOL),
     recipe=run_language_modeling,
     metric="perplexity",
     higher_is_better=False,
     metrics=("perplexity", "test_loss", "loss_gap"),
-    description="causal Transformer 2 layers (d=128) from scratch, World English Bible, BPE 4k, "
-                "alpha 1.0",
+    description="causal Transformer 2 layers (d=64) from scratch, World English Bible 15k "
+                "tokens, BPE 1k; trained to best validation perplexity",
     data="World English Bible (Debian sword-text-web), chapters split by sha256 of the chapter "
-         "key (90/5/5), 64-token windows",
+         "key (90/5/5), 64-token windows; 15k training tokens",
     paper="Wikitext-103 Transformer LM test ppl 25.76 -> 24.08 (-1.68)",
-    variants={"quick": _QUICK, "low-resource": LOW_RESOURCE,
-              "long": {"max_steps": 4000, "eval_every": 500}},
+    variants={"quick": _QUICK},
+    grid=protocol_grid(dropout_key="dropout", dropout_grid=DROPOUT_GRID, alpha_grid=ALPHA_GRID,
+                       stop_gradient_alphas=STOP_GRADIENT_ALPHAS),
 ))
 
-# The paper's ablations (section 5) as ONE grid, in the low-resource setting with 2 seeds, so
-# every point shares the two baseline runs: alpha (Fig. 4 sweeps 1-10 on translation; 1.0 is
-# the paper's LM alpha), every_k_steps 2/5 (Fig. 5; k=1 is the alpha=1 point), m=3 (Table 8; m=2
-# is the alpha=1 point), two dropout rates per pass (Fig. 6; the model's own rates are 0.1).
-# Loss curves of both arms (Fig. 2) come with every run. One point alone:
-# ``rdrop run language-modeling --variant low-resource seeds=2 num_passes=3``.
+# The paper's ablations (section 5) as ONE grid under the second protocol's loop, 2 seeds, every
+# point sharing the two baseline runs: alpha (Fig. 4), every_k_steps 2/5 (Fig. 5), m=3 (Table
+# 8), two dropout rates per pass (Fig. 6). Their first-protocol (equal-step) results and
+# corrected readings: docs/EXPERIMENTS_PROTOCOL1.md. Not re-run under the second protocol yet.
 ABLATION_GRID: list[dict[str, Any]] = [
     *({"alpha": a} for a in (0.3, 1.0, 3.0, 5.0, 10.0)),
     {"every_k_steps": 2}, {"every_k_steps": 5},
@@ -261,10 +253,10 @@ ABLATION_GRID: list[dict[str, Any]] = [
 ]
 register(base.derive(
     "language-modeling-ablations", tags=("ablation",),
-    config=apply_overrides(base.config, {**LOW_RESOURCE, "seeds": 2}),
-    variants={"quick": {**_QUICK, "seeds": 1, "max_steps": 10, "eval_every": 10}},
+    config=apply_overrides(base.config, {"seeds": 2}),
+    variants={"quick": {**_QUICK, "max_sample_passes": 16 * 10}},
     grid=ABLATION_GRID,
-    description="ablations (low-resource LM, 25k tokens): alpha 0.3-10, k 2/5, m 3, two "
+    description="ablations (LM, 20k tokens, best validation): alpha 0.3-10, k 2/5, m 3, two "
                 "dropout rates per pass",
     paper="alpha 5 best for translation (Fig. 4); k=1 best (Fig. 5); m=3 ~ m=2 (Table 8); "
           "(0.3, 0.3) best of two rates (Fig. 6); smaller train/valid gap (Fig. 2)"))

@@ -1,0 +1,323 @@
+r"""The second protocol's report: each arm chosen on validation, then best quality and quality at
+equal compute against the baseline, paired by seed, Holm-corrected per family.
+
+The questions, pre-registered in ``docs/EXPERIMENTS.md`` ("Second protocol"):
+
+1. *Selection (validation only).* For each arm, the grid point with the best mean (over seeds)
+   best-validation metric is chosen; ties go to the first point of the grid.
+2. *Best quality.* Test metric at each run's best-validation checkpoint, chosen point of each
+   arm, paired by seed: ``rdrop - baseline`` (primary), ``rdrop_alpha0 - baseline``,
+   ``rdrop - rdrop_alpha0`` and ``rdrop_stop_gradient - baseline`` where run.
+3. *Equal compute.* For seed :math:`s` let :math:`E_s` be the sample passes the chosen baseline
+   run used until it stopped. Each other arm's value is the test metric of its
+   best-validation-so-far checkpoint after :math:`E_s` sample passes
+   (:func:`rdrop_experiments.protocol.quality_at_compute`), paired with the baseline's.
+4. *Compute to the best.* Per seed, the arm's sample passes at its best-validation checkpoint
+   over the baseline's; the geometric mean over seeds.
+
+Holm's correction runs over all comparisons of a family (2 and 3). Differences are
+``arm - baseline`` in the metric's own units (x100 for [0, 1] metrics), so for perplexity a
+negative difference is an improvement.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rdrop_experiments.protocol import quality_at_compute
+from rdrop_experiments.stats import PairedDiff, holm, paired_difference, summarize
+
+__all__ = ["Arm", "Comparison", "FamilyVerdict", "build_verdicts", "field",
+           "is_protocol_record", "verdict_report"]
+
+ARMS = ("baseline", "rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
+# (name, arm, reference arm, kind): the comparisons of a family, primary first.
+COMPARISONS = (
+    ("rdrop - baseline, best", "rdrop", "baseline", "best"),
+    ("rdrop - baseline, equal compute", "rdrop", "baseline", "equal"),
+    ("rdrop_alpha0 - baseline, best", "rdrop_alpha0", "baseline", "best"),
+    ("rdrop - rdrop_alpha0, best", "rdrop", "rdrop_alpha0", "best"),
+    ("rdrop_stop_gradient - baseline, best", "rdrop_stop_gradient", "baseline", "best"),
+    ("rdrop_stop_gradient - baseline, equal compute", "rdrop_stop_gradient", "baseline",
+     "equal"),
+)
+
+
+def field(rec: dict[str, Any], name: str, default: Any = None) -> Any:
+    """A protocol field of a run record: top level, else under ``extra``."""
+    if name in rec:
+        return rec[name]
+    return rec.get("extra", {}).get(name, default)
+
+
+def is_protocol_record(rec: dict[str, Any]) -> bool:
+    """Whether ``rec`` came from the second protocol (``selection == "best_valid"``)."""
+    return field(rec, "selection") == "best_valid"
+
+
+def _point(rec: dict[str, Any]) -> str:
+    parts = [p for p in str(rec.get("setting", "default")).split(",")
+             if not p.startswith("methods=")]
+    return ",".join(parts) or "default"
+
+
+def _scale(rec: dict[str, Any]) -> float:
+    return 1.0 if rec["metric"] in ("perplexity",) or "loss" in rec["metric"] else 100.0
+
+
+@dataclass
+class Arm:
+    """One arm of a family: its grid points and the one chosen on validation.
+
+    Attributes:
+        method: the arm. chosen: label of the chosen grid point.
+        points: ``{point label: {seed: record}}``.
+        valid: ``{point label: mean best-validation metric over seeds}``.
+    """
+
+    method: str
+    chosen: str
+    points: dict[str, dict[int, dict[str, Any]]]
+    valid: dict[str, float]
+
+    @property
+    def runs(self) -> dict[int, dict[str, Any]]:
+        """``{seed: record}`` of the chosen point."""
+        return self.points[self.chosen]
+
+
+@dataclass
+class Comparison:
+    """One paired comparison of a family (values in report units)."""
+
+    name: str
+    kind: str
+    diff: PairedDiff
+    p_holm: float = math.nan
+
+
+@dataclass
+class FamilyVerdict:
+    """Everything the report says about one family."""
+
+    experiment: str
+    metric: str
+    higher_is_better: bool
+    scale: float
+    arms: dict[str, Arm]
+    comparisons: list[Comparison]
+    compute_to_best: dict[str, float]
+    equal_budget: dict[int, float]
+    baseline_past_optimum: tuple[int, int]
+
+
+def _choose(method: str, records: list[dict[str, Any]], higher: bool) -> Arm:
+    points: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for rec in records:
+        points[_point(rec)][int(rec["seed"])] = rec
+    valid = {label: summarize([float(field(r, "best_valid")) for r in runs.values()]).mean
+             for label, runs in points.items()}
+    best = None
+    for label, v in valid.items():  # grid order is record order; strict improvement wins
+        if best is None or (v > valid[best] if higher else v < valid[best]):
+            best = label
+    assert best is not None
+    return Arm(method, best, dict(points), valid)
+
+
+def _geo_mean(values: Sequence[float]) -> float:
+    vals = [v for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else math.nan
+
+
+def build_verdicts(records: Sequence[dict[str, Any]]) -> list[FamilyVerdict]:
+    """One :class:`FamilyVerdict` per experiment among the second-protocol ``records``."""
+    by_exp: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        if is_protocol_record(rec):
+            by_exp[rec["experiment"]].append(rec)
+    out = []
+    for name, recs in sorted(by_exp.items()):
+        higher = bool(recs[0]["higher_is_better"])
+        scale = _scale(recs[0])
+        arms = {m: _choose(m, [r for r in recs if r["method"] == m], higher)
+                for m in ARMS if any(r["method"] == m for r in recs)}
+        if "baseline" not in arms:
+            continue
+        base = arms["baseline"].runs
+        budget = {s: float(field(r, "sample_passes")) for s, r in base.items()}
+        key = f"test_{recs[0]['metric']}"
+        comparisons = []
+        for cname, arm, ref, kind in COMPARISONS:
+            if arm not in arms or ref not in arms:
+                continue
+            a, b = arms[arm].runs, arms[ref].runs
+            if kind == "best":
+                va = {s: scale * float(r["value"]) for s, r in a.items()}
+            else:
+                va = {s: scale * quality_at_compute(r["curves"], key, budget[s])
+                      for s, r in a.items() if s in budget}
+            vb = {s: scale * float(r["value"]) for s, r in b.items()}
+            comparisons.append(Comparison(cname, kind, paired_difference(vb, va)))
+        for c, p in zip(comparisons, holm([c.diff.p_value for c in comparisons]), strict=True):
+            c.p_holm = p
+        ratios = {}
+        for m, arm in arms.items():
+            ratios[m] = _geo_mean([float(field(r, "best_sample_passes")) /
+                                   float(field(base[s], "best_sample_passes"))
+                                   for s, r in arm.runs.items() if s in base])
+        past = sum(field(r, "stop_reason") == "patience" for r in base.values())
+        out.append(FamilyVerdict(name, recs[0]["metric"], higher, scale, arms, comparisons,
+                                 ratios, budget, (past, len(base))))
+    return out
+
+
+def _f(x: float, digits: int = 2) -> str:
+    return "nan" if x is None or not math.isfinite(x) else f"{x:+.{digits}f}"
+
+
+def _v(x: float, digits: int = 2) -> str:
+    return "nan" if not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _p(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else (f"{x:.3f}" if x >= 0.001 else "<0.001")
+
+
+def verdict_line(v: FamilyVerdict) -> str:
+    """One sentence per family: best-quality and equal-compute change, compute to the best."""
+    cmp = {c.name: c for c in v.comparisons}
+    best = cmp.get("rdrop - baseline, best")
+    equal = cmp.get("rdrop - baseline, equal compute")
+    if best is None:
+        return f"{v.experiment}: R-Drop not run."
+    d = best.diff
+    point = v.arms["rdrop"].chosen
+    text = (f"{v.experiment}: R-Drop ({point}, chosen on validation) changes the best test "
+            f"{v.metric} by {_f(d.mean)} [{_f(d.low)}, {_f(d.high)}] (Holm p {_p(best.p_holm)}, "
+            f"{d.n} seeds) and needs {_v(v.compute_to_best['rdrop'])}x the baseline's sample "
+            f"passes to reach its best")
+    if equal is not None:
+        e = equal.diff
+        text += (f"; at the baseline's compute it is {_f(e.mean)} [{_f(e.low)}, {_f(e.high)}] "
+                 f"(Holm p {_p(equal.p_holm)})")
+    direction = "higher" if v.higher_is_better else "lower"
+    return text + f" ({direction} is better)."
+
+
+def _rows(v: FamilyVerdict) -> list[dict[str, Any]]:
+    rows = []
+    for m, arm in v.arms.items():
+        vals = [v.scale * float(r["value"]) for r in arm.runs.values()]
+        s = summarize(vals)
+        rows.append({"experiment": v.experiment, "arm": m, "chosen": arm.chosen,
+                     "grid_valid": "; ".join(f"{k}: {v.scale * x:.2f}"
+                                             for k, x in arm.valid.items()),
+                     "seeds": s.n, "test_mean": s.mean, "test_std": s.std,
+                     "compute_to_best_x": v.compute_to_best[m],
+                     "stopped_on_patience": sum(field(r, "stop_reason") == "patience"
+                                                for r in arm.runs.values())})
+    return rows
+
+
+def verdict_markdown(verdicts: Sequence[FamilyVerdict]) -> str:
+    """The verdict lines, the arms table and the comparisons table (markdown)."""
+    lines = ["## Second protocol: verdict", ""]
+    lines += [f"- {verdict_line(v)}" for v in verdicts]
+    lines += ["", "### Arms (each chosen on validation)", "",
+              "| family | arm | chosen | mean best-valid per grid point | seeds | test at best "
+              "valid, mean ± sd | compute to best (x baseline) | stopped on patience |",
+              "|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        for r in _rows(v):
+            lines.append(f"| {r['experiment']} ({v.metric}) | {r['arm']} | {r['chosen']} | "
+                         f"{r['grid_valid']} | {r['seeds']} | {_v(r['test_mean'])} ± "
+                         f"{_v(r['test_std'])} | {_v(r['compute_to_best_x'])} | "
+                         f"{r['stopped_on_patience']}/{r['seeds']} |")
+    lines += ["", "### Comparisons (paired by seed; 95% t interval; Holm over each family)", "",
+              "| family | comparison | n | difference [95% CI] | p | Holm p |",
+              "|---|---|---|---|---|---|"]
+    for v in verdicts:
+        for c in v.comparisons:
+            d = c.diff
+            lines.append(f"| {v.experiment} ({v.metric}, "
+                         f"{'higher' if v.higher_is_better else 'lower'} is better) | {c.name} "
+                         f"| {d.n} | {_f(d.mean)} [{_f(d.low)}, {_f(d.high)}] | "
+                         f"{_p(d.p_value)} | {_p(c.p_holm)} |")
+    lines += ["", "Equal compute: each seed's budget is the sample passes the chosen baseline "
+              "run used until it stopped; the other arm's value is its test metric at its "
+              "best-validation-so-far checkpoint within that budget.", ""]
+    return "\n".join(lines)
+
+
+def plot_compute(v: FamilyVerdict, path: Path) -> None:
+    """Test metric of the best-validation-so-far checkpoint against training sample passes,
+    mean over seeds, one line per arm (its chosen point); a marker where each run stopped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"test_{v.metric}"
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for m, arm in v.arms.items():
+        runs = list(arm.runs.values())
+        xs = sorted({float(c["sample_passes"]) for r in runs for c in r["curves"]})
+        ys = []
+        for x in xs:
+            vals = [quality_at_compute(r["curves"], key, x) for r in runs]
+            ys.append(math.nan if any(math.isnan(y) for y in vals)
+                      else v.scale * sum(vals) / len(vals))
+        line, = ax.plot(xs, ys, label=f"{m} ({arm.chosen}, {len(runs)} seeds)",
+                        drawstyle="steps-post")
+        stops = [float(field(r, "sample_passes")) for r in runs]
+        ax.plot(stops, [ys[xs.index(s)] if s in xs else math.nan for s in stops], "|",
+                color=line.get_color(), markersize=12)
+    unit = " (x100)" if v.scale == 100 else ""
+    ax.set_xlabel("training sample passes (forward+backward of one sample = 1; "
+                  "R-Drop step over B = 2B)", fontsize=8)
+    better = "higher" if v.higher_is_better else "lower"
+    ax.set_ylabel(f"test {v.metric}{unit} at best-valid checkpoint so far\n({better} is better)",
+                  fontsize=9)
+    ax.set_title(f"{v.experiment}: quality vs compute (mean over seeds; | = a run stopped)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def verdict_report(records: Sequence[dict[str, Any]], out: str | Path, *,
+                   plots: bool = True) -> str:
+    """Write ``verdict.md``, ``verdict.csv`` and ``plots/compute-<family>.png`` under ``out``
+    for the second-protocol records among ``records``; return the markdown ('' if none)."""
+    verdicts = build_verdicts(records)
+    if not verdicts:
+        return ""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = verdict_markdown(verdicts)
+    if plots:
+        for v in verdicts:
+            plot_compute(v, out / "plots" / f"compute-{v.experiment}.png")
+        text += "\n" + "\n".join(f"![{v.experiment}](plots/compute-{v.experiment}.png)"
+                                 for v in verdicts) + "\n"
+    (out / "verdict.md").write_text(text)
+    with open(out / "verdict.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["experiment", "metric", "comparison", "n", "mean", "low", "high", "p",
+                    "p_holm"])
+        for v in verdicts:
+            for c in v.comparisons:
+                d = c.diff
+                w.writerow([v.experiment, v.metric, c.name, d.n, d.mean, d.low, d.high,
+                            d.p_value, c.p_holm])
+    return text

@@ -1,0 +1,109 @@
+"""The second protocol's report: selection on validation, paired comparisons written out by
+hand, equal compute read from the curves, Holm over the family, the plot file."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+
+from rdrop_experiments.verdict import build_verdicts, verdict_line, verdict_report
+
+
+def _rec(method, seed, setting, *, valid, test, best_passes, stop_passes, curves=None,
+         metric="accuracy", higher=True):
+    curves = curves or [{"sample_passes": best_passes, f"test_{metric}": test},
+                        {"sample_passes": stop_passes, f"test_{metric}": test}]
+    return {"experiment": "fam", "method": method, "seed": seed,
+            "setting": f"methods={method},{setting}", "metric": metric, "value": test,
+            "higher_is_better": higher, "curves": curves,
+            "extra": {"selection": "best_valid", "best_valid": valid,
+                      "best_sample_passes": best_passes, "sample_passes": stop_passes,
+                      "stop_reason": "patience"}}
+
+
+def _family():
+    recs = []
+    for s in range(3):
+        # baseline: dropout 0.3 wins on validation although dropout 0.1 is better on test
+        recs.append(_rec("baseline", s, "dropout=0.1", valid=0.70, test=0.90 + 0.01 * s,
+                         best_passes=100, stop_passes=200))
+        recs.append(_rec("baseline", s, "dropout=0.3", valid=0.75, test=0.80 + 0.01 * s,
+                         best_passes=100 + 10 * s, stop_passes=200))
+        # rdrop at alpha 1: best 0.83 + 0.02 s, reached at 300 passes; at 200 passes 0.78
+        curves = [{"sample_passes": 100, "test_accuracy": 0.70},
+                  {"sample_passes": 200, "test_accuracy": 0.78},
+                  {"sample_passes": 300, "test_accuracy": 0.83 + 0.02 * s},
+                  {"sample_passes": 400, "test_accuracy": 0.83 + 0.02 * s}]
+        recs.append(_rec("rdrop", s, "alpha=1.0", valid=0.80, test=0.83 + 0.02 * s,
+                         best_passes=300, stop_passes=400, curves=curves))
+        recs.append(_rec("rdrop", s, "alpha=3.0", valid=0.60, test=0.99,
+                         best_passes=300, stop_passes=400))
+        recs.append(_rec("rdrop_alpha0", s, "default", valid=0.7, test=0.80 + 0.005 * s,
+                         best_passes=200, stop_passes=300))
+    return recs
+
+
+def _t_interval(diffs):
+    from scipy.stats import t
+
+    n = len(diffs)
+    m, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    half = t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    p = 2 * t.sf(abs(m / (sd / math.sqrt(n))), n - 1)
+    return m, m - half, m + half, p
+
+
+def test_selection_uses_validation_and_comparisons_match_hand_computation():
+    pytest.importorskip("scipy")
+    (v,) = build_verdicts(_family())
+    assert v.arms["baseline"].chosen == "dropout=0.3"  # not the better-on-test 0.1
+    assert v.arms["rdrop"].chosen == "alpha=1.0"  # not the better-on-test 3.0
+    cmp = {c.name: c for c in v.comparisons}
+
+    best = cmp["rdrop - baseline, best"].diff
+    diffs = [100 * ((0.83 + 0.02 * s) - (0.80 + 0.01 * s)) for s in range(3)]
+    m, lo, hi, p = _t_interval(diffs)
+    assert (best.mean, best.low, best.high, best.p_value) == pytest.approx((m, lo, hi, p))
+
+    # equal compute: the baseline stopped at 200 passes; rdrop's best-so-far there is 0.78
+    eq = cmp["rdrop - baseline, equal compute"].diff
+    diffs = [100 * (0.78 - (0.80 + 0.01 * s)) for s in range(3)]
+    m, lo, hi, p = _t_interval(diffs)
+    assert (eq.mean, eq.low, eq.high) == pytest.approx((m, lo, hi))
+
+    # Holm over the family's four comparisons that were run (no stop-gradient arm here)
+    ps = [c.diff.p_value for c in v.comparisons]
+    assert len(ps) == 4
+    order = sorted(range(4), key=lambda i: ps[i])
+    expected, running = [0.0] * 4, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (4 - rank) * ps[i]))
+        expected[i] = running
+    assert [c.p_holm for c in v.comparisons] == pytest.approx(expected)
+
+    # compute to the best: geometric mean of 300 / (100 + 10 s)
+    ratios = [300 / (100 + 10 * s) for s in range(3)]
+    geo = math.exp(sum(map(math.log, ratios)) / 3)
+    assert v.compute_to_best["rdrop"] == pytest.approx(geo)
+    assert v.baseline_past_optimum == (3, 3)
+    line = verdict_line(v)
+    assert "fam: R-Drop (alpha=1.0" in line and f"{best.mean:+.2f}" in line
+
+
+def test_records_of_the_first_protocol_are_ignored(tmp_path):
+    old = {"experiment": "fam", "method": "baseline", "seed": 0, "setting": "default",
+           "metric": "accuracy", "value": 0.5, "higher_is_better": True, "curves": [],
+           "extra": {}}
+    assert build_verdicts([old]) == []
+    assert verdict_report([old], tmp_path) == ""
+
+
+def test_report_writes_markdown_csv_and_a_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    text = verdict_report(_family(), tmp_path)
+    assert "rdrop - baseline, equal compute" in text
+    assert (tmp_path / "verdict.md").read_text() == text
+    assert (tmp_path / "verdict.csv").read_text().count("\n") == 1 + 4
+    assert (tmp_path / "plots" / "compute-fam.png").stat().st_size > 1000
