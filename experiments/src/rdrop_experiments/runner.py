@@ -349,8 +349,9 @@ def run_experiment(
         with RecordLock(run.path) as lock:
             if not lock.acquire():
                 host, pid = lock.owner() or ("?", "?")
-                print(f"{name}: {run.method} seed={run.seed} [{run.setting}] is being run by "
-                      f"another process (pid {pid} on {host}); skipped here.", file=sys.stderr)
+                print(f"{run.label or name}: {run.method} seed={run.seed} [{run.setting}] is "
+                      f"being run by another process (pid {pid} on {host}); skipped here.",
+                      file=sys.stderr)
                 continue
             if not force and read_json(run.path) is not None:  # finished by another process
                 bar.update(1)
