@@ -192,3 +192,52 @@ def test_rdrop_loss_module_equals_the_function():
     ref = reference_rdrop_loss([a, b], y, alpha=0.7, label_smoothing=0.1, num_items_in_batch=9)
     torch.testing.assert_close(out.loss, ref["loss"], rtol=1e-10, atol=1e-12)
     assert isinstance(crit.alpha, float) and crit.chunk_size == 2
+
+
+# ------------------------------------------------- settings that would be silently ignored
+def test_single_class_logits_are_refused():
+    a = torch.randn(4, 1)
+    with pytest.raises(ValueError, match=r"single class.*use two logits.*consistency=.mse."):
+        rdrop_loss(a, a + 1, torch.zeros(4, dtype=torch.long), alpha=1.0)
+
+
+def test_devices_must_match():
+    a, b, y = _make()
+    with pytest.raises(ValueError, match="target is on meta but the logits are on cpu"):
+        rdrop_loss(a, b, y.to("meta"), alpha=1.0)
+    with pytest.raises(ValueError, match="different devices"):
+        rdrop_loss(a, b.to("meta"), y, alpha=1.0)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_num_items_in_batch_is_checked_but_ignored_without_the_mean(reduction):
+    # Only "mean" divides by it (so loops can always pass it), but a bad value is still refused.
+    a, b, y = _make(dtype=torch.float64)
+    out = rdrop_loss(a, b, y, alpha=1.0, reduction=reduction, num_items_in_batch=4)
+    ref = reference_rdrop_loss([a, b], y, alpha=1.0, reduction=reduction)
+    torch.testing.assert_close(out.loss, ref["loss"], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="num_items_in_batch must be >= 1"):
+        rdrop_loss(a, b, y, alpha=1.0, reduction=reduction, num_items_in_batch=0)
+    with pytest.raises(ValueError, match="num_items_in_batch must be >= 1"):
+        single_pass_loss(a, y, reduction=reduction, num_items_in_batch=0)
+
+
+def test_label_smoothing_does_not_apply_to_mse():
+    a, b, _ = _make()
+    with pytest.raises(ValueError, match=r"label_smoothing=0\.1 does not apply to consistency"):
+        rdrop_loss(a, b, a * 0.5, alpha=1.0, consistency="mse", label_smoothing=0.1)
+
+
+def test_nan_regression_target_says_so():
+    a, b, _ = _make()
+    t = a.clone() * 0.5
+    t[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="regression target holds NaN or inf"):
+        rdrop_loss(a, b, t, alpha=1.0, consistency="mse")
+
+
+def test_empty_batch_gives_zero_and_zero_gradients():
+    a = torch.randn(0, 4, requires_grad=True)
+    out = rdrop_loss(a, a.detach() + 1, torch.zeros(0, dtype=torch.long), alpha=1.0)
+    out.loss.backward()
+    assert float(out.loss.detach()) == 0.0 and a.grad.shape == (0, 4)

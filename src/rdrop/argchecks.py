@@ -259,7 +259,10 @@ def check_num_items_in_batch(
                 f"{name} must be a single count, got a tensor of shape "
                 f"{tuple(num_items_in_batch.shape)}. {fix}"
             )
-        if num_items_in_batch.device.type == "cpu" and int(num_items_in_batch) < 1:
+        # Reading a CPU tensor is free eagerly, but a graph break under torch.compile: there, as
+        # on an accelerator, the loss's one finiteness sync checks it instead.
+        on_cpu = num_items_in_batch.device.type == "cpu"
+        if on_cpu and not torch.compiler.is_compiling() and int(num_items_in_batch) < 1:
             raise ValueError(f"{name} must be >= 1, got {int(num_items_in_batch)}. {fix}")
         return num_items_in_batch
     if not _is_int(num_items_in_batch):

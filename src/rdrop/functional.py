@@ -87,6 +87,11 @@ def _check_pair(logits1: Tensor, logits2: Tensor) -> None:
         )
     if logits1.dim() < 1 or logits1.shape[-1] < 1:
         raise ValueError(f"logits need a class dimension last, got shape {tuple(logits1.shape)}.")
+    if logits1.device != logits2.device:
+        raise ValueError(
+            f"the two passes are on different devices ({logits1.device} and {logits2.device}); "
+            "compute both with the same model on the same device."
+        )
 
 
 def _check_class_target(logits: Tensor, target: Tensor) -> None:
@@ -102,6 +107,34 @@ def _check_class_target(logits: Tensor, target: Tensor) -> None:
             f"target shape {tuple(target.shape)} does not match logits shape "
             f"{tuple(logits.shape)}: expected target of shape {tuple(logits.shape[:-1])} "
             "(logits are (N, C) or (B, T, V) with the classes last; shift causal-LM labels first)."
+        )
+    if logits.shape[-1] == 1:
+        # softmax over one class is 1 whatever the logit: CE and KL would be 0, silently.
+        raise ValueError(
+            f"logits have a single class (shape {tuple(logits.shape)}): its softmax is 1 "
+            "whatever the logit, so the loss would be 0. For a binary head use two logits; for "
+            "a regression head (or one logit) use consistency='mse' with a floating target."
+        )
+    if target.device != logits.device:
+        raise ValueError(
+            f"target is on {target.device} but the logits are on {logits.device}; move it with "
+            "target.to(logits.device)."
+        )
+
+
+def _check_loss_settings(reduction: str, consistency: str, label_smoothing: float,
+                         num_items_in_batch: int | Tensor | None) -> None:
+    # Each setting alone, then combinations that would be silently ignored.
+    check_reduction(reduction)
+    check_consistency(consistency)
+    check_label_smoothing(label_smoothing)
+    # Checked whatever the reduction (only "mean" divides by it; "sum" and "none" ignore it, so
+    # that callers such as Trainer loops can always pass it).
+    check_num_items_in_batch(num_items_in_batch)
+    if consistency == "mse" and label_smoothing != 0:
+        raise ValueError(
+            f"label_smoothing={label_smoothing} does not apply to consistency='mse' (regression "
+            "targets have no classes to smooth); use label_smoothing=0."
         )
 
 
@@ -239,13 +272,14 @@ def _finish(
     inputs: Sequence[Tensor],
     targets: _Targets | None = None,
     label_smoothing: float = 0.0,
+    values: Tensor | None = None,
 ) -> RDropOutput:
     task = _reduce(task_rows, reduction, denom)
     cons = _reduce(cons_rows, reduction, denom)
     out = RDropOutput(loss=task + alpha * cons, task_loss=task, consistency_loss=cons)
     if check_finite:
         _check_result(out.loss if reduction != "none" else None, inputs, denom=denom,
-                      targets=targets, label_smoothing=label_smoothing)
+                      targets=targets, label_smoothing=label_smoothing, values=values)
     return out
 
 
@@ -256,6 +290,7 @@ def _check_result(
     denom: Tensor | float,
     targets: _Targets | None,
     label_smoothing: float,
+    values: Tensor | None = None,
 ) -> None:
     """The one device sync of ``check_finite``: the reduced loss is finite, the targets that
     count are in range, a tensor ``num_items_in_batch`` is positive; all in one fused ``bool``.
@@ -270,7 +305,8 @@ def _check_result(
         ok = good if ok is None else ok & good.to(ok.device)
     if ok is None or bool(ok):
         return
-    _raise_diagnosis(inputs, denom=denom, targets=targets, label_smoothing=label_smoothing)
+    _raise_diagnosis(inputs, denom=denom, targets=targets, label_smoothing=label_smoothing,
+                     values=values)
 
 
 def _raise_if_not_finite(loss: Tensor, inputs: Sequence[Tensor]) -> None:
@@ -284,6 +320,7 @@ def _raise_diagnosis(
     denom: Tensor | float,
     targets: _Targets | None,
     label_smoothing: float,
+    values: Tensor | None = None,
 ) -> None:
     # Slow path, reached only when the check failed: find the first cause the user can fix.
     if isinstance(denom, Tensor) and not bool(denom > 0):
@@ -308,6 +345,11 @@ def _raise_diagnosis(
             "diverged or produced invalid outputs: lower the learning rate, clip gradients, "
             "prefer bf16 over fp16, and check the inputs. Pass check_finite=False to skip "
             "this check."
+        )
+    if values is not None and not bool(torch.isfinite(values.detach()).all()):
+        raise ValueError(
+            "R-Drop loss is not finite: the regression target holds NaN or inf. Drop or "
+            "impute those samples before the loss."
         )
     posinf = [f"pass {i + 1}" for i, t in enumerate(detached) if bool(torch.isposinf(t).any())]
     if posinf:
@@ -453,7 +495,7 @@ def rdrop_loss(
             counted rows. Pass the number of counted rows of the whole accumulated (and, under
             DDP, global) batch so gradient accumulation gives the full-batch gradient. A positive
             int or integer scalar tensor; 0 is refused (it is not clamped to 1, which would
-            silently turn the mean into a sum).
+            silently turn the mean into a sum). ``"sum"`` and ``"none"`` ignore it.
         chunk_size: if set (``"kl"``, ``"mean"``/``"sum"``), compute over chunks of this many
             rows with a memory-lean autograd function: same values and gradients, no full
             ``(N, V)`` float32 intermediates. Worth it for large vocabularies.
@@ -553,14 +595,12 @@ def multi_pass_rdrop_loss(
     for other in passes[1:]:
         _check_pair(passes[0], other)
     alpha = check_alpha(alpha)
-    check_reduction(reduction)
-    check_consistency(consistency)
+    _check_loss_settings(reduction, consistency, label_smoothing, num_items_in_batch)
     chunk_size = check_chunk_size(chunk_size)
     if consistency == "mse":
         return _mse_rdrop(passes, target, alpha=alpha, reduction=reduction,
                           num_items_in_batch=num_items_in_batch, check_finite=check_finite)
     ignore_index = check_ignore_index(ignore_index)
-    label_smoothing = check_label_smoothing(label_smoothing)
     _check_class_target(passes[0], target)
 
     targets = _Targets(target, passes[0].shape[-1], ignore_index, check=check_finite)
@@ -646,7 +686,7 @@ def _mse_rdrop(
     keep = torch.ones(n, dtype=torch.bool, device=y.device)
     denom = mean_denominator(keep, num_items_in_batch) if reduction == "mean" else 1.0
     return _finish(task_rows, cons_rows, alpha=alpha, reduction=reduction, denom=denom,
-                   check_finite=check_finite, inputs=passes)
+                   check_finite=check_finite, inputs=passes, values=target)
 
 
 def single_pass_loss(
@@ -691,8 +731,7 @@ def single_pass_loss(
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}.")
     _check_pair(logits, logits)
-    check_reduction(reduction)
-    check_consistency(consistency)
+    _check_loss_settings(reduction, consistency, label_smoothing, num_items_in_batch)
     if consistency == "mse":
         # MSE of a single pass = half the two-pass task term of identical passes.
         out = _mse_rdrop([logits, logits], target, alpha=0.0, reduction=reduction,
@@ -700,7 +739,6 @@ def single_pass_loss(
         task = out.task_loss / 2
     else:
         ignore_index = check_ignore_index(ignore_index)
-        label_smoothing = check_label_smoothing(label_smoothing)
         _check_class_target(logits, target)
         targets = _Targets(target, logits.shape[-1], ignore_index, check=check_finite)
         denom = mean_denominator(targets.keep, num_items_in_batch) if reduction == "mean" else 1.0
