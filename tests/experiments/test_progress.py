@@ -70,3 +70,13 @@ def test_arm_run_bar_uses_label_and_progress_flag(capsys, monkeypatch):
     for _ in ArmRun("rdrop", 0, progress=False, label="quiet").bar(range(2)):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_runner_says_when_each_run_starts(tmp_path, capsys, calls):
+    from rdrop_experiments import run_experiment
+
+    run_experiment("toy", {"seeds": 1}, out=tmp_path, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    starts = [line for line in err if ": starting (steps=5" in line]
+    assert [line.split(":")[0] for line in starts] == ["toy baseline seed=0 [default]",
+                                                       "toy rdrop seed=0 [default]"]

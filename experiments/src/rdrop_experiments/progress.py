@@ -101,6 +101,11 @@ class LogProgress:
         line = f"{self.desc}: {done}{pct} {elapsed:.0f} s {self.postfix}".rstrip()
         print(line, file=self.file or sys.stderr, flush=True)
 
+    def write(self, s: str) -> None:
+        """Print a message line (like ``tqdm.write``), unless disabled."""
+        if not self.disable:
+            print(s, file=self.file or sys.stderr, flush=True)
+
     def close(self) -> None:
         """Print the final line (once)."""
         self._print()

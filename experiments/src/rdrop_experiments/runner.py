@@ -356,6 +356,9 @@ def run_experiment(
             if not force and read_json(run.path) is not None:  # finished by another process
                 bar.update(1)
                 continue
+            if progress:  # a visible line as each run sets up (data, tokenizer, model)
+                bar.write(f"{run.label or name} {run.method} seed={run.seed} [{run.setting}]: "
+                          f"starting ({_budget(run.config)})")
             start = time.perf_counter()
             result, arm = _execute(experiment, run, progress=progress and run.config.progress)
             wall = time.perf_counter() - start
