@@ -340,6 +340,7 @@ def test_batch_size_one_with_batchnorm_is_refused_in_concat_mode():
     x, y = _data()
     with pytest.raises(ValueError, match=r"batch size 1 with BatchNorm.*mode='twice'"):
         wrapped(x[:1], target=y[:1])
+    assert int(net[2].num_batches_tracked) == 0  # refused before the forward: stats untouched
     assert torch.isfinite(wrapped(x[:2], target=y[:2]).loss)  # two samples are fine
     net[2].eval()
     assert torch.isfinite(wrapped(x[:1], target=y[:1]).loss)  # eval BatchNorm: per-sample

@@ -18,7 +18,7 @@ from rdrop.argchecks import (
     check_positive_int,
     check_reduction,
 )
-from rdrop.batching import InputName, concat_forward, concat_inputs, extract_logits
+from rdrop.batching import InputName, concat_inputs, extract_logits
 from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, single_pass_loss
 from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
 from rdrop.schedule import RDropStep, rdrop_step
@@ -88,6 +88,10 @@ class RDrop(nn.Module):
     reads the loss once per step, one more graph break. Alternatively compile only the model,
     ``RDrop(torch.compile(net))``: one graph per input shape (``2B`` rows on R-Drop steps, ``B``
     on single-pass steps).
+
+    **LoRA** (PEFT) with ``lora_dropout`` as the only dropout: the consistency is exactly 0 at
+    the first step, because LoRA's ``B`` matrix starts at zero, so the adapter branch (and its
+    dropout) adds nothing until ``B`` has moved; it grows from the second step on.
 
     **Gradient checkpointing** must preserve the RNG state (PyTorch's and Hugging Face's
     default): with ``preserve_rng_state=False`` the recompute draws new dropout masks and the
@@ -367,9 +371,9 @@ class RDrop(nn.Module):
             return [self.logits_fn(self.model(*args, **kwargs)) for _ in range(m)]
         if not self._inputs_checked:
             self._check_concat(args, kwargs)
-        fwd = concat_forward(self.model, args, kwargs, m, logits_fn=self.logits_fn,
-                             batched=self.batched, unbatched=self.unbatched)
-        if fwd.layout.batch_size == 1 and not fwd.layout.packed and any(
+        dup_args, dup_kwargs, layout = concat_inputs(args, kwargs, m, batched=self.batched,
+                                                     unbatched=self.unbatched)
+        if layout.batch_size == 1 and not layout.packed and any(
             bn.training for bn in self._batchnorms
         ):
             raise ValueError(
@@ -378,7 +382,7 @@ class RDrop(nn.Module):
                 "the consistency term ~0. Use a batch size >= 2, mode='twice', or put the "
                 "BatchNorm layers in eval mode."
             )
-        return fwd.passes
+        return layout.split(self.logits_fn(self.model(*dup_args, **dup_kwargs)))
 
     @torch.compiler.disable
     def _check_concat(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -397,10 +401,12 @@ class RDrop(nn.Module):
             for mod, was_training in modes:
                 mod.training = was_training
         tol = 1e-4 if plain.dtype in (torch.float32, torch.float64) else 3e-2
-        scale = float(plain.detach().abs().max()) if plain.numel() else 0.0
+        finite = plain.detach()[torch.isfinite(plain.detach())]
+        scale = float(finite.abs().max()) if finite.numel() else 0.0
         same = all(
             c.shape == plain.shape
-            and torch.allclose(c.float(), plain.float(), rtol=10 * tol, atol=tol * (1 + scale))
+            and torch.allclose(c.float(), plain.float(), rtol=10 * tol, atol=tol * (1 + scale),
+                               equal_nan=True)
             for c in copies
         )
         if not same:
