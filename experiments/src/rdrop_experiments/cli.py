@@ -95,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser(
         "run",
         help="run (or resume) experiments",
-        description="Run experiments; finished (method, seed) runs under --out are skipped. "
-        "Overrides are key=value (tuples comma-separated), e.g. seeds=5 alpha=0.6 "
-        "methods=rdrop pass_dropouts=0.1,0.3.",
+        description="Run experiments; finished (method, seed) runs under --out are skipped, and "
+        "runs another process is doing are left to it. Overrides are key=value (tuples "
+        "comma-separated), e.g. seeds=5 alpha=0.6 pass_dropouts=0.1,0.3, before or after "
+        "the flags. Every value, the device and the output folder are checked before any "
+        "training.",
     )
     p_run.add_argument("items", nargs="*", metavar="EXPERIMENT|key=value")
     p_run.add_argument("--all", action="store_true", help="every family (not the ablations)")
