@@ -128,9 +128,10 @@ def _check_loss_settings(reduction: str, consistency: str, label_smoothing: floa
     check_reduction(reduction)
     check_consistency(consistency)
     check_label_smoothing(label_smoothing)
-    # Checked whatever the reduction (only "mean" divides by it; "sum" and "none" ignore it, so
-    # that callers such as Trainer loops can always pass it).
-    check_num_items_in_batch(num_items_in_batch)
+    if reduction != "mean":
+        # Checked whatever the reduction (only "mean" divides by it, in mean_denominator, which
+        # checks it there; "sum" and "none" ignore it, so that loops can always pass it).
+        check_num_items_in_batch(num_items_in_batch)
     if consistency == "mse" and label_smoothing != 0:
         raise ValueError(
             f"label_smoothing={label_smoothing} does not apply to consistency='mse' (regression "
