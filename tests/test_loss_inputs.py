@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from rdrop import RDropLoss
-from rdrop.functional import multi_pass_rdrop_loss, rdrop_loss, single_pass_loss
+from rdrop.functional import (
+    compute_dtype,
+    multi_pass_rdrop_loss,
+    rdrop_loss,
+    single_pass_loss,
+    symmetric_kl,
+)
 
 from reference import reference_rdrop_loss
 
@@ -241,3 +247,31 @@ def test_empty_batch_gives_zero_and_zero_gradients():
     out = rdrop_loss(a, a.detach() + 1, torch.zeros(0, dtype=torch.long), alpha=1.0)
     out.loss.backward()
     assert float(out.loss.detach()) == 0.0 and a.grad.shape == (0, 4)
+
+
+def test_classes_in_dim_1_get_a_hint():
+    # F.cross_entropy takes (B, C, T); rdrop wants (B, T, C).
+    a = torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match=r"classes in dim 1.*logits.movedim\(1, -1\)"):
+        rdrop_loss(a, a + 1, torch.zeros(2, 3, dtype=torch.long), alpha=1.0)
+    ok = rdrop_loss(a.movedim(1, -1), (a + 1).movedim(1, -1), torch.zeros(2, 3, dtype=torch.long),
+                    alpha=1.0)
+    assert bool(torch.isfinite(ok.loss))
+
+
+def test_symmetric_kl_refuses_a_float_mask():
+    a, b, _ = _make()
+    with pytest.raises(TypeError, match=r"mask must be a bool.*reduction='none'"):
+        symmetric_kl(a, b, mask=torch.full((6,), 0.5))
+    ones = torch.ones(6, dtype=torch.long)
+    assert float(symmetric_kl(a, b, mask=ones)) == float(symmetric_kl(a, b))
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [(torch.float16, torch.float32),
+                                                 (torch.bfloat16, torch.float32),
+                                                 (torch.float32, torch.float32),
+                                                 (torch.float64, torch.float64)])
+def test_compute_dtype_is_the_loss_dtype(dtype, expected):
+    a, b, y = _make(dtype=dtype)
+    assert compute_dtype(dtype) == expected
+    assert rdrop_loss(a, b, y, alpha=1.0).loss.dtype == expected

@@ -40,6 +40,7 @@ __all__ = [
     "CONSISTENCIES",
     "REDUCTIONS",
     "RDropOutput",
+    "compute_dtype",
     "mean_denominator",
     "multi_pass_rdrop_loss",
     "rdrop_loss",
@@ -101,6 +102,13 @@ def _check_class_target(logits: Tensor, target: Tensor) -> None:
         raise TypeError(
             f"target must hold class indices (an integer tensor), got dtype {target.dtype}. "
             "For regression heads use consistency='mse'."
+        )
+    channels_first = (logits.shape[0], *logits.shape[2:])
+    if logits.dim() >= 3 and tuple(target.shape) == channels_first != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"target shape {tuple(target.shape)} matches logits {tuple(logits.shape)} with the "
+            "classes in dim 1 (F.cross_entropy's layout); rdrop wants the classes last: pass "
+            "logits.movedim(1, -1)."
         )
     if tuple(target.shape) != tuple(logits.shape[:-1]):
         raise ValueError(
@@ -164,10 +172,23 @@ class _Targets:
 
 
 # ---------------------------------------------------------------------------------- math helpers
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every rdrop loss computes in: float64 for float64 inputs, float32 otherwise.
+
+    bf16/fp16 log-probabilities lose the small differences between passes that the KL measures,
+    so lower precisions are upcast; float64 (used by the tests' references) stays float64.
+
+    Example:
+        >>> import torch
+        >>> from rdrop.functional import compute_dtype
+        >>> compute_dtype(torch.bfloat16), compute_dtype(torch.float64)
+        (torch.float32, torch.float64)
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _upcast(t: Tensor) -> Tensor:
-    # At least fp32 whatever the input dtype: bf16/fp16 log-probs lose the small differences the
-    # KL measures (float64 inputs stay float64).
-    return t if t.dtype == torch.float64 else t.float()
+    return t.to(compute_dtype(t.dtype))
 
 
 def _log_probs(logits: Tensor) -> Tensor:
@@ -441,6 +462,12 @@ def symmetric_kl(
             raise ValueError(
                 f"mask shape {tuple(mask.shape)} must equal logits.shape[:-1] = "
                 f"{tuple(rows.shape)}."
+            )
+        if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
+            raise TypeError(
+                "mask must be a bool (or 0/1 integer) tensor marking the rows that count, got "
+                f"{getattr(mask, 'dtype', type(mask).__name__)}. For per-row weights, multiply "
+                "the values of reduction='none' instead."
             )
         keep = mask.to(device=rows.device, dtype=torch.bool)
         rows = torch.where(keep, rows, torch.zeros_like(rows))
