@@ -200,3 +200,14 @@ def test_which_arms_ran_is_not_part_of_the_label():
     recs += [_record("baseline", s, 0.8, "b3", "b3", "methods=baseline,dropout=0.3")
              for s in range(2)]
     assert sorted(g.label for g in group_results(recs)) == ["alpha=0.2", "dropout=0.3"]
+
+
+def test_second_protocol_records_get_the_verdict(tmp_path):
+    from rdrop_experiments import run_experiment
+
+    run_experiment("image", variant="quick", out=tmp_path, progress=False)  # about 10 s
+    text = build_report(tmp_path)
+    assert "### Verdict (second protocol" in text and "| image (accuracy) | baseline |" in text
+    assert (tmp_path / "verdict.md").exists()
+    assert (tmp_path / "plots" / "compute-image.png").exists()
+    assert "tested at its best-validation checkpoint" in text

@@ -402,10 +402,21 @@ def build_report(
     if only_quick:
         md += ["**Quick smoke runs**: they check that the pipeline runs end to end; they are "
                "too short to be evidence.", ""]
+    from rdrop_experiments.verdict import is_protocol_record, verdict_report
+
+    verdict = verdict_report(records, out, plots=plots)  # the second protocol's records, if any
+    if verdict:
+        md += ["### Verdict (second protocol: arms chosen on validation; also in `verdict.md`)",
+               "", verdict.strip(), "", "### Every setting", ""]
+    if any(is_protocol_record(r) for r in records):
+        how = ("each run trained until validation stopped improving and tested at its "
+               "best-validation checkpoint; each R-Drop setting is paired with the baseline "
+               "of the same other settings")
+    else:
+        how = "both arms take the same number of optimizer steps from the same seeds"
     md += ["Test metrics, mean ± sample std over seeds; Δ = R-Drop − baseline, paired by seed, "
-           "with a 95% Student-t interval and a paired t-test p-value. Both arms take the same "
-           "number of optimizer steps from the same seeds; s/run is wall time per run. Rates "
-           "(accuracy, F1, BLEU, chrF, ROUGE) in percent.", ""]
+           f"with a 95% Student-t interval and a paired t-test p-value; {how}. s/run is wall "
+           "time per run. Rates (accuracy, F1, BLEU, chrF, ROUGE) in percent.", ""]
     if left_out:
         md += [f"{left_out} quick (smoke) run record(s) under {root!s} left out "
                "(`--include-quick` keeps them).", ""]
