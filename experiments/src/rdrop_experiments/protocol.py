@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -101,6 +101,8 @@ class ProtocolOutcome:
         stop_reason: ``"patience"``, ``"compute_cap"`` or ``"max_steps"``.
         steps, sample_passes: totals when training stopped.
         test_evaluations: how many times the test split was evaluated (once per improvement).
+        selection_metric, selection_higher_is_better: the validation metric that picked the
+            checkpoint (``valid_<metric>``) and its direction.
     """
 
     curves: list[dict[str, float]]
@@ -112,14 +114,17 @@ class ProtocolOutcome:
     steps: int
     sample_passes: int
     test_evaluations: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    selection_metric: str = ""
+    selection_higher_is_better: bool = True
 
     def record_fields(self) -> dict[str, Any]:
         """The protocol's fields for a run record (``selection``, ``best_step``, ...)."""
         return {"selection": "best_valid", "best_step": self.best_step,
                 "best_sample_passes": self.best_sample_passes, "best_valid": self.best_valid,
                 "stop_reason": self.stop_reason, "steps": self.steps,
-                "sample_passes": self.sample_passes, "test_evaluations": self.test_evaluations}
+                "sample_passes": self.sample_passes, "test_evaluations": self.test_evaluations,
+                "selection_metric": self.selection_metric,
+                "selection_higher_is_better": self.selection_higher_is_better}
 
 
 def train_until_patience(
@@ -246,7 +251,8 @@ def train_until_patience(
     return ProtocolOutcome(curves=curves, best_step=best_step, best_sample_passes=best_passes,
                            best_valid=float(best) if best is not None else math.nan, test=test,
                            stop_reason=stop_reason, steps=step, sample_passes=passes,
-                           test_evaluations=test_evals)
+                           test_evaluations=test_evals, selection_metric=f"valid_{metric}",
+                           selection_higher_is_better=higher_is_better)
 
 
 def quality_at_compute(curves: list[Mapping[str, float]], key: str, budget: float) -> float:

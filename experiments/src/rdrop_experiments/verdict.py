@@ -117,7 +117,11 @@ class FamilyVerdict:
     baseline_past_optimum: tuple[int, int]
 
 
-def _choose(method: str, records: list[dict[str, Any]], higher: bool) -> Arm:
+def _choose(method: str, records: list[dict[str, Any]]) -> Arm:
+    """The grid point with the best mean best-validation value (in the direction of the
+    metric that selected the checkpoints, e.g. validation NLL for ``select_on=loss``)."""
+    higher = bool(field(records[0], "selection_higher_is_better",
+                        records[0]["higher_is_better"]))
     points: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for rec in records:
         points[_point(rec)][int(rec["seed"])] = rec
@@ -146,7 +150,7 @@ def build_verdicts(records: Sequence[dict[str, Any]]) -> list[FamilyVerdict]:
     for name, recs in sorted(by_exp.items()):
         higher = bool(recs[0]["higher_is_better"])
         scale = _scale(recs[0])
-        arms = {m: _choose(m, [r for r in recs if r["method"] == m], higher)
+        arms = {m: _choose(m, [r for r in recs if r["method"] == m])
                 for m in ARMS if any(r["method"] == m for r in recs)}
         if "baseline" not in arms:
             continue
@@ -216,9 +220,11 @@ def _rows(v: FamilyVerdict) -> list[dict[str, Any]]:
     for m, arm in v.arms.items():
         vals = [v.scale * float(r["value"]) for r in arm.runs.values()]
         s = summarize(vals)
+        sel = str(field(next(iter(arm.runs.values())), "selection_metric", ""))
+        vscale = 1.0 if "loss" in sel else v.scale
         rows.append({"experiment": v.experiment, "arm": m, "chosen": arm.chosen,
-                     "grid_valid": "; ".join(f"{k}: {v.scale * x:.2f}"
-                                             for k, x in arm.valid.items()),
+                     "grid_valid": f"{sel or 'valid'}: " + "; ".join(
+                         f"{k} {vscale * x:.2f}" for k, x in arm.valid.items()),
                      "seeds": s.n, "test_mean": s.mean, "test_std": s.std,
                      "compute_to_best_x": v.compute_to_best[m],
                      "stopped_on_patience": sum(field(r, "stop_reason") == "patience"

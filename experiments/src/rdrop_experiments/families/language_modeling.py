@@ -256,7 +256,7 @@ register(base.derive(
     config=apply_overrides(base.config, {"seeds": 2}),
     variants={"quick": {**_QUICK, "max_sample_passes": 16 * 10}},
     grid=ABLATION_GRID,
-    description="ablations (LM, 20k tokens, best validation): alpha 0.3-10, k 2/5, m 3, two "
+    description="ablations (LM, 15k tokens, best validation): alpha 0.3-10, k 2/5, m 3, two "
                 "dropout rates per pass",
     paper="alpha 5 best for translation (Fig. 4); k=1 best (Fig. 5); m=3 ~ m=2 (Table 8); "
           "(0.3, 0.3) best of two rates (Fig. 6); smaller train/valid gap (Fig. 2)"))
