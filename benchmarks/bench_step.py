@@ -7,22 +7,32 @@ same batch of B samples:
 * ``baseline``: one forward of the B samples, CE, backward, AdamW step;
 * ``concat``: ``rdrop.RDrop(model, mode="concat")``: one forward over the 2B duplicated samples;
 * ``twice``: ``rdrop.RDrop(model, mode="twice")``: two forwards of B samples;
-* ``concat+chunked`` (encoder-decoder): concat with the chunked loss (``chunk_size=512``).
+* ``concat+chunked`` (encoder-decoder): concat with the chunked loss (``chunk_size=512``);
+* ``stop_gradient``: ``rdrop.RDrop(model, stop_gradient=True)``: the second pass without
+  gradient, the detached target of the first (about 1.33x a baseline step, one activation graph).
 
-The physical floor of the R-Drop / baseline ratio is about 2.0: every sample is processed twice
-forward and backward; the loss and the optimizer step add little. Times are process CPU time
-with one thread (on a shared machine wall time measures the neighbours too); variants are timed
-in rotation (round-robin over ``--rounds``), so drifting load hits all of them alike; the
-reported time is the median over rounds.
+The physical floor of the full R-Drop / baseline ratio is about 2.0: every sample is processed
+twice forward and backward; the loss and the optimizer step add little. Times are process CPU
+time with one thread on CPU (on a shared machine wall time measures the neighbours too), wall
+time after ``cuda.synchronize`` on ``--device cuda``; variants are timed in rotation
+(round-robin over ``--rounds``), so drifting load hits all of them alike; the reported time is
+the median over rounds.
+
+Activation memory (``act_mb``): the bytes of the tensors autograd saves for backward during one
+forward + loss (``torch.autograd.graph.saved_tensors_hooks``, each storage counted once): the
+activation graph itself, independent of the allocator and of the neighbours' load.
 
     python benchmarks/bench_step.py            # writes benchmarks/results/step_cpu.{csv,md}
-    python benchmarks/bench_step.py --quick    # prints only
+    python benchmarks/bench_step.py --quick    # small models, prints only
+    python benchmarks/bench_step.py --smoke    # tiny models, one round (run by the tests)
+    python benchmarks/bench_step.py --device cuda   # step_cuda.*: the "concat <= 0.9x twice" row
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import statistics
 import time
 
@@ -55,18 +65,21 @@ class Seq2Seq(nn.Module):
         self.out = nn.Linear(d, vocab)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        mask = nn.Transformer.generate_square_subsequent_mask(tgt_in.shape[1])
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt_in.shape[1], device=tgt_in.device)
         h = self.transformer(self.src_embed(src), self.tgt_embed(tgt_in), tgt_mask=mask,
                              tgt_is_causal=True)
         return self.out(h)
 
 
-def _task(name: str, quick: bool) -> tuple[nn.Module, tuple[Tensor, ...], Tensor, dict]:
+def _task(name: str, quick: bool, smoke: bool = False) -> tuple[nn.Module, tuple[Tensor, ...],
+                                                              Tensor, dict]:
     g = torch.Generator().manual_seed(0)
     if name == "classifier":
         cfg = {"vocab": 8000, "d": 256, "layers": 4, "batch": 32, "len": 128, "classes": 10}
         if quick:
             cfg |= {"layers": 1, "batch": 8, "len": 32}
+        if smoke:
+            cfg |= {"vocab": 50, "d": 16, "layers": 1, "batch": 4, "len": 8}
         model = Classifier(cfg["vocab"], cfg["d"], cfg["layers"], cfg["classes"], 0.1)
         x = torch.randint(0, cfg["vocab"], (cfg["batch"], cfg["len"]), generator=g)
         y = torch.randint(0, cfg["classes"], (cfg["batch"],), generator=g)
@@ -74,6 +87,8 @@ def _task(name: str, quick: bool) -> tuple[nn.Module, tuple[Tensor, ...], Tensor
     cfg = {"vocab": 8000, "d": 256, "layers": 3, "batch": 16, "len": 64}
     if quick:
         cfg |= {"layers": 1, "batch": 4, "len": 16}
+    if smoke:
+        cfg |= {"vocab": 50, "d": 16, "layers": 1, "batch": 4, "len": 8}
     model = Seq2Seq(cfg["vocab"], cfg["d"], cfg["layers"], 0.1)
     src = torch.randint(0, cfg["vocab"], (cfg["batch"], cfg["len"]), generator=g)
     tgt = torch.randint(0, cfg["vocab"], (cfg["batch"], cfg["len"] + 1), generator=g)
@@ -84,11 +99,15 @@ def _task(name: str, quick: bool) -> tuple[nn.Module, tuple[Tensor, ...], Tensor
 
 def _variants(model: nn.Module, task: str) -> dict[str, tuple[nn.Module, object]]:
     names = ["baseline", "concat", "twice"] + (["concat+chunked"] if task == "seq2seq" else [])
+    if "stop_gradient" in inspect.signature(RDrop).parameters:
+        names.append("stop_gradient")
     out = {}
     for name in names:
         m = copy.deepcopy(model).train()
         if name == "baseline":
             runner = m
+        elif name == "stop_gradient":
+            runner = RDrop(m, alpha=1.0, stop_gradient=True)
         else:
             mode = "twice" if name == "twice" else "concat"
             chunk = 512 if name.endswith("chunked") else None
@@ -97,42 +116,72 @@ def _variants(model: nn.Module, task: str) -> dict[str, tuple[nn.Module, object]
     return out
 
 
+def _loss(name: str, runner: nn.Module, inputs: tuple, y: Tensor) -> Tensor:
+    if name == "baseline":
+        logits = runner(*inputs)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    return runner(*inputs, target=y).loss
+
+
+def _activation_bytes(name: str, runner: nn.Module, inputs: tuple, y: Tensor) -> int:
+    """Bytes saved for backward by one forward + loss, each storage once (then freed)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        if t.device.type != "meta" and t.untyped_storage().nbytes():
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = _loss(name, runner, inputs, y)
+    params = {p.untyped_storage().data_ptr() for p in runner.parameters()}
+    del loss
+    return sum(b for ptr, b in seen.items() if ptr not in params)
+
+
 def _step(
     name: str, runner: nn.Module, opt: torch.optim.Optimizer, inputs: tuple, y: Tensor
 ) -> tuple[float, float]:
-    t0 = time.process_time()
-    if name == "baseline":
-        logits = runner(*inputs)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-    else:
-        loss = runner(*inputs, target=y).loss
-    loss.backward()
-    t1 = time.process_time()
+    cuda = y.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    t0 = clock()
+    _loss(name, runner, inputs, y).backward()
+    if cuda:
+        torch.cuda.synchronize()
+    t1 = clock()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return t1 - t0, time.process_time() - t0
+    if cuda:
+        torch.cuda.synchronize()
+    return t1 - t0, clock() - t0
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny models, one round; prints only")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
+    dev = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rounds = 3 if args.quick else args.rounds
+    rounds = 1 if args.smoke else 3 if args.quick else args.rounds
+    warmup = 0 if args.smoke else args.warmup
     rows = []
     for task in ("classifier", "seq2seq"):
-        model, inputs, y, cfg = _task(task, args.quick)
+        model, inputs, y, cfg = _task(task, args.quick, args.smoke)
+        model, inputs, y = model.to(dev), tuple(t.to(dev) for t in inputs), y.to(dev)
         variants = _variants(model, task)
+        act = {name: _activation_bytes(name, r, inputs, y) for name, (r, _) in variants.items()}
         fb: dict[str, list[float]] = {k: [] for k in variants}
         full: dict[str, list[float]] = {k: [] for k in variants}
-        for r in range(args.warmup + rounds):
+        for r in range(warmup + rounds):
             for name, (runner, opt) in variants.items():
                 t_fb, t_full = _step(name, runner, opt, inputs, y)
-                if r >= args.warmup:
+                if r >= warmup:
                     fb[name].append(t_fb)
                     full[name].append(t_full)
         base_fb, base_full = statistics.median(fb["baseline"]), statistics.median(full["baseline"])
@@ -144,23 +193,27 @@ def main() -> None:
                    "fwd_bwd_ms": round(1e3 * t_fb, 1), "step_ms": round(1e3 * t_full, 1),
                    "fwd_bwd_x_baseline": round(t_fb / base_fb, 3),
                    "step_x_baseline": round(t_full / base_full, 3),
-                   "step_x_twice": round(t_full / twice_full, 3)}
+                   "step_x_twice": round(t_full / twice_full, 3),
+                   "act_mb": round(act[name] / 1e6, 1),
+                   "act_x_baseline": round(act[name] / act["baseline"], 3)}
             rows.append(row)
             print(f"{task:10s} {name:15s} fwd+bwd {row['fwd_bwd_ms']:8.1f} ms "
                   f"({row['fwd_bwd_x_baseline']:.3f}x)  step {row['step_ms']:8.1f} ms "
-                  f"({row['step_x_baseline']:.3f}x baseline, {row['step_x_twice']:.3f}x twice)",
+                  f"({row['step_x_baseline']:.3f}x baseline, {row['step_x_twice']:.3f}x twice) "
+                  f" activations {row['act_mb']:7.1f} MB ({row['act_x_baseline']:.3f}x)",
                   flush=True)
-    if args.quick:
+    if args.quick or args.smoke:
         return
     meta = machine() | {"threads": str(args.threads), "rounds": str(rounds)}
     cols = ["task", "variant", "fwd_bwd_ms", "fwd_bwd_x_baseline", "step_ms", "step_x_baseline",
-            "step_x_twice"]
+            "step_x_twice", "act_mb", "act_x_baseline"]
     configs = "\n".join(f"- {t}: {r['config']}" for t, r in {r["task"]: r for r in rows}.items())
     body = ("Training step on the same B samples (fp32, dropout 0.1, alpha=1, AdamW). "
             "`fwd_bwd`: forward + loss + backward; `step`: plus the optimizer step. "
-            "Physical floor of the R-Drop / baseline ratio: ~2.0 (each sample runs twice).\n\n"
+            "Physical floor of the R-Drop / baseline ratio: ~2.0 (each sample runs twice). "
+            "`act_mb`: bytes saved for backward by one forward + loss.\n\n"
             f"{configs}\n\n" + md_table(rows, cols))
-    write_results("step_cpu", rows, body, meta)
+    write_results(f"step_{dev.type}", rows, body, meta)
 
 
 if __name__ == "__main__":
