@@ -106,3 +106,26 @@ def test_integer_like_values_are_accepted():
 def test_integer_tensor_count_is_returned_unchanged():
     n = torch.tensor(12, dtype=torch.int32)
     assert ac.check_num_items_in_batch(n) is n
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"consistency": "mse", "label_smoothing": 0.1}, "does not apply to consistency='mse'"),
+        ({"chunk_size": 8, "consistency": "js"}, "consistency='js'"),
+        ({"chunk_size": 8, "reduction": "none"}, "reduction='none'"),
+        ({"chunk_size": 8, "num_passes": 3}, "num_passes=3"),
+    ],
+)
+def test_check_loss_combination_refuses(kwargs, match):
+    settings = {"consistency": "kl", "reduction": "mean", "label_smoothing": 0.0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        ac.check_loss_combination(**settings)
+
+
+def test_check_loss_combination_accepts():
+    ac.check_loss_combination(consistency="mse", reduction="sum", label_smoothing=0.0)
+    ac.check_loss_combination(consistency="kl", reduction="sum", label_smoothing=0.2,
+                              chunk_size=4)
+    ac.check_loss_combination(consistency="js", reduction="none", label_smoothing=0.2,
+                              num_passes=4)

@@ -184,6 +184,7 @@ def test_bad_arguments_of_the_function(kwargs, exc, match):
         ({"label_smoothing": 1.0}, ValueError, "label_smoothing"),
         ({"reduction": "avg"}, ValueError, "reduction must be one of"),
         ({"consistency": "l2"}, ValueError, "consistency must be one of"),
+        ({"consistency": "mse", "label_smoothing": 0.1}, ValueError, "does not apply"),
     ],
 )
 def test_rdrop_loss_module_validates_at_construction(kwargs, exc, match):

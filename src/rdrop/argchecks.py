@@ -26,6 +26,7 @@ __all__ = [
     "check_consistency",
     "check_ignore_index",
     "check_label_smoothing",
+    "check_loss_combination",
     "check_num_items_in_batch",
     "check_positive_int",
     "check_reduction",
@@ -270,3 +271,39 @@ def check_num_items_in_batch(
     if num_items_in_batch < 1:
         raise ValueError(f"{name} must be >= 1, got {num_items_in_batch}. {fix}")
     return int(num_items_in_batch)
+
+
+def check_loss_combination(
+    *,
+    consistency: str,
+    reduction: str,
+    label_smoothing: float,
+    chunk_size: int | None = None,
+    num_passes: int = 2,
+) -> None:
+    """Check settings that are valid alone but not together (each is assumed checked alone).
+
+    * ``label_smoothing`` does not apply to ``consistency="mse"`` (regression has no classes);
+    * ``chunk_size`` supports two passes, ``consistency="kl"`` and reduction ``"mean"``/``"sum"``.
+
+    Call it at construction (``RDropLoss``, ``RDrop``) so the mistake surfaces before training.
+
+    Raises:
+        ValueError: an unsupported combination, naming both settings and the fix.
+
+    Example:
+        >>> from rdrop.argchecks import check_loss_combination
+        >>> check_loss_combination(consistency="kl", reduction="mean", label_smoothing=0.1,
+        ...                        chunk_size=4096)
+    """
+    if consistency == "mse" and label_smoothing != 0:
+        raise ValueError(
+            f"label_smoothing={label_smoothing} does not apply to consistency='mse' (regression "
+            "targets have no classes to smooth); use label_smoothing=0."
+        )
+    if chunk_size is not None and (num_passes != 2 or consistency != "kl" or reduction == "none"):
+        raise ValueError(
+            "chunk_size supports two passes, consistency='kl' and reduction 'mean' or 'sum'; got "
+            f"num_passes={num_passes}, consistency={consistency!r}, reduction={reduction!r}. "
+            "Use chunk_size=None for the other settings."
+        )

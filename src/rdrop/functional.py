@@ -32,6 +32,7 @@ from rdrop.argchecks import (
     check_consistency,
     check_ignore_index,
     check_label_smoothing,
+    check_loss_combination,
     check_num_items_in_batch,
     check_reduction,
 )
@@ -140,11 +141,8 @@ def _check_loss_settings(reduction: str, consistency: str, label_smoothing: floa
         # Checked whatever the reduction (only "mean" divides by it, in mean_denominator, which
         # checks it there; "sum" and "none" ignore it, so that loops can always pass it).
         check_num_items_in_batch(num_items_in_batch)
-    if consistency == "mse" and label_smoothing != 0:
-        raise ValueError(
-            f"label_smoothing={label_smoothing} does not apply to consistency='mse' (regression "
-            "targets have no classes to smooth); use label_smoothing=0."
-        )
+    check_loss_combination(consistency=consistency, reduction=reduction,
+                           label_smoothing=label_smoothing)
 
 
 class _Targets:
@@ -661,11 +659,9 @@ def _chunked(
     chunk_size: int,
     check_finite: bool,
 ) -> RDropOutput:
-    if len(passes) != 2 or consistency != "kl" or reduction == "none":
-        raise ValueError(
-            "chunk_size supports two passes, consistency='kl' and reduction 'mean' or 'sum'; "
-            "use chunk_size=None for the other settings."
-        )
+    check_loss_combination(consistency=consistency, reduction=reduction,
+                           label_smoothing=label_smoothing, chunk_size=chunk_size,
+                           num_passes=len(passes))
     from rdrop._chunked import chunked_rdrop_sums  # local: keeps the plain path import-light
 
     target = targets.raw

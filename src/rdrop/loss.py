@@ -10,6 +10,7 @@ from rdrop.argchecks import (
     check_consistency,
     check_ignore_index,
     check_label_smoothing,
+    check_loss_combination,
     check_reduction,
 )
 from rdrop.functional import RDropOutput, rdrop_loss
@@ -67,11 +68,8 @@ class RDropLoss(nn.Module):
         self.consistency = check_consistency(consistency)
         self.chunk_size = check_chunk_size(chunk_size)
         self.check_finite = bool(check_finite)
-        if self.chunk_size is not None and (consistency != "kl" or reduction == "none"):
-            raise ValueError(
-                "chunk_size supports consistency='kl' with reduction 'mean' or 'sum', got "
-                f"consistency={consistency!r}, reduction={reduction!r}; use chunk_size=None."
-            )
+        check_loss_combination(consistency=self.consistency, reduction=self.reduction,
+                               label_smoothing=self.label_smoothing, chunk_size=self.chunk_size)
 
     def forward(
         self,
@@ -99,5 +97,6 @@ class RDropLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, consistency={self.consistency!r}, reduction={self.reduction!r}, "
-            f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}"
+            f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, "
+            f"chunk_size={self.chunk_size}, check_finite={self.check_finite}"
         )
