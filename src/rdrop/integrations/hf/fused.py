@@ -42,7 +42,8 @@ def check_fused_model(model: nn.Module, *, is_language_model: bool, sharded: boo
     Args:
         model: the unwrapped model.
         is_language_model: a causal LM or an encoder-decoder LM.
-        sharded: FSDP or DeepSpeed ZeRO-3 keeps the output layer's weight sharded.
+        sharded: the output layer's weight is sharded in a way the fused loss cannot gather
+            (FSDP version 1's flat parameters, DeepSpeed ZeRO-3); FSDP2 (DTensor) is fine.
 
     Raises:
         ValueError: not a language model; no ``nn.Linear`` output layer; a config that
@@ -82,8 +83,9 @@ def check_fused_model(model: nn.Module, *, is_language_model: bool, sharded: boo
         )
     if sharded:
         raise ValueError(
-            "rdrop_fused_linear=True reads the output layer's weight outside the forward, "
-            f"where FSDP and DeepSpeed ZeRO-3 keep it sharded. {_OFF}"
+            "rdrop_fused_linear=True reads the output layer's weight outside the forward, where "
+            "FSDP version 1 (flat parameters) and DeepSpeed ZeRO-3 keep it sharded. Use FSDP2 "
+            f"(fsdp_version=2: DTensor weights, which the fused loss gathers), or {_OFF}"
         )
 
 
@@ -93,6 +95,12 @@ def _one_call(seen: list[Tensor], name: str) -> None:
             f"rdrop_fused_linear=True: {name} called its output layer {len(seen)} times in one "
             f"forward; the fused loss needs exactly one call. {_OFF}"
         )
+
+
+def _full(t: Tensor | None) -> Tensor | None:
+    """A sharded (FSDP2 DTensor) parameter gathered whole, for the one-sample check."""
+    full_tensor = getattr(t, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else t
 
 
 def check_fused_head(model: nn.Module, inputs: dict[str, Any], b: int, *,
@@ -124,8 +132,8 @@ def check_fused_head(model: nn.Module, inputs: dict[str, Any], b: int, *,
             mod.train(mode)
     name = type(model).__name__
     _one_call(seen, name)
-    w = head.weight
-    mine = nn.functional.linear(seen[0].to(w.dtype), w, head.bias).float()
+    w, bias = _full(head.weight), _full(head.bias)
+    mine = nn.functional.linear(seen[0].to(w.dtype), w, bias).float()
     # Half precision (weights or mixed-precision autocast of the model) rounds the model's
     # logits: compare at its resolution; in float32 the two are the same matmul.
     half = w.dtype in (torch.float16, torch.bfloat16) or seen[0].dtype != w.dtype or half_precision
@@ -180,14 +188,15 @@ def fused_loss(model: nn.Module, passes: list[Tensor], target: Tensor, *, alpha:
     """The R-Drop loss of the hidden states of the passes through the model's output layer
     (one pass: the plain task loss, through the same chunked code)."""
     head = model.get_output_embeddings()
-    w, bias = head.weight, head.bias
+    w = head.weight
     h = [p.to(w.dtype) for p in passes]  # the projection runs in the weight's dtype
     if len(h) == 1:  # a plain step of every_k_steps: the same chunking, CE only
         h = [h[0], h[0]]
-    # Outside any autocast: the fused function manages its own fp32 accumulation.
+    # Outside any autocast: the fused function manages its own fp32 accumulation. It takes the
+    # layer itself, so an FSDP2-sharded weight (DTensor) is gathered and its gradient sharded.
     with torch.autocast(device_type=w.device.type, enabled=False):
         out = fused_linear_rdrop_loss(
-            h[0], h[1], w, target, bias=bias, alpha=alpha if len(passes) > 1 else 0.0,
+            h[0], h[1], head, target, alpha=alpha if len(passes) > 1 else 0.0,
             ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing,
             num_items_in_batch=first_count(num_items_in_batch), chunk_size=chunk_size)
     if len(passes) > 1:

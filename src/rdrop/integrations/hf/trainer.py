@@ -99,7 +99,8 @@ class RDropTrainerMixin:
             plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
             check_fused_model(
                 self.model, is_language_model=self._is_language_model(self.model),
-                sharded=bool(getattr(self, "is_fsdp_enabled", False)
+                sharded=bool((getattr(self, "is_fsdp_enabled", False)
+                              and not getattr(self.accelerator, "is_fsdp2", False))
                              or getattr(plugin, "zero_stage", 0) == 3))
         self._rdrop_first_step_checked = False  # model checks that run at the first step
         self._rdrop_window = PartsWindow()
@@ -297,7 +298,7 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
             model that is not a language model with an ``nn.Linear`` output layer, or that
             transforms its logits after it (a config soft-cap or logit scale at construction; at
             the first training step, the model's logits differ on one sample, in eval mode, from
-            the layer applied to its input); FSDP or DeepSpeed ZeRO-3.
+            the layer applied to its input); FSDP version 1 or DeepSpeed ZeRO-3 (FSDP2 works).
 
     Example:
         >>> from transformers import BertConfig, BertForSequenceClassification

@@ -1,0 +1,139 @@
+r"""R-Drop for PyTorch Lightning: ``RDropLightningModule``, a ``LightningModule`` base class.
+
+.. code-block:: diff
+
+    -class Classifier(pl.LightningModule):
+    +class Classifier(RDropLightningModule):
+         def __init__(self):
+    -        super().__init__()
+    +        super().__init__(alpha=1.0)
+             self.net = ...
+         def forward(self, x):
+             return self.net(x)
+    -    def training_step(self, batch, batch_idx):
+    -        x, y = batch
+    -        return F.cross_entropy(self(x), y)
+
+The provided ``training_step`` runs ONE forward over the batch duplicated along dim 0
+(:func:`rdrop.batching.concat_forward`, the same helper as :class:`rdrop.RDrop`), computes
+:func:`rdrop.functional.multi_pass_rdrop_loss` of the passes and logs ``train/loss``,
+``train/task_loss``, ``train/consistency_loss``, ``train/task_loss_per_pass`` (one pass's loss,
+comparable to a validation loss) and ``train/rdrop_alpha``.
+
+When R-Drop runs and with which alpha is :func:`rdrop.schedule.rdrop_step` of
+``self.global_step``, the number of optimizer steps taken: with ``accumulate_grad_batches`` every
+micro-batch of one optimizer step gets the same decision (Lightning divides each micro-batch's
+loss by the accumulation steps, as it does for any loss).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+try:
+    import pytorch_lightning as pl
+except ImportError:  # pragma: no cover - the unified package
+    try:
+        import lightning.pytorch as pl  # type: ignore[no-redef]
+    except ImportError as err:  # pragma: no cover - exercised in a subprocess by the tests
+        raise ImportError(
+            "rdrop.integrations.lightning needs PyTorch Lightning: pip install pytorch-lightning"
+        ) from err
+
+from rdrop.argchecks import check_alpha, check_consistency, check_positive_int
+from rdrop.batching import concat_forward
+from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, single_pass_loss
+from rdrop.schedule import rdrop_step
+
+__all__ = ["RDropLightningModule"]
+
+
+class RDropLightningModule(pl.LightningModule):
+    r"""A ``LightningModule`` whose ``training_step`` is R-Drop.
+
+    Per counted row, at optimizer step ``s`` (``self.global_step``):
+
+    .. math::
+        \mathcal{L} = \sum_{k=1}^m CE(P^k, y) + \alpha_s \cdot \overline{D}(P^j, P^k)
+
+    on the steps :func:`rdrop.schedule.rdrop_step` marks active, and one pass's task loss on the
+    others. Subclasses define ``forward`` (returning logits, or an output holding them) and
+    ``configure_optimizers``; override :meth:`rdrop_batch` when the batch is not ``(x, y)``.
+
+    Args:
+        alpha: consistency weight ``>= 0``.
+        num_passes: dropout passes ``m >= 2``.
+        every_k_steps: R-Drop on every k-th optimizer step.
+        alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps.
+        consistency: ``"kl"``, ``"js"`` or ``"mse"``.
+        ignore_index, label_smoothing: as in :func:`rdrop.functional.rdrop_loss`.
+
+    Raises:
+        TypeError, ValueError: invalid hyperparameters (the message names them).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class Net(RDropLightningModule):
+        ...     def __init__(self):
+        ...         super().__init__(alpha=1.0)
+        ...         self.net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 3))
+        ...     def forward(self, x):
+        ...         return self.net(x)
+        >>> net = Net()
+        >>> out = net.rdrop_loss(torch.randn(5, 4), target=torch.randint(0, 3, (5,)))
+        >>> out.loss.shape, bool(out.consistency_loss > 0)
+        (torch.Size([]), True)
+    """
+
+    def __init__(self, *, alpha: float = 1.0, num_passes: int = 2, every_k_steps: int = 1,
+                 alpha_warmup_steps: int = 0, consistency: str = "kl", ignore_index: int = -100,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.rdrop_alpha = check_alpha(alpha)
+        self.rdrop_num_passes = check_positive_int("num_passes", num_passes, 2)
+        self.rdrop_every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
+        self.rdrop_alpha_warmup_steps = check_positive_int("alpha_warmup_steps",
+                                                           alpha_warmup_steps, 0)
+        self.rdrop_consistency = check_consistency(consistency)
+        self.rdrop_loss_kwargs = {"ignore_index": ignore_index,
+                                  "label_smoothing": label_smoothing}
+
+    def rdrop_batch(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor]:
+        """Split a batch into the model's ``(args, kwargs)`` and the target. Default: a
+        ``(x, y)`` pair, or a dict with ``"labels"`` (the rest are keyword inputs)."""
+        if isinstance(batch, dict):
+            inputs = dict(batch)
+            return (), inputs, inputs.pop("labels")
+        x, y = batch
+        return (x,), {}, y
+
+    def rdrop_loss(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
+        """The R-Drop loss of one training micro-batch at the current optimizer step."""
+        step = rdrop_step(self.global_step, alpha=self.rdrop_alpha,
+                          every_k_steps=self.rdrop_every_k_steps,
+                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
+        m = self.rdrop_num_passes if step.active else 1
+        passes = concat_forward(self, args, kwargs, m).passes
+        loss_kwargs = {**self.rdrop_loss_kwargs, "consistency": self.rdrop_consistency}
+        if m == 1:
+            return single_pass_loss(passes[0], target, **loss_kwargs)
+        return multi_pass_rdrop_loss(passes, target, alpha=step.alpha, **loss_kwargs)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """R-Drop on the batch; logs the loss and its parts, returns the loss."""
+        args, kwargs, target = self.rdrop_batch(batch)
+        out = self.rdrop_loss(*args, target=target, **kwargs)
+        step = rdrop_step(self.global_step, alpha=self.rdrop_alpha,
+                          every_k_steps=self.rdrop_every_k_steps,
+                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
+        passes = self.rdrop_num_passes if step.active else 1
+        size = target.shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
+        self.log("train/task_loss", out.task_loss, batch_size=size)
+        self.log("train/consistency_loss", out.consistency_loss, batch_size=size)
+        self.log("train/task_loss_per_pass", out.task_loss / passes, batch_size=size)
+        self.log("train/rdrop_alpha", step.alpha, batch_size=size)
+        return out.loss

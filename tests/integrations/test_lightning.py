@@ -1,0 +1,104 @@
+"""RDropLightningModule: accumulation-correct (the accumulated gradient is the full batch's), the
+step schedule of rdrop_step by optimizer step, the loss parts logged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pl = pytest.importorskip("pytorch_lightning")
+
+from tiny_models import KeyedDropout  # noqa: E402
+from torch import nn  # noqa: E402
+
+from rdrop.functional import rdrop_loss  # noqa: E402
+from rdrop.integrations.lightning import RDropLightningModule  # noqa: E402
+from rdrop.schedule import rdrop_step  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+class KeyedNet(RDropLightningModule):
+    """x (B, 4) -> logits (B, 3) through a dropout whose masks depend only on (sample, pass)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        torch.manual_seed(0)
+        self.inp = nn.Linear(4, 8)
+        self.drop = KeyedDropout(0.3)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x, sample_id):
+        return self.out(self.drop(torch.tanh(self.inp(x)), sample_id))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def data(n: int = 8) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"x": torch.randn(4, generator=g), "sample_id": torch.tensor(i),
+             "labels": torch.tensor(i % 3)} for i in range(n)]
+
+
+class Recorder(pl.Callback):
+    def __init__(self) -> None:
+        self.grads: list[dict[str, torch.Tensor]] = []
+        self.logged: list[dict[str, float]] = []
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.grads.append({n: p.grad.clone() for n, p in module.named_parameters()})
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+def fit(module, rows, batch_size: int, accumulate: int, max_steps: int) -> Recorder:
+    rec = Recorder()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=max_steps,
+                         accumulate_grad_batches=accumulate, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[rec])
+    loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=False)
+    trainer.fit(module, loader)
+    return rec
+
+
+def test_accumulated_gradient_equals_full_batch_gradient():
+    rows = data(4)
+    rec = fit(KeyedNet(alpha=0.7), rows, batch_size=2, accumulate=2, max_steps=1)
+    (grads,) = rec.grads
+    ref = KeyedNet(alpha=0.7)  # the same weights; one forward over the full batch, [x; x]
+    x = torch.stack([r["x"] for r in rows])
+    ids = torch.stack([r["sample_id"] for r in rows])
+    y = torch.stack([r["labels"] for r in rows])
+    logits = ref(torch.cat([x, x]), torch.cat([ids, ids]))
+    out = rdrop_loss(logits[:4], logits[4:], y, alpha=0.7)
+    out.loss.backward()
+    assert out.consistency_loss > 0
+    diff = max((grads[n] - p.grad).abs().max().item() for n, p in ref.named_parameters())
+    assert diff < 1e-6, diff
+
+
+def test_schedule_is_rdrop_step_of_the_optimizer_step():
+    module = KeyedNet(alpha=2.0, every_k_steps=2, alpha_warmup_steps=3)
+    rec = fit(module, data(12), batch_size=2, accumulate=2, max_steps=3)
+    rows = [len(ids) for ids in module.drop.seen]
+    decisions = [rdrop_step(s, alpha=2.0, every_k_steps=2, alpha_warmup_steps=3)
+                 for s in range(3) for _ in range(2)]
+    assert rows == [4 if d.active else 2 for d in decisions] == [4, 4, 2, 2, 4, 4]
+    for logged, d in zip(rec.logged, decisions, strict=True):
+        assert logged["train/rdrop_alpha"] == pytest.approx(d.alpha)
+        assert logged["train/loss"] == pytest.approx(
+            logged["train/task_loss"] + d.alpha * logged["train/consistency_loss"], rel=1e-6)
+        passes = 2 if d.active else 1
+        assert logged["train/task_loss_per_pass"] == pytest.approx(
+            logged["train/task_loss"] / passes, rel=1e-6)
+    assert rec.logged[0]["train/rdrop_alpha"] == pytest.approx(2.0 / 3)
+
+
+def test_invalid_hyperparameters_name_the_argument():
+    with pytest.raises(ValueError, match="every_k_steps"):
+        KeyedNet(every_k_steps=0)
+    with pytest.raises(ValueError, match="alpha"):
+        KeyedNet(alpha=-1.0)
