@@ -472,9 +472,10 @@ def concat_forward(
 ) -> ConcatForward:
     """One forward over ``copies`` concatenated copies of the inputs, split into the passes.
 
-    The one concat-mode forward of rdrop: :class:`rdrop.RDrop` and the Hugging Face trainers
-    call it. Inputs are duplicated by :func:`concat_inputs` (packed batches included) and the
-    logits are split by :meth:`ConcatLayout.split`, which checks the duplicated dimension.
+    The concat-mode forward in one call: inputs duplicated by :func:`concat_inputs` (packed
+    batches included), logits split by :meth:`ConcatLayout.split`, which checks the duplicated
+    dimension. :class:`rdrop.RDrop` and the Hugging Face trainers use these two steps (with
+    their own checks between them); call this for a custom loop.
 
     Args:
         model: the model (or any callable) to run once.
