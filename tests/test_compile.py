@@ -71,3 +71,15 @@ def test_compiling_the_inner_model_compiles_one_graph_per_shape():
                     check_inputs=False)
     _train(wrapped, wrapped)
     assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
+
+
+@pytest.mark.parametrize("kwargs", [{"stop_gradient": True}, {"mode": "twice"}])
+def test_other_paths_compile_through_autograd_without_recompiles(kwargs):
+    # aot_eager also traces the backward, as inductor does, without generating code.
+    wrapped = RDrop(_net(), alpha=1.0, every_k_steps=2, check_finite=False, **kwargs)
+    graphs: list[int] = []
+    losses = _train(torch.compile(wrapped, backend="aot_eager"), wrapped, graphs=graphs)
+    assert graphs[3:] == [graphs[3]] * 9, graphs
+    torch._dynamo.reset()
+    eager = RDrop(_net(), alpha=1.0, every_k_steps=2, check_finite=False, **kwargs)
+    torch.testing.assert_close(losses, _train(eager, eager), rtol=1e-5, atol=1e-6)
