@@ -60,14 +60,22 @@ class RDrop(nn.Module):
         \mathcal{L}_{sg} = CE(P^1, y) + \alpha_s \cdot \tfrac12\big(KL(P^1\|\bar P^2)
             + KL(\bar P^2\|P^1)\big), \qquad \bar P^2 = \mathrm{sg}(P^2)
 
-    with the same per-row normalization. Its gradient differs from full R-Drop's in three ways:
-    only pass 1 receives gradient (full R-Drop also back-propagates the KL into pass 2); the CE of
-    pass 2 is dropped, so the task term has weight 1, not 2 (at the same learning rate the CE
-    gradient is half of full R-Drop's, and alpha weighs the KL twice as much relative to it);
-    and the KL gradient reaches the parameters through one pass only. The two passes are
-    always two forwards (``mode`` is ignored); the no-grad one keeps no activation graph, so a
-    step costs about 1.33x a single-pass step (forward + backward + one forward) instead of 2x,
-    with the memory of one pass's activations.
+    with the same per-row normalization. Its gradient differs from full R-Drop's: only pass 1
+    receives gradient,
+
+    .. math::
+        \nabla_\theta \mathcal{L}_{sg} = \nabla_\theta CE(P^1, y)
+            + \alpha_s \frac{\partial D_{sym}(P^1, \bar P^2)}{\partial P^1}
+              \nabla_\theta P^1,
+
+    whereas full R-Drop adds :math:`\nabla_\theta CE(P^2, y)` and the KL's gradient through
+    pass 2. So the CE of pass 2 is dropped (task weight 1, not 2), and the KL reaches the
+    parameters through one pass, not two. Both halve in expectation (the passes are
+    exchangeable), so the balance between CE and KL at a given alpha is kept and the whole
+    gradient is about half of full R-Drop's (under SGD like a halved learning rate; Adam is
+    insensitive to the scale). The two passes are always two forwards (``mode`` is ignored);
+    the no-grad one keeps no activation graph, so a step costs about 1.33x a single-pass step
+    (forward + backward + one forward) instead of 2x, with the activation memory of one pass.
 
     **Which step** (``every_k_steps``, ``alpha_warmup_steps``): the decision is
     :func:`rdrop.schedule.rdrop_step` of the *optimizer* step, so every micro-batch of one
