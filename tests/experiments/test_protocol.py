@@ -196,7 +196,8 @@ def test_alpha0_arm_is_two_cross_entropies_without_the_kl_term():
 
 
 # ----------------------------------------------------------- every family's quick protocol run
-@pytest.mark.parametrize("family", ["image", "language-modeling"])
+@pytest.mark.parametrize("family", ["image", "language-modeling", "text-classification",
+                                    "translation", "summarization"])
 def test_quick_protocol_run_writes_best_valid_records(family, tmp_path):
     pytest.importorskip("tokenizers")
     from rdrop_experiments import get_experiment, run_experiment

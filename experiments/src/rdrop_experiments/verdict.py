@@ -285,7 +285,7 @@ def plot_compute(v: FamilyVerdict, path: Path) -> None:
         stops = [float(field(r, "sample_passes")) for r in runs]
         ax.plot(stops, [ys[xs.index(s)] if s in xs else math.nan for s in stops], "|",
                 color=line.get_color(), markersize=12)
-    unit = " (x100)" if v.scale == 100 else ""
+    unit = " (%)" if v.scale == 100 else ""
     ax.set_xlabel("training sample passes (forward+backward of one sample = 1; "
                   "R-Drop step over B = 2B)", fontsize=8)
     better = "higher" if v.higher_is_better else "lower"
@@ -311,6 +311,10 @@ def verdict_report(records: Sequence[dict[str, Any]], out: str | Path, *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     text = verdict_markdown(verdicts)
+    if all(r.get("variant") == "quick" for r in records if is_protocol_record(r)):
+        text = text.replace("## Second protocol: verdict\n", "## Second protocol: verdict\n\n"
+                            "**Quick smoke runs**: they check that the pipeline runs end to "
+                            "end; they are too short to be evidence.\n", 1)
     if plots:
         for v in verdicts:
             plot_compute(v, out / "plots" / f"compute-{v.experiment}.png")
