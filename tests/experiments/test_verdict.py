@@ -108,22 +108,3 @@ def test_report_writes_markdown_csv_and_a_plot(tmp_path):
     assert (tmp_path / "verdict.csv").read_text().count("\n") == 1 + 4
     assert (tmp_path / "plots" / "compute-fam.png").stat().st_size > 1000
 
-
-def test_rdrop_report_shows_the_verdict_and_leaves_first_protocol_records_as_history(tmp_path):
-    pytest.importorskip("matplotlib")
-    import json
-
-    from rdrop_experiments.report import build_report
-
-    old = {"experiment": "fam", "method": "baseline", "seed": 0, "setting": "default",
-           "metric": "accuracy", "value": 0.5, "higher_is_better": True, "curves": [],
-           "config": {}, "extra": {}}
-    (tmp_path / "protocol1").mkdir()
-    (tmp_path / "protocol1" / "old.json").write_text(json.dumps(old))
-    for i, rec in enumerate(_family()):
-        rec["config"] = {}
-        (tmp_path / f"r{i}.json").write_text(json.dumps(rec))
-    text = build_report(tmp_path, plots=False)
-    assert text.startswith("## Second protocol: verdict")
-    assert (tmp_path / "summary.md").read_text() == text
-    assert "protocol1" not in text

@@ -392,14 +392,6 @@ def build_report(
         left_out = len(quick)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
-    # Second-protocol records (selection "best_valid") get their own report (verdict.md/.csv);
-    # where there are any, first-protocol records beside them (results/protocol1) are history.
-    from rdrop_experiments.verdict import verdict_report
-
-    verdict = verdict_report(records, out, plots=plots)
-    if verdict:
-        (out / "summary.md").write_text(verdict)
-        return verdict
     groups = group_results(records)
     rows = _rows(groups)
     with open(out / "summary.csv", "w", newline="") as f:
