@@ -58,3 +58,15 @@ bench: install-dev
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info experiments/src/*.egg-info .pytest_cache .ruff_cache
+
+# The fine-tuning stacks (TRL, PEFT, Lightning, DeepSpeed; about 20 s and 65 MB from a local
+# index) and their tests. DeepSpeed's first CPU run JIT-builds its shared-memory op (minutes).
+.PHONY: install-stacks test-stacks
+install-stacks: install-dev
+	@echo "setup: pip install -e '.[stacks]' (trl, peft, pytorch-lightning, deepspeed)"
+	$(PIP) install -q --progress-bar off --no-build-isolation -e ".[stacks]" "$(TORCH_PIN)"
+
+test-stacks: install-stacks
+	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests/integrations/test_trl.py \
+		tests/integrations/test_lightning.py tests/integrations/test_deepspeed.py
+	$(PY) -m pytest -q tests/test_examples.py -k "trl or peft or timm or lightning"

@@ -32,7 +32,7 @@ class KeyedDropout(nn.Dropout):
             self.times_seen[sid] = k + 1
             g = torch.Generator().manual_seed(1000 * int(sid) + k)
             masks.append(torch.rand(h.shape[1:], generator=g) >= self.p)
-        mask = torch.stack(masks).to(h.dtype)
+        mask = torch.stack(masks).to(device=h.device, dtype=h.dtype)
         return h * mask / (1 - self.p)
 
 
