@@ -378,7 +378,8 @@ def test_model_returning_loss_and_logits_gets_advice_that_works(mode):
     [
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"chunk_size": True}, TypeError, "chunk_size"),
-        ({"chunk_size": 64, "num_passes": 3}, ValueError, "chunk_size supports num_passes=2"),
+        ({"chunk_size": 64, "num_passes": 3}, ValueError, "chunk_size supports two passes"),
+        ({"consistency": "mse", "label_smoothing": 0.1}, ValueError, "label_smoothing"),
         ({"label_smoothing": None}, TypeError, "label_smoothing"),
         ({"ignore_index": None}, TypeError, "ignore_index"),
         ({"stop_gradient": 1}, TypeError, "stop_gradient must be a bool"),

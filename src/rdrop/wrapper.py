@@ -15,6 +15,7 @@ from rdrop.argchecks import (
     check_consistency,
     check_ignore_index,
     check_label_smoothing,
+    check_loss_combination,
     check_positive_int,
     check_reduction,
 )
@@ -196,13 +197,9 @@ class RDrop(nn.Module):
         self.label_smoothing = check_label_smoothing(label_smoothing)
         self.reduction = check_reduction(reduction)
         self.chunk_size = check_chunk_size(chunk_size)
-        if self.chunk_size is not None and (
-            self.num_passes != 2 or self.consistency != "kl" or self.reduction == "none"
-        ):
-            raise ValueError(
-                "chunk_size supports num_passes=2, consistency='kl' and reduction 'mean' or "
-                "'sum'; use chunk_size=None for the other settings."
-            )
+        check_loss_combination(consistency=self.consistency, reduction=self.reduction,
+                               label_smoothing=self.label_smoothing, chunk_size=self.chunk_size,
+                               num_passes=self.num_passes)
         for name, flag in (("stop_gradient", stop_gradient), ("check_finite", check_finite),
                            ("check_inputs", check_inputs)):
             if not isinstance(flag, bool):
