@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from rdrop.functional import rdrop_loss, symmetric_kl
+from rdrop.functional import rdrop_loss, single_pass_loss, symmetric_kl
 
 from reference import js_by_hand, reference_js_rows, reference_rdrop_loss
 
@@ -181,3 +181,59 @@ def test_plus_inf_logit_says_so():
     a = torch.tensor([[1.0, 0.0, math.inf]])
     with pytest.raises(FloatingPointError, match=r"\+inf in the logits of pass 1"):
         rdrop_loss(a, torch.zeros(1, 3), torch.tensor([0]), alpha=1.0)
+
+
+# ------------------------------ padding rows: a NaN gradient there is an error, not a silent NaN
+def _padded(seed=5):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    return a, b, torch.tensor([0, 3, -100, 1, -100])
+
+
+@pytest.mark.parametrize("consistency", ["kl", "js"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("bad", ["nan", "+inf", "all -inf"])
+def test_non_finite_logits_in_ignored_rows_are_an_error(consistency, label_smoothing, bad):
+    # A fully masked attention row can give NaN logits at a padding position. Its loss is 0, so
+    # the loss is finite; but its gradient is NaN (F.cross_entropy's too) and reaches the weights.
+    a, b, y = _padded()
+    a_bad = a.clone()
+    a_bad[2] = {"nan": math.nan, "+inf": math.inf, "all -inf": -math.inf}[bad]
+    kw = {"alpha": 1.0, "consistency": consistency, "label_smoothing": label_smoothing}
+    with pytest.raises(FloatingPointError, match=r"1 row\(s\) that do not count .* gradient "
+                                                 r"would be NaN"):
+        rdrop_loss(a_bad, b, y, **kw)
+    with pytest.raises(FloatingPointError, match="do not count"):
+        single_pass_loss(a_bad, y, label_smoothing=label_smoothing)
+    # check_finite=False: the value is still that of the counted rows alone.
+    out = rdrop_loss(a_bad, b, y, check_finite=False, **kw)
+    counted = [0, 1, 3]
+    ref = reference_rdrop_loss([a[counted], b[counted]], y[counted], **kw)
+    torch.testing.assert_close(out.loss, ref["loss"], rtol=1e-12, atol=1e-12)
+
+
+def test_minus_inf_in_ignored_rows_is_fine_where_the_gradient_is():
+    # A class masked in both passes, or class 0 masked (the index read at ignored rows), or (JS)
+    # a class masked in one pass: finite gradients, no error.
+    a, b, y = _padded()
+    a[2, 0] = b[2, 0] = -math.inf
+    a[4, 1] = -math.inf
+    a.requires_grad_(True)
+    for kw in ({"consistency": "js"}, {"consistency": "js", "label_smoothing": 0.1}):
+        (ga,) = _grads(rdrop_loss(a, b, y, alpha=1.0, **kw).loss, [a])
+        assert bool(torch.isfinite(ga).all()) and float(ga[[2, 4]].abs().sum()) == 0.0
+    b2 = b.clone()
+    b2[4, 1] = -math.inf  # now masked in both passes: fine for KL too
+    (ga,) = _grads(rdrop_loss(a, b2, y, alpha=1.0).loss, [a])
+    assert bool(torch.isfinite(ga).all()) and float(ga[[2, 4]].abs().sum()) == 0.0
+    with pytest.raises(FloatingPointError, match="masked with -inf in one pass only"):
+        rdrop_loss(a, b, y, alpha=1.0)  # KL: row 4 masked in pass 1 only -> NaN gradient
+
+
+def test_nan_in_counted_rows_still_says_nan_in_the_logits():
+    a, b, y = _padded()
+    a[0, 1] = math.nan
+    a[2] = math.nan
+    with pytest.raises(FloatingPointError, match="NaN in the logits of pass 1"):
+        rdrop_loss(a, b, y, alpha=1.0)

@@ -167,6 +167,13 @@ class _Targets:
         self.raw = target
         self.ignore_index = ignore_index
         self.num_classes = num_classes
+        self.check = check
+        self.padding_bad: Tensor | None = None
+
+    def note_padding(self, bad_rows: Tensor) -> None:
+        """Flag rows that do not count but whose gradient would be NaN (checked in the sync)."""
+        if self.check:
+            self.padding_bad = bad_rows & ~self.keep
 
 
 # ---------------------------------------------------------------------------------- math helpers
@@ -223,11 +230,17 @@ def _js_rows(logp1: Tensor, logp2: Tensor) -> Tensor:
     return 0.5 * (kl_to_m(logp1) + kl_to_m(logp2))
 
 
-def _ce_rows(logp: Tensor, targets: _Targets, label_smoothing: float) -> Tensor:
-    """Label-smoothed CE per row (PyTorch's definition); 0 where the row does not count."""
+def _nll_rows(logp: Tensor, targets: _Targets, label_smoothing: float) -> Tensor:
+    """Label-smoothed CE per row (PyTorch's definition), at every row (class 0 where ignored)."""
     nll = -logp.gather(-1, targets.index.unsqueeze(-1)).squeeze(-1)
     if label_smoothing > 0:
         nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
+    return nll
+
+
+def _ce_rows(logp: Tensor, targets: _Targets, label_smoothing: float) -> Tensor:
+    """Label-smoothed CE per row; 0 where the row does not count."""
+    nll = _nll_rows(logp, targets, label_smoothing)
     return torch.where(targets.keep, nll, torch.zeros_like(nll))
 
 
@@ -323,10 +336,13 @@ def _check_result(
     if targets is not None and targets.bad is not None:
         good = ~targets.bad.any()
         ok = good if ok is None else ok & good.to(ok.device)
+    if targets is not None and targets.padding_bad is not None:
+        good = ~targets.padding_bad.any()
+        ok = good if ok is None else ok & good.to(ok.device)
     if ok is None or bool(ok):
         return
-    _raise_diagnosis(inputs, denom=denom, targets=targets, label_smoothing=label_smoothing,
-                     values=values)
+    _raise_diagnosis(loss, inputs, denom=denom, targets=targets,
+                     label_smoothing=label_smoothing, values=values)
 
 
 def _raise_if_not_finite(loss: Tensor, inputs: Sequence[Tensor]) -> None:
@@ -335,6 +351,7 @@ def _raise_if_not_finite(loss: Tensor, inputs: Sequence[Tensor]) -> None:
 
 
 def _raise_diagnosis(
+    loss: Tensor | None,
     inputs: Sequence[Tensor],
     *,
     denom: Tensor | float,
@@ -356,6 +373,17 @@ def _raise_diagnosis(
             f"min {int(found.min())}, max {int(found.max())} ({found.numel()} rows). Targets must "
             f"be class indices below the number of classes (logits.shape[-1]); padding rows must "
             f"equal ignore_index={targets.ignore_index} (set ignore_index to your padding value)."
+        )
+    loss_finite = loss is None or bool(torch.isfinite(loss.detach()).all())
+    padding_bad = targets.padding_bad if targets is not None else None
+    if loss_finite and padding_bad is not None and bool(padding_bad.any()):
+        n = int(padding_bad.sum())
+        raise FloatingPointError(
+            f"R-Drop loss is finite, but {n} row(s) that do not count (target == ignore_index) "
+            "hold NaN or +inf logits (or, for 'kl', a class masked with "
+            "-inf in one pass only): their loss is 0 but their gradient would be NaN (as with "
+            "F.cross_entropy), and would reach the weights. Fix the model's output at padding "
+            "positions (e.g. a fully masked attention row), or pass check_finite=False."
         )
     detached = [t.detach() for t in inputs]
     nan = [f"pass {i + 1}" for i, t in enumerate(detached) if bool(torch.isnan(t).any())]
@@ -452,24 +480,24 @@ def symmetric_kl(
     """
     _check_pair(logits1, logits2)
     check_reduction(reduction)
-    rows = _sym_kl_rows(_log_probs(logits1), _log_probs(logits2))
+    row_shape = tuple(logits1.shape[:-1])
     if mask is None:
-        keep = torch.ones_like(rows, dtype=torch.bool)
-    else:
-        if tuple(mask.shape) != tuple(rows.shape):
-            raise ValueError(
-                f"mask shape {tuple(mask.shape)} must equal logits.shape[:-1] = "
-                f"{tuple(rows.shape)}."
-            )
-        if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
-            raise TypeError(
-                "mask must be a bool (or 0/1 integer) tensor marking the rows that count, got "
-                f"{getattr(mask, 'dtype', type(mask).__name__)}. For per-row weights, multiply "
-                "the values of reduction='none' instead."
-            )
-        keep = mask.to(device=rows.device, dtype=torch.bool)
-        rows = torch.where(keep, rows, torch.zeros_like(rows))
-    return _reduce(rows, reduction, _mean_denom(keep, None))
+        rows = _sym_kl_rows(_log_probs(logits1), _log_probs(logits2))
+        return _reduce(rows, reduction, float(max(rows.numel(), 1)))
+    if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
+        raise TypeError(
+            "mask must be a bool (or 0/1 integer) tensor marking the rows that count, got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)}. For per-row weights, multiply "
+            "the values of reduction='none' instead."
+        )
+    if tuple(mask.shape) != row_shape:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal logits.shape[:-1] = {row_shape}."
+        )
+    keep = mask.to(device=logits1.device, dtype=torch.bool)
+    rows = _sym_kl_rows(_log_probs(logits1), _log_probs(logits2))
+    rows = torch.where(keep, rows, torch.zeros_like(rows))
+    return _reduce(rows, reduction, mean_denominator(keep, None))
 
 
 def rdrop_loss(
@@ -526,10 +554,12 @@ def rdrop_loss(
             rows with a memory-lean autograd function: same values and gradients, no full
             ``(N, V)`` float32 intermediates. Worth it for large vocabularies.
         check_finite: one fused device sync per call that raises if the reduced loss is NaN/inf,
-            a counted target is outside ``[0, C)``, or a tensor ``num_items_in_batch`` is
-            ``< 1``; the error says which (and why: NaN logits, a ``-inf`` logit with label
-            smoothing, a ``-inf`` target class...). ``False`` skips it: no sync, an
-            out-of-range target then fails in PyTorch's own index check.
+            a counted target is outside ``[0, C)``, a tensor ``num_items_in_batch`` is ``< 1``,
+            or an ignored row's logits would give a NaN gradient (NaN/+inf logits at padding:
+            its loss is 0, but the NaN would reach the weights); the error says which (and why:
+            NaN logits, a ``-inf`` logit with label smoothing, a ``-inf`` target class...).
+            ``False`` skips it: no sync, an out-of-range target then fails in PyTorch's own
+            index check. The check runs on per-row values only, so it costs no extra pass.
 
     Returns:
         :class:`RDropOutput` with ``loss = task_loss + alpha * consistency_loss``.
@@ -541,7 +571,8 @@ def rdrop_loss(
             ``label_smoothing`` outside ``[0, 1)``, bad ``chunk_size``, ``num_items_in_batch <
             1``, a counted target outside ``[0, C)``, an infinite loss from ``-inf`` logits (with
             label smoothing, at the target class, or in one pass only).
-        FloatingPointError: the loss is not finite (NaN or +inf logits, divergence).
+        FloatingPointError: the loss is not finite (NaN or +inf logits, divergence), or an
+            ignored row would give NaN gradients.
 
     Example:
         >>> import torch
@@ -641,6 +672,9 @@ def multi_pass_rdrop_loss(
     pair_fn = _sym_kl_rows if consistency == "kl" else _js_rows
     pairs = list(itertools.combinations(range(len(logps)), 2))
     cons_rows = sum(pair_fn(logps[a], logps[b]) for a, b in pairs) / len(pairs)
+    # Not finite at a row that does not count: NaN/+inf logits there, or (KL) a class masked in
+    # one pass only. Its loss is masked to 0 below, but its gradient would be NaN.
+    targets.note_padding(~torch.isfinite(cons_rows))
     cons_rows = torch.where(targets.keep, cons_rows, torch.zeros_like(cons_rows))
     return _finish(task_rows, cons_rows, alpha=alpha, reduction=reduction, denom=denom,
                    check_finite=check_finite, inputs=passes, targets=targets,
@@ -766,7 +800,10 @@ def single_pass_loss(
         _check_class_target(logits, target)
         targets = _Targets(target, logits.shape[-1], ignore_index, check=check_finite)
         denom = mean_denominator(targets.keep, num_items_in_batch) if reduction == "mean" else 1.0
-        rows = _ce_rows(_log_probs(logits), targets, label_smoothing)
+        nll = _nll_rows(_log_probs(logits), targets, label_smoothing)
+        # NaN only from a row of NaN/+inf/all -inf logits (a masked class 0 gives +inf, harmless).
+        targets.note_padding(torch.isnan(nll))
+        rows = torch.where(targets.keep, nll, torch.zeros_like(nll))
         task = _reduce(rows, reduction, denom)
         if check_finite:
             _check_result(task if reduction != "none" else None, [logits], denom=denom,
