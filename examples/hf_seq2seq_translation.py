@@ -1,10 +1,13 @@
 """R-Drop with the Hugging Face Seq2SeqTrainer: a tiny random-init BART-style translator.
 
-The "language pair" is synthetic (the target is the source reversed, every token shifted by one),
-so it runs offline in seconds; swap in your tokenized WMT/IWSLT data and a real checkpoint for the
-real thing. Lines tagged ``# [rdrop]`` are the whole change.
+The "language pair" is synthetic (each target token is the source token shifted by one), so it
+runs offline in about half a minute and learns it; swap in your tokenized WMT/IWSLT data and a
+real checkpoint for the real thing. Lines tagged ``# [rdrop]`` are the whole change.
 
-    python examples/hf_seq2seq_translation.py --steps 100
+    python examples/hf_seq2seq_translation.py --steps 150
+
+The logged ``loss`` sums both passes' cross-entropy (plus alpha times the consistency), so it is
+about twice ``eval_loss``; ``task_loss_per_pass`` is the number to compare with ``eval_loss``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def make_pairs(n: int, seed: int) -> list[dict]:
     for _ in range(n):
         length = int(torch.randint(3, 9, (), generator=g))
         src = torch.randint(FIRST, VOCAB - 1, (length,), generator=g).tolist()
-        tgt = [t + 1 for t in reversed(src)]
+        tgt = [t + 1 for t in src]
         rows.append({"input_ids": [*src, EOS], "labels": [*tgt, EOS]})
     return rows
 
@@ -50,7 +53,7 @@ def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--alpha", type=float, default=5.0)
     parser.add_argument("--output-dir", default=None)
     args = parser.parse_args()
@@ -59,9 +62,10 @@ def main() -> None:
     config = BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
                         encoder_attention_heads=2, decoder_attention_heads=2,
                         encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32,
-                        dropout=0.1, attention_dropout=0.1, pad_token_id=PAD,
+                        dropout=0.1, attention_dropout=0.0, pad_token_id=PAD,
                         bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=EOS,
-                        forced_eos_token_id=None)
+                        forced_eos_token_id=None,
+                        init_std=0.1)  # a larger init than BART's 0.02 trains a tiny model fast
     model = BartForConditionalGeneration(config)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,6 +75,7 @@ def main() -> None:
             per_device_train_batch_size=16,
             per_device_eval_batch_size=32,
             learning_rate=3e-3,
+            lr_scheduler_type="constant",
             label_smoothing_factor=0.1,  # applied to R-Drop's CE terms, once
             logging_steps=max(args.steps // 4, 1),
             save_strategy="no",
@@ -86,16 +91,20 @@ def main() -> None:
         trainer.train()
         for log in trainer.state.log_history:
             if "loss" in log:
-                print(f"step {log['step']}: loss {log['loss']:.4f} task {log['task_loss']:.4f} "
-                      f"consistency {log['consistency_loss']:.5f}")
-        out = trainer.predict(make_pairs(64, 1))  # generation: one pass, dropout off
-        preds = out.predictions
+                print(f"step {log['step']}: loss {log['loss']:.4f} = task {log['task_loss']:.4f} "
+                      f"+ {args.alpha} * consistency {log['consistency_loss']:.5f}; "
+                      f"per pass {log['task_loss_per_pass']:.4f}")
+        eval_pairs = make_pairs(64, 1)
+        out = trainer.predict(eval_pairs)  # generation: one pass, dropout off
         exact = 0
-        for pred, row in zip(preds, make_pairs(64, 1), strict=True):
+        for pred, row in zip(out.predictions, eval_pairs, strict=True):
             tokens = [int(t) for t in pred if t not in (BOS, PAD, EOS) and t >= 0]
             exact += tokens == row["labels"][:-1]
-        print(f"eval loss {out.metrics['test_loss']:.4f}, exact-match {exact}/{len(preds)}")
-
+        print(f"eval_loss {out.metrics['test_loss']:.4f} (one pass, dropout off: compare with "
+              f"per pass), greedy translations exactly right: {exact}/{len(eval_pairs)}")
+        src, pred = eval_pairs[0]["input_ids"][:-1], out.predictions[0]
+        print(f"example: source {src} -> {[int(t) for t in pred if t not in (BOS, PAD, EOS)]} "
+              f"(reference {eval_pairs[0]['labels'][:-1]})")
 
 if __name__ == "__main__":
     main()

@@ -70,11 +70,14 @@ def main() -> None:
                           eval_dataset=make_data(256, 1), compute_metrics=accuracy)
         trainer.train()
         for log in trainer.state.log_history:
-            if "loss" in log:  # task_loss and consistency_loss are logged next to loss
+            if "loss" in log:  # the parts are logged next to loss
                 print(f"step {log['step']}: loss {log['loss']:.4f} task {log['task_loss']:.4f} "
-                      f"consistency {log['consistency_loss']:.5f}")
+                      f"consistency {log['consistency_loss']:.5f} "
+                      f"per pass {log['task_loss_per_pass']:.4f}")
         metrics = trainer.evaluate()  # one pass, dropout off: unchanged by R-Drop
-        print(f"eval loss {metrics['eval_loss']:.4f} accuracy {metrics['eval_accuracy']:.3f}")
+        # loss sums both passes' cross-entropy; eval_loss is one pass's, like task_loss_per_pass.
+        print(f"eval loss {metrics['eval_loss']:.4f} (one pass: compare with per pass) "
+              f"accuracy {metrics['eval_accuracy']:.3f}")
 
 
 if __name__ == "__main__":
