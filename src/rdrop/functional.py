@@ -532,8 +532,9 @@ def rdrop_loss(
           a class is ``-inf`` in one or both passes.
         * ``"mse"``: regression heads. ``logits`` are predictions ``(N,)`` or ``(N, D)`` and
           ``target`` real values of the same shape; task = MSE(p1, y) + MSE(p2, y) and
-          consistency = MSE(p1, p2) per row (mean over ``D``); ``ignore_index`` and
-          ``label_smoothing`` do not apply.
+          consistency = MSE(p1, p2) per row (mean over ``D``); ``ignore_index`` does not
+          apply and ``label_smoothing`` must be 0. A row is one sample, so
+          ``num_items_in_batch`` counts samples (``N``), not values (``N * D``).
 
     Args:
         logits1: first pass, ``(N, C)`` or ``(B, T, V)`` (classes last), any floating dtype.
