@@ -163,3 +163,17 @@ def test_no_dropout_warning_for_a_plain_module():
     assert message is not None and message.startswith("RDropTrainer: the model has no dropout")
     assert "nn.Dropout" in message
 
+
+
+def test_no_dropout_warning_for_peft_names_lora_dropout(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_bert(dropout=0.0), peft.LoraConfig(
+        r=2, lora_dropout=0.0, target_modules=["query", "value"]))
+    with pytest.warns(UserWarning, match=r"LoraConfig\(lora_dropout=") as record:
+        RDropTrainer(model=model, args=make_args(tmp_path))
+    assert "hidden_dropout_prob" not in str(record[0].message)
+    with warnings.catch_warnings():  # the adapters' dropout counts
+        warnings.simplefilter("error", UserWarning)
+        model = peft.get_peft_model(tiny_bert(dropout=0.0), peft.LoraConfig(
+            r=2, lora_dropout=0.1, target_modules=["query", "value"]))
+        RDropTrainer(model=model, args=make_args(tmp_path))
