@@ -15,7 +15,7 @@ from rdrop.functional import (
     symmetric_kl,
 )
 
-from reference import reference_rdrop_loss
+from reference import reference_mse_rdrop_loss, reference_rdrop_loss
 
 
 def _make(n=6, c=4, seed=0, dtype=torch.float32):
@@ -276,3 +276,14 @@ def test_compute_dtype_is_the_loss_dtype(dtype, expected):
     a, b, y = _make(dtype=dtype)
     assert compute_dtype(dtype) == expected
     assert rdrop_loss(a, b, y, alpha=1.0).loss.dtype == expected
+
+
+def test_mse_num_items_in_batch_counts_samples_not_values():
+    g = torch.Generator().manual_seed(4)
+    p1, p2, t = (torch.randn(6, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    local = rdrop_loss(p1, p2, t, alpha=1.0, consistency="mse")
+    torch.testing.assert_close(
+        rdrop_loss(p1, p2, t, alpha=1.0, consistency="mse", num_items_in_batch=6).loss,
+        local.loss, rtol=1e-12, atol=0)
+    ref = reference_mse_rdrop_loss(p1, p2, t, alpha=1.0)
+    torch.testing.assert_close(local.loss, ref["loss"], rtol=1e-12, atol=1e-12)
