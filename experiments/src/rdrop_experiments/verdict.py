@@ -228,7 +228,9 @@ def _rows(v: FamilyVerdict) -> list[dict[str, Any]]:
                      "seeds": s.n, "test_mean": s.mean, "test_std": s.std,
                      "compute_to_best_x": v.compute_to_best[m],
                      "stopped_on_patience": sum(field(r, "stop_reason") == "patience"
-                                                for r in arm.runs.values())})
+                                                for r in arm.runs.values()),
+                     "wall_s": summarize([float(r.get("wall_time_s", math.nan))
+                                          for r in arm.runs.values()]).mean})
     return rows
 
 
@@ -238,14 +240,14 @@ def verdict_markdown(verdicts: Sequence[FamilyVerdict]) -> str:
     lines += [f"- {verdict_line(v)}" for v in verdicts]
     lines += ["", "### Arms (each chosen on validation)", "",
               "| family | arm | chosen | mean best-valid per grid point | seeds | test at best "
-              "valid, mean ± sd | compute to best (x baseline) | stopped on patience |",
-              "|---|---|---|---|---|---|---|---|"]
+              "valid, mean ± sd | compute to best (x baseline) | stopped on patience | s/run |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
         for r in _rows(v):
             lines.append(f"| {r['experiment']} ({v.metric}) | {r['arm']} | {r['chosen']} | "
                          f"{r['grid_valid']} | {r['seeds']} | {_v(r['test_mean'])} ± "
                          f"{_v(r['test_std'])} | {_v(r['compute_to_best_x'])} | "
-                         f"{r['stopped_on_patience']}/{r['seeds']} |")
+                         f"{r['stopped_on_patience']}/{r['seeds']} | {r['wall_s']:.0f} |")
     lines += ["", "### Comparisons (paired by seed; 95% t interval; Holm over each family)", "",
               "| family | comparison | n | difference [95% CI] | p | Holm p |",
               "|---|---|---|---|---|---|"]
