@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -210,3 +211,26 @@ def test_non_nll_loss_type_is_refused(tmp_path):
     with pytest.raises(ValueError, match="loss_type='dft'"):
         RDropSFTTrainer(model=tiny_llama(), args=sft_args(tmp_path, loss_type="dft"),
                         train_dataset=ds, processing_class=tiny_tokenizer())
+
+
+def test_gradient_without_dropout_is_twice_plain_sfts(tmp_path):
+    """With no dropout the passes are identical, the KL and its gradient vanish, and R-Drop's
+    gradient is exactly twice plain SFT's (two CE terms; TRL's own loss as the reference), on
+    packed batches."""
+    from tiny_models import grad_recorder
+
+    grads = {}
+    for name, (trainer_cls, args_cls) in {"rdrop": (RDropSFTTrainer, RDropSFTConfig),
+                                          "plain": (SFTTrainer, SFTConfig)}.items():
+        rec = grad_recorder()
+        ds = datasets.Dataset.from_dict({"text": sft_texts(8)})
+        args = sft_args(tmp_path / name, cls=args_cls, learning_rate=0.0, packing=True,
+                        max_length=24, gradient_checkpointing=True, max_grad_norm=0.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # no dropout: the point of the test
+            trainer = trainer_cls(model=tiny_llama(dropout=0.0), args=args, train_dataset=ds,
+                                  processing_class=tiny_tokenizer(), callbacks=[rec])
+        trainer.train()
+        (grads[name],) = rec.grads
+    diff = max((grads["rdrop"][n] - 2 * g).abs().max().item() for n, g in grads["plain"].items())
+    assert diff < 1e-6, diff
