@@ -213,21 +213,17 @@ def _js_rows(logp1: Tensor, logp2: Tensor) -> Tensor:
     """Jensen-Shannon per row: 0.5 * KL(P1||M) + 0.5 * KL(P2||M), M = (P1 + P2) / 2, in log space.
 
     ``log m = logaddexp(log p1, log p2) - log 2`` stays finite when a probability underflows to
-    0 (``log(0.5 * (p1 + p2))`` would be -inf there, and its gradient NaN). A class that is -inf
-    in one pass contributes ``0 * log 0 = 0`` to that pass's term; one that is -inf in both is
-    replaced by 0 before any arithmetic, so neither value nor gradient meets ``-inf - -inf``.
+    0 (``log(0.5 * (p1 + p2))`` would be -inf there, and its gradient NaN). A -inf log-prob (a
+    masked class) is clamped to the lowest finite value first: its probability is still exactly
+    0, so it contributes ``0 * finite = 0``, and ``-inf - -inf`` never occurs, in the value or in
+    the gradient (which the clamp sends to 0 for the masked class, its true value).
     """
-    dead = torch.isneginf(logp1) & torch.isneginf(logp2)
-    logp1 = logp1.masked_fill(dead, 0.0)
-    logp2 = logp2.masked_fill(dead, 0.0)
+    lowest = torch.finfo(logp1.dtype).min
+    logp1, logp2 = logp1.clamp_min(lowest), logp2.clamp_min(lowest)
     logm = torch.logaddexp(logp1, logp2) - math.log(2.0)
-
-    def kl_to_m(logp: Tensor) -> Tensor:
-        # p * (log p - log m), with the 0 * (-inf) of a class masked in this pass read as 0.
-        gap = torch.where(torch.isneginf(logp), torch.zeros_like(logp), logp - logm)
-        return torch.where(dead, torch.zeros_like(logp), logp.exp() * gap).sum(-1)
-
-    return 0.5 * (kl_to_m(logp1) + kl_to_m(logp2))
+    kl1 = (logp1.exp() * (logp1 - logm)).sum(-1)
+    kl2 = (logp2.exp() * (logp2 - logm)).sum(-1)
+    return 0.5 * (kl1 + kl2)
 
 
 def _nll_rows(logp: Tensor, targets: _Targets, label_smoothing: float) -> Tensor:
