@@ -60,7 +60,7 @@ clean:
 	rm -rf $(VENV) build dist src/*.egg-info experiments/src/*.egg-info .pytest_cache .ruff_cache
 
 # The fine-tuning stacks (TRL, PEFT, Lightning, DeepSpeed; about 20 s and 65 MB from a local
-# index) and their tests. DeepSpeed's first CPU run JIT-builds its shared-memory op (minutes).
+# index) and their tests (a few minutes on 2 shared cores).
 .PHONY: install-stacks test-stacks
 install-stacks: install-dev
 	@echo "setup: pip install -e '.[stacks]' (trl, peft, pytorch-lightning, deepspeed)"

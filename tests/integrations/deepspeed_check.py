@@ -29,8 +29,20 @@ from tiny_models import TokenTaggerKw, tagging_data
 from rdrop.integrations.hf import RDropTrainer, RDropTrainingArguments
 
 
+def skip_cpu_shm_op() -> None:
+    """DeepSpeed JIT-compiles a shared-memory all-reduce for CPU runs on first use (minutes on a
+    fresh machine); it only speeds up communication, which one process does not need."""
+    if os.environ.get("DS_ACCELERATOR") == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        import importlib
+
+        # by sys.modules: the package deepspeed.comm also binds the name torch to torch itself
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
 def main(out_dir: str, stage: int) -> None:
     torch.set_num_threads(1)
+    if stage:
+        skip_cpu_shm_op()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     model = TokenTaggerKw(seed=0)
