@@ -25,3 +25,19 @@ def test_public_api_is_exported():
     for name in rdrop.__all__:
         assert getattr(rdrop, name) is not None
     assert rdrop.__version__
+
+
+def test_import_and_eager_training_do_not_load_the_compiler():
+    # torch._dynamo costs ~3 s to import; only torch.compile users should pay it.
+    code = (
+        "import sys, torch, rdrop\n"
+        "net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), "
+        "torch.nn.Linear(8, 3))\n"
+        "model = rdrop.RDrop(net, alpha=1.0).train()\n"
+        "model(torch.randn(5, 4), target=torch.tensor([0, 1, 2, 0, 1])).loss.backward()\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "False"

@@ -29,6 +29,17 @@ __all__ = ["RDrop"]
 MODES = ("concat", "twice")
 
 
+def _eager(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn`` outside any compiled graph (a graph break while torch.compile traces).
+
+    ``torch.compiler.disable`` imports ``torch._dynamo`` (~3 s), so it is applied only while
+    compiling, never at ``import rdrop`` or in eager training.
+    """
+    if torch.compiler.is_compiling():
+        return torch.compiler.disable(fn)(*args)
+    return fn(*args)
+
+
 class RDrop(nn.Module):
     r"""Wrap a model so that a training call runs R-Drop and returns the loss.
 
@@ -291,7 +302,6 @@ class RDrop(nn.Module):
         """Alpha at the current step, after the linear warm-up (if any); 0.0 on an off-step."""
         return self.schedule().alpha
 
-    @torch.compiler.disable
     def _next_decision(self) -> RDropStep:
         # Outside any compiled graph: the counter is a Python int, and a guard on it would
         # recompile every step.
@@ -339,7 +349,7 @@ class RDrop(nn.Module):
                 "eval mode, so dropout is off and both passes are identical. Call .train() on the "
                 "RDrop wrapper (not only on the inner model), or call it without target to predict."
             )
-        decision = self._next_decision()
+        decision = _eager(RDrop._next_decision, self)
         if not decision.active:
             return self._single_pass(args, kwargs, target, loss_kwargs)
         if self.stop_gradient:
@@ -375,7 +385,7 @@ class RDrop(nn.Module):
         if self.mode == "twice":
             return [self.logits_fn(self.model(*args, **kwargs)) for _ in range(m)]
         if not self._inputs_checked:
-            self._check_concat(args, kwargs)
+            _eager(RDrop._check_concat, self, args, kwargs)
         dup_args, dup_kwargs, layout = concat_inputs(args, kwargs, m, batched=self.batched,
                                                      unbatched=self.unbatched)
         if layout.batch_size == 1 and not layout.packed and any(
@@ -389,7 +399,6 @@ class RDrop(nn.Module):
             )
         return layout.split(self.logits_fn(self.model(*dup_args, **dup_kwargs)))
 
-    @torch.compiler.disable
     def _check_concat(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Once: in eval mode and without gradients, each copy of the duplicated batch must give
         the plain forward's logits; otherwise an input was duplicated that is not batched."""
