@@ -42,9 +42,9 @@ demo: install-demo
 	$(VENV)/bin/rdrop report --results $(DEMO_OUT)
 	@echo "demo: quick runs check the pipeline, they are not evidence. Table and plots: $(DEMO_OUT)/; measured results: results/summary.md"
 
-test: install-dev
+test: install-dev install-stacks
 	$(PY) -m ruff check $(LINT_PATHS)
-	$(PY) -m pytest -q
+	DS_ACCELERATOR=cpu $(PY) -m pytest -q
 
 # The code is hand-formatted (ruff line length 100); `ruff format --diff` shows what the
 # formatter would change, for information only.
