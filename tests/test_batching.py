@@ -130,6 +130,11 @@ class VarlenModel(nn.Module):
 
     def forward(self, input_ids, position_ids, cu_seq_lens_q, cu_seq_lens_k, max_length_q,
                 max_length_k):
+        return self.varlen(self.emb(input_ids), input_ids, position_ids, cu_seq_lens_q,
+                           cu_seq_lens_k, max_length_q, max_length_k)
+
+    def varlen(self, emb, input_ids, position_ids, cu_seq_lens_q, cu_seq_lens_k, max_length_q,
+               max_length_k):
         if input_ids.shape[0] != 1:
             raise ValueError("varlen: the batch must be flattened to one row")
         tokens = input_ids.shape[1]
@@ -142,7 +147,7 @@ class VarlenModel(nn.Module):
         expected_pos = torch.cat([torch.arange(int(n)) for n in cu_seq_lens_q.diff()])
         if not torch.equal(position_ids[0], expected_pos):
             raise ValueError("varlen: position_ids do not restart at each boundary")
-        h = self.drop(self.emb(input_ids[0]) + self.pos(position_ids[0]))
+        h = self.drop(emb[0] + self.pos(position_ids[0]))
         bounds = cu_seq_lens_q.tolist()
         segments = []
         for start, end in itertools.pairwise(bounds):
@@ -211,9 +216,78 @@ def test_rdrop_on_a_packed_batch_equals_the_reference_on_the_same_masks():
     assert out.logits.shape == (1, 9, 5) and out.consistency_loss.item() > 0
 
 
+class SeqIdxModel(VarlenModel):
+    """VarlenModel with the short causal convolution of a linear-attention layer in front: token
+    ``t`` adds token ``t - 1`` only when ``seq_idx`` says they are in the same sequence (the
+    kernel compares neighbours and nothing else, as ``causal_conv1d`` does)."""
+
+    def forward(self, input_ids, position_ids, cu_seq_lens_q, cu_seq_lens_k, max_length_q,
+                max_length_k, seq_idx):
+        h = self.emb(input_ids)
+        same = (seq_idx[:, 1:] == seq_idx[:, :-1]).unsqueeze(-1)
+        h = torch.cat([h[:, :1], h[:, 1:] + h[:, :-1] * same], dim=1)
+        return self.varlen(h, input_ids, position_ids, cu_seq_lens_q, cu_seq_lens_k,
+                           max_length_q, max_length_k)
+
+
+def _seq_idx(cu):
+    return torch.repeat_interleave(torch.arange(len(cu) - 1, dtype=torch.int32), cu.diff())[None]
+
+
+def test_seq_idx_is_laid_along_the_tokens_with_each_copy_numbered_after_the_last():
+    batch = {**_pack(), "seq_idx": _seq_idx(_pack()["cu_seq_lens_q"])}
+    assert batch["seq_idx"].tolist() == [[0, 0, 0, 1, 1, 1, 1, 2, 2]]
+    kw = concat_inputs((), batch, 3)[1]
+    assert kw["seq_idx"].tolist() == [[0, 0, 0, 1, 1, 1, 1, 2, 2,
+                                       3, 3, 3, 4, 4, 4, 4, 5, 5,
+                                       6, 6, 6, 7, 7, 7, 7, 8, 8]]
+    assert kw["seq_idx"].dtype == torch.int32
+    # it agrees with the offset boundaries, as a kernel reading both needs
+    torch.testing.assert_close(kw["seq_idx"], _seq_idx(kw["cu_seq_lens_q"]))
+    # without boundaries (DataCollatorWithFlattening(return_flash_attn_kwargs=False)): max + 1
+    no_cu = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
+             "seq_idx": batch["seq_idx"]}
+    _, kw, layout = concat_inputs((), no_cu, 2)
+    assert kw["seq_idx"].tolist() == [[0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5]]
+    assert kw["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1] * 2]
+    assert (layout.dim, layout.length) == (1, 9)
+
+
+@pytest.mark.parametrize("lengths", [[3, 4, 2], [5]], ids=["three-sequences", "one-sequence"])
+def test_seq_idx_copies_each_equal_the_single_pack_forward(lengths):
+    # One sequence is the case a copy without new indices gets wrong: both copies would be
+    # sequence 0, so the kernel would run the convolution across the copies' border.
+    ids = torch.arange(1, sum(lengths) + 1)[None] % 11
+    pos = torch.cat([torch.arange(n) for n in lengths])[None]
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    batch = {"input_ids": ids, "position_ids": pos, "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
+             "max_length_q": max(lengths), "max_length_k": max(lengths), "seq_idx": _seq_idx(cu)}
+    model = SeqIdxModel(p=0.0)
+    plain = model(**batch)
+    fwd = concat_forward(model, (), batch, 2)
+    for p in fwd.passes:
+        torch.testing.assert_close(p, plain)
+    # the check can fail: the same pack doubled with seq_idx repeated as it is
+    doubled = concat_inputs((), {k: v for k, v in batch.items() if k != "seq_idx"}, 2)[1]
+    wrong = model(**doubled, seq_idx=torch.cat([batch["seq_idx"]] * 2, dim=1))
+    assert torch.equal(wrong[:, sum(lengths):], plain) is (len(lengths) > 1)
+
+
+def test_seq_idx_it_cannot_lay_out_is_refused_with_the_input_named():
+    cases = [
+        (torch.zeros(1, 9), "must be an integer tensor of shape \\(1, 9\\)"),
+        (torch.zeros(9, dtype=torch.int32), "got \\(9,\\)"),
+        (torch.tensor([[0, 0, 0, 1, 1, 1, 1, 3, 3]]), "outside 0..2, the 3 sequences"),
+        (torch.tensor([[-1, 0, 0, 1, 1, 1, 1, 2, 2]]), "outside 0..2"),
+    ]
+    for seq_idx, match in cases:
+        with pytest.raises(ValueError, match="'seq_idx'.*" + match):
+            concat_inputs((), {**_pack(), "seq_idx": seq_idx}, 2)
+
+
 def test_packed_batches_it_cannot_duplicate_are_refused_with_the_input_named():
-    with pytest.raises(ValueError, match=r"\['seq_idx'\]"):
-        concat_inputs((), {**_pack(), "seq_idx": torch.zeros(1, 9, dtype=torch.int32)}, 2)
+    with pytest.raises(ValueError, match=r"\['seq_lens'\]"):
+        concat_inputs((), {**_pack(), "seq_lens": torch.tensor([3, 4, 2])}, 2)
     two_rows = {**_pack(), "input_ids": torch.zeros(2, 9, dtype=torch.long)}
     with pytest.raises(ValueError, match=r"one row of concatenated sequences"):
         concat_inputs((), two_rows, 2)

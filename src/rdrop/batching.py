@@ -19,8 +19,11 @@ Hugging Face trainers (both call :func:`concat_inputs` / :func:`concat_forward`)
    ``position_ids``...) is duplicated along the token dimension (dim 1), each boundary tensor
    gets the second copy's boundaries offset by ``T`` (without repeating the 0:
    ``[0, 3, 7] -> [0, 3, 7, 10, 14]``), and ``max_length_q``/``max_length_k`` are kept (a copy
-   adds no longer sequence). Outputs are split along dim 1. Metadata the rule does not know
-   (``seq_idx``...) is refused with an error rather than duplicated wrongly.
+   adds no longer sequence). ``seq_idx`` (the sequence of each token, ``(1, T)``, from TRL's
+   and Hugging Face's padding-free collators) is laid along the tokens too, copy ``k`` adding
+   ``k * S`` for a pack of ``S`` sequences, so each copy's sequences keep their own indices
+   (``[[0, 0, 1]] -> [[0, 0, 1, 2, 2, 3]]``). Outputs are split along dim 1. Metadata the rule
+   does not know is refused with an error rather than duplicated wrongly.
 
 A tensor whose dim 0 equals ``B`` by coincidence (class embeddings with ``C == B``, a
 sequence-first ``nn.LSTM`` input) must be named in ``unbatched=`` (or the batched inputs in
@@ -53,6 +56,8 @@ __all__ = [
 CU_SEQLENS_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "cu_seqlens", "cu_seqlens_q", "cu_seqlens_k")
 # the longest sequence of the pack: a copy of the pack adds no longer sequence, so these are kept.
 MAX_LENGTH_KEYS = ("max_length_q", "max_length_k", "max_seqlen", "max_seqlen_q", "max_seqlen_k")
+# the sequence index of each token of a pack: renumbered for each copy.
+SEQ_IDX_KEYS = ("seq_idx",)
 # keys that mark a packed batch, and keys that look like packing metadata once one is packed.
 _PACKED_MARKERS = ("cu_seq", "seq_idx")
 _PACKING_HINTS = ("cu_seq", "seqlen", "seq_len", "seq_idx", "max_length")
@@ -320,16 +325,21 @@ def concat_inputs(
     Raises:
         ValueError: ``copies < 1``; a name in ``batched``/``unbatched`` that the call does not
             have, or in both; no batch tensor; packed-batch metadata with batch size above 1,
-            of an unknown kind, or beside a tensor that is not ``(1, T, ...)``.
+            of an unknown kind, or beside a tensor that is not ``(1, T, ...)``; a ``seq_idx``
+            that is not an integer ``(1, T)`` tensor of indices of the pack's sequences.
 
     Example:
         >>> import torch
         >>> ids, pos = torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[0, 1, 2, 0, 1]])
         >>> cu = torch.tensor([0, 3, 5], dtype=torch.int32)
+        >>> seq_idx = torch.tensor([[0, 0, 0, 1, 1]], dtype=torch.int32)
         >>> _, kw, layout = concat_inputs((), {"input_ids": ids, "position_ids": pos,
-        ...                                    "cu_seq_lens_q": cu, "max_length_q": 3})
+        ...                                    "cu_seq_lens_q": cu, "max_length_q": 3,
+        ...                                    "seq_idx": seq_idx})
         >>> kw["position_ids"].tolist(), kw["cu_seq_lens_q"].tolist(), kw["max_length_q"]
         ([[0, 1, 2, 0, 1, 0, 1, 2, 0, 1]], [0, 3, 5, 8, 10], 3)
+        >>> kw["seq_idx"].tolist()
+        [[0, 0, 0, 1, 1, 2, 2, 2, 3, 3]]
         >>> layout.dim, layout.length
         (1, 5)
     """
@@ -397,11 +407,12 @@ def _concat_packed(
     packing: list[str],
     first: Tensor,
 ) -> tuple[tuple[Any, ...], dict[str, Any], ConcatLayout]:
-    unknown = [k for k in packing if k not in CU_SEQLENS_KEYS + MAX_LENGTH_KEYS]
+    unknown = [k for k in packing if k not in CU_SEQLENS_KEYS + MAX_LENGTH_KEYS + SEQ_IDX_KEYS]
     if unknown:
         raise ValueError(
             f"packed batch: R-Drop's concat mode does not know how to duplicate {unknown} "
-            f"(it offsets {list(CU_SEQLENS_KEYS)} and keeps {list(MAX_LENGTH_KEYS)}). Use "
+            f"(it offsets {list(CU_SEQLENS_KEYS + SEQ_IDX_KEYS)} and keeps "
+            f"{list(MAX_LENGTH_KEYS)}). Use "
             "mode='twice', or name the input in unbatched= if it does not depend on the tokens."
         )
     if first.dim() < 2 or first.shape[0] != 1:
@@ -424,6 +435,8 @@ def _concat_packed(
             v = torch.cat([v] + [v[1:] + k * t for k in range(1, copies)])
         elif n in MAX_LENGTH_KEYS:
             pass
+        elif n in SEQ_IDX_KEYS:
+            v = _offset_seq_idx(v, n, kwargs, copies, t)
         elif isinstance(v, Tensor) and v.dim() >= 2 and v.shape[0] == 1 and v.shape[1] == t:
             v = torch.cat([v] * copies, dim=1)
         elif _first_tensor(v) is not None:
@@ -442,6 +455,24 @@ def _concat_packed(
     layout = ConcatLayout(copies=copies, batch_size=1, dim=1, length=t,
                           duplicated=tuple(duplicated))
     return tuple(new_args), new_kwargs, layout
+
+
+def _offset_seq_idx(seq_idx: Any, name: str, kwargs: Mapping[str, Any], copies: int,
+                    tokens: int) -> Tensor:
+    """``seq_idx`` of ``copies`` copies of a pack: copy ``k`` is the first plus ``k * S``, where
+    ``S`` is the number of sequences of the pack (from its boundaries, else ``max + 1``)."""
+    if (not isinstance(seq_idx, Tensor) or seq_idx.is_floating_point()
+            or tuple(seq_idx.shape) != (1, tokens)):
+        shape = tuple(seq_idx.shape) if isinstance(seq_idx, Tensor) else type(seq_idx).__name__
+        raise ValueError(f"packed batch of {tokens} tokens: {name!r} must be an integer tensor "
+                         f"of shape (1, {tokens}) (the sequence of each token), got {shape}.")
+    cu = next((kwargs[k] for k in CU_SEQLENS_KEYS if isinstance(kwargs.get(k), Tensor)), None)
+    top = int(seq_idx.max()) + 1 if seq_idx.numel() else 0
+    sequences = cu.numel() - 1 if cu is not None else top
+    if top > sequences or (seq_idx.numel() and int(seq_idx.min()) < 0):
+        raise ValueError(f"packed batch: {name!r} holds indices outside 0..{sequences - 1}, the "
+                         f"{sequences} sequences of its boundaries; fix the collator.")
+    return torch.cat([seq_idx + k * sequences for k in range(copies)], dim=1)
 
 
 @dataclass(frozen=True)

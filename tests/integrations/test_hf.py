@@ -13,11 +13,14 @@ import torch
 pytest.importorskip("transformers")
 
 from tiny_models import (
+    KeyedDropout,
     TokenTagger,
     TokenTaggerKw,
+    VarlenTagger,
     classification_data,
     grad_recorder,
     make_args,
+    packed_batch,
     pad_collate,
     seq2seq_data,
     tagging_data,
@@ -197,6 +200,93 @@ def test_accumulated_gradient_equals_full_batch_gradient(tmp_path, model_cls):
     assert acc_log["loss"] == pytest.approx(full_log["loss"], rel=1e-5)
     assert acc_log["consistency_loss"] == pytest.approx(full_log["consistency_loss"], rel=1e-5)
     assert full_log["consistency_loss"] > 0
+
+
+class KeyedRegressor(torch.nn.Module):
+    """(B, F) features -> (B, D) predictions, with keyed dropout (masks fixed per sample and
+    pass, so micro-batches draw the full batch's masks)."""
+
+    def __init__(self, features: int = 5, outputs: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.hidden = torch.nn.Linear(features, 8)
+        self.drop = KeyedDropout(0.3)
+        self.out = torch.nn.Linear(8, outputs)
+
+    def forward(self, x, sample_id, labels=None):
+        return {"logits": self.out(self.drop(torch.tanh(self.hidden(x)), sample_id))}
+
+
+class KeyedRegressorKw(KeyedRegressor):
+    """The same with ``**kwargs``: the HF Trainer counts num_items_in_batch itself, as
+    ``labels.ne(-100).sum()``, which is ``N * D`` for ``(N, D)`` float labels."""
+
+    def forward(self, x, sample_id, labels=None, **kwargs):
+        return super().forward(x, sample_id)
+
+
+@pytest.mark.parametrize("model_cls", [KeyedRegressor, KeyedRegressorKw],
+                         ids=["count-by-rdrop", "count-by-trainer"])
+def test_regression_head_with_several_outputs_is_a_mean_over_samples(tmp_path, model_cls):
+    n, d, alpha = 4, 3, 2.0
+    g = torch.Generator().manual_seed(0)
+    data = [{"x": torch.randn(5, generator=g), "sample_id": torch.tensor(i),
+             "labels": torch.randn(d, generator=g)} for i in range(n)]
+
+    def run(batch: int, accumulation: int) -> tuple[dict, dict]:
+        model = model_cls()
+        grads = grad_recorder()
+        args = make_args(tmp_path, per_device_train_batch_size=batch, max_steps=1,
+                         gradient_accumulation_steps=accumulation, rdrop_alpha=alpha,
+                         remove_unused_columns=False, max_grad_norm=0.0)  # no clipping
+        trainer = RDropTrainer(model=model, args=args, train_dataset=data, callbacks=[grads])
+        trainer.train()
+        return grads.grads[0], train_logs(trainer)[0]
+
+    # Literal float64 formula over the whole batch, on the masks the trainer draws (pass 0 then
+    # pass 1 of each sample): (1/N) sum_i [mean_d (p1-y)^2 + mean_d (p2-y)^2
+    #                                       + alpha mean_d (p1-p2)^2]
+    ref_model = model_cls().double()
+    x = torch.stack([r["x"] for r in data]).double()
+    ids = torch.arange(n)
+    y = torch.stack([r["labels"] for r in data]).double()
+    logits = ref_model(torch.cat([x, x]), torch.cat([ids, ids]))["logits"]
+    p1, p2 = logits[:n], logits[n:]
+    total = 0.0
+    for i in range(n):
+        total = total + (sum((p1[i, j] - y[i, j]) ** 2 for j in range(d)) / d
+                         + sum((p2[i, j] - y[i, j]) ** 2 for j in range(d)) / d
+                         + alpha * sum((p1[i, j] - p2[i, j]) ** 2 for j in range(d)) / d)
+    ref_loss = total / n
+    ref_loss.backward()
+
+    full, full_log = run(4, 1)
+    acc, acc_log = run(2, 2)
+    assert full_log["loss"] == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert acc_log["loss"] == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert full_log["consistency_loss"] > 0
+    for name, param in ref_model.named_parameters():
+        torch.testing.assert_close(full[name].double(), param.grad, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(acc[name].double(), param.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_packed_batch_seq_idx_reaches_the_model_renumbered_for_the_second_copy(tmp_path):
+    received = []
+
+    class SeqIdxTagger(VarlenTagger):
+        def forward(self, *args, seq_idx=None, **kwargs):
+            received.append(seq_idx)
+            return super().forward(*args, **kwargs)
+
+    batch = packed_batch()  # sequences of 3, 4, 2 tokens, as TRL's padding-free collator
+    batch["seq_idx"] = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2]], dtype=torch.int32)
+    model = SeqIdxTagger()
+    trainer = RDropTrainer(model=model, args=make_args(tmp_path))
+    model.train()
+    trainer.compute_loss(model, dict(batch))
+    (seq_idx,) = received
+    assert seq_idx.tolist() == [[0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5]]
+    assert model.calls[-1] == {"n": 18, "cu": [0, 3, 7, 9, 12, 16, 18]}
 
 
 def test_num_items_in_batch_halves_the_loss(tmp_path):

@@ -4,7 +4,9 @@ The loss is divided by ``num_items_in_batch``, the number of counted labels of t
 accumulated batch (and, with ``average_tokens_across_devices``, of all processes), so gradient
 accumulation gives the full-batch gradient. Counts follow the model: labels ``[..., 1:]`` for
 causal LMs (whose logits at position ``t`` predict label ``t + 1``), labels as they are for
-encoder-decoder models and classifiers, one per sample for regression heads (float labels).
+encoder-decoder models and classifiers, one per sample for regression heads (float labels:
+the Trainer's own count, ``labels.ne(-100).sum()``, is ``N * D`` for ``(N, D)`` labels, which
+would make rdrop's per-sample MSE ``D`` times too small, so the trainers recount those).
 """
 
 from __future__ import annotations

@@ -8,15 +8,14 @@ offset by the first copy's token count). :func:`rdrop.batching.concat_inputs` la
 copies out along its tokens (one row of ``2T`` tokens) and offsets the boundaries;
 :func:`check_packed_batch` checks the result as a varlen kernel would read it and refuses a batch
 where they disagree, instead of letting the kernel attend across the wrong boundaries. TRL's
-``seq_idx`` (the sequence of each token, for linear-attention layers) is offset here the same
-way.
+``seq_idx`` (the sequence of each token, for linear-attention layers) is renumbered there too,
+each copy's sequences after the previous copy's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from rdrop.batching import ConcatLayout, extract_logits
@@ -29,8 +28,6 @@ __all__ = [
     "logits_loss",
     "prepare_decoder_inputs",
     "split_logits",
-    "with_seq_idx",
-    "without_seq_idx",
 ]
 
 _VARLEN_BOUNDARIES = ("cu_seq_lens_q", "cu_seq_lens_k")
@@ -50,39 +47,6 @@ def prepare_decoder_inputs(model: nn.Module, inputs: dict[str, Any], labels: Ten
         inputs["decoder_input_ids"] = prepare(labels=labels)
     else:  # let the model shift them itself; its own loss is computed and ignored
         inputs["labels"] = labels
-
-
-def without_seq_idx(inputs: dict[str, Any]) -> tuple[dict[str, Any], Tensor | None]:
-    """The inputs without ``seq_idx`` (the index of each token's sequence in a pack), and it."""
-    if not isinstance(inputs.get("seq_idx"), Tensor):
-        return inputs, None
-    inputs = dict(inputs)
-    return inputs, inputs.pop("seq_idx")
-
-
-def with_seq_idx(batch: dict[str, Any], seq_idx: Tensor | None,
-                 layout: ConcatLayout | None) -> dict[str, Any]:
-    """Put ``seq_idx`` back, laid out like the copies: along the tokens of a pack with copy
-    ``k``'s sequences numbered after copy ``k - 1``'s, or repeated along dim 0.
-
-    Example:
-        >>> import torch
-        >>> from rdrop.batching import ConcatLayout
-        >>> layout = ConcatLayout(copies=2, batch_size=1, dim=1, length=3, duplicated=())
-        >>> with_seq_idx({}, torch.tensor([[0, 0, 1]]), layout)["seq_idx"].tolist()
-        [[0, 0, 1, 2, 2, 3]]
-    """
-    if seq_idx is None:
-        return batch
-    batch = dict(batch)
-    if layout is None or layout.copies == 1:
-        batch["seq_idx"] = seq_idx
-    elif layout.packed:
-        step = int(seq_idx.max()) + 1 if seq_idx.numel() else 0
-        batch["seq_idx"] = torch.cat([seq_idx + k * step for k in range(layout.copies)], dim=1)
-    else:
-        batch["seq_idx"] = torch.cat([seq_idx] * layout.copies, dim=0)
-    return batch
 
 
 def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLayout,

@@ -28,8 +28,6 @@ from .logits import (
     logits_loss,
     prepare_decoder_inputs,
     split_logits,
-    with_seq_idx,
-    without_seq_idx,
 )
 from .logs import PartsWindow
 
@@ -120,13 +118,18 @@ class RDropTrainerMixin:
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> Any:
         """The Trainer's prefetch of one optimizer step's micro-batches, with the label count
         rdrop normalizes by: the Trainer's, or rdrop's own where the Trainer counts none (a
-        ``forward`` without ``**kwargs``) or counts unshifted labels of a causal LM."""
+        ``forward`` without ``**kwargs``), counts unshifted labels of a causal LM, or counts
+        the ``N * D`` values of ``(N, D)`` regression labels (rdrop's MSE loss is a mean over
+        the ``N`` samples)."""
         batches, num_items = super().get_batch_samples(  # type: ignore[misc]
             epoch_iterator, num_batches, device
         )
         if batches and "labels" in batches[0]:
             shift = self._shifts_labels(self.accelerator.unwrap_model(self.model))
-            if num_items is None or (shift and not getattr(self, "_loss_shifts_labels", False)):
+            labels = batches[0]["labels"]
+            regression = isinstance(labels, Tensor) and labels.is_floating_point()
+            if (num_items is None or regression
+                    or (shift and not getattr(self, "_loss_shifts_labels", False))):
                 num_items = count_items(batches, shift)
                 if num_items is not None:
                     num_items = num_items.to(device)
@@ -208,15 +211,14 @@ class RDropTrainerMixin:
                               every_k_steps=self.rdrop_every_k_steps,
                               alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
         m = self.rdrop_num_passes if schedule.active else 1
-        # One forward over m copies (rdrop.batching's rule: dim 0, or the tokens of a pack).
-        inputs, seq_idx = without_seq_idx(inputs)
+        # One forward over m copies (rdrop.batching's rule: dim 0, or the tokens of a pack, with
+        # cu_seq_lens_q/k offset and seq_idx renumbered).
         _, batch, layout = concat_inputs((), inputs, m)
-        batch = with_seq_idx(batch, seq_idx, layout)
         check_packed_batch(unwrapped, batch, layout, owner)
         shift = self._shifts_labels(unwrapped)
         if self.rdrop_fused_linear:
             if not self._rdrop_first_step_checked:
-                check_fused_head(unwrapped, with_seq_idx(inputs, seq_idx, None),
+                check_fused_head(unwrapped, inputs,
                                  layout.batch_size, half_precision=self._half_precision())
             outputs, hidden = forward_hidden(model, unwrapped, batch, layout)
             passes, target = align(hidden, labels, shift_labels, shift)
