@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rdrop import _compiled
+from rdrop.argchecks import check_positive_int
 
 __all__ = ["chunked_rdrop_sums"]
 
@@ -248,8 +249,7 @@ def chunked_rdrop_sums(
     input gradients is a few ``(chunk_size, V)`` fp32 blocks. Inputs are ``(..., V)``, any
     floating dtype, already validated by the caller.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    chunk_size = check_positive_int("chunk_size", chunk_size, 1)
     v = logits1.shape[-1]
     x1, x2 = logits1.reshape(-1, v), logits2.reshape(-1, v)
     y = target.reshape(-1).to(device=x1.device)

@@ -9,14 +9,15 @@ from torch.autograd.function import once_differentiable
 
 from rdrop import _compiled
 from rdrop._chunked import _compute_dtype, chunk_forward, chunk_grads
-from rdrop.functional import (
-    RDropOutput,
-    _check_alpha,
-    _check_label_smoothing,
-    _check_reduction,
-    _mean_denom,
-    _raise_if_not_finite,
+from rdrop.argchecks import (
+    check_alpha,
+    check_ignore_index,
+    check_label_smoothing,
+    check_num_items_in_batch,
+    check_positive_int,
+    check_reduction,
 )
+from rdrop.functional import RDropOutput, _raise_if_not_finite, mean_denominator
 
 __all__ = ["FusedLinearRDropLoss", "fused_linear_rdrop_loss"]
 
@@ -54,6 +55,7 @@ def _fused_pass(
         ]
         w_t, w_c = keep.to(cd) * coef_task.to(cd), keep.to(cd) * coef_cons.to(cd)
     compiled = _compiled.compile_wanted(n * w.shape[0])
+    gbuf = None  # the compiled path's gradient blocks, reused by every chunk
     for s in range(0, n, chunk_size):
         e = min(s + chunk_size, n)
         a1, a2 = h1[s:e], h2[s:e]
@@ -65,9 +67,15 @@ def _fused_pass(
             cons += c
             continue
         direct = z1.dtype == cd  # the logits block is dead once read: overwrite it
-        if compiled:  # one kernel: sums and both logits' gradients
-            t, c, g1, g2 = _compiled.fwd_grads(z1, z2, y[s:e], keep[s:e], w_t[s:e], w_c[s:e],
-                                               eps)
+        if compiled:  # two kernels (sums and lse; gradients in the input dtype) that keep no
+            # (rows, V) temporaries; one kernel for both materializes the log-probs.
+            t, c, lse1, lse2 = _compiled.fwd(z1, z2, y[s:e], keep[s:e], eps)
+            if gbuf is None:
+                gbuf = torch.empty((2, min(chunk_size, n), w.shape[0]), dtype=z1.dtype,
+                                   device=z1.device)
+            g1, g2 = gbuf[0, : e - s], gbuf[1, : e - s]
+            _compiled.grads(z1, z2, lse1, lse2, y[s:e], w_t[s:e], w_c[s:e], eps, g1, g2)
+            del z1, z2
         else:
             t, c, lse1, lse2 = chunk_forward(z1, z2, y[s:e], keep[s:e], eps)
             g1, g2 = chunk_grads(
@@ -277,7 +285,7 @@ def fused_linear_rdrop_loss(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     num_items_in_batch: int | Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     check_finite: bool = True,
 ) -> RDropOutput:
     r"""R-Drop loss of two passes' last hidden states through the output layer, never building
@@ -323,7 +331,10 @@ def fused_linear_rdrop_loss(
         reduction: ``"mean"`` (per counted row) or ``"sum"``.
         num_items_in_batch: for ``"mean"``, divide by this count instead (gradient accumulation).
         chunk_size: rows per chunk; one fp32 ``(chunk_size, V)`` block is ``4 * chunk_size * V``
-            bytes (1024 rows at V=32k: 131 MB).
+            bytes (256 rows at V=32k: 33 MB). A few such blocks live at once; the default keeps
+            them well under the weight gradient's size for large vocabularies while the
+            matmuls stay efficient (N 2048, V 64000, H 256 on one CPU thread: 0.62x the time of
+            the compiled linear + loss at 0.13x its extra memory).
         check_finite: raise if the loss is NaN/inf (costs one device sync).
 
     Returns:
@@ -357,16 +368,17 @@ def fused_linear_rdrop_loss(
         >>> bool(torch.allclose(same.loss, plain.loss))
         True
     """
-    _check_alpha(alpha)
-    _check_label_smoothing(label_smoothing)
-    _check_reduction(reduction)
+    alpha = check_alpha(alpha)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    reduction = check_reduction(reduction)
+    ignore_index = check_ignore_index(ignore_index)
+    num_items_in_batch = check_num_items_in_batch(num_items_in_batch)
     if reduction == "none":
         raise ValueError(
             "fused_linear_rdrop_loss reduces over rows: use reduction 'mean' or 'sum' (per-row "
             "values need the logits; project and call rdrop_loss for reduction='none')."
         )
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    chunk_size = check_positive_int("chunk_size", chunk_size, 1)
     weight, bias = _resolve_head(weight, bias)
     _check_inputs(hidden1, hidden2, weight, bias, target)
     weight, bias = _gathered(weight, "weight"), _gathered(bias, "bias")
@@ -377,7 +389,7 @@ def fused_linear_rdrop_loss(
     keep = y != ignore_index
     y = torch.where(keep, y, torch.zeros_like(y)).long()
     cd = _compute_dtype(h1)
-    denom = _mean_denom(keep, num_items_in_batch) if reduction == "mean" else 1.0
+    denom = mean_denominator(keep, num_items_in_batch) if reduction == "mean" else 1.0
     scale = 1.0 / torch.as_tensor(denom, dtype=cd, device=h1.device)
     loss, task, cons = _FusedLinearRDrop.apply(
         h1, h2, weight, bias, y, keep, scale, float(alpha), float(label_smoothing), chunk_size
@@ -420,16 +432,16 @@ class FusedLinearRDropLoss(nn.Module):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         reduction: str = "mean",
-        chunk_size: int = 1024,
+        chunk_size: int = 256,
     ) -> None:
         super().__init__()
-        _check_alpha(alpha)
-        _check_label_smoothing(label_smoothing)
-        _check_reduction(reduction)
+        alpha = check_alpha(alpha)
+        label_smoothing = check_label_smoothing(label_smoothing)
+        reduction = check_reduction(reduction)
+        ignore_index = check_ignore_index(ignore_index)
         if reduction == "none":
             raise ValueError("FusedLinearRDropLoss supports reduction 'mean' or 'sum'.")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+        chunk_size = check_positive_int("chunk_size", chunk_size, 1)
         self.alpha = float(alpha)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
