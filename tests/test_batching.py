@@ -49,6 +49,17 @@ def test_duplicate_walks_nested_containers_and_keeps_types():
     assert obj["enc"]["input_ids"] is x  # the input is not modified
 
 
+def test_copies_must_be_a_positive_int():
+    x = {"ids": torch.zeros(2, 3)}
+    for call in (lambda c: duplicate_batch(x, c), lambda c: concat_inputs((), x, c)):
+        with pytest.raises(ValueError, match="copies must be >= 1, got 0"):
+            call(0)
+        with pytest.raises(TypeError, match="copies must be an int, got float"):
+            call(2.0)
+        with pytest.raises(TypeError, match="copies must be an int, got bool"):
+            call(True)
+
+
 def test_split_inverts_duplicate():
     x = {"logits": torch.randn(4, 3), "loss": torch.tensor(1.0)}
     parts = split_batch(duplicate_batch(x, 2), 2)

@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rdrop.argchecks import check_positive_int
+
 __all__ = [
     "ConcatForward",
     "ConcatLayout",
@@ -155,6 +157,7 @@ def duplicate_batch(obj: Any, copies: int = 2, batch_size: int | None = None) ->
         The same structure with batch tensors of ``copies * B`` rows.
 
     Raises:
+        TypeError: ``copies`` is not an int.
         ValueError: if ``copies < 1``, no batch tensor is found, or ``obj`` holds packed-batch
             metadata (``cu_seq_lens_q``...), which dim-0 duplication would get wrong.
 
@@ -165,8 +168,7 @@ def duplicate_batch(obj: Any, copies: int = 2, batch_size: int | None = None) ->
         >>> d["ids"].tolist(), d["scale"].item()
         ([[1, 2], [3, 4], [1, 2], [3, 4]], 2.0)
     """
-    if copies < 1:
-        raise ValueError(f"copies must be >= 1, got {copies}.")
+    copies = check_positive_int("copies", copies, 1)
     packing = _packing_keys(obj)
     if packing and copies > 1:
         raise ValueError(
@@ -323,6 +325,7 @@ def concat_inputs(
         splits the outputs back.
 
     Raises:
+        TypeError: ``copies`` is not an int.
         ValueError: ``copies < 1``; a name in ``batched``/``unbatched`` that the call does not
             have, or in both; no batch tensor; packed-batch metadata with batch size above 1,
             of an unknown kind, or beside a tensor that is not ``(1, T, ...)``; a ``seq_idx``
@@ -343,8 +346,7 @@ def concat_inputs(
         >>> layout.dim, layout.length
         (1, 5)
     """
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
-        raise ValueError(f"copies must be an int >= 1, got {copies!r}.")
+    copies = check_positive_int("copies", copies, 1)
     kwargs = dict(kwargs.data if isinstance(kwargs, UserDict) else kwargs)
     names: list[InputName] = [*range(len(args)), *kwargs]
     only = _check_names("batched", batched, names)
