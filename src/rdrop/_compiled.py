@@ -4,8 +4,9 @@
 The same per-chunk math as the eager code in :mod:`rdrop._chunked` (see its docstring for the
 closed-form gradients), written as pure tensor expressions so that ``torch.compile`` (inductor:
 vectorized C++ on CPU, Triton on GPU) fuses each into a few passes over a row: the log-sum-exps,
-the two cross-entropies and the KL in one kernel, the two logits' gradients in another, with no
-``(rows, V)`` temporaries.
+the two cross-entropies and the KL in one kernel, the two logits' gradients (from the saved
+log-sum-exps) in another, with no ``(rows, V)`` temporaries. (One kernel for both would
+materialize the log-probs: two more blocks.)
 
 When to compile (environment variable ``RDROP_COMPILE``, read at each call):
 
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["compile_wanted", "fwd", "fwd_grads", "grads"]
+__all__ = ["compile_wanted", "fwd", "grads"]
 
 MIN_ELEMENTS = 1 << 22
 _MODES = {"auto": "auto", "": "auto", "always": "always", "1": "always", "never": "never",
@@ -123,17 +124,6 @@ def _grads(
     out2.copy_(g2)
 
 
-def _fwd_grads(
-    z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, gt: Tensor, gc: Tensor, eps: Tensor
-) -> tuple[Tensor, ...]:
-    cd = _cd(z1)
-    l1 = _log_probs(z1, torch.logsumexp(z1.to(cd), -1))
-    l2 = _log_probs(z2, torch.logsumexp(z2.to(cd), -1))
-    task, cons = _task_cons(l1, l2, y, keep, eps)
-    g1, g2 = _grad_pair(l1, l2, y, gt, gc, eps)
-    return task, cons, g1.to(z1.dtype), g2.to(z2.dtype)
-
-
 # ------------------------------------------------------------------------ compile + fallback
 def _kernel(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     if name not in _compiled:
@@ -195,13 +185,3 @@ def grads(
         out2.copy_(g2[:1])
         return
     _run("grads", _grads, z1, z2, lse1, lse2, y, gt, gc, _eps(eps, z1), out1, out2)
-
-
-def fwd_grads(
-    z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, gt: Tensor, gc: Tensor, eps: float
-) -> tuple[Tensor, ...]:
-    """Sums, and the logits' gradients for per-row coefficients ``gt``/``gc``, in one kernel."""
-    n = z1.shape[0]
-    z1, z2, y, keep, gt, gc = _pad(n, z1, z2, y, keep, gt, gc)
-    task, cons, g1, g2 = _run("fwd_grads", _fwd_grads, z1, z2, y, keep, gt, gc, _eps(eps, z1))
-    return task, cons, g1[:n], g2[:n]
