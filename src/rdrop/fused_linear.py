@@ -322,7 +322,10 @@ def fused_linear_rdrop_loss(
             (``torch.distributed.fsdp.fully_shard``; outside the owner's forward its parameters
             are ``DTensor`` shards): the full weight is all-gathered for the call and its
             gradient reduce-scattered back to each rank's shard, averaged over the mesh as FSDP2
-            averages data-parallel gradients.
+            averages data-parallel gradients. That gather and reduce-scatter run at every call
+            (also during ``set_requires_gradient_sync(False)`` accumulation), and the weight is
+            gathered in its stored dtype (a ``MixedPrecisionPolicy`` param dtype does not apply:
+            cast the hidden states to the weight's dtype).
         target: class indices of shape ``hidden1.shape[:-1]``.
         bias: optional ``(V,)`` bias of the projection, with a weight tensor only.
         alpha: weight of the consistency term, ``>= 0``.
