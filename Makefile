@@ -51,7 +51,7 @@ test: install-dev install-stacks
 lint: install-dev
 	$(PY) -m ruff check $(LINT_PATHS)
 
-# Benchmarks (long: ~5 + ~40 minutes on one CPU thread); results go to benchmarks/results/.
+# Benchmarks (~35 min loss + ~12 min step on one CPU thread of a loaded 2-core machine); results go to benchmarks/results/.
 bench: install-dev
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_loss.py
