@@ -294,3 +294,26 @@ def test_compile_switch(monkeypatch):
     monkeypatch.setenv("RDROP_COMPILE", "sometimes")
     with pytest.raises(ValueError, match="RDROP_COMPILE must be one of"):
         _compiled.compile_wanted(1)
+
+
+@pytest.mark.parametrize(("consistency", "reduction", "lean"), [
+    ("kl", "mean", True), ("kl", "sum", True), ("js", "mean", False), ("kl", "none", False),
+])
+def test_large_default_calls_take_the_chunked_path(monkeypatch, consistency, reduction, lean):
+    # The size rule is rdrop._compiled.compile_wanted; pretend this small call is large.
+    import rdrop._compiled
+    import rdrop.functional as functional
+
+    monkeypatch.setattr(rdrop._compiled, "compile_wanted", lambda numel: True)
+    seen = []
+    real = functional._chunked
+    monkeypatch.setattr(functional, "_chunked",
+                        lambda *a, **k: seen.append(k["chunk_size"]) or real(*a, **k))
+    g = torch.Generator().manual_seed(3)
+    l1, l2 = torch.randn(6, 7, generator=g), torch.randn(6, 7, generator=g)
+    y = torch.tensor([0, 3, -100, 6, 2, 1])
+    out = rdrop_loss(l1, l2, y, alpha=2.0, consistency=consistency, reduction=reduction)
+    assert seen == ([functional.AUTO_CHUNK_ROWS] if lean else [])
+    if consistency == "kl" and reduction == "mean":
+        ref = reference_rdrop_loss([l1.double(), l2.double()], y, alpha=2.0)
+        torch.testing.assert_close(out.loss.double(), ref["loss"], rtol=1e-5, atol=1e-6)
