@@ -70,10 +70,7 @@ class RDropOutput:
 
 
 # ----------------------------------------------------------------------------- validation helpers
-# The argument checks live in rdrop.argchecks; these private names stay for older importers.
-_check_reduction = check_reduction
-_check_alpha = check_alpha
-_check_label_smoothing = check_label_smoothing
+# The argument checks live in rdrop.argchecks; these check tensors.
 
 
 def _check_pair(logits1: Tensor, logits2: Tensor) -> None:
@@ -287,7 +284,6 @@ def mean_denominator(keep: Tensor, num_items_in_batch: int | Tensor | None) -> T
     return float(num_items_in_batch)
 
 
-_mean_denom = mean_denominator  # the private name stays for older importers
 
 
 def _finish(
@@ -824,4 +820,3 @@ def single_pass_loss(
     return RDropOutput(loss=task, task_loss=task, consistency_loss=torch.zeros_like(task))
 
 
-_single_pass_loss = single_pass_loss  # the private name stays for older importers
