@@ -29,7 +29,13 @@ from rdrop_experiments.config import (
 )
 from rdrop_experiments.protocol import protocol_grid, train_until_patience
 from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
-from rdrop_experiments.training import cycle_batches, lr_schedule, make_step, seed_everything
+from rdrop_experiments.training import (
+    cycle_batches,
+    lr_schedule,
+    make_step,
+    resolve_device,
+    seed_everything,
+)
 
 __all__ = ["LMConfig", "TokenBlocks", "make_blocks", "run_language_modeling"]
 
@@ -171,18 +177,22 @@ def run_language_modeling(cfg: LMConfig, ctx: RunContext) -> RunResult:
         x_te, y_te = x_te[: cfg.test_blocks], y_te[: cfg.test_blocks]
     probe = min(len(x_tr), 64)  # fixed training slice for the curves
     ctx.record_data(x_tr, y_tr, x_va, y_va, x_te, y_te)
+    device = resolve_device(cfg.device)
+    x_tr, y_tr, x_va, y_va, x_te, y_te = (t.to(device) for t in (x_tr, y_tr, x_va, y_va, x_te,
+                                                                  y_te))
     generator = seed_everything(ctx.seed)
     model = CausalTransformerLM(
         vocab_size=data.vocab_size, dim=cfg.dim, heads=cfg.heads, ffn=cfg.ffn,
         layers=cfg.layers, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
-        activation_dropout=cfg.activation_dropout, max_len=cfg.block_size, pad_id=PAD_ID)
+        activation_dropout=cfg.activation_dropout, max_len=cfg.block_size,
+        pad_id=PAD_ID).to(device)
     step_fn = make_step(model, cfg, ctx.method, ignore_index=PAD_ID)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.98))
     batches = cycle_batches(len(x_tr), cfg.batch_size, generator)
 
     def next_batch() -> tuple[tuple[Tensor], Tensor]:
-        idx = next(batches)
+        idx = next(batches).to(device)
         return (x_tr[idx],), y_tr[idx]
 
     def evaluate(split: str) -> dict[str, float]:

@@ -32,7 +32,13 @@ from rdrop_experiments.config import (
 )
 from rdrop_experiments.protocol import protocol_grid, train_until_patience
 from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
-from rdrop_experiments.training import cycle_batches, lr_schedule, make_step, seed_everything
+from rdrop_experiments.training import (
+    cycle_batches,
+    lr_schedule,
+    make_step,
+    resolve_device,
+    seed_everything,
+)
 
 __all__ = [
     "EncodedPairs",
@@ -208,10 +214,11 @@ def _teacher_forced_nll(model: nn.Module, src: list[Tensor], tgt: list[Tensor],
                         batch_size: int) -> float:
     """Per-token NLL (no label smoothing, padding excluded), eval mode."""
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(src), batch_size):
-        t = pad(tgt[i : i + batch_size])
-        logits = model(pad(src[i : i + batch_size]), t[:, :-1])
+        t = pad(tgt[i : i + batch_size]).to(device)
+        logits = model(pad(src[i : i + batch_size]).to(device), t[:, :-1])
         y = t[:, 1:]
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
                                  ignore_index=PAD_ID, reduction="sum").item()
@@ -222,6 +229,7 @@ def _teacher_forced_nll(model: nn.Module, src: list[Tensor], tgt: list[Tensor],
 @torch.no_grad()
 def _decode(model: Any, tok: Any, src: list[Tensor], batch_size: int, max_len: int) -> list[str]:
     model.eval()
+    device = next(model.parameters()).device
     hyps: list[str] = []
     order = sorted(range(len(src)), key=lambda i: len(src[i]))  # less padding per batch
     out: dict[int, str] = {}
@@ -230,8 +238,8 @@ def _decode(model: Any, tok: Any, src: list[Tensor], batch_size: int, max_len: i
         # Stop at twice the longest source (+4) when that is shorter than max_len: an untrained
         # model repeats itself until the limit, and the limit is what decoding time pays for.
         limit = min(max_len, 2 * max(len(src[j]) for j in idx) + 4)
-        ids = model.greedy_decode(pad([src[j] for j in idx]), bos_id=BOS_ID, eos_id=EOS_ID,
-                                  max_len=limit)
+        ids = model.greedy_decode(pad([src[j] for j in idx]).to(device), bos_id=BOS_ID,
+                                  eos_id=EOS_ID, max_len=limit)
         for j, row in zip(idx, ids.tolist(), strict=True):
             row = row[: row.index(EOS_ID)] if EOS_ID in row else row
             out[j] = tok.decode([t for t in row if t != PAD_ID])
@@ -259,12 +267,13 @@ def run_seq2seq(cfg: Any, ctx: RunContext, data: EncodedPairs,
     n_probe = min(len(src_tr), 128)  # fixed training slice for the curves
     ctx.record_data(data.src, data.tgt, data.refs)
     generator = seed_everything(ctx.seed)
+    device = resolve_device(cfg.device)
     model = Seq2SeqTransformer(
         vocab_size=data.tokenizer.get_vocab_size(), dim=cfg.dim, heads=cfg.heads, ffn=cfg.ffn,
         encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
         dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
         activation_dropout=cfg.activation_dropout, pad_id=PAD_ID,
-        max_len=max(512, cfg.decode_max_len + 2))
+        max_len=max(512, cfg.decode_max_len + 2)).to(device)
     step_fn = make_step(model, cfg, ctx.method, ignore_index=PAD_ID,
                         label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -274,8 +283,8 @@ def run_seq2seq(cfg: Any, ctx: RunContext, data: EncodedPairs,
 
     def next_batch() -> tuple[tuple[Tensor, Tensor], Tensor]:
         idx = next(batches).tolist()
-        tgt = pad([tgt_tr[i] for i in idx])
-        return (pad([src_tr[i] for i in idx]), tgt[:, :-1]), tgt[:, 1:]
+        tgt = pad([tgt_tr[i] for i in idx]).to(device)
+        return (pad([src_tr[i] for i in idx]).to(device), tgt[:, :-1]), tgt[:, 1:]
 
     def evaluate(split: str) -> dict[str, float]:
         if split == "train":
