@@ -7,34 +7,64 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["active_dropout_rates", "batchnorm_layers", "no_dropout_advice"]
+__all__ = ["active_dropout_rates", "batchnorm_layers", "dropout_slots", "no_dropout_advice"]
 
 # Attribute names under which models keep dropout probabilities applied functionally
 # (torch.nn.MultiheadAttention.dropout, HF attention modules' dropout / attention_dropout floats).
-_FLOAT_DROPOUT_ATTRS = ("dropout", "attention_dropout", "dropout_p", "attn_dropout")
+_FLOAT_DROPOUT_ATTRS = ("dropout", "attention_dropout", "dropout_p", "attn_dropout", "dropout_prob")
 # Stochastic depth drops whole residual branches at random: two passes differ as with dropout.
 # timm's DropPath / DropBlock keep ``drop_prob``; torchvision's StochasticDepth keeps ``p``.
 _STOCHASTIC_DEPTH_NAMES = ("DropPath", "DropBlock", "StochasticDepth")
 
 
-def _stochastic_depth_rate(module: nn.Module) -> float | None:
+def _stochastic_depth_attr(module: nn.Module) -> str | None:
     if not any(n in type(module).__name__ for n in _STOCHASTIC_DEPTH_NAMES):
         return None
     for attr in ("drop_prob", "p"):
         value = getattr(module, attr, None)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return attr
     return None
+
+
+def dropout_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """Every dropout rate in ``model``, as ``(qualified name, module, attribute)``: the one walk
+    over dropout layers that reading rates (:func:`active_dropout_rates`) and setting them (the
+    evidence suite's per-pass rates) share.
+
+    Covers ``nn.Dropout``-family modules (``p``), stochastic-depth layers (any module whose class
+    name contains ``DropPath``, ``DropBlock`` or ``StochasticDepth``: ``drop_prob`` or ``p``) and
+    float dropout attributes used functionally (``nn.MultiheadAttention.dropout``, Hugging Face
+    attention modules' ``attention_dropout`` / ``dropout_prob``), whatever their value.
+
+    Example:
+        >>> from torch import nn
+        >>> [(n, a) for n, _, a in dropout_slots(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.0)))]
+        [('1', 'p')]
+    """
+    slots: list[tuple[str, nn.Module, str]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            slots.append((name, module, "p"))
+            continue
+        depth = _stochastic_depth_attr(module)
+        if depth is not None:
+            slots.append((name, module, depth))
+            continue
+        for attr in _FLOAT_DROPOUT_ATTRS:
+            if isinstance(getattr(module, attr, None), float):
+                slots.append((f"{name}.{attr}" if name else attr, module, attr))
+    return slots
 
 
 def active_dropout_rates(model: nn.Module) -> dict[str, float]:
     """Names and probabilities of the dropout layers in ``model`` with ``p > 0``.
 
-    Counts ``nn.Dropout``-family modules, stochastic-depth layers (any module whose class name
-    contains ``DropPath``, ``DropBlock`` or ``StochasticDepth``: timm, torchvision) with a drop
-    probability above 0, and float dropout attributes such as
-    ``nn.MultiheadAttention.dropout``. Dropout applied with ``F.dropout`` on a literal inside
-    ``forward`` cannot be seen; pass ``check_dropout=False`` to :class:`rdrop.RDrop` then.
+    Counts every slot of :func:`dropout_slots` (``nn.Dropout``-family modules, stochastic-depth
+    layers such as timm's DropPath, float dropout attributes such as
+    ``nn.MultiheadAttention.dropout``) whose probability is above 0. Dropout applied with
+    ``F.dropout`` on a literal inside ``forward`` cannot be seen; pass ``check_dropout=False`` to
+    :class:`rdrop.RDrop` then.
 
     Args:
         model: any module.
@@ -48,20 +78,10 @@ def active_dropout_rates(model: nn.Module) -> dict[str, float]:
         {'1': 0.1}
     """
     rates: dict[str, float] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
-            if module.p > 0:
-                rates[name] = float(module.p)
-            continue
-        depth = _stochastic_depth_rate(module)
-        if depth is not None:
-            if depth > 0:
-                rates[name] = depth
-            continue
-        for attr in _FLOAT_DROPOUT_ATTRS:
-            value = getattr(module, attr, None)
-            if isinstance(value, float) and value > 0:
-                rates[f"{name}.{attr}" if name else attr] = value
+    for name, module, attr in dropout_slots(model):
+        value = float(getattr(module, attr))
+        if value > 0:
+            rates[name] = value
     return rates
 
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 import rdrop
 from rdrop.batching import extract_logits
 from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss
+from rdrop.inspection import dropout_slots
 from rdrop.schedule import rdrop_step
 from rdrop_experiments.config import METHODS, CommonConfig
 
@@ -59,28 +60,13 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-_DROPOUT_ATTRS = ("attention_dropout", "dropout_prob")
-
-
-def _dropout_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    slots: list[tuple[nn.Module, str]] = []
-    for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
-            slots.append((module, "p"))
-        elif isinstance(module, nn.MultiheadAttention):
-            slots.append((module, "dropout"))
-        slots += [
-            (module, a) for a in _DROPOUT_ATTRS if isinstance(getattr(module, a, None), float)
-        ]
-    return slots
-
-
 def set_dropout(model: nn.Module, p: float | list[float]) -> list[float]:
     """Set every dropout rate in ``model`` to ``p`` and return the previous rates.
 
-    Covers ``nn.Dropout`` modules and float rates used functionally
-    (``nn.MultiheadAttention.dropout``, HF ``attention_dropout``). ``p`` may also be the list
-    this function returned, to restore the previous rates.
+    Every slot of :func:`rdrop.inspection.dropout_slots` (``nn.Dropout`` modules,
+    stochastic depth, float rates used functionally such as
+    ``nn.MultiheadAttention.dropout``). ``p`` may also be the list this function returned, to
+    restore the previous rates.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))
@@ -90,7 +76,7 @@ def set_dropout(model: nn.Module, p: float | list[float]) -> list[float]:
         >>> _ = set_dropout(net, old); net[1].p
         0.1
     """
-    slots = _dropout_slots(model)
+    slots = [(m, a) for _, m, a in dropout_slots(model)]
     old = [float(getattr(m, a)) for m, a in slots]
     values = p if isinstance(p, list) else [float(p)] * len(slots)
     for (m, a), v in zip(slots, values, strict=True):
