@@ -23,9 +23,10 @@ class _Stop(Exception):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_recipe_resolves_the_configured_device_and_moves_the_model(name, monkeypatch):
     exp = get_experiment(name)
-    # summarization trains through the seq2seq recipe that lives beside translation
-    module = importlib.import_module(exp.recipe.__module__.replace("summarization",
-                                                                   "translation"))
+    # translation and summarization train through the shared encoder-decoder recipe
+    module = importlib.import_module(
+        "rdrop_experiments.seq2seq" if name in ("translation", "summarization")
+        else exp.recipe.__module__)
     asked: list[str] = []
     placed: list[torch.device] = []
 

@@ -19,7 +19,7 @@ from rdrop_experiments.data.text import (
     train_bpe,
 )
 from rdrop_experiments.families.language_modeling import make_blocks
-from rdrop_experiments.families.translation import encode_pairs
+from rdrop_experiments.seq2seq import encode_pairs
 
 
 def _write(path, lines):

@@ -24,9 +24,9 @@ from rdrop_experiments.config import (
     check_rates,
     check_vocab_size,
 )
-from rdrop_experiments.families.translation import EncodedPairs, encode_pairs, run_seq2seq
 from rdrop_experiments.protocol import protocol_grid
 from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.seq2seq import EncodedPairs, encode_pairs, run_seq2seq
 
 __all__ = ["SummarizationConfig", "rouge_scores", "run_summarization"]
 
