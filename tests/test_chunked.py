@@ -317,3 +317,22 @@ def test_large_default_calls_take_the_chunked_path(monkeypatch, consistency, red
     if consistency == "kl" and reduction == "mean":
         ref = reference_rdrop_loss([l1.double(), l2.double()], y, alpha=2.0)
         torch.testing.assert_close(out.loss.double(), ref["loss"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_logits_at_ignored_rows_are_an_error_in_the_chunked_path_too(bad):
+    # Finite loss, NaN gradient: the plain path raises; the chunked one must not stay silent.
+    g = torch.Generator().manual_seed(5)
+    l1 = torch.randn(7, 6, generator=g, requires_grad=True)
+    l2 = torch.randn(7, 6, generator=g)
+    y = torch.tensor([0, 1, 2, -100, 3, 4, 5])
+    with torch.no_grad():
+        l1[3, 2] = bad
+    with pytest.raises(FloatingPointError, match="do not count"):
+        rdrop_loss(l1, l2, y, alpha=1.0, chunk_size=2)
+    # -inf in both passes at an ignored row is a masked class: fine, and equal to the plain path.
+    with torch.no_grad():
+        l1[3, 2] = l2[3, 2] = float("-inf")
+    chunked = rdrop_loss(l1, l2, y, alpha=1.0, chunk_size=2).loss
+    plain = rdrop_loss(l1, l2, y, alpha=1.0).loss
+    torch.testing.assert_close(chunked, plain)

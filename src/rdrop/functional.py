@@ -690,6 +690,20 @@ def _lean_by_default(passes: list[Tensor], consistency: str, reduction: str) -> 
             and compile_wanted(passes[0].numel()))
 
 
+@torch.no_grad()
+def _non_finite_rows(passes: list[Tensor], chunk_size: int) -> Tensor:
+    """Rows where any pass holds a NaN or +inf logit (-inf is a masked class, allowed)."""
+    x1 = passes[0]
+    rows = x1.reshape(-1, x1.shape[-1]).shape[0]
+    flags = torch.zeros(rows, dtype=torch.bool, device=x1.device)
+    for x in passes:
+        flat = x.detach().reshape(-1, x.shape[-1])
+        for i in range(0, rows, chunk_size):
+            c = flat[i : i + chunk_size]
+            flags[i : i + chunk_size] |= (torch.isnan(c) | (c == float("inf"))).any(-1)
+    return flags.reshape(x1.shape[:-1])
+
+
 def _chunked(
     passes: list[Tensor],
     targets: _Targets,
@@ -711,6 +725,11 @@ def _chunked(
     if targets.bad is not None:
         # Out-of-range rows are left out of the arithmetic; _check_result raises on them.
         target = torch.where(targets.bad, targets.ignore_index, target)
+    if targets.check:
+        # NaN / +inf logits at ignored rows leave the loss finite but the gradient NaN; the plain
+        # path sees them in its per-row values, here they are looked for chunk by chunk (no
+        # full-size temporary) and join the one sync of _check_result.
+        targets.note_padding(_non_finite_rows(passes, chunk_size))
     task_sum, cons_sum = chunked_rdrop_sums(
         passes[0], passes[1], target, ignore_index=targets.ignore_index,
         label_smoothing=label_smoothing, chunk_size=chunk_size,
