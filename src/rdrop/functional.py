@@ -691,17 +691,13 @@ def _lean_by_default(passes: list[Tensor], consistency: str, reduction: str) -> 
 
 
 @torch.no_grad()
-def _non_finite_rows(passes: list[Tensor], chunk_size: int) -> Tensor:
-    """Rows where any pass holds a NaN or +inf logit (-inf is a masked class, allowed)."""
-    x1 = passes[0]
-    rows = x1.reshape(-1, x1.shape[-1]).shape[0]
-    flags = torch.zeros(rows, dtype=torch.bool, device=x1.device)
-    for x in passes:
-        flat = x.detach().reshape(-1, x.shape[-1])
-        for i in range(0, rows, chunk_size):
-            c = flat[i : i + chunk_size]
-            flags[i : i + chunk_size] |= (torch.isnan(c) | (c == float("inf"))).any(-1)
-    return flags.reshape(x1.shape[:-1])
+def _non_finite_rows(passes: list[Tensor]) -> Tensor:
+    """Rows where any pass holds a NaN or +inf logit (-inf is a masked class, allowed).
+
+    One fp32 row sum per pass, no full-size temporary: the sum is NaN or +inf exactly when the
+    row holds a NaN or a +inf (a +inf beside a -inf sums to NaN), -inf when only -inf."""
+    sums = torch.stack([x.detach().sum(-1, dtype=torch.float32) for x in passes])
+    return (torch.isnan(sums) | (sums == float("inf"))).any(0)
 
 
 def _chunked(
@@ -727,9 +723,9 @@ def _chunked(
         target = torch.where(targets.bad, targets.ignore_index, target)
     if targets.check:
         # NaN / +inf logits at ignored rows leave the loss finite but the gradient NaN; the plain
-        # path sees them in its per-row values, here they are looked for chunk by chunk (no
-        # full-size temporary) and join the one sync of _check_result.
-        targets.note_padding(_non_finite_rows(passes, chunk_size))
+        # path sees them in its per-row values, here a row sum finds them (no full-size
+        # temporary) and they join the one sync of _check_result.
+        targets.note_padding(_non_finite_rows(passes))
     task_sum, cons_sum = chunked_rdrop_sums(
         passes[0], passes[1], target, ignore_index=targets.ignore_index,
         label_smoothing=label_smoothing, chunk_size=chunk_size,
