@@ -70,6 +70,8 @@ def main() -> None:
     with torch.no_grad():
         pred = accelerator.unwrap_model(model)(test.tensors[0].to(accelerator.device)).argmax(-1)
     accelerator.print(f"test accuracy: {(pred.cpu() == test.tensors[1]).float().mean():.3f}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the process group, so every rank exits cleanly
 
 
 if __name__ == "__main__":
