@@ -180,7 +180,8 @@ REDUCED = {"train_size": 4000, "vocab_size": 2000, "dim": 64, "ffn": 128, "batch
 register(base.derive(
     "translation-reduced",
     config=apply_overrides(base.config, REDUCED),
-    grid=[{"methods": ("baseline",)}, {"methods": ("rdrop",), "alpha": 0.5}],
+    grid=[{"methods": ("baseline",)}, {"methods": ("rdrop",), "alpha": 0.5},
+          {"methods": ("rdrop_alpha0",)}],
     description="translation, reduced form: Transformer 2+2 (d=64), Bible es->en 4k pairs, "
                 "BPE 2k, greedy; trained to best validation NLL; one point per arm",
     variants={"quick": _QUICK},
