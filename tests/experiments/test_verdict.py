@@ -108,3 +108,17 @@ def test_report_writes_markdown_csv_and_a_plot(tmp_path):
     assert (tmp_path / "verdict.csv").read_text().count("\n") == 1 + 4
     assert (tmp_path / "plots" / "compute-fam.png").stat().st_size > 1000
 
+
+
+def test_headline_row_shows_each_arm_at_its_chosen_point():
+    from rdrop_experiments.verdict import headline_rows
+
+    (v,) = build_verdicts(_family())
+    (row,) = headline_rows(v)
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    assert cells[:3] == ["fam", "dropout=0.3; alpha=1.0", "accuracy (%)"]
+    # baseline at dropout 0.3 (chosen on validation): 80, 81, 82; R-Drop at alpha 1: 83, 85, 87
+    assert cells[3] == "81.00 ± 1.00" and cells[4] == "85.00 ± 2.00"
+    best = {c.name: c for c in v.comparisons}["rdrop - baseline, best"].diff
+    assert cells[5] == f"{best.mean:+.2f} [{best.low:+.2f}, {best.high:+.2f}]"
+    assert cells[-1] == "3/3"

@@ -234,10 +234,42 @@ def _rows(v: FamilyVerdict) -> list[dict[str, Any]]:
     return rows
 
 
+def headline_rows(v: FamilyVerdict) -> list[str]:
+    """The family's headline row (markdown): each arm at its chosen point, the best-quality
+    difference, its p and Holm p, the equal-compute difference, compute to the best, and how
+    many R-Drop runs stopped on patience (the others hit the compute cap). Empty without R-Drop.
+    """
+    cmp = {c.name: c for c in v.comparisons}
+    best, equal = cmp.get("rdrop - baseline, best"), cmp.get("rdrop - baseline, equal compute")
+    if best is None:
+        return []
+    cells = []
+    for m in ("baseline", "rdrop"):
+        s = summarize([v.scale * float(r["value"]) for r in v.arms[m].runs.values()])
+        cells.append(f"{_v(s.mean)} ± {_v(s.std)}")
+    d = best.diff
+    eq = "n/a" if equal is None else (f"{_f(equal.diff.mean)} [{_f(equal.diff.low)}, "
+                                      f"{_f(equal.diff.high)}], {_p(equal.p_holm)}")
+    rdrop_runs = v.arms["rdrop"].runs.values()
+    patience = sum(field(r, "stop_reason") == "patience" for r in rdrop_runs)
+    metric = f"{v.metric} (%)" if v.scale == 100 else v.metric
+    return [f"| {v.experiment} | {v.arms['baseline'].chosen}; {v.arms['rdrop'].chosen} | "
+            f"{metric} | {cells[0]} | {cells[1]} | {_f(d.mean)} [{_f(d.low)}, {_f(d.high)}] | "
+            f"{_p(d.p_value)} | {_p(best.p_holm)} | {eq} | "
+            f"{_v(v.compute_to_best['rdrop'])}x | {patience}/{len(rdrop_runs)} |"]
+
+
 def verdict_markdown(verdicts: Sequence[FamilyVerdict]) -> str:
-    """The verdict lines, the arms table and the comparisons table (markdown)."""
+    """The verdict lines, the headline table, the arms table and the comparisons table."""
     lines = ["## Second protocol: verdict", ""]
     lines += [f"- {verdict_line(v)}" for v in verdicts]
+    lines += ["", "### Headline (each arm at its point chosen on validation; README Results)", "",
+              "| family | chosen (baseline; R-Drop) | metric | baseline | R-Drop | Δ best (95% CI) "
+              "| p | Holm p | Δ at baseline's compute, Holm p | compute to best | R-Drop runs "
+              "stopped on patience |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        lines += headline_rows(v)
     lines += ["", "### Arms (each chosen on validation)", "",
               "| family | arm | chosen | mean best-valid per grid point | seeds | test at best "
               "valid, mean ± sd | compute to best (x baseline) | stopped on patience | s/run |",
