@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rdrop.argchecks import check_positive_int
+
 __all__ = ["RDropStep", "rdrop_step"]
 
 
@@ -56,13 +58,9 @@ def rdrop_step(
         >>> [rdrop_step(s, alpha=1.0, alpha_warmup_steps=4).alpha for s in range(5)]
         [0.25, 0.5, 0.75, 1.0, 1.0]
     """
-    for name, value, minimum in (("optimizer_step", optimizer_step, 0),
-                                 ("every_k_steps", every_k_steps, 1),
-                                 ("alpha_warmup_steps", alpha_warmup_steps, 0)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
-        if value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    check_positive_int("optimizer_step", optimizer_step, 0)
+    check_positive_int("every_k_steps", every_k_steps, 1)
+    check_positive_int("alpha_warmup_steps", alpha_warmup_steps, 0)
     if optimizer_step % every_k_steps != 0:
         return RDropStep(active=False, alpha=0.0)
     if alpha_warmup_steps:
