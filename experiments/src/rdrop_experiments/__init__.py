@@ -16,7 +16,6 @@ from rdrop_experiments.config import (
 from rdrop_experiments.registry import (
     ArmRun,
     Experiment,
-    RunContext,
     RunResult,
     discover,
     get_experiment,
@@ -30,7 +29,6 @@ __all__ = [
     "CommonConfig",
     "ConfigError",
     "Experiment",
-    "RunContext",
     "RunResult",
     "apply_overrides",
     "build_report",

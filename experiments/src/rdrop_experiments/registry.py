@@ -22,7 +22,6 @@ __all__ = [
     "ArmRun",
     "Experiment",
     "Recipe",
-    "RunContext",
     "RunResult",
     "discover",
     "get_experiment",
@@ -69,9 +68,6 @@ class ArmRun:
         kwargs.setdefault("disable", not self.progress)
         return progress_bar(iterable, **kwargs)
 
-
-# Old name, kept so recipes written against it still import.
-RunContext = ArmRun
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rdrop_experiments.protocol import train_until_patience
-from rdrop_experiments.registry import RunContext, RunResult
+from rdrop_experiments.registry import ArmRun, RunResult
 from rdrop_experiments.training import (
     cycle_batches,
     lr_schedule,
@@ -138,7 +138,7 @@ def _decode(model: Any, tok: Any, src: list[Tensor], batch_size: int, max_len: i
     return hyps
 
 
-def run_seq2seq(cfg: Any, ctx: RunContext, data: EncodedPairs,
+def run_seq2seq(cfg: Any, ctx: ArmRun, data: EncodedPairs,
                 score: Callable[[list[str], list[str]], dict[str, float]],
                 metric: str) -> RunResult:
     """One seed of one arm for an encoder-decoder family: setup, train, evaluate.

@@ -22,7 +22,7 @@ from rdrop_experiments.config import (
     check_rates,
 )
 from rdrop_experiments.protocol import protocol_grid, train_until_patience
-from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.training import (
     cycle_batches,
     lr_schedule,
@@ -125,7 +125,7 @@ def _evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> dict[s
     return {"loss": loss / len(y), "accuracy": correct / len(y)}
 
 
-def run_image(cfg: ImageConfig, ctx: RunContext) -> RunResult:
+def run_image(cfg: ImageConfig, ctx: ArmRun) -> RunResult:
     """One seed of one arm: setup, train ``max_steps`` steps, evaluate, return metrics/curves."""
 
     # setup

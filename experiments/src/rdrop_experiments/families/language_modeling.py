@@ -28,7 +28,7 @@ from rdrop_experiments.config import (
     check_vocab_size,
 )
 from rdrop_experiments.protocol import protocol_grid, train_until_patience
-from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.training import (
     cycle_batches,
     lr_schedule,
@@ -160,7 +160,7 @@ def _nll(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
     return total / max(1, count)
 
 
-def run_language_modeling(cfg: LMConfig, ctx: RunContext) -> RunResult:
+def run_language_modeling(cfg: LMConfig, ctx: ArmRun) -> RunResult:
     """One seed of one arm: BPE token windows, train the causal LM until validation perplexity
     stalls (:func:`rdrop_experiments.protocol.train_until_patience`), test perplexity at the
     best-validation checkpoint."""

@@ -25,7 +25,7 @@ from rdrop_experiments.config import (
     check_vocab_size,
 )
 from rdrop_experiments.protocol import protocol_grid
-from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.seq2seq import EncodedPairs, encode_pairs, run_seq2seq
 
 __all__ = ["SummarizationConfig", "rouge_scores", "run_summarization"]
@@ -122,7 +122,7 @@ def _data(dataset: str, path: str | None, split_seed: int, vocab_size: int, max_
                         caps={"train": train_size, "valid": valid_size, "test": test_size})
 
 
-def run_summarization(cfg: SummarizationConfig, ctx: RunContext) -> RunResult:
+def run_summarization(cfg: SummarizationConfig, ctx: ArmRun) -> RunResult:
     """One seed of one arm: BPE data, train the Transformer, greedy-decode the test split,
     ROUGE-1/2/L."""
     data = _data(cfg.dataset, cfg.data_path, cfg.split_seed, cfg.vocab_size, cfg.max_src_len,

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from rdrop_experiments.config import CommonConfig, ConfigError, apply_overrides, check_rates
 from rdrop_experiments.protocol import protocol_grid, train_until_patience
-from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.training import (
     cycle_batches,
     lr_schedule,
@@ -198,7 +198,7 @@ def _evaluate(model: nn.Module, split: tuple[Tensor, Tensor, Tensor], batch_size
             "macro_f1": macro_f1(pred, y, num_classes)}
 
 
-def run_text(cfg: TextConfig, ctx: RunContext) -> RunResult:
+def run_text(cfg: TextConfig, ctx: ArmRun) -> RunResult:
     """One seed of one arm: setup, fine-tune ``max_steps`` steps, evaluate, return results."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
     from transformers.utils import logging as hf_logging

@@ -23,7 +23,7 @@ from rdrop_experiments.config import (
     check_vocab_size,
 )
 from rdrop_experiments.protocol import protocol_grid
-from rdrop_experiments.registry import Experiment, RunContext, RunResult, register
+from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.seq2seq import EncodedPairs, encode_pairs, run_seq2seq
 
 __all__ = ["TranslationConfig", "corpus_bleu", "run_translation"]
@@ -128,7 +128,7 @@ def _data(dataset: str, path: str | None, src_lang: str, tgt_lang: str, src_modu
                         caps={"train": train_size, "valid": valid_size, "test": test_size})
 
 
-def run_translation(cfg: TranslationConfig, ctx: RunContext) -> RunResult:
+def run_translation(cfg: TranslationConfig, ctx: ArmRun) -> RunResult:
     """One seed of one arm: BPE data, train the Transformer, greedy-decode the test split, BLEU."""
     data = _data(cfg.dataset, cfg.data_path, cfg.src_lang, cfg.tgt_lang, cfg.src_module,
                  cfg.tgt_module, cfg.split_seed, cfg.vocab_size, cfg.max_len, cfg.train_size,
