@@ -40,13 +40,9 @@ from torch.autograd.function import once_differentiable
 
 from rdrop import _compiled
 from rdrop.argchecks import check_positive_int
+from rdrop.functional import compute_dtype
 
 __all__ = ["chunked_rdrop_sums"]
-
-
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    # fp32 at least (bf16 log-probs lose the small differences the KL measures); fp64 stays fp64.
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
@@ -82,7 +78,7 @@ def chunk_forward(
 
     ``y`` must already hold a valid class at ignored rows (any; they are masked by ``keep``).
     """
-    cd = _compute_dtype(z1)
+    cd = compute_dtype(z1.dtype)
     l1, lse1 = _log_probs_lse(z1, cd)
     l2, lse2 = _log_probs_lse(z2, cd)
     idx = y.unsqueeze(1)
@@ -130,7 +126,7 @@ def chunk_grads(
     ``out1``/``out2`` when given (compute dtype, same shape; they may alias ``z1``/``z2``, which
     are read first), else into fresh compute-dtype tensors.
     """
-    cd = _compute_dtype(z1)
+    cd = compute_dtype(z1.dtype)
     a = _recompute_log_probs(z1, lse1, cd)
     b = _recompute_log_probs(z2, lse2, cd)
     d = out1 if out1 is not None else torch.empty_like(a)
@@ -156,7 +152,7 @@ class _ChunkedRDropSums(torch.autograd.Function):
         eps: float,
         chunk_size: int,
     ) -> tuple[Tensor, Tensor]:
-        cd = _compute_dtype(x1)
+        cd = compute_dtype(x1.dtype)
         n = x1.shape[0]
         lse1 = torch.empty(n, dtype=cd, device=x1.device)
         lse2 = torch.empty_like(lse1)

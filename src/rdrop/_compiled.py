@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rdrop.functional import compute_dtype
+
 __all__ = ["compile_wanted", "fwd", "grads"]
 
 MIN_ELEMENTS = 1 << 22
@@ -67,10 +69,6 @@ def compile_wanted(numel: int) -> bool:
 
 
 # ------------------------------------------------------------------------------- the math
-def _cd(z: Tensor) -> torch.dtype:
-    return torch.float64 if z.dtype == torch.float64 else torch.float32
-
-
 def _log_probs(z: Tensor, lse: Tensor) -> Tensor:
     return z.to(lse.dtype) - lse.unsqueeze(1)
 
@@ -109,7 +107,7 @@ def _grad_pair(
 
 
 def _fwd(z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, eps: Tensor) -> tuple[Tensor, ...]:
-    cd = _cd(z1)
+    cd = compute_dtype(z1.dtype)
     lse1, lse2 = torch.logsumexp(z1.to(cd), -1), torch.logsumexp(z2.to(cd), -1)
     task, cons = _task_cons(_log_probs(z1, lse1), _log_probs(z2, lse2), y, keep, eps)
     return task, cons, lse1, lse2
@@ -160,7 +158,7 @@ def _pad(rows: int, *tensors: Tensor) -> list[Tensor]:
 
 
 def _eps(eps: float, z: Tensor) -> Tensor:
-    return torch.tensor(eps, dtype=_cd(z), device=z.device)
+    return torch.tensor(eps, dtype=compute_dtype(z.dtype), device=z.device)
 
 
 def fwd(z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, eps: float) -> tuple[Tensor, ...]:

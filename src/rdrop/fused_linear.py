@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from rdrop import _compiled
-from rdrop._chunked import _compute_dtype, chunk_forward, chunk_grads
+from rdrop._chunked import chunk_forward, chunk_grads
 from rdrop.argchecks import (
     check_alpha,
     check_ignore_index,
@@ -17,7 +17,7 @@ from rdrop.argchecks import (
     check_positive_int,
     check_reduction,
 )
-from rdrop.functional import RDropOutput, _raise_if_not_finite, mean_denominator
+from rdrop.functional import RDropOutput, _raise_if_not_finite, compute_dtype, mean_denominator
 
 __all__ = ["FusedLinearRDropLoss", "fused_linear_rdrop_loss"]
 
@@ -41,7 +41,7 @@ def _fused_pass(
     Per chunk only ``(rows, V)`` blocks exist: the two logits blocks, which are overwritten by
     their gradients, plus two log-prob temporaries.
     """
-    cd = _compute_dtype(h1)
+    cd = compute_dtype(h1.dtype)
     n = h1.shape[0]
     task = torch.zeros((), dtype=cd, device=h1.device)
     cons = torch.zeros_like(task)
@@ -391,7 +391,7 @@ def fused_linear_rdrop_loss(
     y = target.reshape(-1).to(device=h1.device)
     keep = y != ignore_index
     y = torch.where(keep, y, torch.zeros_like(y)).long()
-    cd = _compute_dtype(h1)
+    cd = compute_dtype(h1.dtype)
     denom = mean_denominator(keep, num_items_in_batch) if reduction == "mean" else 1.0
     scale = 1.0 / torch.as_tensor(denom, dtype=cd, device=h1.device)
     loss, task, cons = _FusedLinearRDrop.apply(
