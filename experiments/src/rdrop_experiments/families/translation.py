@@ -136,7 +136,7 @@ def run_translation(cfg: TranslationConfig, ctx: ArmRun) -> RunResult:
     return run_seq2seq(cfg, ctx, data, corpus_bleu, "bleu")
 
 
-# Second protocol (docs/EXPERIMENTS.md; amendment of 2026-11-25 20:35). ``translation`` is the
+# Second protocol (docs/EXPERIMENTS.md; amendment of 2026-11-25 20:28). ``translation`` is the
 # form that fits the budget (a run <= ~10 CPU-minutes, a family <= ~3 CPU-hours):
 # 4,000 verse pairs of <= 24 subwords, a 2+2-layer d=64 Transformer, a 2k BPE, batch 32, one
 # evaluation per epoch (125 steps), patience 2, a cap of 96k sample passes for every arm, 300
