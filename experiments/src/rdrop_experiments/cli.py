@@ -1,4 +1,4 @@
-"""``rdrop``: a router over small subcommands (``ls``, ``run``, ``report``).
+"""``rdrop``: a router over small subcommands (``ls``, ``run``, ``report``, ``compare``).
 
 Experiments load only inside a subcommand, so ``rdrop --help`` stays fast. ``key=value``
 overrides and flags may come in any order (``rdrop run image --quick seeds=1``).
@@ -80,6 +80,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from rdrop_experiments.reproduce import compare_folders
+
+    try:
+        print(compare_folders(args.old, args.new))
+    except ValueError as exc:
+        print(f"rdrop compare: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -125,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--include-quick", action="store_true",
                        help="keep quick (smoke) runs beside full ones (default: left out)")
     p_rep.set_defaults(func=_cmd_report)
+
+    p_cmp = sub.add_parser(
+        "compare", help="pair the runs of two result folders and show how far reruns moved",
+        description="Runs pair by config hash, method and seed (not by experiment name).")
+    p_cmp.add_argument("old", help="folder of the earlier records")
+    p_cmp.add_argument("new", help="folder of the reruns")
+    p_cmp.set_defaults(func=_cmd_compare)
     return parser
 
 
