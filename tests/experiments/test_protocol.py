@@ -219,3 +219,21 @@ def test_quick_protocol_run_writes_best_valid_records(family, tmp_path):
         best = next(c for c in rec["curves"] if c["step"] == extra["best_step"])
         assert rec["value"] == pytest.approx(best[f"test_{rec['metric']}"])
         assert rec.get("git_commit") is not None or "git_commit" in rec
+
+
+# ------------------------------------------------------ symmetric tuning (the registered grids)
+@pytest.mark.parametrize("family", ["image", "language-modeling", "text-classification",
+                                    "translation", "translation-full", "summarization"])
+def test_every_family_tunes_baseline_and_rdrop_on_grids_of_one_size(family):
+    from rdrop_experiments import get_experiment
+
+    exp = get_experiment(family)
+    points = {m: [s for s in exp.grid if s.get("methods") == (m,)]
+              for m in ("baseline", "rdrop", "rdrop_alpha0")}
+    assert len(points["baseline"]) == len(points["rdrop"]) >= 2
+    assert len(points["rdrop_alpha0"]) == 1
+    # the baseline's knob is its dropout rate, R-Drop's the alpha; both grids distinct points
+    rates = [s["dropout"] for s in points["baseline"]]
+    alphas = [s["alpha"] for s in points["rdrop"]]
+    assert len(set(rates)) == len(rates) and len(set(alphas)) == len(alphas)
+    assert all(a > 0 for a in alphas)
