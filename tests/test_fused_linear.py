@@ -194,6 +194,39 @@ def test_nan_hidden_states_raise():
         fused_linear_rdrop_loss(*params[:3], y, bias=params[3], alpha=1.0)
 
 
+def test_nan_hidden_state_at_an_ignored_row_is_refused_not_a_nan_gradient():
+    # Its loss is masked to 0, so the loss stays finite; its gradient would reach the weight as
+    # NaN. With check_finite (the default) the one sync names it; without, the NaN is what
+    # PyTorch gives (as F.cross_entropy does), and rows that count are untouched.
+    params, y = _make((6,), torch.float32, seed=9, ignore_frac=0.0)
+    y[3] = -100
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        h1 = params[0].clone()
+        h1[3, 1] = bad
+        with pytest.raises(FloatingPointError, match="do not count"):
+            fused_linear_rdrop_loss(h1, params[1], params[2], y, bias=params[3], alpha=1.0)
+    leaves = _leaves([h1, *params[1:]])
+    out = fused_linear_rdrop_loss(*leaves[:3], y, bias=leaves[3], alpha=1.0, check_finite=False)
+    keep = torch.arange(6) != 3
+    w, b = params[2].double(), params[3].double()
+    ref = reference_rdrop_loss([linear(params[0][keep].double(), w, b),
+                                linear(params[1][keep].double(), w, b)], y[keep], alpha=1.0)
+    torch.testing.assert_close(out.loss.double(), ref["loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_target_outside_the_vocabulary_is_a_clear_error_and_integer_dtypes_agree():
+    params, y = _make((5,), torch.float32, seed=10, ignore_frac=0.0)
+    for wrong in (V, -3):
+        bad = y.clone()
+        bad[2] = wrong
+        with pytest.raises(ValueError, match=rf"outside \[0, {V}\)"):
+            fused_linear_rdrop_loss(*params[:3], bad, bias=params[3], alpha=1.0)
+    ref = fused_linear_rdrop_loss(*params[:3], y, bias=params[3], alpha=1.0)
+    for dtype in (torch.uint8, torch.int32):
+        out = fused_linear_rdrop_loss(*params[:3], y.to(dtype), bias=params[3], alpha=1.0)
+        torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=0)
+
+
 class _LargestOutput(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()

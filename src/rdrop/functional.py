@@ -337,11 +337,6 @@ def _check_result(
                      label_smoothing=label_smoothing, values=values)
 
 
-def _raise_if_not_finite(loss: Tensor, inputs: Sequence[Tensor]) -> None:
-    # Kept for older importers (fused_linear): the finiteness part of _check_result alone.
-    _check_result(loss, inputs, denom=1.0, targets=None, label_smoothing=0.0)
-
-
 def _raise_diagnosis(
     loss: Tensor | None,
     inputs: Sequence[Tensor],
@@ -408,7 +403,8 @@ def _raise_diagnosis(
                 "label_smoothing=0."
             )
         if targets is not None and any(
-            bool((m.gather(-1, targets.index.unsqueeze(-1)).squeeze(-1) & targets.keep).any())
+            m.shape[-1] == targets.num_classes  # logits (not the fused path's hidden states)
+            and bool((m.gather(-1, targets.index.unsqueeze(-1)).squeeze(-1) & targets.keep).any())
             for m in neginf
         ):
             raise ValueError(

@@ -17,7 +17,13 @@ from rdrop.argchecks import (
     check_positive_int,
     check_reduction,
 )
-from rdrop.functional import RDropOutput, _raise_if_not_finite, compute_dtype, mean_denominator
+from rdrop.functional import (
+    RDropOutput,
+    _check_result,
+    _Targets,
+    compute_dtype,
+    mean_denominator,
+)
 
 __all__ = ["FusedLinearRDropLoss", "fused_linear_rdrop_loss"]
 
@@ -338,7 +344,9 @@ def fused_linear_rdrop_loss(
             them well under the weight gradient's size for large vocabularies while the
             matmuls stay efficient (N 2048, V 64000, H 256 on one CPU thread: 0.62x the time of
             the compiled linear + loss at 0.13x its extra memory).
-        check_finite: raise if the loss is NaN/inf (costs one device sync).
+        check_finite: one device sync that raises if the loss is NaN/inf, a counted target
+            is outside ``[0, V)``, or an ignored row's hidden state is NaN/inf (its loss is
+            masked, its gradient would be NaN).
 
     Returns:
         :class:`~rdrop.functional.RDropOutput` (``logits`` is ``None``: they never exist).
@@ -349,7 +357,9 @@ def fused_linear_rdrop_loss(
         ValueError: mismatched shapes, ``alpha < 0``, ``reduction="none"`` or unknown,
             ``label_smoothing`` outside ``[0, 1)``, ``chunk_size < 1``, ``bias`` given with a
             module, a ``DTensor`` weight with placements other than Shard/Replicate.
-        FloatingPointError: the loss is not finite.
+        FloatingPointError: the loss is not finite, or (``check_finite``) an ignored row's
+            hidden state is NaN/inf.
+        ValueError (``check_finite``): a counted target is outside ``[0, V)``.
 
     Example:
         >>> import torch
@@ -388,9 +398,15 @@ def fused_linear_rdrop_loss(
 
     h = hidden1.shape[-1]
     h1, h2 = hidden1.reshape(-1, h), hidden2.reshape(-1, h)
-    y = target.reshape(-1).to(device=h1.device)
-    keep = y != ignore_index
-    y = torch.where(keep, y, torch.zeros_like(y)).long()
+    # Targets read once (any integer dtype); with check_finite a counted target outside [0, V)
+    # is computed as class 0 and flagged, and the one sync below raises on it.
+    targets = _Targets(target.reshape(-1).to(device=h1.device), weight.shape[0], ignore_index,
+                       check_finite)
+    if check_finite:
+        # A NaN/inf hidden state at an ignored row gives NaN logits there: their loss is masked
+        # to 0 but their gradient reaches the weight as NaN. Flag such rows for the same sync.
+        targets.note_padding(_non_finite_rows(h1, h2))
+    keep, y = targets.keep, targets.index
     cd = compute_dtype(h1.dtype)
     denom = mean_denominator(keep, num_items_in_batch) if reduction == "mean" else 1.0
     scale = 1.0 / torch.as_tensor(denom, dtype=cd, device=h1.device)
@@ -399,8 +415,15 @@ def fused_linear_rdrop_loss(
     )
     out = RDropOutput(loss=loss, task_loss=task, consistency_loss=cons)
     if check_finite:
-        _raise_if_not_finite(out.loss, [hidden1, hidden2])
+        _check_result(out.loss, [hidden1, hidden2], denom=denom, targets=targets,
+                      label_smoothing=label_smoothing)
     return out
+
+
+@torch.no_grad()
+def _non_finite_rows(h1: Tensor, h2: Tensor) -> Tensor:
+    """Rows where either pass's hidden state holds a NaN or an inf (any inf makes NaN logits)."""
+    return ~(torch.isfinite(h1).all(-1) & torch.isfinite(h2).all(-1))
 
 
 class FusedLinearRDropLoss(nn.Module):
