@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from rdrop_experiments.config import NON_RESULT_FIELDS
-from rdrop_experiments.stats import PairedDiff, Summary, paired_difference, summarize
+from rdrop_experiments.stats import (
+    PairedDiff,
+    Summary,
+    display_scale,
+    paired_difference,
+    summarize,
+)
 from rdrop_experiments.storage import load_results
 
 __all__ = ["Group", "build_report", "group_results", "markdown_table"]
@@ -191,13 +197,6 @@ def _ms(s: Summary, scale: float, digits: int) -> str:
     return f"{s.mean * scale:.{digits}f}{std}"
 
 
-def _scale(metric: str) -> tuple[float, int]:
-    # Accuracy-like metrics in [0, 1] are shown in percent, as in the paper.
-    if re.search(r"acc|f1|bleu|rouge|mcc", metric):
-        return 100.0, 2
-    return 1.0, 3
-
-
 def _rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
     rows = []
     for g in groups:
@@ -229,7 +228,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, primary_only: bool = False
     for row in rows:
         if primary_only and not row["primary"]:
             continue
-        scale, digits = _scale(row["metric"])
+        scale, digits = display_scale(row["metric"])
         sb = Summary(row["n_baseline"], row["baseline_mean"], row["baseline_std"])
         sr = Summary(row["n_rdrop"], row["rdrop_mean"], row["rdrop_std"])
         if row["n_pairs"] >= 2:
@@ -278,7 +277,7 @@ def _better(higher: bool) -> str:
 
 
 def _axis_name(metric: str) -> str:
-    scale, _ = _scale(metric)
+    scale, _ = display_scale(metric)
     return metric + (" (%)" if scale == 100.0 else "")
 
 
@@ -297,7 +296,7 @@ def _plot_group(g: Group, path: Path) -> None:
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     colors = {"baseline": "tab:blue", "rdrop": "tab:red"}
     names = {"baseline": "baseline", "rdrop": "R-Drop"}
-    scale, _ = _scale(g.metric)
+    scale, _ = display_scale(g.metric)
     for method, runs in (("baseline", g.baseline), ("rdrop", g.rdrop)):
         if not runs:
             continue
@@ -330,7 +329,7 @@ def _plot_metric(experiment: str, groups: Sequence[Group], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(groups) + 2.5), 4.4),
                            layout="constrained")
-    scale, _ = _scale(groups[0].metric)
+    scale, _ = display_scale(groups[0].metric)
     colors = ("tab:blue", "tab:red")
     for i, g in enumerate(groups):
         for j, method in enumerate(("baseline", "rdrop")):

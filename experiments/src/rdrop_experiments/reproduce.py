@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rdrop_experiments.stats import display_scale
 from rdrop_experiments.storage import load_results
 
 __all__ = ["Pair", "compare_folders", "format_comparison", "pair_records"]
@@ -102,9 +103,7 @@ def pair_records(old: Sequence[dict[str, Any]],
 
 
 def _scaled(metric: str, x: float) -> str:
-    from rdrop_experiments.report import _scale
-
-    scale, digits = _scale(metric)
+    scale, digits = display_scale(metric)
     return f"{x * scale:.{digits + 2}f}"
 
 

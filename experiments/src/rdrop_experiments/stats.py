@@ -1,18 +1,37 @@
 """Summary statistics over seeds: mean, standard deviation, paired difference with a t interval,
-Holm's step-down correction for a family of comparisons."""
+Holm's step-down correction for a family of comparisons; the units results are shown in."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["PairedDiff", "Summary", "holm", "paired_difference", "summarize", "t_quantile"]
+__all__ = ["PairedDiff", "Summary", "display_scale", "holm", "paired_difference", "summarize",
+           "t_quantile"]
 
 # Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30 (fallback when scipy is absent).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
          2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def display_scale(metric: str) -> tuple[float, int]:
+    """How reports show a metric: ``(factor, decimals)``.
+
+    Records store accuracy-like metrics (accuracy, F1, MCC, BLEU, chrF, ROUGE) as fractions in
+    [0, 1]; reports show them x100 with 2 decimals, as the paper does. Everything else
+    (perplexity, losses, gaps) is shown as stored, with 3 decimals. Every table, plot, verdict
+    and comparison uses this one rule.
+
+    Example:
+        >>> display_scale("bleu"), display_scale("test_chrf"), display_scale("perplexity")
+        ((100.0, 2), (100.0, 2), (1.0, 3))
+    """
+    if "loss" not in metric and re.search(r"acc|f1|mcc|bleu|chrf|rouge", metric):
+        return 100.0, 2
+    return 1.0, 3
 
 
 def t_quantile(df: int, level: float = 0.95) -> float:

@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from rdrop_experiments.protocol import quality_at_compute
-from rdrop_experiments.stats import PairedDiff, holm, paired_difference, summarize
+from rdrop_experiments.stats import (
+    PairedDiff,
+    display_scale,
+    holm,
+    paired_difference,
+    summarize,
+)
 
 __all__ = ["Arm", "Comparison", "FamilyVerdict", "build_verdicts", "field",
            "is_protocol_record", "verdict_report"]
@@ -65,10 +71,6 @@ def _point(rec: dict[str, Any]) -> str:
     parts = [p for p in str(rec.get("setting", "default")).split(",")
              if not p.startswith("methods=")]
     return ",".join(parts) or "default"
-
-
-def _scale(rec: dict[str, Any]) -> float:
-    return 1.0 if rec["metric"] in ("perplexity",) or "loss" in rec["metric"] else 100.0
 
 
 @dataclass
@@ -149,7 +151,7 @@ def build_verdicts(records: Sequence[dict[str, Any]]) -> list[FamilyVerdict]:
     out = []
     for name, recs in sorted(by_exp.items()):
         higher = bool(recs[0]["higher_is_better"])
-        scale = _scale(recs[0])
+        scale = display_scale(recs[0]["metric"])[0]
         arms = {m: _choose(m, [r for r in recs if r["method"] == m])
                 for m in ARMS if any(r["method"] == m for r in recs)}
         if "baseline" not in arms:
