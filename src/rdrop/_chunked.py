@@ -159,13 +159,20 @@ class _ChunkedRDropSums(torch.autograd.Function):
         task = torch.zeros((), dtype=cd, device=x1.device)
         cons = torch.zeros_like(task)
         compiled = _compiled.compile_wanted(x1.numel())
-        forward = _compiled.fwd if compiled else chunk_forward
+        # The compiled forward also keeps <p1, d> and <p2, d> per row, so its backward makes one
+        # pass over each row instead of two (the eager backward recomputes them).
+        rowdots = (torch.empty_like(lse1), torch.empty_like(lse1)) if compiled else None
         for s in range(0, n, chunk_size):
             e = min(s + chunk_size, n)
-            t, c, lse1[s:e], lse2[s:e] = forward(x1[s:e], x2[s:e], y[s:e], keep[s:e], eps)
+            if rowdots is not None:
+                t, c, lse1[s:e], lse2[s:e], rowdots[0][s:e], rowdots[1][s:e] = _compiled.fwd(
+                    x1[s:e], x2[s:e], y[s:e], keep[s:e], eps)
+            else:
+                t, c, lse1[s:e], lse2[s:e] = chunk_forward(x1[s:e], x2[s:e], y[s:e], keep[s:e],
+                                                           eps)
             task += t
             cons += c
-        ctx.save_for_backward(x1, x2, y, keep, lse1, lse2)
+        ctx.save_for_backward(x1, x2, y, keep, lse1, lse2, *(rowdots or ()))
         ctx.eps, ctx.chunk_size, ctx.compiled = eps, chunk_size, compiled
         return task, cons
 
@@ -174,7 +181,7 @@ class _ChunkedRDropSums(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, g_task: Tensor, g_cons: Tensor
     ) -> tuple[Tensor | None, ...]:
-        x1, x2, y, keep, lse1, lse2 = ctx.saved_tensors
+        x1, x2, y, keep, lse1, lse2, *rowdots = ctx.saved_tensors
         need1, need2 = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need1 or need2):
             return None, None, None, None, None, None
@@ -183,8 +190,8 @@ class _ChunkedRDropSums(torch.autograd.Function):
         grad1 = torch.empty_like(x1) if need1 else None
         grad2 = torch.empty_like(x2) if need2 else None
         if ctx.compiled:
-            return _compiled_backward(ctx, x1, x2, y, keep, lse1, lse2, g_task, g_cons,
-                                      grad1, grad2)
+            return _compiled_backward(ctx, x1, x2, y, keep, (lse1, lse2, *rowdots), g_task,
+                                      g_cons, grad1, grad2)
         direct = x1.dtype == cd  # write into the gradient itself, no chunk temporary
         w = keep.to(cd)
         gt_rows, gc_rows = w * g_task.to(cd), w * g_cons.to(cd)
@@ -206,11 +213,13 @@ class _ChunkedRDropSums(torch.autograd.Function):
 
 def _compiled_backward(
     ctx: torch.autograd.function.FunctionCtx,
-    x1: Tensor, x2: Tensor, y: Tensor, keep: Tensor, lse1: Tensor, lse2: Tensor,
+    x1: Tensor, x2: Tensor, y: Tensor, keep: Tensor, rows: tuple[Tensor, ...],
     g_task: Tensor, g_cons: Tensor, grad1: Tensor | None, grad2: Tensor | None,
 ) -> tuple[Tensor | None, ...]:
     # The compiled kernel writes both gradients (in the input dtype) straight into their slices;
     # a gradient that is not needed still gets a chunk-sized scratch block to write into.
+    # rows: lse1, lse2, <p1, d>, <p2, d> per row, from the compiled forward.
+    lse1, lse2, s1, s2 = rows
     cd = lse1.dtype
     w = keep.to(cd)
     gt_rows, gc_rows = w * g_task.to(cd), w * g_cons.to(cd)
@@ -222,8 +231,8 @@ def _compiled_backward(
         e = min(s + size, n)
         out1 = grad1[s:e] if grad1 is not None else scratch[: e - s]  # type: ignore[index]
         out2 = grad2[s:e] if grad2 is not None else scratch[: e - s]  # type: ignore[index]
-        _compiled.grads(x1[s:e], x2[s:e], lse1[s:e], lse2[s:e], y[s:e], gt_rows[s:e],
-                        gc_rows[s:e], ctx.eps, out1, out2)
+        _compiled.grads(x1[s:e], x2[s:e], lse1[s:e], lse2[s:e], s1[s:e], s2[s:e], y[s:e],
+                        gt_rows[s:e], gc_rows[s:e], ctx.eps, out1, out2)
     return grad1, grad2, None, None, None, None
 
 

@@ -86,18 +86,22 @@ def _task_cons(l1: Tensor, l2: Tensor, y: Tensor, keep: Tensor, eps: Tensor) -> 
     task = -(l1.gather(1, idx) + l2.gather(1, idx)).squeeze(1)
     smooth = l1.mean(-1) + l2.mean(-1)  # -inf where a class is masked: select, not multiply
     task = (1.0 - eps) * task - torch.where(eps > 0, eps * smooth, torch.zeros_like(smooth))
-    cons = 0.5 * ((l1.exp() - l2.exp()) * _diff(l1, l2)).sum(-1)
+    d = _diff(l1, l2)
+    # <p1, d> and <p2, d> per row: the consistency is half their difference, and backward needs
+    # both, so they are kept (two numbers per row) and backward makes one pass over a row, not two.
+    s1, s2 = (l1.exp() * d).sum(-1), (l2.exp() * d).sum(-1)
+    cons = 0.5 * (s1 - s2)
     zero = torch.zeros((), dtype=l1.dtype, device=l1.device)
-    return torch.where(keep, task, zero).sum(), torch.where(keep, cons, zero).sum()
+    return torch.where(keep, task, zero).sum(), torch.where(keep, cons, zero).sum(), s1, s2
 
 
 def _grad_pair(
-    l1: Tensor, l2: Tensor, y: Tensor, gt: Tensor, gc: Tensor, eps: Tensor
+    l1: Tensor, l2: Tensor, s1: Tensor, s2: Tensor, y: Tensor, gt: Tensor, gc: Tensor,
+    eps: Tensor,
 ) -> tuple[Tensor, Tensor]:
     d = _diff(l1, l2)
     p1, p2 = l1.exp(), l2.exp()
-    s1 = (p1 * d).sum(-1, keepdim=True)
-    s2 = (p2 * d).sum(-1, keepdim=True)
+    s1, s2 = s1.unsqueeze(1), s2.unsqueeze(1)
     h, gt = (0.5 * gc).unsqueeze(1), gt.unsqueeze(1)
     hot = torch.arange(l1.shape[1], device=l1.device).unsqueeze(0) == y.unsqueeze(1)
     lin = gt * (eps / l1.shape[1]) + torch.where(hot, gt * (1.0 - eps), torch.zeros_like(gt))
@@ -109,15 +113,15 @@ def _grad_pair(
 def _fwd(z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, eps: Tensor) -> tuple[Tensor, ...]:
     cd = compute_dtype(z1.dtype)
     lse1, lse2 = torch.logsumexp(z1.to(cd), -1), torch.logsumexp(z2.to(cd), -1)
-    task, cons = _task_cons(_log_probs(z1, lse1), _log_probs(z2, lse2), y, keep, eps)
-    return task, cons, lse1, lse2
+    task, cons, s1, s2 = _task_cons(_log_probs(z1, lse1), _log_probs(z2, lse2), y, keep, eps)
+    return task, cons, lse1, lse2, s1, s2
 
 
 def _grads(
-    z1: Tensor, z2: Tensor, lse1: Tensor, lse2: Tensor, y: Tensor, gt: Tensor, gc: Tensor,
-    eps: Tensor, out1: Tensor, out2: Tensor,
+    z1: Tensor, z2: Tensor, lse1: Tensor, lse2: Tensor, s1: Tensor, s2: Tensor, y: Tensor,
+    gt: Tensor, gc: Tensor, eps: Tensor, out1: Tensor, out2: Tensor,
 ) -> None:
-    g1, g2 = _grad_pair(_log_probs(z1, lse1), _log_probs(z2, lse2), y, gt, gc, eps)
+    g1, g2 = _grad_pair(_log_probs(z1, lse1), _log_probs(z2, lse2), s1, s2, y, gt, gc, eps)
     out1.copy_(g1)
     out2.copy_(g2)
 
@@ -162,24 +166,26 @@ def _eps(eps: float, z: Tensor) -> Tensor:
 
 
 def fwd(z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, eps: float) -> tuple[Tensor, ...]:
-    """Compiled ``rdrop._chunked.chunk_forward``: (task sum, consistency sum, lse1, lse2)."""
+    """Compiled ``rdrop._chunked.chunk_forward``: (task sum, consistency sum, lse1, lse2, s1,
+    s2), where ``s_k = <p_k, l1 - l2>`` per row is what :func:`grads` needs besides the lse."""
     n = z1.shape[0]
     z1, z2, y, keep = _pad(n, z1, z2, y, keep)
-    task, cons, lse1, lse2 = _run("fwd", _fwd, z1, z2, y, keep, _eps(eps, z1))
-    return task, cons, lse1[:n], lse2[:n]
+    task, cons, lse1, lse2, s1, s2 = _run("fwd", _fwd, z1, z2, y, keep, _eps(eps, z1))
+    return task, cons, lse1[:n], lse2[:n], s1[:n], s2[:n]
 
 
 def grads(
-    z1: Tensor, z2: Tensor, lse1: Tensor, lse2: Tensor, y: Tensor, gt: Tensor, gc: Tensor,
-    eps: float, out1: Tensor, out2: Tensor,
+    z1: Tensor, z2: Tensor, lse1: Tensor, lse2: Tensor, s1: Tensor, s2: Tensor, y: Tensor,
+    gt: Tensor, gc: Tensor, eps: float, out1: Tensor, out2: Tensor,
 ) -> None:
-    """Compiled ``rdrop._chunked.chunk_grads``, written into ``out1``/``out2``."""
+    """Compiled ``rdrop._chunked.chunk_grads`` from :func:`fwd`'s per-row lse and s, written
+    into ``out1``/``out2`` in one pass over each row."""
     if z1.shape[0] == 1:
         g1, g2 = torch.empty_like(out1), torch.empty_like(out2)
-        padded = _pad(1, z1, z2, lse1, lse2, y, gt, gc, g1, g2)
+        padded = _pad(1, z1, z2, lse1, lse2, s1, s2, y, gt, gc, g1, g2)
         g1, g2 = padded[-2:]
-        _run("grads", _grads, *padded[:7], _eps(eps, z1), g1, g2)
+        _run("grads", _grads, *padded[:9], _eps(eps, z1), g1, g2)
         out1.copy_(g1[:1])
         out2.copy_(g2[:1])
         return
-    _run("grads", _grads, z1, z2, lse1, lse2, y, gt, gc, _eps(eps, z1), out1, out2)
+    _run("grads", _grads, z1, z2, lse1, lse2, s1, s2, y, gt, gc, _eps(eps, z1), out1, out2)

@@ -68,19 +68,20 @@ def _fused_pass(
         z1, z2 = nn.functional.linear(a1, w, b), nn.functional.linear(a2, w, b)
         if grads[0] is None:
             forward = _compiled.fwd if compiled else chunk_forward
-            t, c, _, _ = forward(z1, z2, y[s:e], keep[s:e], eps)
+            t, c = forward(z1, z2, y[s:e], keep[s:e], eps)[:2]
             task += t
             cons += c
             continue
         direct = z1.dtype == cd  # the logits block is dead once read: overwrite it
         if compiled:  # two kernels (sums and lse; gradients in the input dtype) that keep no
             # (rows, V) temporaries; one kernel for both materializes the log-probs.
-            t, c, lse1, lse2 = _compiled.fwd(z1, z2, y[s:e], keep[s:e], eps)
+            t, c, lse1, lse2, s1, s2 = _compiled.fwd(z1, z2, y[s:e], keep[s:e], eps)
             if gbuf is None:
                 gbuf = torch.empty((2, min(chunk_size, n), w.shape[0]), dtype=z1.dtype,
                                    device=z1.device)
             g1, g2 = gbuf[0, : e - s], gbuf[1, : e - s]
-            _compiled.grads(z1, z2, lse1, lse2, y[s:e], w_t[s:e], w_c[s:e], eps, g1, g2)
+            _compiled.grads(z1, z2, lse1, lse2, s1, s2, y[s:e], w_t[s:e], w_c[s:e], eps, g1,
+                            g2)
             del z1, z2
         else:
             t, c, lse1, lse2 = chunk_forward(z1, z2, y[s:e], keep[s:e], eps)
