@@ -19,12 +19,13 @@ so with output gradients ``gt`` (task) and ``gc`` (consistency), ``h = gc / 2``:
 
     grad z1 = p1 * (h * (d - <p1, d> + 1) + gt) - h * p2 - gt * eps / V - gt * (1 - eps) * onehot(y)
 
-and symmetrically for ``z2`` with ``<p2, d> - d``. Forward keeps only each row's log-sum-exp;
-backward recomputes ``l1``, ``l2`` per chunk from it and writes straight into the preallocated
-input gradients, so at most two chunk-sized fp32 temporaries live beside them (four for
-bf16/fp16 inputs). Storing the gradients computed in forward instead would need four ``(N, V)``
-tensors (task and consistency parts of each pass, because their scales are only known in
-backward), more than the whole target budget.
+and symmetrically for ``z2`` with ``<p2, d> - d``. Forward keeps only each row's log-sum-exp
+(the compiled kernels also keep ``<p1, d>`` and ``<p2, d>``, two numbers per row, so their
+backward is one pass over a row); backward recomputes ``l1``, ``l2`` per chunk from it and
+writes straight into the preallocated input gradients, so at most two chunk-sized fp32
+temporaries live beside them (four for bf16/fp16 inputs). Storing the gradients computed in
+forward instead would need four ``(N, V)`` tensors (task and consistency parts of each pass,
+because their scales are only known in backward), more than the whole target budget.
 
 The functions below are the eager kernels; when ``rdrop._compiled.compile_wanted`` says so, the
 same math runs as ``torch.compile``-d kernels instead (``RDROP_COMPILE=never`` forces eager).

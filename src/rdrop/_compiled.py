@@ -4,9 +4,10 @@
 The same per-chunk math as the eager code in :mod:`rdrop._chunked` (see its docstring for the
 closed-form gradients), written as pure tensor expressions so that ``torch.compile`` (inductor:
 vectorized C++ on CPU, Triton on GPU) fuses each into a few passes over a row: the log-sum-exps,
-the two cross-entropies and the KL in one kernel, the two logits' gradients (from the saved
-log-sum-exps) in another, with no ``(rows, V)`` temporaries. (One kernel for both would
-materialize the log-probs: two more blocks.)
+the two cross-entropies, the KL and the row dots ``<p1, d>``, ``<p2, d>`` in one kernel, the two
+logits' gradients (from the saved log-sum-exps and row dots, one pass over each row) in another,
+with no ``(rows, V)`` temporaries. (One kernel for both would materialize the log-probs: two
+more blocks.)
 
 When to compile (environment variable ``RDROP_COMPILE``, read at each call):
 
