@@ -28,7 +28,6 @@ class Pair:
         method, seed, setting: what ran. metric: the primary metric.
         old, new: the primary test value at the best-validation checkpoint (record units).
         same_curves: every curve point (validation and test values, steps, sample passes) equal.
-        old_commit, new_commit: ``git_commit`` of each record.
     """
 
     experiment: str
@@ -40,13 +39,16 @@ class Pair:
     old: float
     new: float
     same_curves: bool
-    old_commit: str | None
-    new_commit: str | None
 
     @property
     def difference(self) -> float:
         """``new - old`` in record units."""
         return self.new - self.old
+
+    @property
+    def exact(self) -> bool:
+        """The rerun reproduced the run: same test value and every curve point equal."""
+        return self.difference == 0 and self.same_curves
 
 
 def _curve_values(rec: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -97,8 +99,7 @@ def pair_records(old: Sequence[dict[str, Any]],
             experiment=n["experiment"], old_experiment=o["experiment"], method=n["method"],
             setting=n.get("setting", ""), seed=int(n["seed"]), metric=n["metric"],
             old=float(o["value"]), new=float(n["value"]),
-            same_curves=_curve_values(o) == _curve_values(n),
-            old_commit=o.get("git_commit"), new_commit=n.get("git_commit")))
+            same_curves=_curve_values(o) == _curve_values(n)))
     return pairs, len(old_by.keys() - new_by.keys()), len(new_by.keys() - old_by.keys())
 
 
@@ -116,7 +117,7 @@ def format_comparison(pairs: Sequence[Pair], only_old: int, only_new: int) -> st
              f"{only_new} only in the new one.", ""]
     if not pairs:
         return "\n".join(lines)
-    identical = sum(p.difference == 0 and p.same_curves for p in pairs)
+    identical = sum(p.exact for p in pairs)
     lines += [f"{identical} of {len(pairs)} reproduce exactly (test value and every curve "
               "point equal).", "",
               "| experiment | method | runs | exact | max \\|new - old\\| | mean new - old |",
@@ -126,11 +127,11 @@ def format_comparison(pairs: Sequence[Pair], only_old: int, only_new: int) -> st
         groups.setdefault((p.experiment, p.method), []).append(p)
     for (exp, method), ps in sorted(groups.items()):
         diffs = [p.difference for p in ps]
-        exact = sum(p.difference == 0 and p.same_curves for p in ps)
+        exact = sum(p.exact for p in ps)
         lines.append(f"| {exp} | {method} | {len(ps)} | {exact} | "
                      f"{_scaled(ps[0].metric, max(abs(d) for d in diffs))} | "
                      f"{_scaled(ps[0].metric, math.fsum(diffs) / len(diffs))} |")
-    moved = [p for p in pairs if not (p.difference == 0 and p.same_curves)]
+    moved = [p for p in pairs if not p.exact]
     if moved:
         lines += ["", "Runs that moved:", "",
                   "| experiment | setting | method | seed | old | new | curves equal |",
