@@ -191,8 +191,9 @@ class _ChunkedRDropSums(torch.autograd.Function):
         grad1 = torch.empty_like(x1) if need1 else None
         grad2 = torch.empty_like(x2) if need2 else None
         if ctx.compiled:
-            return _compiled_backward(ctx, x1, x2, y, keep, (lse1, lse2, *rowdots), g_task,
-                                      g_cons, grad1, grad2)
+            s1, s2 = rowdots
+            return _compiled_backward(ctx, x1, x2, y, keep, lse1, lse2, s1, s2, g_task, g_cons,
+                                      grad1, grad2)
         direct = x1.dtype == cd  # write into the gradient itself, no chunk temporary
         w = keep.to(cd)
         gt_rows, gc_rows = w * g_task.to(cd), w * g_cons.to(cd)
@@ -214,13 +215,12 @@ class _ChunkedRDropSums(torch.autograd.Function):
 
 def _compiled_backward(
     ctx: torch.autograd.function.FunctionCtx,
-    x1: Tensor, x2: Tensor, y: Tensor, keep: Tensor, rows: tuple[Tensor, ...],
-    g_task: Tensor, g_cons: Tensor, grad1: Tensor | None, grad2: Tensor | None,
+    x1: Tensor, x2: Tensor, y: Tensor, keep: Tensor, lse1: Tensor, lse2: Tensor, s1: Tensor,
+    s2: Tensor, g_task: Tensor, g_cons: Tensor, grad1: Tensor | None, grad2: Tensor | None,
 ) -> tuple[Tensor | None, ...]:
     # The compiled kernel writes both gradients (in the input dtype) straight into their slices;
     # a gradient that is not needed still gets a chunk-sized scratch block to write into.
-    # rows: lse1, lse2, <p1, d>, <p2, d> per row, from the compiled forward.
-    lse1, lse2, s1, s2 = rows
+    # s1, s2: <p1, d> and <p2, d> per row, from the compiled forward.
     cd = lse1.dtype
     w = keep.to(cd)
     gt_rows, gc_rows = w * g_task.to(cd), w * g_cons.to(cd)

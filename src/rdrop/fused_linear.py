@@ -406,7 +406,7 @@ def fused_linear_rdrop_loss(
     if check_finite:
         # A NaN/inf hidden state at an ignored row gives NaN logits there: their loss is masked
         # to 0 but their gradient reaches the weight as NaN. Flag such rows for the same sync.
-        targets.note_padding(_non_finite_rows(h1, h2))
+        targets.note_padding(_non_finite_hidden_rows(h1, h2))
     keep, y = targets.keep, targets.index
     cd = compute_dtype(h1.dtype)
     denom = mean_denominator(keep, num_items_in_batch) if reduction == "mean" else 1.0
@@ -422,7 +422,7 @@ def fused_linear_rdrop_loss(
 
 
 @torch.no_grad()
-def _non_finite_rows(h1: Tensor, h2: Tensor) -> Tensor:
+def _non_finite_hidden_rows(h1: Tensor, h2: Tensor) -> Tensor:
     """Rows where either pass's hidden state holds a NaN or an inf (any inf makes NaN logits)."""
     return ~(torch.isfinite(h1).all(-1) & torch.isfinite(h2).all(-1))
 
