@@ -6,6 +6,12 @@ import subprocess
 import sys
 
 
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (a clean sys.modules) and return its stripped stdout."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120).stdout.strip()
+
+
 def test_import_rdrop_loads_no_heavy_optional_module():
     code = (
         "import sys, rdrop\n"
@@ -13,10 +19,8 @@ def test_import_rdrop_loads_no_heavy_optional_module():
         "'rdrop.integrations', 'matplotlib', 'sklearn', 'sacrebleu') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() == "", f"import rdrop loaded: {out.stdout.strip()}"
+    loaded = _python(code)
+    assert loaded == "", f"import rdrop loaded: {loaded}"
 
 
 def test_public_api_is_exported():
@@ -37,7 +41,4 @@ def test_import_and_eager_training_do_not_load_the_compiler():
         "model(torch.randn(5, 4), target=torch.tensor([0, 1, 2, 0, 1])).loss.backward()\n"
         "print('torch._dynamo' in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() == "False"
+    assert _python(code) == "False"
