@@ -73,9 +73,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from rdrop_experiments.report import build_report
+    from rdrop_experiments.storage import DuplicateRunError
 
-    text = build_report(args.results, out=args.out, plots=not args.no_plots,
-                        experiments=args.experiment or None, include_quick=args.include_quick)
+    try:
+        text = build_report(args.results, out=args.out, plots=not args.no_plots,
+                            experiments=args.experiment or None,
+                            include_quick=args.include_quick)
+    except DuplicateRunError as exc:
+        print(f"rdrop report: error: {exc}", file=sys.stderr)
+        return 2
     print(text)
     return 0
 
