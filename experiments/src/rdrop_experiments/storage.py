@@ -23,6 +23,7 @@ import platform
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -330,20 +331,35 @@ class RecordLock:
         return host == socket.gethostname() and not _pid_alive(pid)
 
     def acquire(self) -> bool:
-        """Take the lock; break it first if it is stale. ``False``: a live process holds it."""
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self.is_stale():
-                    self.path.unlink(missing_ok=True)
-                    continue
-                return False
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{socket.gethostname()} {os.getpid()}\n")
-            self.held = True
-            return True
-        return False
+        """Take the lock; break it first if it is stale. ``False``: a live process holds it.
+
+        The lock appears with its owner already written (a hard link to a filled temporary
+        file), so no other process or thread ever reads it empty and breaks it as stale.
+        """
+        owner = f"{socket.gethostname()} {os.getpid()}\n"
+        filled = self.path.with_name(f".{self.path.name}-{os.getpid()}-{threading.get_ident()}")
+        filled.write_text(owner)
+        try:
+            for _ in range(2):
+                try:
+                    os.link(filled, self.path)
+                except FileExistsError:
+                    if self.is_stale():
+                        self.path.unlink(missing_ok=True)
+                        continue
+                    return False
+                except OSError:  # a file system without hard links: create, then write
+                    try:
+                        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    except FileExistsError:
+                        return False
+                    with os.fdopen(fd, "w") as f:
+                        f.write(owner)
+                self.held = True
+                return True
+            return False
+        finally:
+            filled.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Remove the lock file if this object holds it."""
