@@ -206,7 +206,7 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
             direction = "up" if s["chosen"] == s["values"][-1] else "down"
             nxt = extension("dropout" if method == "baseline" else "alpha", s["values"],
                             s["chosen"], done.get((method, direction), 0))
-            if nxt is None or math.isclose(nxt, 0.0) and method == "rdrop":
+            if nxt is None or (math.isclose(nxt, 0.0) and method == "rdrop"):
                 continue
             done[(method, direction)] = done.get((method, direction), 0) + 1
             grid.append({"methods": (method,), s["knob"]: nxt})
