@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_OUT",
     "PlannedRun",
     "check_device",
+    "checkpoint_path",
     "execute_plan",
     "format_plan",
     "is_committed_folder",
@@ -333,13 +334,26 @@ def preflight(plan: Sequence[PlannedRun], out: str | os.PathLike[str], *,
         check_writable(Path(out) / experiment)
 
 
+def checkpoint_path(record: Path) -> Path:
+    """Where a run keeps its resumable state while it trains: beside its record
+    (``baseline-seed0-<key>.ckpt.pt``); deleted once the record is written, so a rerun of the
+    same command after a kill resumes every unfinished run from its last checkpoint.
+
+    Example:
+        >>> checkpoint_path(Path("runs/lm/baseline-seed0-abc.json")).name
+        'baseline-seed0-abc.ckpt.pt'
+    """
+    return record.with_name(record.stem + ".ckpt.pt")
+
+
 def _execute(experiment: Experiment, run: PlannedRun, *, progress: bool) -> tuple[RunResult,
                                                                                     ArmRun]:
     import torch
 
     torch.set_num_threads(run.config.num_threads)
     arm = ArmRun(method=run.method, seed=run.seed, progress=progress,
-                 label=f"{run.label or experiment.name} {run.method} s{run.seed}")
+                 label=f"{run.label or experiment.name} {run.method} s{run.seed}",
+                 checkpoint=checkpoint_path(run.path))
     result = experiment.recipe(run.config, arm)
     if not isinstance(result, RunResult):
         raise TypeError(f"recipe of {experiment.name!r} returned {type(result).__name__}, "
@@ -361,6 +375,7 @@ def run_experiment(
     dry_run: bool = False,
     force: bool = False,
     allow_committed: bool = False,
+    experiment: Experiment | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) experiment ``name``; return the records of all its planned runs.
 
@@ -383,6 +398,8 @@ def run_experiment(
         dry_run: only validate and plan; return the records that exist (see :func:`format_plan`).
         force: rerun and overwrite finished runs too.
         allow_committed: let a ``quick`` run write into a git-tracked folder.
+        experiment: the registered experiment ``name`` with changes (a longer grid: the scale
+            map's extensions, :mod:`rdrop_experiments.scale`); default: as registered.
 
     Raises:
         ConfigError: unknown experiment/variant/key, an invalid value, a key the grid sets, a
@@ -391,7 +408,7 @@ def run_experiment(
     """
     from rdrop_experiments.config import parse_overrides
 
-    experiment = get_experiment(name)
+    experiment = experiment if experiment is not None else get_experiment(name)
     if overrides is not None and not isinstance(overrides, Mapping):
         overrides = parse_overrides(type(experiment.config), overrides)
     plan = plan_runs(experiment, out, overrides, variant=variant, grid=grid)
@@ -445,12 +462,15 @@ def execute_plan(
             if progress:  # a visible line as each run sets up (data, tokenizer, model)
                 bar.write(f"{run.label or name} {run.method} seed={run.seed} [{run.setting}]: "
                           f"starting ({_budget(run.config)})")
+            if force:  # a forced rerun starts afresh, not from an earlier run's checkpoint
+                checkpoint_path(run.path).unlink(missing_ok=True)
             start = time.perf_counter()
             result, arm = _execute(experiment, run, progress=progress and run.config.progress)
             wall = time.perf_counter() - start
             write_json_atomic(run.path, _record(experiment, run, result, arm, wall=wall,
                                                 variant=variant, overrides=overrides,
                                                 command=command, versions=versions, git=git))
+            checkpoint_path(run.path).unlink(missing_ok=True)
         bar.update(1)
     bar.close()
     return _records(plan)
