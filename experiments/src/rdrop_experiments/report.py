@@ -375,7 +375,9 @@ def build_report(
         FileNotFoundError: ``root`` holds no run records (of ``experiments``, naming the ones
             it does hold).
     """
-    records = load_results(root, experiments)
+    scale_root = (Path(root) / "scale").resolve()  # the scale map's cells: their own report
+    records = [r for r in load_results(root, experiments)
+               if scale_root not in Path(r["_path"]).resolve().parents]
     if not records:
         held = sorted({r["experiment"] for r in load_results(root)}) if experiments else []
         if held:
@@ -451,6 +453,13 @@ def build_report(
             name = f"{_slug(exp)}_metric.png"
             _plot_metric(exp, gs, plot_dir / name)
             md.append(f"- {exp} per-seed test {gs[0].metric}: `plots/{name}`")
+    if scale_root.is_dir():
+        from rdrop_experiments.scale_map import write_map
+
+        if write_map(root, out, plots=plots):
+            md += ["", "### Scale map", "", "Where R-Drop pays, by training-set size and "
+                   "overfitting: `scale/map.md` (`rdrop advise RUN.json` reads a baseline run "
+                   "against it)."]
     text = "\n".join(md) + "\n"
     (out / "summary.md").write_text(text)
     return text
