@@ -80,6 +80,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scale(args: argparse.Namespace) -> int:
+    from rdrop_experiments.scale import CELLS, get_cell, run_cell
+
+    if args.list or not (args.cells or args.all):
+        for cell in CELLS:
+            print(f"{cell.name:<34} seeds={cell.seeds}  {cell.config_overrides()}")
+        return 0
+    cells = list(CELLS) if args.all else [get_cell(n) for n in args.cells]
+    for cell in cells:
+        run_cell(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run)
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from rdrop_experiments.reproduce import compare_folders
 
@@ -136,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--include-quick", action="store_true",
                        help="keep quick (smoke) runs beside full ones (default: left out)")
     p_rep.set_defaults(func=_cmd_report)
+
+    p_sc = sub.add_parser(
+        "scale", help="run (or resume) cells of the scale map (docs/EXPERIMENTS.md)",
+        description="Each cell is a family at one training-set size: its registered grid, "
+                    "the epoch stopping rule, grid edges extended until the choice is "
+                    "interior. Rerunning a command resumes it. Without cells: list them.")
+    p_sc.add_argument("cells", nargs="*", help="cell names (see `rdrop scale --list`)")
+    p_sc.add_argument("--all", action="store_true", help="every registered cell, in order")
+    p_sc.add_argument("--list", action="store_true", help="list the cells and exit")
+    p_sc.add_argument("--out", default="results/scale", help="root folder (default results/scale)")
+    p_sc.add_argument("--dry-run", action="store_true", help="plan the first grid only")
+    p_sc.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_sc.set_defaults(func=_cmd_scale)
 
     p_cmp = sub.add_parser(
         "compare", help="pair the runs of two result folders and show how far reruns moved",

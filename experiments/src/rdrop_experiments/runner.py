@@ -315,6 +315,7 @@ def run_experiment(
     dry_run: bool = False,
     force: bool = False,
     allow_committed: bool = False,
+    experiment: Experiment | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) experiment ``name``; return the records of all its planned runs.
 
@@ -334,6 +335,8 @@ def run_experiment(
         dry_run: only validate and plan; return the records that exist (see :func:`format_plan`).
         force: rerun and overwrite finished runs too.
         allow_committed: let a ``quick`` run write into a git-tracked folder.
+        experiment: the registered experiment ``name`` with changes (a longer grid: the scale
+            map's extensions, :mod:`rdrop_experiments.scale`); default: as registered.
 
     Raises:
         ConfigError: unknown experiment/variant/key, an invalid value, a missing device, or a
@@ -342,7 +345,7 @@ def run_experiment(
     """
     from rdrop_experiments.config import parse_overrides
 
-    experiment = get_experiment(name)
+    experiment = experiment if experiment is not None else get_experiment(name)
     if overrides is not None and not isinstance(overrides, Mapping):
         overrides = parse_overrides(type(experiment.config), overrides)
     plan = plan_runs(experiment, out, overrides, variant=variant)
