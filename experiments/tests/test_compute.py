@@ -73,3 +73,66 @@ def test_points_of_earlier_records_are_read_from_sample_and_backward_passes():
     assert fb_of_point({"sample_passes": 3200, "backward_passes": 3200}, 0.35) == 3200.0
     assert fb_of_point({"sample_passes": 100}, 0.35) == 100.0
     assert fb_of_point({"fb_equivalents": 12.5, "sample_passes": 100}, 0.35) == 12.5
+
+
+# ---------------------------------------------------------------- the loop's call sites
+class _Out:
+    def __init__(self, loss: torch.Tensor) -> None:
+        self.loss, self.task_loss, self.consistency_loss = loss, loss.detach(), torch.zeros(())
+
+
+class _Step:
+    """A step that reports what it ran (``last_passes``) and switches to a two-pass cost when
+    told that validation stalled (``observe_validation``), like the automatic start."""
+
+    def __init__(self, net: nn.Module, switch_after: int) -> None:
+        self.net, self.switch_after, self.seen, self.on = net, switch_after, 0, False
+        self.last_passes = (4, 0)
+
+    def __call__(self, x, target):
+        self.last_passes = (4, 1) if self.on else (4, 0)  # the "R-Drop" steps: + 1 no-grad row
+        return _Out(nn.functional.cross_entropy(self.net(x), target))
+
+    def observe_validation(self, value: float, step: int) -> bool:
+        self.seen += 1
+        if not self.on and self.seen == self.switch_after:
+            self.on = True
+            return True
+        return False
+
+
+def test_the_loop_charges_what_the_step_ran_and_restarts_patience_at_the_switch():
+    from dataclasses import dataclass
+
+    from rdrop_experiments.config import CommonConfig
+    from rdrop_experiments.protocol import train_until_patience
+
+    @dataclass(frozen=True)
+    class Cfg(CommonConfig):
+        eval_every: int = 2
+        max_steps: int = 40
+        patience: int = 2
+
+    net = _net()
+    step = _Step(net, switch_after=3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    x, y = torch.randn(4, 8), torch.randint(0, 4, (4,))
+    valid = iter([1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0, 1.0, 1.0])
+    out = train_until_patience(
+        cfg=Cfg(), method="baseline", model=net, step_fn=step, optimizer=opt, scheduler=sched,
+        next_batch=lambda: ((x,), y), batch_size=4, n_train=8,
+        evaluate=lambda split: {"m": next(valid)} if split == "valid" else {"loss": 0.0},
+        metric="m", higher_is_better=False)
+    # best at the 2nd evaluation; the switch at the 3rd (no improvement) restarts the count:
+    # without it the run would stop at the 4th evaluation, with it at the 5th
+    assert out.stop_reason == "patience"
+    assert [c["step"] for c in out.curves] == [2, 4, 6, 8, 10]
+    f = out.record_fields()["forward_ratio"]
+    assert 0 < f <= 1
+    # steps 1-6 cost 4 each; steps 7-10 (after the switch) 4 with backward + 1 forward-only
+    fb = [c["fb_equivalents"] for c in out.curves]
+    assert fb[:3] == [8.0, 16.0, 24.0]
+    assert fb[3:] == pytest.approx([24 + 2 * (4 + f), 24 + 4 * (4 + f)], abs=1e-3)
+    assert [c["sample_passes"] for c in out.curves] == [8, 16, 24, 34, 44]
+    assert [c["backward_passes"] for c in out.curves] == [8, 16, 24, 32, 40]

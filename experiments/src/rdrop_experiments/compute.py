@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from rdrop.batching import extract_logits
 
-__all__ = ["ComputeMeter", "fb_of_point", "measure_forward_ratio", "step_passes"]
+__all__ = ["ComputeMeter", "fb_of_point", "measure_forward_ratio", "step_passes",
+           "step_passes_of"]
 
 
 def step_passes(batch_size: int, *, active: bool, num_passes: int = 2,
@@ -73,6 +74,23 @@ def step_passes(batch_size: int, *, active: bool, num_passes: int = 2,
     if second_rows is None:
         return num_passes * batch_size, 0
     return batch_size + second, 0
+
+
+def step_passes_of(step_fn: Any, fallback: tuple[int, int]) -> tuple[int, int]:
+    """``(g, h)`` of the step ``step_fn`` just ran: its ``last_passes`` when it reports them
+    (the harness's training step does, from the library step's plan), else from ``fallback``,
+    the ``(forward, backward)`` sample passes of
+    :func:`rdrop_experiments.protocol.step_cost`.
+
+    Example:
+        >>> step_passes_of(object(), (32, 16))
+        (16, 16)
+    """
+    reported = getattr(step_fn, "last_passes", None)
+    if reported is not None:
+        return int(reported[0]), int(reported[1])
+    forward, backward = fallback
+    return backward, forward - backward
 
 
 def _timing_loss(output: Any, target: Tensor) -> Tensor:
@@ -167,17 +185,24 @@ class ComputeMeter:
         self.forward_ratio = forward_ratio
         self.repeats = repeats
         self.fb = 0.0
+        self.error: str | None = None
 
     def add(self, args: tuple[Any, ...], target: Tensor, *, passes: tuple[int, int],
             kwargs: Mapping[str, Any] | None = None) -> None:
         """Charge one step of ``passes = (g, h)`` (see :func:`step_passes`); at the first call
         measure ``f`` on this batch (before the caller's backward is fine: the model is copied
         and the random generators restored)."""
-        if self.forward_ratio is None:
-            self.forward_ratio = measure_forward_ratio(self.model, args, target, kwargs=kwargs,
-                                                       repeats=self.repeats)
         g, h = passes
-        self.fb += g + self.forward_ratio * h
+        if self.forward_ratio is None and self.error is None:
+            try:
+                self.forward_ratio = measure_forward_ratio(self.model, args, target,
+                                                           kwargs=kwargs, repeats=self.repeats)
+            except (NotImplementedError, TypeError, ValueError, RuntimeError) as err:
+                # f is only needed by a step with a forward without backward (below)
+                self.error = f"{type(err).__name__}: {err}"[:200]
+        # Not measurable (a model without a plain forward): a forward counts as a whole
+        # sample pass, the upper bound, and the record says why (forward_ratio_error).
+        self.fb += g + (1.0 if self.forward_ratio is None else self.forward_ratio) * h
 
     def point(self) -> dict[str, float]:
         """The fields of a curve point."""
@@ -185,18 +210,24 @@ class ComputeMeter:
 
     def record_fields(self) -> dict[str, Any]:
         """The fields of the record: ``forward_ratio`` (``f``) and how it was measured."""
-        return {"forward_ratio": None if self.forward_ratio is None
-                else round(self.forward_ratio, 4),
-                "forward_ratio_method": "median process-CPU time of a train-mode forward under "
-                                        "no_grad / forward+CE+backward, same batch, "
-                                        f"{self.repeats} rounds in rotation"}
+        fields: dict[str, Any] = {
+            "forward_ratio": None if self.forward_ratio is None else round(self.forward_ratio, 4),
+            "forward_ratio_method": "median process-CPU time of a train-mode forward under "
+                                    "no_grad / forward+loss+backward, same batch, "
+                                    f"{self.repeats} rounds in rotation"}
+        if self.error is not None:
+            fields["forward_ratio_error"] = self.error
+        return fields
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fb": self.fb, "forward_ratio": self.forward_ratio}
+        """Plain numbers, for the loop's checkpoint."""
+        return {"fb": self.fb, "forward_ratio": self.forward_ratio, "error": self.error}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a resumed run keeps its measured ``f``)."""
         self.fb = float(state["fb"])
         self.forward_ratio = state["forward_ratio"]
+        self.error = state.get("error")
 
 
 def fb_of_point(point: Mapping[str, float], forward_ratio: float) -> float:
