@@ -8,6 +8,9 @@ of one optimizer step gets the same decision, so R-Drop never runs on only part 
 
 With ``t = s - start_step`` the steps since R-Drop started:
 
+Options about *when* R-Drop runs belong here; how a step runs its passes once decided is
+:mod:`rdrop.step`.
+
 .. math::
     \text{active}(s) = [\, t \ge 0 \ \text{and}\ t \bmod k = 0 \,], \qquad
     \alpha(s) = \alpha \cdot \min\!\left(1, \frac{t + 1}{n}\right) \ (n > 0), \quad
