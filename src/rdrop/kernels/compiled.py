@@ -1,7 +1,7 @@
-"""Compiled per-chunk kernels of the chunked R-Drop loss (private; used by ``rdrop._chunked`` and
-``rdrop.fused_linear``).
+"""Compiled per-chunk kernels of the chunked R-Drop loss (used by :mod:`rdrop.kernels.chunked`
+and :mod:`rdrop.kernels.fused`).
 
-The same per-chunk math as the eager code in :mod:`rdrop._chunked` (see its docstring for the
+The same per-chunk math as the eager code in :mod:`rdrop.kernels.chunked` (see its docstring for the
 closed-form gradients), written as pure tensor expressions so that ``torch.compile`` (inductor:
 vectorized C++ on CPU, Triton on GPU) fuses each into a few passes over a row: the log-sum-exps,
 the two cross-entropies, the KL and the row dots ``<p1, d>``, ``<p2, d>`` in one kernel, the two
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rdrop.functional import compute_dtype
+from rdrop._rows import compute_dtype
 
 __all__ = ["compile_wanted", "fwd", "grads"]
 
