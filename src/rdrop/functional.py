@@ -95,7 +95,7 @@ def mean_denominator(keep: Tensor, num_items_in_batch: int | Tensor | None) -> T
     Args:
         keep: bool tensor, ``True`` at the rows that count.
         num_items_in_batch: ``None``, a positive int, or an integer scalar tensor (see
-            :func:`rdrop.argchecks.check_num_items_in_batch`).
+            :func:`rdrop.checks.check_num_items_in_batch`).
 
     Returns:
         A float32 scalar tensor on ``keep``'s device, or a Python float for an int count. A
@@ -103,7 +103,7 @@ def mean_denominator(keep: Tensor, num_items_in_batch: int | Tensor | None) -> T
         loss's finiteness check.
 
     Raises:
-        TypeError, ValueError: as :func:`rdrop.argchecks.check_num_items_in_batch`.
+        TypeError, ValueError: as :func:`rdrop.checks.check_num_items_in_batch`.
 
     Example:
         >>> import torch
