@@ -429,6 +429,9 @@ def config_key(config: CommonConfig, method: str) -> str:
     if method == "baseline":
         defaults = {f.name: f.default for f in dataclasses.fields(CommonConfig)}
         for k in RDROP_FIELDS:
-            d[k] = defaults[k]
+            if k in LATE_FIELDS:  # at its default for every baseline: left out, as before it was
+                d.pop(k, None)
+            else:
+                d[k] = defaults[k]
     payload = json.dumps({"class": type(config).__name__, "method": method, **d}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
