@@ -202,8 +202,9 @@ def _fused(hidden1: Tensor, hidden2: Tensor, weight: Tensor | nn.Module, target:
     )
     out = RDropOutput(loss=loss, task_loss=task, consistency_loss=cons)
     if check_finite:
+        counted = keep if reduction == "mean" and num_items_in_batch is not None else None
         check_result(out.loss, [hidden1, hidden2], denom=denom, targets=targets,
-                     label_smoothing=label_smoothing)
+                     label_smoothing=label_smoothing, counted=counted)
     return out
 
 
