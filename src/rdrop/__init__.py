@@ -10,7 +10,7 @@ from typing import Any
 
 from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss, symmetric_kl
 from rdrop.loss import RDropLoss
-from rdrop.wrapper import RDrop
+from rdrop.wrapper import RDrop, unwrap_state_dict
 
 __all__ = [
     "RDrop",
@@ -19,6 +19,7 @@ __all__ = [
     "multi_pass_rdrop_loss",
     "rdrop_loss",
     "symmetric_kl",
+    "unwrap_state_dict",
 ]
 __version__ = "0.1.0"
 
