@@ -103,6 +103,12 @@ def check_alpha(alpha: float, *, name: str = "alpha") -> float:
     return float(alpha)
 
 
+def _one_of(name: str, value: str, choices: tuple[str, ...], hint: str = "") -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}{hint}.")
+    return value
+
+
 def check_reduction(reduction: str, *, name: str = "reduction") -> str:
     """Check ``reduction`` is one of :data:`REDUCTIONS` (``"mean"``, ``"sum"``, ``"none"``).
 
@@ -114,9 +120,7 @@ def check_reduction(reduction: str, *, name: str = "reduction") -> str:
         >>> check_reduction("sum")
         'sum'
     """
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"{name} must be one of {REDUCTIONS}, got {reduction!r}.")
-    return reduction
+    return _one_of(name, reduction, REDUCTIONS)
 
 
 def check_consistency(consistency: str, *, name: str = "consistency") -> str:
@@ -130,12 +134,8 @@ def check_consistency(consistency: str, *, name: str = "consistency") -> str:
         >>> check_consistency("js")
         'js'
     """
-    if not isinstance(consistency, str) or consistency not in CONSISTENCIES:
-        raise ValueError(
-            f"{name} must be one of {CONSISTENCIES}, got {consistency!r} ('kl' is the paper's "
-            "symmetric KL, 'js' Jensen-Shannon, 'mse' for regression heads)."
-        )
-    return consistency
+    return _one_of(name, consistency, CONSISTENCIES, " ('kl' is the paper's symmetric KL, 'js' "
+                   "Jensen-Shannon, 'mse' for regression heads)")
 
 
 def check_label_smoothing(label_smoothing: float, *, name: str = "label_smoothing") -> float:
