@@ -19,10 +19,12 @@ from rdrop.argchecks import (
     check_positive_int,
     check_reduction,
 )
+from rdrop.autostart import AutoStart, scheduled_step
 from rdrop.batching import InputName
 from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
-from rdrop.schedule import RDropStep, rdrop_step
+from rdrop.schedule import RDropStep
 from rdrop.step import MODES, LogitsLoss, TrainingStep, eager
+from rdrop.subset import check_second_pass_fraction
 
 __all__ = ["RDrop"]
 
@@ -76,7 +78,23 @@ class RDrop(nn.Module):
     the no-grad one keeps no activation graph, so a step costs about 1.33x a single-pass step
     (forward + backward + one forward) instead of 2x, with the activation memory of one pass.
 
-    **Which step** (``every_k_steps``, ``alpha_warmup_steps``): the decision is
+    **Cheaper schedules.** ``second_pass_fraction=r < 1`` runs the second pass on the first
+    ``ceil(r * B)`` rows only (one forward over ``(1 + r) B`` rows in concat mode):
+
+    .. math::
+        \mathcal{L} = \frac{1}{N_B}\sum_{i \in B} CE(P^1_i, y_i)
+            + \frac{1}{N_S}\sum_{i \in S}\big[CE(P^2_i, y_i) + \alpha_s D(P^1_i, P^2_i)\big]
+
+    (:func:`rdrop.subset.subset_rdrop_loss`; with ``stop_gradient`` the second pass is a
+    detached target on ``S`` and its CE is left out). It needs two passes and
+    ``reduction="mean"``, and computes the loss unchunked. Under gradient accumulation pass
+    ``num_items_in_subset`` beside ``num_items_in_batch``. ``start_step=s`` trains plainly (one
+    pass) before optimizer step ``s``; ``start_step=AutoStart(patience)``
+    (:class:`rdrop.autostart.AutoStart`) starts R-Drop once validation stops improving: call
+    ``wrapped.start_step.update(valid_metric, step=wrapped.num_steps)`` after each validation.
+    See :mod:`rdrop.schedule` for the loss scale at the switch.
+
+    **Which step** (``start_step``, ``every_k_steps``, ``alpha_warmup_steps``): the decision is
     :func:`rdrop.schedule.rdrop_step` of the *optimizer* step, so every micro-batch of one
     accumulated step gets the same decision. Tell the wrapper the optimizer
     (``RDrop(..., optimizer=opt)`` or ``wrapped.attach_optimizer(opt)``; it counts
@@ -123,6 +141,11 @@ class RDrop(nn.Module):
         logits_fn: optional callable mapping the model output to the logits tensor (a model
             returning ``(loss, logits)``: ``logits_fn=lambda out: out[1]``).
         stop_gradient: the cheaper variant above (needs ``num_passes=2``).
+        start_step: the first optimizer step with R-Drop (an int ``>= 0``; plain steps before
+            it), or an :class:`rdrop.autostart.AutoStart` (R-Drop from the step it switched at).
+            ``every_k_steps`` and the warm-up count from it.
+        second_pass_fraction: ``r`` in ``(0, 1]``, the share of each batch's rows (the first
+            ``ceil(r * B)``) that get the second pass and the consistency term (1.0: all).
         optimizer: the optimizer whose steps define the step schedule (see above).
         batched, unbatched: names of the inputs that are (only) / are not batched in concat mode:
             ``int`` for a positional input, ``str`` for a keyword input.
@@ -174,6 +197,8 @@ class RDrop(nn.Module):
         check_finite: bool = True,
         logits_fn: Callable[[Any], Tensor] | None = None,
         stop_gradient: bool = False,
+        start_step: int | AutoStart = 0,
+        second_pass_fraction: float = 1.0,
         optimizer: torch.optim.Optimizer | None = None,
         batched: Collection[InputName] | None = None,
         unbatched: Collection[InputName] | None = None,
@@ -207,6 +232,17 @@ class RDrop(nn.Module):
                 f"stop_gradient=True uses one gradient pass and one detached target pass; "
                 f"num_passes must be 2, got {self.num_passes}."
             )
+        if not isinstance(start_step, AutoStart):
+            start_step = check_positive_int("start_step", start_step, 0)
+        self.start_step: int | AutoStart = start_step
+        self.second_pass_fraction = check_second_pass_fraction(second_pass_fraction)
+        if self.second_pass_fraction < 1.0 and (self.num_passes != 2 or self.reduction != "mean"):
+            raise ValueError(
+                f"second_pass_fraction={self.second_pass_fraction} compares two passes with "
+                f"per-row means over B and over the subset; got num_passes={self.num_passes}, "
+                f"reduction={self.reduction!r}. Use num_passes=2 and reduction='mean', or "
+                "second_pass_fraction=1.0."
+            )
         if logits_fn is not None and not callable(logits_fn):
             raise TypeError(f"logits_fn must be callable, got {type(logits_fn).__name__}.")
         self.model = model
@@ -222,7 +258,9 @@ class RDrop(nn.Module):
                           chunk_size=self.chunk_size, check_finite=check_finite)
         step_kwargs = {"logits_fn": logits_fn} if logits_fn is not None else {}
         self._step = TrainingStep(num_passes=self.num_passes, mode=mode,
-                                  stop_gradient=stop_gradient, loss=loss, batched=batched,
+                                  stop_gradient=stop_gradient,
+                                  second_pass_fraction=self.second_pass_fraction,
+                                  loss=loss, batched=batched,
                                   unbatched=unbatched, check_inputs=check_inputs, **step_kwargs)
         self._optimizer_hook: Any = None
         if optimizer is not None:
@@ -284,9 +322,11 @@ class RDrop(nn.Module):
         self._step_source = "manual"
 
     def schedule(self) -> RDropStep:
-        """The decision of :func:`rdrop.schedule.rdrop_step` at the current step."""
-        return rdrop_step(self.num_steps, alpha=self.alpha, every_k_steps=self.every_k_steps,
-                          alpha_warmup_steps=self.alpha_warmup_steps)
+        """The decision of :func:`rdrop.schedule.rdrop_step` at the current step (R-Drop off
+        while an :class:`rdrop.autostart.AutoStart` has not switched)."""
+        return scheduled_step(self.num_steps, alpha=self.alpha, every_k_steps=self.every_k_steps,
+                              alpha_warmup_steps=self.alpha_warmup_steps,
+                              start_step=self.start_step)
 
     def current_alpha(self) -> float:
         """Alpha at the current step, after the linear warm-up (if any); 0.0 on an off-step."""
@@ -300,17 +340,23 @@ class RDrop(nn.Module):
             self.num_steps += 1
         return decision
 
-    def get_extra_state(self) -> dict[str, int]:
-        return {"num_steps": self.num_steps}
+    def get_extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"num_steps": self.num_steps}
+        if isinstance(self.start_step, AutoStart):
+            state["auto_start"] = self.start_step.state_dict()
+        return state
 
-    def set_extra_state(self, state: dict[str, int]) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         self.num_steps = int(state["num_steps"])
+        if isinstance(self.start_step, AutoStart) and "auto_start" in state:
+            self.start_step.load_state_dict(state["auto_start"])
 
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, mode={self.mode!r}, num_passes={self.num_passes}, "
             f"every_k_steps={self.every_k_steps}, consistency={self.consistency!r}, "
-            f"stop_gradient={self.stop_gradient}"
+            f"stop_gradient={self.stop_gradient}, start_step={self.start_step}, "
+            f"second_pass_fraction={self.second_pass_fraction}"
         )
 
     # ---------------------------------------------------------------------------------- forward
@@ -319,6 +365,7 @@ class RDrop(nn.Module):
         *args: Any,
         target: Tensor | None = None,
         num_items_in_batch: int | Tensor | None = None,
+        num_items_in_subset: int | Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         if target is None:
@@ -335,4 +382,5 @@ class RDrop(nn.Module):
                 )
             decision = eager(RDrop._next_decision, self)
         return self._step.run(self.model, args, kwargs, target, self._step.plan(decision),
-                              num_items_in_batch=num_items_in_batch).out
+                              num_items_in_batch=num_items_in_batch,
+                              num_items_in_subset=num_items_in_subset).out
