@@ -273,9 +273,9 @@ class TrainingStep:
 
         Example:
             >>> TrainingStep(num_passes=3).plan(RDropStep(active=True, alpha=0.5))
-            PassPlan(passes=3, alpha=0.5, concat=True, detached=0)
+            PassPlan(passes=3, alpha=0.5, concat=True, detached=0, fraction=1.0)
             >>> TrainingStep(stop_gradient=True).plan(RDropStep(active=False, alpha=0.0))
-            PassPlan(passes=1, alpha=0.0, concat=False, detached=0)
+            PassPlan(passes=1, alpha=0.0, concat=False, detached=0, fraction=1.0)
         """
         if not decision.active:
             return PassPlan(passes=1, alpha=0.0, concat=False)
