@@ -13,6 +13,7 @@ from rdrop.argchecks import (
     check_consistency,
     check_positive_int,
 )
+from rdrop.subset import check_second_pass_fraction
 
 __all__ = [
     "DEFAULTS",
@@ -25,7 +26,8 @@ __all__ = [
 # The R-Drop options of the trainers, by the name they have without the ``rdrop_`` prefix.
 DEFAULTS: dict[str, Any] = {"alpha": 1.0, "num_passes": 2, "every_k_steps": 1,
                             "alpha_warmup_steps": 0, "consistency": None,
-                            "fused_linear": False, "chunk_size": 1024}
+                            "fused_linear": False, "chunk_size": 1024, "start_step": 0,
+                            "second_pass_fraction": 1.0}
 
 
 def validate_rdrop_options(options: dict[str, Any]) -> None:
@@ -41,6 +43,16 @@ def validate_rdrop_options(options: dict[str, Any]) -> None:
     check_positive_int("rdrop_num_passes", options["num_passes"], 2)
     check_positive_int("rdrop_every_k_steps", options["every_k_steps"], 1)
     check_positive_int("rdrop_alpha_warmup_steps", options["alpha_warmup_steps"], 0)
+    check_positive_int("rdrop_start_step", options["start_step"], 0)
+    fraction = check_second_pass_fraction(options["second_pass_fraction"],
+                                          name="rdrop_second_pass_fraction")
+    if fraction < 1.0 and (options["num_passes"] != 2 or options["fused_linear"]):
+        raise ValueError(
+            f"rdrop_second_pass_fraction={fraction} compares two passes on the logits; got "
+            f"rdrop_num_passes={options['num_passes']}, rdrop_fused_linear="
+            f"{options['fused_linear']}. Use rdrop_num_passes=2 and rdrop_fused_linear=False, "
+            "or rdrop_second_pass_fraction=1.0."
+        )
     consistency = options["consistency"]
     if consistency is not None:
         try:
@@ -109,6 +121,17 @@ class RDropArgumentsMixin:
         default=1024,
         metadata={"help": "Rows (tokens) per chunk of the fused loss (rdrop_fused_linear)."},
     )
+    rdrop_start_step: int = field(
+        default=0,
+        metadata={"help": "Plain single-pass training before this optimizer step, R-Drop from "
+                          "it on (every_k_steps and the alpha warm-up count from it). For a "
+                          "start chosen by validation use RDropAutoStartCallback."},
+    )
+    rdrop_second_pass_fraction: float = field(
+        default=1.0,
+        metadata={"help": "The second pass (and the consistency term) on the first "
+                          "ceil(r * batch) rows of each batch only, 0 < r <= 1 (1: all rows)."},
+    )
 
     def rdrop_options(self) -> dict[str, Any]:
         """The ``rdrop_...`` fields keyed as :data:`DEFAULTS`."""
@@ -134,6 +157,11 @@ class RDropTrainingArguments(RDropArgumentsMixin, TrainingArguments):
         rdrop_fused_linear: language models only: fuse the output layer into the loss so the
             full logits are never built (default False; see :class:`RDropTrainer`).
         rdrop_chunk_size: tokens per chunk of the fused loss (default 1024).
+        rdrop_start_step: plain training before this optimizer step (default 0), by
+            :func:`rdrop.schedule.rdrop_step`; :class:`RDropAutoStartCallback` chooses it from
+            validation instead.
+        rdrop_second_pass_fraction: the second pass on the first ``ceil(r * B)`` rows of each
+            batch (default 1.0), by :func:`rdrop.subset.subset_rdrop_loss`.
         **kwargs: everything ``TrainingArguments`` takes.
 
     Raises:
