@@ -52,10 +52,12 @@ from rdrop.argchecks import (
     check_label_smoothing,
     check_positive_int,
 )
+from rdrop.autostart import AutoStart, scheduled_step
 from rdrop.batching import InputName
 from rdrop.functional import RDropOutput
-from rdrop.schedule import RDropStep, rdrop_step
+from rdrop.schedule import RDropStep
 from rdrop.step import LogitsLoss, TrainingStep
+from rdrop.subset import check_second_pass_fraction
 
 __all__ = ["RDropLightningModule"]
 
@@ -81,6 +83,15 @@ class RDropLightningModule(pl.LightningModule):
         ignore_index, label_smoothing: as in :func:`rdrop.functional.rdrop_loss`.
         batched, unbatched, check_inputs: as in :class:`rdrop.RDrop` (which inputs carry the
             batch; the once-only check of the duplicated batch against a plain forward).
+        stop_gradient: the second pass under ``torch.no_grad``, a detached target (see
+            :class:`rdrop.RDrop`).
+        start_step: the first optimizer step with R-Drop (an int; plain steps before it), or an
+            :class:`rdrop.autostart.AutoStart`, updated from ``auto_start_metric`` at the end of
+            every validation epoch (a subclass overriding ``on_validation_epoch_end`` calls
+            ``super().on_validation_epoch_end()``); its state is saved in checkpoints.
+        second_pass_fraction: the second pass on the first ``ceil(r * B)`` rows only
+            (:func:`rdrop.subset.subset_rdrop_loss`); needs ``num_passes=2``.
+        auto_start_metric: the logged validation metric the automatic start watches.
 
     Raises:
         TypeError, ValueError: invalid hyperparameters (the message names them); at the first
@@ -104,7 +115,10 @@ class RDropLightningModule(pl.LightningModule):
     def __init__(self, *, alpha: float = 1.0, num_passes: int = 2, every_k_steps: int = 1,
                  alpha_warmup_steps: int = 0, consistency: str = "kl", ignore_index: int = -100,
                  label_smoothing: float = 0.0, batched: list[InputName] | None = None,
-                 unbatched: list[InputName] | None = None, check_inputs: bool = True) -> None:
+                 unbatched: list[InputName] | None = None, check_inputs: bool = True,
+                 stop_gradient: bool = False, start_step: int | AutoStart = 0,
+                 second_pass_fraction: float = 1.0,
+                 auto_start_metric: str = "val_loss") -> None:
         super().__init__()
         self.rdrop_alpha = check_alpha(alpha)
         self.rdrop_num_passes = check_positive_int("num_passes", num_passes, 2)
@@ -114,18 +128,59 @@ class RDropLightningModule(pl.LightningModule):
         self.rdrop_consistency = check_consistency(consistency)
         self.rdrop_loss_kwargs = {"ignore_index": check_ignore_index(ignore_index),
                                   "label_smoothing": check_label_smoothing(label_smoothing)}
-        if not isinstance(check_inputs, bool):
-            raise TypeError(f"check_inputs must be a bool, got {type(check_inputs).__name__}.")
+        for name, flag in (("check_inputs", check_inputs), ("stop_gradient", stop_gradient)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}.")
+        if not isinstance(start_step, AutoStart):
+            start_step = check_positive_int("start_step", start_step, 0)
+        self.rdrop_start_step: int | AutoStart = start_step
+        self.rdrop_auto_start_metric = auto_start_metric
+        fraction = check_second_pass_fraction(second_pass_fraction)
+        if (stop_gradient or fraction < 1.0) and self.rdrop_num_passes != 2:
+            raise ValueError(
+                f"stop_gradient and second_pass_fraction compare two passes; num_passes must be "
+                f"2, got {self.rdrop_num_passes}."
+            )
+        self.rdrop_stop_gradient = stop_gradient
         self.rdrop_training_step = TrainingStep(
             num_passes=self.rdrop_num_passes, batched=batched, unbatched=unbatched,
-            check_inputs=check_inputs,
+            check_inputs=check_inputs, stop_gradient=stop_gradient,
+            second_pass_fraction=fraction,
             loss=LogitsLoss(consistency=self.rdrop_consistency, **self.rdrop_loss_kwargs))
 
     def rdrop_decision(self) -> RDropStep:
-        """:func:`rdrop.schedule.rdrop_step` at the current optimizer step."""
-        return rdrop_step(self.global_step, alpha=self.rdrop_alpha,
-                          every_k_steps=self.rdrop_every_k_steps,
-                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
+        """:func:`rdrop.schedule.rdrop_step` at the current optimizer step (off while an
+        automatic start has not switched)."""
+        return scheduled_step(self.global_step, alpha=self.rdrop_alpha,
+                              every_k_steps=self.rdrop_every_k_steps,
+                              alpha_warmup_steps=self.rdrop_alpha_warmup_steps,
+                              start_step=self.rdrop_start_step)
+
+    def on_validation_epoch_end(self) -> None:
+        """Feed the automatic start (if any) the epoch's ``auto_start_metric``."""
+        auto = self.rdrop_start_step
+        trainer = self._trainer
+        if not isinstance(auto, AutoStart) or trainer is None or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        if self.rdrop_auto_start_metric not in metrics:
+            raise KeyError(
+                f"RDropLightningModule: the automatic start watches "
+                f"{self.rdrop_auto_start_metric!r}, which validation did not log (logged: "
+                f"{sorted(metrics)}). Log it with self.log in validation_step, or pass "
+                "auto_start_metric= one of those."
+            )
+        auto.update(float(metrics[self.rdrop_auto_start_metric]), step=int(self.global_step))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the automatic start's state in the checkpoint."""
+        if isinstance(self.rdrop_start_step, AutoStart):
+            checkpoint["rdrop_auto_start"] = self.rdrop_start_step.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the automatic start's state from the checkpoint."""
+        if isinstance(self.rdrop_start_step, AutoStart) and "rdrop_auto_start" in checkpoint:
+            self.rdrop_start_step.load_state_dict(checkpoint["rdrop_auto_start"])
 
     def rdrop_batch(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor]:
         """Split a batch into the model's ``(args, kwargs)`` and the target. Default: a
@@ -145,7 +200,8 @@ class RDropLightningModule(pl.LightningModule):
         args, kwargs, target = self.rdrop_batch(batch)
         out = self.rdrop_loss(*args, target=target, **kwargs)
         step = self.rdrop_decision()
-        passes = self.rdrop_num_passes if step.active else 1
+        # CE terms in the task loss: one per pass with gradient
+        passes = self.rdrop_num_passes if step.active and not self.rdrop_stop_gradient else 1
         size = target.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
         self.log("train/task_loss", out.task_loss, batch_size=size)
