@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
-LINT_PATHS := $(wildcard src experiments/src tests examples benchmarks scripts)
+LINT_PATHS := $(wildcard src experiments/src experiments/tests tests examples benchmarks scripts)
 
 .PHONY: demo test lint bench venv install-demo install-dev data clean
 

@@ -1,8 +1,8 @@
 """fused_linear_rdrop_loss with an FSDP2-sharded output layer (``fully_shard``, 2 gloo processes
 on CPU) equals the unsharded single-process run: loss, every gradient, parameters after SGD.
 
-``fused_linear_fsdp_check.py`` does the distributed work (see its docstring); here we check what
-it measured, and on one process that the module form equals the weight form.
+``fused_loss_sharded_head_check.py`` does the distributed work (see its docstring); here we check
+what it measured, and on one process that the module form equals the weight form.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ if not dist.is_available():  # pragma: no cover - builds without distributed
 @pytest.fixture(scope="module")
 def fsdp_result(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("fsdp") / "fsdp.json"
-    proc = subprocess.run([sys.executable, str(HERE / "fused_linear_fsdp_check.py"), str(out)],
+    script = HERE / "fused_loss_sharded_head_check.py"
+    proc = subprocess.run([sys.executable, str(script), str(out)],
                           timeout=300, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())

@@ -8,10 +8,10 @@ OUT=${1:-$(mktemp -d)}
 echo "gpu_checks: results in $OUT"
 
 # 1. RDropTrainer with the fused head under FSDP2, 2 processes, against one process.
-python "$HERE/fsdp_fused_check.py" "$OUT/fsdp" ref
+python "$HERE/hf_trainer_fsdp2_gpu_check.py" "$OUT/fsdp" ref
 accelerate launch --use_fsdp --fsdp_version 2 --num_processes 2 \
-    "$HERE/fsdp_fused_check.py" "$OUT/fsdp" fsdp2
-python "$HERE/fsdp_fused_check.py" "$OUT/fsdp" compare
+    "$HERE/hf_trainer_fsdp2_gpu_check.py" "$OUT/fsdp" fsdp2
+python "$HERE/hf_trainer_fsdp2_gpu_check.py" "$OUT/fsdp" compare
 
 # 2. DeepSpeed ZeRO-2 with gradients partitioned over 2 processes, against one plain process.
 python "$HERE/deepspeed_check.py" "$OUT/ds" 0

@@ -1,5 +1,6 @@
 """The HF trainers' fused head on an FSDP2-sharded Llama (2 gloo processes on CPU) equals the
-unsharded single-process run: loss and every gradient (fused_fsdp2_check.py does the work)."""
+unsharded single-process run: loss and every gradient (hf_fused_head_fsdp2_cpu_check.py does the
+work)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ TOL = 1e-6  # float32 reduction order (measured: loss 4.8e-7 on a loss of 6.9, g
 def test_fused_head_under_fsdp2_equals_one_process(tmp_path):
     out = tmp_path / "fsdp2.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(HERE / "fused_fsdp2_check.py"), str(out)],
+    script = HERE / "hf_fused_head_fsdp2_cpu_check.py"
+    proc = subprocess.run([sys.executable, str(script), str(out)],
                           timeout=540, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for r in json.loads(out.read_text())["ranks"]:

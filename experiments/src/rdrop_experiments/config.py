@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 __all__ = [
+    "LATE_FIELDS",
     "METHODS",
     "NON_RESULT_FIELDS",
     "RDROP_FIELDS",
@@ -47,7 +48,12 @@ RDROP_FIELDS = (
     "chunk_size",
 )
 # Fields that say which runs to do, not how one run goes: excluded from a run's identity.
-NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress", "device")
+NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress", "device",
+                     "checkpoint_every_s")
+# Fields added after records were committed: left out of a run's identity while they hold their
+# default, so every earlier record keeps its key (a test recomputes the keys of results/). A new
+# field that changes how a run goes is appended here.
+LATE_FIELDS = ("eval_every_epochs", "patience_epochs", "stop_margin", "max_sample_pass_epochs")
 
 C = TypeVar("C", bound="CommonConfig")
 
@@ -84,6 +90,20 @@ class CommonConfig:
             metric (0 = never stop on patience).
         max_sample_passes: compute cap in training sample passes (forward+backward of one
             sample = 1; an R-Drop step over B samples = 2B), the same for every arm (0 = none).
+        eval_every_epochs: evaluation spacing in epochs (passes over the training set); when
+            > 0 it replaces ``eval_every`` (``round(eval_every_epochs * n_train / batch_size)``
+            steps, at least 1), so the spacing holds at every training-set size.
+        patience_epochs: the patience window in epochs; when > 0 it replaces ``patience``
+            (``ceil(patience_epochs / eval_every_epochs)`` evaluation points).
+        stop_margin: a run stops on patience only once it has *passed* its optimum: the last
+            validation value is worse than the best by more than ``stop_margin`` (relative,
+            ``|last - best| > stop_margin * |best|``); a flat plateau keeps training up to the
+            cap. 0 = the patience window alone decides (the second protocol's rule).
+        max_sample_pass_epochs: the compute cap in epochs of sample passes (the cap is
+            ``max_sample_pass_epochs * n_train`` sample passes, the same for every arm); when
+            > 0 it replaces ``max_sample_passes``.
+        checkpoint_every_s: seconds between resumable checkpoints of a run (taken at
+            evaluation points; not part of a run's identity). 0 = at every evaluation point.
         lr_schedule: ``constant`` (linear warm-up, then constant: the protocol's default, so
             no arm's schedule depends on when it stops) or ``linear`` (warm-up, then linear
             decay to 0 at ``max_steps``).
@@ -110,6 +130,11 @@ class CommonConfig:
     eval_every: int = 100
     patience: int = 0
     max_sample_passes: int = 0
+    eval_every_epochs: float = 0.0
+    patience_epochs: float = 0.0
+    stop_margin: float = 0.0
+    max_sample_pass_epochs: float = 0.0
+    checkpoint_every_s: float = 300.0
     lr_schedule: str = "constant"
     batch_size: int = 64
     lr: float = 1e-3
@@ -135,6 +160,9 @@ class CommonConfig:
         if self.patience < 0 or self.max_sample_passes < 0:
             raise ConfigError("patience and max_sample_passes must be >= 0 (0 = off), got "
                               f"{self.patience} and {self.max_sample_passes}.")
+        if self.patience_epochs and not self.eval_every_epochs:
+            raise ConfigError("patience_epochs needs eval_every_epochs (both in epochs), got "
+                              f"patience_epochs={self.patience_epochs}, eval_every_epochs=0.")
         if self.lr_schedule not in ("constant", "linear"):
             raise ConfigError(f"lr_schedule must be constant or linear, got {self.lr_schedule!r}.")
         _positive("batch_size", self.batch_size)
@@ -369,6 +397,10 @@ def config_key(config: CommonConfig, method: str) -> str:
     d = dataclasses.asdict(config)
     for k in NON_RESULT_FIELDS:
         d.pop(k, None)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for k in LATE_FIELDS:
+        if k in d and d[k] == defaults[k]:
+            del d[k]
     if method == "baseline":
         defaults = {f.name: f.default for f in dataclasses.fields(CommonConfig)}
         for k in RDROP_FIELDS:

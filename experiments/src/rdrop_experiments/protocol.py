@@ -25,6 +25,7 @@ forwards are not counted (they are the same for every arm).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,8 +35,8 @@ from torch import nn
 
 from rdrop.schedule import rdrop_step
 
-__all__ = ["ProtocolOutcome", "is_better", "protocol_grid", "quality_at_compute", "step_cost",
-           "train_until_patience"]
+__all__ = ["ProtocolOutcome", "is_better", "passed_optimum", "protocol_grid",
+           "quality_at_compute", "step_cost", "stopping_schedule", "train_until_patience"]
 
 TWO_PASS_METHODS = ("rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
 
@@ -98,7 +99,8 @@ class ProtocolOutcome:
         best_sample_passes: sample passes used when it was reached.
         best_valid: its validation metric.
         test: test metrics of the best-validation checkpoint.
-        stop_reason: ``"patience"``, ``"compute_cap"`` or ``"max_steps"``.
+        stop_reason: ``"patience"``, ``"compute_cap"``, ``"max_steps"`` or ``"diverged"``
+            (a non-finite training loss; the run's result is its best point before that).
         steps, sample_passes: totals when training stopped.
         test_evaluations: how many times the test split was evaluated (once per improvement).
         selection_metric, selection_higher_is_better: the validation metric that picked the
@@ -127,6 +129,52 @@ class ProtocolOutcome:
                 "selection_higher_is_better": self.selection_higher_is_better}
 
 
+def stopping_schedule(cfg: Any, batch_size: int, n_train: int) -> tuple[int, int, int]:
+    """``(eval_every, patience, cap)`` of a run, in steps, evaluation points and sample passes.
+
+    The config may give them in steps and sample passes (``eval_every``, ``patience``,
+    ``max_sample_passes``: the second protocol) or in epochs (``eval_every_epochs``,
+    ``patience_epochs``, ``max_sample_pass_epochs``), which hold at every training-set size.
+
+    Example:
+        >>> from rdrop_experiments.config import CommonConfig
+        >>> stopping_schedule(CommonConfig(eval_every=15, patience=4), 16, 240)
+        (15, 4, 0)
+        >>> stopping_schedule(CommonConfig(eval_every_epochs=0.5, patience_epochs=2,
+        ...                                max_sample_pass_epochs=50), 16, 2400)
+        (75, 4, 120000)
+    """
+    eval_every = int(cfg.eval_every)
+    patience = int(getattr(cfg, "patience", 0))
+    cap = int(getattr(cfg, "max_sample_passes", 0))
+    per_epoch = n_train / max(1, batch_size)
+    if getattr(cfg, "eval_every_epochs", 0):
+        eval_every = max(1, round(cfg.eval_every_epochs * per_epoch))
+    if getattr(cfg, "patience_epochs", 0):
+        patience = max(1, math.ceil(cfg.patience_epochs / cfg.eval_every_epochs - 1e-9))
+    if getattr(cfg, "max_sample_pass_epochs", 0):
+        cap = max(1, round(cfg.max_sample_pass_epochs * n_train))
+    return eval_every, patience, cap
+
+
+def passed_optimum(last: float, best: float, margin: float, higher_is_better: bool) -> bool:
+    """Whether the validation metric has turned: ``last`` worse than ``best`` by more than
+    ``margin * |best|`` (``margin`` 0: any value counts, the patience window alone decides).
+
+    Example:
+        >>> passed_optimum(101.0, 100.0, 0.005, False), passed_optimum(100.4, 100.0, 0.005, False)
+        (True, False)
+        >>> passed_optimum(0.80, 0.80, 0.0, True)
+        True
+    """
+    if margin <= 0:
+        return True
+    if math.isnan(last):
+        return True
+    worse = best - last if higher_is_better else last - best
+    return worse > margin * abs(best)
+
+
 def train_until_patience(
     *,
     cfg: Any,
@@ -144,114 +192,175 @@ def train_until_patience(
     clip_norm: float | None = None,
     progress: bool = False,
     label: str = "",
+    batches: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> ProtocolOutcome:
     r"""Train one arm until its validation ``metric`` stalls; test at the best-valid checkpoint.
 
     Loop: take ``next_batch() -> (args, target)``, ``out = step_fn(*args, target=target)``,
     ``out.loss.backward()``, optional gradient clipping, ``optimizer.step()``,
-    ``scheduler.step()``. Every ``cfg.eval_every`` steps (and when a stop condition is met):
+    ``scheduler.step()``. Every ``eval_every`` steps (and when a stop condition is met):
     ``evaluate("train")`` and ``evaluate("valid")``; if ``valid[metric]`` is strictly better
     than every earlier value, ``evaluate("test")`` on the current weights. Stop when the
-    validation metric has not improved for ``cfg.patience`` evaluation points (``0`` = never on
-    patience), when the sample passes reach ``cfg.max_sample_passes`` (``0`` = no cap), or at
-    ``cfg.max_steps``.
+    validation metric has not improved for ``patience`` evaluation points *and* has passed its
+    optimum (:func:`passed_optimum` with ``cfg.stop_margin``; ``0`` = never stop on patience),
+    when the sample passes reach the cap (``0`` = no cap), at ``cfg.max_steps``, or when the
+    training loss is not finite (``stop_reason="diverged"``). The spacing, the patience and the
+    cap come from :func:`stopping_schedule` (in steps, or in epochs).
+
+    With ``checkpoint`` (a file path) and ``batches`` (the :class:`~rdrop_experiments.resume.
+    BatchCycle` behind ``next_batch``), the loop state is saved there at evaluation points at
+    most every ``cfg.checkpoint_every_s`` seconds, and a run that finds a checkpoint resumes
+    from it: the same curve, bit for bit on CPU, as a run never interrupted (see
+    :mod:`rdrop_experiments.resume`). The caller deletes the file once the record is written.
 
     Args:
-        cfg: the run's config (``eval_every``, ``patience``, ``max_sample_passes``,
-            ``max_steps``, ``num_passes``, ``every_k_steps``).
+        cfg: the run's config (``eval_every``/``eval_every_epochs``, ``patience``/
+            ``patience_epochs``, ``stop_margin``, ``max_sample_passes``/
+            ``max_sample_pass_epochs``, ``max_steps``, ``num_passes``, ``every_k_steps``,
+            ``checkpoint_every_s``).
         method: the arm (charges compute, see :func:`step_cost`).
         model: put in train mode before each step (``evaluate`` may switch it to eval).
         step_fn: the arm's loss (:class:`rdrop_experiments.training.TrainStep`).
         optimizer, scheduler: stepped once per optimizer step.
         next_batch: returns ``(args, target)`` for the next training batch.
         batch_size: samples per step before duplication (for the compute count).
-        n_train: training examples (for ``epoch`` on the curves).
+        n_train: training examples (for ``epoch`` on the curves, and the epoch units).
         evaluate: ``evaluate(split) -> {name: value}`` for ``"train"``, ``"valid"``, ``"test"``;
             the ``"valid"`` dict must contain ``metric``.
         metric: the validation metric that selects the checkpoint.
         higher_is_better: its direction.
         clip_norm: max gradient norm (None = no clipping).
         progress, label: tqdm bar.
+        batches: the batch order to save in a checkpoint (needed with ``checkpoint``).
+        checkpoint: where to keep the resumable state (None = no checkpoints).
 
     Returns:
         :class:`ProtocolOutcome`.
 
     Raises:
         KeyError: ``evaluate("valid")`` lacks ``metric``.
+        ValueError: ``checkpoint`` without ``batches``.
     """
     from rdrop_experiments.progress import progress_bar as tqdm  # plain lines in a log
+    from rdrop_experiments.resume import (
+        load_checkpoint,
+        load_step_state,
+        rng_state,
+        save_checkpoint,
+        set_rng_state,
+        step_state,
+    )
 
-    cap = int(getattr(cfg, "max_sample_passes", 0))
-    patience = int(getattr(cfg, "patience", 0))
-    curves: list[dict[str, float]] = []
-    best: float | None = None
-    best_step = best_passes = since_best = 0
-    test: dict[str, float] = {}
-    test_evals = 0
-    passes = backward = 0
-    running = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}
+    if checkpoint is not None and batches is None:
+        raise ValueError("checkpoint needs batches= (the BatchCycle behind next_batch), or a "
+                         "resumed run would draw a different data order.")
+    eval_every, patience, cap = stopping_schedule(cfg, batch_size, n_train)
+    margin = float(getattr(cfg, "stop_margin", 0.0))
+    every_s = float(getattr(cfg, "checkpoint_every_s", 0.0))
+    loop: dict[str, Any] = {
+        "step": 0, "curves": [], "best": None, "best_step": 0, "best_passes": 0,
+        "since_best": 0, "test": {}, "test_evals": 0, "passes": 0, "backward": 0,
+        "running": {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}, "elapsed": 0.0,
+    }
+    saved = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        load_step_state(step_fn, saved["step_fn"])
+        batches.load_state_dict(saved["batches"])
+        set_rng_state(saved["rng"])
+        loop = saved["loop"]
     stop_reason = "max_steps"
-    start = time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, desc=label, leave=False, disable=not progress,
-               dynamic_ncols=True)
-    for step in range(1, cfg.max_steps + 1):
+    start = time.perf_counter() - loop["elapsed"]
+    last_save = time.perf_counter()
+    bar = tqdm(total=cfg.max_steps, initial=loop["step"], desc=label, leave=False,
+               disable=not progress, dynamic_ncols=True)
+    running = loop["running"]
+    step = loop["step"]
+    for step in range(loop["step"] + 1, cfg.max_steps + 1):
         model.train()
         args, target = next_batch()
         out = step_fn(*args, target=target)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if clip_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        optimizer.step()
-        scheduler.step()
-        fwd, bwd = step_cost(cfg, method, batch_size, step - 1)
-        passes += fwd
-        backward += bwd
-        running["loss"] += out.loss.item()
+        loss_value = out.loss.item()
+        diverged = not math.isfinite(loss_value)
+        if not diverged:  # a non-finite loss: no update; one last evaluation point, then stop
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if clip_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            optimizer.step()
+            scheduler.step()
+            fwd, bwd = step_cost(cfg, method, batch_size, step - 1)
+            loop["passes"] += fwd
+            loop["backward"] += bwd
+        running["loss"] += loss_value
         running["task"] += out.task_loss.item()
         running["consistency"] += out.consistency_loss.item()
         running["n"] += 1
         bar.update(1)
-        capped = cap > 0 and passes >= cap
-        if step % cfg.eval_every and not capped and step != cfg.max_steps:
+        capped = cap > 0 and loop["passes"] >= cap
+        if step % eval_every and not capped and step != cfg.max_steps and not diverged:
             continue
         train = evaluate("train")
         valid = dict(evaluate("valid"))
         if metric not in valid:
             raise KeyError(f"evaluate('valid') returned no {metric!r}; got {sorted(valid)}.")
-        if is_better(float(valid[metric]), best, higher_is_better):
-            best, best_step, best_passes, since_best = float(valid[metric]), step, passes, 0
-            test = {k: float(v) for k, v in evaluate("test").items()}
-            test_evals += 1
+        value = float(valid[metric])
+        if is_better(value, loop["best"], higher_is_better):
+            loop.update(best=value, best_step=step, best_passes=loop["passes"], since_best=0)
+            loop["test"] = {k: float(v) for k, v in evaluate("test").items()}
+            loop["test_evals"] += 1
         else:
-            since_best += 1
+            loop["since_best"] += 1
+        if diverged and loop["best"] is None:  # never a valid point: the result is this one
+            loop.update(best_step=step, best_passes=loop["passes"])
+            loop["test"] = {k: float(v) for k, v in evaluate("test").items()}
+            loop["test_evals"] += 1
         n = running["n"]
-        curves.append({
+        best = loop["best"]
+        loop["curves"].append({
             "step": step, "epoch": step * batch_size / max(1, n_train),
-            "sample_passes": passes, "backward_passes": backward,
+            "sample_passes": loop["passes"], "backward_passes": loop["backward"],
             "train_loss": float(train.get("loss", math.nan)),
             **{f"train_{k}": float(v) for k, v in train.items() if k != "loss"},
             **{f"valid_{k}": float(v) for k, v in valid.items()},
             "best_valid": float(best) if best is not None else math.nan,
-            "best_step": best_step,
-            **{f"test_{k}": v for k, v in test.items()},
+            "best_step": loop["best_step"],
+            **{f"test_{k}": v for k, v in loop["test"].items()},
             "train_objective": running["loss"] / n, "train_task_loss": running["task"] / n,
             "train_consistency": running["consistency"] / n,
             "wall_s": round(time.perf_counter() - start, 2),
         })
-        running = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}
-        bar.set_postfix(valid=f"{valid[metric]:.4g}", best=f"{best:.4g}" if best else "")
-        if patience and since_best >= patience:
+        running = loop["running"] = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}
+        bar.set_postfix(valid=f"{value:.4g}", best=f"{best:.4g}" if best else "")
+        if diverged:
+            stop_reason = "diverged"
+            break
+        if (patience and loop["since_best"] >= patience
+                and passed_optimum(value, float(best) if best is not None else math.nan,
+                                   margin, higher_is_better)):
             stop_reason = "patience"
             break
         if capped:
             stop_reason = "compute_cap"
             break
+        if checkpoint is not None and time.perf_counter() - last_save >= every_s:
+            loop["step"], loop["elapsed"] = step, time.perf_counter() - start
+            save_checkpoint(checkpoint, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step_fn": step_state(step_fn),
+                "batches": batches.state_dict(), "rng": rng_state(), "loop": loop})
+            last_save = time.perf_counter()
     bar.close()
-    return ProtocolOutcome(curves=curves, best_step=best_step, best_sample_passes=best_passes,
-                           best_valid=float(best) if best is not None else math.nan, test=test,
-                           stop_reason=stop_reason, steps=step, sample_passes=passes,
-                           test_evaluations=test_evals, selection_metric=f"valid_{metric}",
+    best = loop["best"]
+    return ProtocolOutcome(curves=loop["curves"], best_step=loop["best_step"],
+                           best_sample_passes=loop["best_passes"],
+                           best_valid=float(best) if best is not None else math.nan,
+                           test=loop["test"], stop_reason=stop_reason, steps=step,
+                           sample_passes=loop["passes"], test_evaluations=loop["test_evals"],
+                           selection_metric=f"valid_{metric}",
                            selection_higher_is_better=higher_is_better)
 
 

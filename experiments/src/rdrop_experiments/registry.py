@@ -14,6 +14,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rdrop_experiments.config import CommonConfig, ConfigError
@@ -41,6 +42,9 @@ class ArmRun:
         progress: whether to show progress (a bar on a terminal, plain lines in a log).
         label: short text for progress, e.g. ``"image rdrop s0"``.
         data_hash: set by :meth:`record_data`; the runner stores it in the record.
+        checkpoint: where the recipe's training loop keeps its resumable state (the runner
+            sets it beside the record and deletes it once the record is written; None = the
+            run is not resumable).
     """
 
     method: str
@@ -48,6 +52,7 @@ class ArmRun:
     progress: bool = True
     label: str = ""
     data_hash: str | None = None
+    checkpoint: Path | None = None
 
     def record_data(self, *splits: Any) -> str:
         """Hash the exact splits this run trains and evaluates on (tensors, arrays, texts, or

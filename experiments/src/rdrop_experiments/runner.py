@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_OUT",
     "PlannedRun",
     "check_device",
+    "checkpoint_path",
     "format_plan",
     "is_committed_folder",
     "plan_runs",
@@ -274,13 +275,26 @@ def preflight(plan: Sequence[PlannedRun], out: str | os.PathLike[str], *,
         check_writable(Path(out) / experiment)
 
 
+def checkpoint_path(record: Path) -> Path:
+    """Where a run keeps its resumable state while it trains: beside its record
+    (``baseline-seed0-<key>.ckpt.pt``); deleted once the record is written, so a rerun of the
+    same command after a kill resumes every unfinished run from its last checkpoint.
+
+    Example:
+        >>> checkpoint_path(Path("runs/lm/baseline-seed0-abc.json")).name
+        'baseline-seed0-abc.ckpt.pt'
+    """
+    return record.with_name(record.stem + ".ckpt.pt")
+
+
 def _execute(experiment: Experiment, run: PlannedRun, *, progress: bool) -> tuple[RunResult,
                                                                                     ArmRun]:
     import torch
 
     torch.set_num_threads(run.config.num_threads)
     arm = ArmRun(method=run.method, seed=run.seed, progress=progress,
-                 label=f"{run.label or experiment.name} {run.method} s{run.seed}")
+                 label=f"{run.label or experiment.name} {run.method} s{run.seed}",
+                 checkpoint=checkpoint_path(run.path))
     result = experiment.recipe(run.config, arm)
     if not isinstance(result, RunResult):
         raise TypeError(f"recipe of {experiment.name!r} returned {type(result).__name__}, "
@@ -359,12 +373,15 @@ def run_experiment(
             if progress:  # a visible line as each run sets up (data, tokenizer, model)
                 bar.write(f"{run.label or name} {run.method} seed={run.seed} [{run.setting}]: "
                           f"starting ({_budget(run.config)})")
+            if force:  # a forced rerun starts afresh, not from an earlier run's checkpoint
+                checkpoint_path(run.path).unlink(missing_ok=True)
             start = time.perf_counter()
             result, arm = _execute(experiment, run, progress=progress and run.config.progress)
             wall = time.perf_counter() - start
             write_json_atomic(run.path, _record(experiment, run, result, arm, wall=wall,
                                                 variant=variant, overrides=overrides,
                                                 command=command, versions=versions, git=git))
+            checkpoint_path(run.path).unlink(missing_ok=True)
         bar.update(1)
     bar.close()
     return _records(plan)

@@ -200,7 +200,7 @@ def run_seq2seq(cfg: Any, ctx: ArmRun, data: EncodedPairs,
         n_train=len(src_tr), evaluate=evaluate,
         metric="loss" if cfg.select_on == "loss" else metric,
         higher_is_better=cfg.select_on != "loss", clip_norm=1.0, progress=ctx.progress,
-        label=ctx.label)
+        label=ctx.label, batches=batches, checkpoint=ctx.checkpoint)
     best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
     metrics = dict(outcome.test)
     metrics["test_loss"] = metrics.pop("loss")

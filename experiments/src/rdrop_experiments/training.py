@@ -21,6 +21,7 @@ from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss
 from rdrop.inspection import dropout_slots
 from rdrop.schedule import rdrop_step
 from rdrop_experiments.config import METHODS, CommonConfig
+from rdrop_experiments.resume import BatchCycle
 
 __all__ = [
     "TrainStep",
@@ -239,12 +240,10 @@ def make_step(model: nn.Module, cfg: CommonConfig, method: str, **kwargs: Any) -
     return TrainStep(model, cfg, method, **kwargs)
 
 
-def cycle_batches(n: int, batch_size: int, generator: torch.Generator):  # type: ignore[no-untyped-def]
-    """Endless shuffled index batches over ``range(n)`` (a new permutation each epoch)."""
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield perm[i : i + batch_size]
+def cycle_batches(n: int, batch_size: int, generator: torch.Generator) -> BatchCycle:
+    """Endless shuffled index batches over ``range(n)`` (a new permutation each epoch), with a
+    position that a checkpoint can save (:class:`rdrop_experiments.resume.BatchCycle`)."""
+    return BatchCycle(n, batch_size, generator)
 
 
 def num_epochs(cfg: CommonConfig, n_train: int) -> float:

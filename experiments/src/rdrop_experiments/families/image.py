@@ -159,7 +159,8 @@ def run_image(cfg: ImageConfig, ctx: ArmRun) -> RunResult:
         scheduler=lr_schedule(optimizer, cfg), next_batch=next_batch, batch_size=cfg.batch_size,
         n_train=len(y_tr), evaluate=lambda split: _evaluate(model, *splits[split],
                                                             cfg.eval_batch_size),
-        metric="accuracy", higher_is_better=True, progress=ctx.progress, label=ctx.label)
+        metric="accuracy", higher_is_better=True, progress=ctx.progress, label=ctx.label,
+        batches=batches, checkpoint=ctx.checkpoint)
     best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
     return RunResult(
         metrics={"accuracy": outcome.test["accuracy"], "test_loss": outcome.test["loss"],

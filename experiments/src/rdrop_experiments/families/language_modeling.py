@@ -205,7 +205,8 @@ def run_language_modeling(cfg: LMConfig, ctx: ArmRun) -> RunResult:
         cfg=cfg, method=ctx.method, model=model, step_fn=step_fn, optimizer=optimizer,
         scheduler=lr_schedule(optimizer, cfg), next_batch=next_batch, batch_size=cfg.batch_size,
         n_train=len(x_tr), evaluate=evaluate, metric="perplexity", higher_is_better=False,
-        clip_norm=1.0, progress=ctx.progress, label=ctx.label)
+        clip_norm=1.0, progress=ctx.progress, label=ctx.label,
+        batches=batches, checkpoint=ctx.checkpoint)
     best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
     return RunResult(
         metrics={"perplexity": outcome.test["perplexity"], "test_loss": outcome.test["loss"],

@@ -241,7 +241,7 @@ def run_text(cfg: TextConfig, ctx: ArmRun) -> RunResult:
         n_train=len(y), evaluate=lambda split: _evaluate(model, splits[split],
                                                          cfg.eval_batch_size, num_classes),
         metric="accuracy", higher_is_better=True, clip_norm=1.0, progress=ctx.progress,
-        label=ctx.label)
+        label=ctx.label, batches=batches, checkpoint=ctx.checkpoint)
     best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
     return RunResult(
         metrics={"accuracy": outcome.test["accuracy"], "macro_f1": outcome.test["macro_f1"],

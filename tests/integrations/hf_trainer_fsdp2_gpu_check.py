@@ -3,10 +3,10 @@
 Not run by the CPU test suite: accelerate runs FSDP only on accelerators (on CPU the Trainer falls
 back to DDP). On a machine with 2 GPUs (``tests/integrations/gpu_checks.sh``)::
 
-    python fsdp_fused_check.py OUT ref                      # one process, logits path
+    python hf_trainer_fsdp2_gpu_check.py OUT ref        # one process, logits path
     accelerate launch --use_fsdp --fsdp_version 2 --num_processes 2 \\
-        fsdp_fused_check.py OUT fsdp2                       # 2 processes, fused, sharded head
-    python fsdp_fused_check.py OUT compare        # prints the differences; exits 1 above 1e-5
+        hf_trainer_fsdp2_gpu_check.py OUT fsdp2         # 2 processes, fused, sharded head
+    python hf_trainer_fsdp2_gpu_check.py OUT compare    # prints the differences; exits 1 above 1e-5
 
 The model is a tiny Llama without dropout (each rank draws its own masks, so with dropout the
 two runs would differ by design); the check is the sharded fused head: the output layer's weight

@@ -1,6 +1,7 @@
 """Two gloo processes on CPU: the HF trainers' fused head with an FSDP2-sharded Llama.
 
-Run as ``python fused_fsdp2_check.py OUT_JSON``; ``test_fused_fsdp2.py`` checks the result. A tiny
+Run as ``python hf_fused_head_fsdp2_cpu_check.py OUT_JSON``; ``test_fused_fsdp2.py`` checks the
+result. A tiny
 Llama without dropout (ranks draw their own masks, so with dropout the runs would differ by
 design) is wrapped with ``fully_shard`` per decoder layer and at the root, so outside the forward
 its output layer's weight is a DTensor shard. Each rank runs the trainer's fused path

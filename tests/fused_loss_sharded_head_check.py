@@ -1,9 +1,9 @@
 """Two gloo processes on CPU: fused_linear_rdrop_loss with an FSDP2-sharded output layer.
 
-Run as ``python fused_linear_fsdp_check.py OUT_JSON``; ``test_fused_linear_fsdp.py`` runs it and
-checks the result. A small body (Linear + tanh) and an output layer ``head`` (V = 37, which does
-not split evenly over 2 ranks) are wrapped with ``torch.distributed.fsdp.fully_shard`` in three
-layouts:
+Run as ``python fused_loss_sharded_head_check.py OUT_JSON``; ``test_fused_linear_fsdp.py`` runs
+it and checks the result. A small body (Linear + tanh) and an output layer ``head`` (V = 37,
+which does not split evenly over 2 ranks) are wrapped with ``torch.distributed.fsdp.fully_shard``
+in three layouts:
 
 * ``head_sharded``: ``fully_shard(head)`` then ``fully_shard(net)``; the loss gets the module;
 * ``head_in_root``: ``fully_shard(net)`` only (the head's parameters belong to the root group);
