@@ -88,11 +88,16 @@ def test_embedding_noise_of_a_packed_copy_uses_one_copys_length():
     model.train()
     ids = torch.randint(0, 13, (1, 400))
     plain = model.embed.weight[ids].detach()
-    with handle.sequence_copies(2):
+    with handle.forward_copies(2):
         noise = (model.embed(ids) - plain).detach()
     bound = 5.0 / math.sqrt(200 * 8)
     assert float(noise.abs().max()) <= bound + 1e-6
     assert float(noise.abs().max()) > 0.99 * bound  # would be at most bound / sqrt(2) with L=400
+    # copies along the batch (rows): each row keeps its own length
+    rows = torch.randint(0, 13, (2, 400))
+    with handle.forward_copies(2):
+        noise = (model.embed(rows) - model.embed.weight[rows]).detach()
+    assert float(noise.abs().max()) <= 5.0 / math.sqrt(400 * 8) + 1e-6
 
 
 def test_each_copy_of_a_concatenated_batch_draws_its_own_embedding_noise():

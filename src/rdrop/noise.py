@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,7 +150,7 @@ class NoiseHandle:
         self.noise = noise
         self.targets = targets
         self._undo: list[Any] = []
-        self._sequence_copies = 1
+        self._copies = 1
 
     @property
     def adds_randomness(self) -> bool:
@@ -157,15 +158,21 @@ class NoiseHandle:
         return self.noise.kind != "dropout" or self.noise.rate is not None
 
     @contextlib.contextmanager
-    def sequence_copies(self, copies: int) -> Iterator[None]:
-        """Within this context, a forward's sequences hold ``copies`` passes laid along the
-        tokens (a packed batch duplicated by :func:`rdrop.batching.concat_inputs`), so the
-        embedding noise uses the length of one copy, as on the plain batch."""
-        previous, self._sequence_copies = self._sequence_copies, max(int(copies), 1)
+    def forward_copies(self, copies: int) -> Iterator[None]:
+        """Within this context a forward computes ``copies`` passes at once (the concatenated
+        batch of :func:`rdrop.batching.concat_inputs`). A packed batch's copies lie along its
+        tokens (one row of ``copies x T``), so for a one-row output the embedding noise uses
+        the length of one copy, ``T``, as on the plain batch."""
+        previous, self._copies = self._copies, max(int(copies), 1)
         try:
             yield
         finally:
-            self._sequence_copies = previous
+            self._copies = previous
+
+    def pass_context(self, passes: range, plan: Any = None) -> AbstractContextManager[None]:
+        """The per-forward hook of :class:`rdrop.step.TrainingStep` (``pass_context=``):
+        :meth:`forward_copies` of the ``passes`` that forward computes."""
+        return self.forward_copies(len(passes))
 
     def remove(self) -> None:
         """Restore the model as it was before :func:`attach_noise` (idempotent)."""
@@ -175,7 +182,9 @@ class NoiseHandle:
     def _embedding_hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
         if not module.training or not isinstance(output, Tensor) or not output.is_floating_point():
             return None
-        length = output.shape[-2] // self._sequence_copies if output.dim() >= 3 else 1
+        length = output.shape[-2] if output.dim() >= 3 else 1
+        if output.dim() >= 3 and output.shape[0] == 1:  # a packed row: copies along its tokens
+            length //= self._copies
         scale = self.noise.rate / math.sqrt(max(length, 1) * output.shape[-1])  # type: ignore[operator]
         # Drawn in the output's dtype, per element: every copy of the batch gets its own noise.
         return output + torch.empty_like(output).uniform_(-scale, scale)
