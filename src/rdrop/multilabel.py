@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -35,7 +36,12 @@ from torch import Tensor
 from rdrop.argchecks import check_alpha, check_reduction
 from rdrop.functional import RDropOutput, compute_dtype, mean_denominator
 
-__all__ = ["bernoulli_symmetric_kl", "multi_pass_multilabel_loss", "multilabel_rdrop_loss"]
+__all__ = [
+    "MultiLabelLoss",
+    "bernoulli_symmetric_kl",
+    "multi_pass_multilabel_loss",
+    "multilabel_rdrop_loss",
+]
 
 
 def _check_passes(passes: Sequence[Tensor]) -> None:
@@ -282,3 +288,38 @@ def bernoulli_symmetric_kl(
     if reduction == "none":
         return rows
     return rows.sum() / (mean_denominator(keep, None) if reduction == "mean" else 1.0)
+
+
+@dataclass(frozen=True)
+class MultiLabelLoss:
+    """The loss of a training step's passes for a multi-label head (the step's ``loss=``, as
+    :class:`rdrop.step.LogitsLoss` is for softmax heads): :func:`multi_pass_multilabel_loss` of
+    the passes, one pass giving the plain BCE. ``loss(passes, target, alpha, num_items)``.
+
+    The function runs with ``alpha=1`` and the step's alpha is applied after it, so a warm-up
+    alpha never enters a compiled graph as a constant.
+
+    Attributes:
+        reduction, check_finite: as in :func:`multi_pass_multilabel_loss`.
+        pos_weight: optional ``(C,)`` weight of each label's positive term.
+
+    Example:
+        >>> import torch
+        >>> z1, z2 = torch.randn(4, 3), torch.randn(4, 3)
+        >>> y = torch.randint(0, 2, (4, 3)).float()
+        >>> out = MultiLabelLoss()([z1, z2], y, 0.5, None)
+        >>> bool(torch.isclose(out.loss, multilabel_rdrop_loss(z1, z2, y, alpha=0.5).loss))
+        True
+    """
+
+    reduction: str = "mean"
+    check_finite: bool = True
+    pos_weight: Tensor | None = None
+
+    def __call__(self, passes: list[Tensor], target: Tensor, alpha: float,
+                 num_items_in_batch: int | Tensor | None = None) -> RDropOutput:
+        out = multi_pass_multilabel_loss(
+            passes, target, alpha=1.0, pos_weight=self.pos_weight, reduction=self.reduction,
+            num_items_in_batch=num_items_in_batch, check_finite=self.check_finite)
+        return RDropOutput(out.task_loss + alpha * out.consistency_loss, out.task_loss,
+                           out.consistency_loss)

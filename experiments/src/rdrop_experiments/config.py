@@ -53,7 +53,8 @@ NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress"
 # Fields added after records were committed: left out of a run's identity while they hold their
 # default, so every earlier record keeps its key (a test recomputes the keys of results/). A new
 # field that changes how a run goes is appended here.
-LATE_FIELDS = ("eval_every_epochs", "patience_epochs", "stop_margin", "max_sample_pass_epochs")
+LATE_FIELDS = ("eval_every_epochs", "patience_epochs", "stop_margin", "max_sample_pass_epochs",
+               "noise")
 
 C = TypeVar("C", bound="CommonConfig")
 
@@ -78,7 +79,12 @@ class CommonConfig:
         every_k_steps: apply R-Drop on every k-th optimizer step (others: one plain pass).
         pass_dropouts: per-pass dropout rates for the R-Drop arm, e.g. ``(0.1, 0.3)``; empty
             means every pass uses the model's own rates. Length must equal ``num_passes``.
-        consistency: ``"kl"`` (paper), ``"js"`` or ``"mse"``.
+        consistency: ``"kl"`` (paper), ``"js"``, ``"mse"``, or ``"bernoulli"`` (multi-label
+            sigmoid heads: BCE task terms, :func:`rdrop.multilabel_rdrop_loss`).
+        noise: where the passes' randomness comes from (:mod:`rdrop.noise`), for every arm
+            (the baseline's one pass too): ``dropout`` (the model's own), ``embedding:ALPHA``
+            (NEFTune-style embedding noise), ``dropout:P`` (every dropout slot at ``P``),
+            ``lora:P``.
         rdrop_mode: ``"concat"`` (one forward over ``[x; x]``) or ``"twice"``.
         alpha_warmup_steps: linear alpha warm-up for the R-Drop arm (0 = none).
         chunk_size: rows per chunk of the R-Drop loss (``rdrop_loss(chunk_size=...)``: the same
@@ -126,6 +132,7 @@ class CommonConfig:
     rdrop_mode: str = "concat"
     alpha_warmup_steps: int = 0
     chunk_size: int | None = None
+    noise: str = "dropout"
     max_steps: int = 1000
     eval_every: int = 100
     patience: int = 0
@@ -188,8 +195,15 @@ class CommonConfig:
                 )
             if any(not 0.0 <= p < 1.0 for p in self.pass_dropouts):
                 raise ConfigError(f"pass_dropouts must lie in [0, 1), got {self.pass_dropouts}.")
-        if self.consistency not in ("kl", "js", "mse"):
-            raise ConfigError(f"consistency must be kl, js or mse, got {self.consistency!r}.")
+        if self.consistency not in ("kl", "js", "mse", "bernoulli"):
+            raise ConfigError(f"consistency must be kl, js, mse or bernoulli, got "
+                              f"{self.consistency!r}.")
+        try:
+            from rdrop.noise import parse_noise
+
+            parse_noise(self.noise)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
         if self.rdrop_mode not in ("concat", "twice"):
             raise ConfigError(f"rdrop_mode must be concat or twice, got {self.rdrop_mode!r}.")
         if self.lr <= 0:

@@ -55,7 +55,7 @@ def read_debtags(lists_dir: str | os.PathLike[str]) -> dict[str, list[str]]:
         >>> read_debtags(d)
         {'a': ['role::program', 'use::editing']}
     """
-    from rdrop_experiments.data.debian import list_files, iter_stanzas, read_list_file
+    from rdrop_experiments.data.debian import iter_stanzas, list_files, read_list_file
 
     tags: dict[str, list[str]] = {}
     for f in list_files(Path(lists_dir), "packages"):
