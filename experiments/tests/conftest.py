@@ -61,6 +61,12 @@ TOY = Experiment(name="toy", config=ToyConfig(), recipe=toy_recipe, metric="accu
 register(TOY, replace=True)
 register(TOY.derive("toy-alpha", grid=[{"alpha": 0.5}, {"alpha": 2.0}], tags=("test",)),
          replace=True)
+# A grid whose settings name their arm, as the second protocol's grids do (protocol_grid).
+register(TOY.derive("toy-arms", grid=[{"methods": ("baseline",), "hidden": 4},
+                                      {"methods": ("baseline",), "hidden": 16},
+                                      {"methods": ("rdrop",), "alpha": 0.5},
+                                      {"methods": ("rdrop",), "alpha": 2.0}], tags=("test",)),
+         replace=True)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rdrop_experiments.cli import build_parser, main
+from rdrop_experiments.registry import get_experiment
 from rdrop_experiments.storage import load_results
 
 
@@ -93,7 +94,8 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys, calls):
                                           ("lr=nan", "lr"), ("lr=-inf", "lr"),
                                           ("hidden=-3", "hidden"), ("batch_size=-1", "batch_size"),
                                           ("weight_decay=-0.1", "weight_decay"),
-                                          ("pass_dropouts=0.1,nan", "pass_dropouts")])
+                                          ("pass_dropouts=0.1,nan", "pass_dropouts"),
+                                          ("chunk_size=0", "chunk_size")])
 def test_dry_run_rejects_bad_values_naming_the_key(tmp_path, capsys, calls, override, key):
     assert main(["run", "toy", override, "--dry-run", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -189,3 +191,31 @@ def test_every_experiment_is_checked_before_the_first_trains(tmp_path, capsys, c
     assert main(["run", "toy", "toy-alpha", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "is not writable" in capsys.readouterr().err
     assert calls == []  # toy, the first, did not train either
+
+
+def test_chunk_size_zero_is_refused_by_the_dry_run_with_the_fix(tmp_path, capsys, calls):
+    # It used to pass --dry-run and kill the R-Drop arm mid-family with a raw traceback.
+    assert main(["run", "image", "--quick", "chunk_size=0", "--dry-run", "--out",
+                 str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("rdrop run: error: chunk_size must be >= 1 rows per chunk "
+                                       "of the R-Drop loss, or none for the unchunked loss; got "
+                                       "0.\n")
+    assert main(["run", "image", "--quick", "chunk_size=none", "--dry-run", "--out",
+                 str(tmp_path)]) == 0
+
+
+def test_the_issue_example_is_refused_naming_the_single_setting_command(tmp_path, capsys,
+                                                                        calls):
+    # `rdrop run image alpha=0.6 methods=rdrop` ran the whole grid, with alpha 0.3 and 1.0.
+    assert main(["run", "image", "alpha=0.6", "methods=rdrop", "--out", str(tmp_path),
+                 "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "your alpha=0.6 would be replaced by the grid's values" in err
+    assert err.rstrip().endswith("add --no-grid: rdrop run image --no-grid alpha=0.6 "
+                                 "methods=rdrop")
+    assert main(["run", "image", "--no-grid", "alpha=0.6", "methods=rdrop", "--out",
+                 str(tmp_path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    seeds = get_experiment("image").config.seeds
+    assert lines[-1] == f"{seeds} run(s) planned, {seeds} to run."
+    assert all("  [methods=rdrop,alpha=0.6]  rdrop  seed=" in line for line in lines[:-1])

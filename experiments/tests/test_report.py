@@ -211,3 +211,55 @@ def test_second_protocol_records_get_the_verdict(tmp_path):
     assert (tmp_path / "verdict.md").exists()
     assert (tmp_path / "plots" / "compute-image.png").exists()
     assert "tested at its best-validation checkpoint" in text
+
+
+def test_two_records_of_one_run_are_refused_naming_both_files(results, capsys):
+    from rdrop_experiments.cli import main
+    from rdrop_experiments.storage import DuplicateRunError
+
+    # A copied folder whose copy of one run says something else: which one would a table use?
+    copy = results / "copy" / "fixture" / "r1.json"
+    write_json_atomic(copy, _record("rdrop", 1, 0.123, "rk1", "bk", "alpha=1"))
+    with pytest.raises(DuplicateRunError) as info:
+        build_report(results, plots=False)
+    assert str(results / "fixture" / "r1.json") in str(info.value)
+    assert str(copy) in str(info.value)
+    assert main(["report", "--results", str(results), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rdrop report: error: ") and "holds two records of fixture rdrop " \
+        "seed 1 (config rk1)" in err and str(copy) in err
+    assert not (results / "summary.md").exists()
+
+
+def test_the_same_run_under_two_experiments_is_not_a_duplicate(results):
+    # An ablation point can be the family's run (same config hash): two experiments, two runs.
+    other = dict(_record("rdrop", 1, 0.83, "rk1", "bk", "alpha=1"), experiment="fixture-abl")
+    write_json_atomic(results / "fixture-abl" / "r1.json", other)
+    assert "| fixture-abl |" in build_report(results, plots=False)
+
+
+def test_a_record_without_a_config_hash_is_left_out_with_a_note(results):
+    old = _record("rdrop", 0, 0.5, "rk1", "bk", "alpha=1")
+    del old["key"]
+    write_json_atomic(results / "old" / "r0.json", old)
+    text = build_report(results, plots=False)
+    assert ("**1 record(s) without a config hash** (`key`/`pair_key`, written by an older "
+            "version) are left out") in text and str(results / "old" / "r0.json") in text
+    row_md = "| fixture | alpha=1 | accuracy (%) | 81.00 ± 1.00 | 82.67 ± 0.58 | +1.67"
+    assert row_md in text  # the other records' numbers are untouched
+
+
+def test_diverged_runs_are_listed_and_left_out_of_every_table(results):
+    diverged = _record("rdrop", 2, 0.1, "rk1", "bk", "alpha=1")  # at chance: NaN losses
+    diverged["extra"] = {"stop_reason": "diverged"}
+    write_json_atomic(results / "fixture" / "r2.json", diverged)
+    text = build_report(results, plots=False)
+    assert "**1 diverged run(s)** (training stopped on a non-finite loss) are left out" in text
+    assert f"- fixture rdrop [alpha=1] seed 2: `{results / 'fixture' / 'r2.json'}`" in text
+    with open(results / "summary.csv") as f:
+        row = next(r for r in csv.DictReader(f)
+                   if r["metric"] == "accuracy" and r["setting"] == "alpha=1")
+    assert int(row["n_rdrop"]) == 2 and int(row["n_pairs"]) == 2
+    assert math.isclose(float(row["rdrop_mean"]), summarize(BASE["rd"][:2]).mean)
+    d = paired_difference(dict(enumerate(BASE["exp"][:2])), dict(enumerate(BASE["rd"][:2])))
+    assert math.isclose(float(row["delta"]), d.mean)

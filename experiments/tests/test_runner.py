@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rdrop_experiments import plan_runs, run_experiment
+from rdrop_experiments import ConfigError, plan_runs, run_experiment
 from rdrop_experiments.registry import get_experiment
 from rdrop_experiments.storage import RecordLock, data_hash, load_results
 
@@ -182,3 +182,95 @@ def test_protocol_fields_reach_the_top_of_the_record(tmp_path, calls):
     for r in recs:
         assert (r["selection"], r["best_step"], r["sample_passes"]) == ("best_valid", 3, 96)
         assert "other" not in r and r["extra"]["other"] == 1
+
+
+def test_a_grid_key_the_user_set_is_refused_and_nothing_trains(tmp_path, calls):
+    with pytest.raises(ConfigError) as info:
+        run_experiment("toy-alpha", {"alpha": 0.7, "seeds": 1}, out=tmp_path, progress=False)
+    assert "toy-alpha runs a grid of 2 settings that sets alpha per setting, so your " \
+           "alpha=0.7 would be replaced" in str(info.value)
+    assert str(info.value).endswith("add --no-grid: rdrop run toy-alpha --no-grid alpha=0.7 "
+                                    "seeds=1")
+    assert calls == [] and not any(tmp_path.iterdir())
+
+
+def test_no_grid_runs_the_one_setting_the_user_asked_for(tmp_path, calls):
+    recs = run_experiment("toy-alpha", {"alpha": 0.7, "seeds": 1}, grid=False, out=tmp_path,
+                          progress=False)
+    assert sorted(calls) == [("baseline", 0, 0.7), ("rdrop", 0, 0.7)]
+    assert {r["setting"] for r in recs} == {"alpha=0.7"}
+    rdrop = next(r for r in recs if r["method"] == "rdrop")
+    assert rdrop["config"]["alpha"] == 0.7 and rdrop["overrides"] == {"alpha": "0.7",
+                                                                       "seeds": "1"}
+    assert rdrop["command"] == "rdrop run toy-alpha --no-grid alpha=0.7 seeds=1"
+
+
+def test_methods_picks_the_arms_of_a_grid(tmp_path, calls):
+    recs = run_experiment("toy-arms", {"methods": ("rdrop",), "seeds": 1}, out=tmp_path,
+                          progress=False)
+    assert sorted(calls) == [("rdrop", 0, 0.5), ("rdrop", 0, 2.0)]  # no baseline setting ran
+    assert sorted(r["setting"] for r in recs) == ["methods=rdrop,alpha=0.5",
+                                                  "methods=rdrop,alpha=2.0"]
+    with pytest.raises(ConfigError, match="toy-arms's grid runs no setting of "
+                                          "methods=rdrop_alpha0; its arms: baseline, rdrop"):
+        plan_runs(get_experiment("toy-arms"), tmp_path, {"methods": ("rdrop_alpha0",)})
+    # Without methods=, every arm of the grid runs (the baseline settings included).
+    assert len(plan_runs(get_experiment("toy-arms"), tmp_path, {"seeds": 1})) == 4
+
+
+def test_the_issue_example_plans_only_what_the_user_asked(tmp_path):
+    image = get_experiment("image")
+    with pytest.raises(ConfigError, match=r"your alpha=0\.6 would be replaced"):
+        plan_runs(image, tmp_path, {"alpha": 0.6, "methods": ("rdrop",)})
+    plan = plan_runs(image, tmp_path, {"alpha": 0.6, "methods": ("rdrop",)}, grid=False)
+    assert {(r.method, r.config.alpha, r.setting) for r in plan} == {
+        ("rdrop", 0.6, "methods=rdrop,alpha=0.6")}
+    picked = plan_runs(image, tmp_path, {"methods": ("rdrop",)})
+    assert {r.method for r in picked} == {"rdrop"}
+    assert sorted({r.config.alpha for r in picked}) == [0.3, 1.0]
+
+
+def test_the_cli_plans_and_checks_each_experiment_once(tmp_path, calls, monkeypatch):
+    from rdrop_experiments import runner
+    from rdrop_experiments.cli import main
+
+    counts = {"plan_runs": 0, "preflight": 0}
+    for name in counts:
+        original = getattr(runner, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(runner, name, counted)
+    assert main(["run", "toy", "toy-alpha", "seeds=1", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
+    assert counts == {"plan_runs": 2, "preflight": 2} and len(calls) == 2 + 3
+
+
+def test_a_lock_is_never_seen_empty_and_broken_by_a_racing_thread(tmp_path):
+    # The lock file used to be created empty and filled afterwards: a thread (or process) that
+    # looked in between read no owner, took the lock for stale, broke it, and ran the record
+    # a second time (seen as a flaky duplicate in the two-runner test above).
+    record = tmp_path / "rdrop-seed0-abc.json"
+    rounds, width = 200, 6
+    barrier = threading.Barrier(width)
+    wins = [[] for _ in range(rounds)]
+
+    def contend(i):
+        for r in range(rounds):
+            lock = RecordLock(record)
+            barrier.wait()
+            if lock.acquire():
+                wins[r].append(i)
+            barrier.wait()  # everyone has tried this round
+            lock.release()
+            barrier.wait()
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(width)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [len(w) for w in wins] == [1] * rounds
+    assert list(tmp_path.iterdir()) == []  # no lock and no filled temporary left behind

@@ -122,3 +122,35 @@ def test_headline_row_shows_each_arm_at_its_chosen_point():
     best = {c.name: c for c in v.comparisons}["rdrop - baseline, best"].diff
     assert cells[5] == f"{best.mean:+.2f} [{best.low:+.2f}, {best.high:+.2f}]"
     assert cells[-1] == "3/3"
+
+
+def test_a_diverged_run_is_left_out_of_the_verdict_and_named():
+    pytest.importorskip("scipy")
+    recs = _family()
+    # rdrop alpha 1.0 seed 2 diverged: at chance on test, with a best-valid from before the NaNs
+    (bad,) = [r for r in recs if r["method"] == "rdrop" and r["seed"] == 2
+              and "alpha=1.0" in r["setting"]]
+    bad["value"] = 0.10
+    bad["extra"] = dict(bad["extra"], stop_reason="diverged", best_valid=0.95)
+    (v,) = build_verdicts(recs)
+    rdrop = v.arms["rdrop"]
+    assert rdrop.chosen == "alpha=1.0" and sorted(rdrop.runs) == [0, 1]
+    assert rdrop.valid["alpha=1.0"] == pytest.approx(0.80)  # the diverged 0.95 not averaged in
+    best = {c.name: c for c in v.comparisons}["rdrop - baseline, best"].diff
+    diffs = [100 * ((0.83 + 0.02 * s) - (0.80 + 0.01 * s)) for s in range(2)]
+    m, lo, hi, p = _t_interval(diffs)
+    assert best.n == 2
+    assert (best.mean, best.low, best.high, best.p_value) == pytest.approx((m, lo, hi, p))
+    assert v.compute_to_best["rdrop"] == pytest.approx(math.sqrt(300 / 100 * 300 / 110))
+
+
+def test_the_verdict_markdown_names_the_diverged_runs(tmp_path):
+    recs = _family()
+    for r in recs:
+        if r["method"] == "rdrop" and r["seed"] == 2 and "alpha=1.0" in r["setting"]:
+            r["extra"] = dict(r["extra"], stop_reason="diverged")
+    text = verdict_report(recs, tmp_path, plots=False)
+    assert ("**1 diverged run(s) left out** (training stopped on a non-finite loss; not counted "
+            "in any mean, comparison or selection below, which use the remaining seeds): "
+            "fam rdrop [alpha=1.0] seed 2.") in text
+    assert "| fam | dropout=0.3; alpha=1.0 | accuracy (%) | 81.00 ± 1.00 | 84.00 ± 1.41 |" in text

@@ -42,9 +42,9 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rdrop_experiments import list_experiments, parse_overrides, run_experiment
+    from rdrop_experiments import list_experiments, parse_overrides
     from rdrop_experiments.registry import get_experiment
-    from rdrop_experiments.runner import format_plan, plan_runs, preflight
+    from rdrop_experiments.runner import execute_plan, format_plan, plan_runs, preflight
 
     names = [t for t in args.items if "=" not in t]
     overrides = [t for t in args.items if "=" in t]
@@ -54,29 +54,51 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("rdrop run: name an experiment (see `rdrop ls`) or pass --all.", file=sys.stderr)
         return 2
     variant = "quick" if args.quick else args.variant
-    # Validate everything (every experiment's every planned config) before the first run starts.
-    parsed = {n: parse_overrides(type(get_experiment(n).config), overrides) for n in names}
-    plans = {n: plan_runs(get_experiment(n), args.out, parsed[n], variant=variant) for n in names}
+    grid = not args.no_grid
+    # Plan and check once, every experiment's every planned config, before the first run starts.
+    experiments = {n: get_experiment(n) for n in names}
+    parsed = {n: parse_overrides(type(e.config), overrides) for n, e in experiments.items()}
+    plans = {n: plan_runs(e, args.out, parsed[n], variant=variant, grid=grid)
+             for n, e in experiments.items()}
     for name in names:  # devices, committed results, writable folders: before the first run
         preflight(plans[name], args.out, variant=variant, allow_committed=args.allow_committed,
                   write=not args.dry_run)
     for name in names:
-        records = run_experiment(name, parsed[name], out=args.out, variant=variant,
-                                 progress=not args.no_progress, dry_run=args.dry_run,
-                                 force=args.force, allow_committed=args.allow_committed)
         if args.dry_run:
             print(format_plan(plans[name], force=args.force))
-        else:
-            print(f"{name}: {len(records)} finished run(s) under {os.path.join(args.out, name)}")
+            continue
+        records = execute_plan(experiments[name], plans[name], out=args.out, variant=variant,
+                               overrides=parsed[name], grid=grid, progress=not args.no_progress,
+                               force=args.force)
+        print(f"{name}: {len(records)} finished run(s) under {os.path.join(args.out, name)}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from rdrop_experiments.report import build_report
+    from rdrop_experiments.storage import DuplicateRunError
 
-    text = build_report(args.results, out=args.out, plots=not args.no_plots,
-                        experiments=args.experiment or None, include_quick=args.include_quick)
+    try:
+        text = build_report(args.results, out=args.out, plots=not args.no_plots,
+                            experiments=args.experiment or None,
+                            include_quick=args.include_quick)
+    except DuplicateRunError as exc:
+        print(f"rdrop report: error: {exc}", file=sys.stderr)
+        return 2
     print(text)
+    return 0
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    from rdrop_experiments.scale import CELLS, get_cell, run_cell
+
+    if args.list or not (args.cells or args.all):
+        for cell in CELLS:
+            print(f"{cell.name:<34} seeds={cell.seeds}  {cell.config_overrides()}")
+        return 0
+    cells = list(CELLS) if args.all else [get_cell(n) for n in args.cells]
+    for cell in cells:
+        run_cell(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run)
     return 0
 
 
@@ -108,9 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run (or resume) experiments",
         description="Run experiments; finished (method, seed) runs under --out are skipped, and "
         "runs another process is doing are left to it. Overrides are key=value (tuples "
-        "comma-separated), e.g. seeds=5 alpha=0.6 pass_dropouts=0.1,0.3, before or after "
+        "comma-separated), e.g. seeds=5 device=cuda pass_dropouts=0.1,0.3, before or after "
         "the flags. Every value, the device and the output folder are checked before any "
-        "training.",
+        "training. An experiment with a grid (rdrop ls -v) runs each grid setting; your values "
+        "never lose to it in silence: methods=... picks the grid's arms (methods=rdrop runs "
+        "only its R-Drop settings), and a key the grid sets (alpha, dropout, ...) is an error. "
+        "To run one setting with your own values, add --no-grid: rdrop run image --no-grid "
+        "alpha=0.6 methods=rdrop.",
     )
     p_run.add_argument("items", nargs="*", metavar="EXPERIMENT|key=value")
     p_run.add_argument("--all", action="store_true", help="every family (not the ablations)")
@@ -119,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", default=DEFAULT_OUT,
                        help=f"output root (default: {DEFAULT_OUT}/, ignored by git)")
     p_run.add_argument("--no-progress", action="store_true", help="no progress output")
+    p_run.add_argument("--no-grid", action="store_true",
+                       help="run one setting: the config with your key=value values, not the "
+                       "experiment's grid")
     p_run.add_argument("--dry-run", action="store_true",
                        help="validate every value and print the plan; train nothing")
     p_run.add_argument("--force", action="store_true", help="rerun finished runs too")
@@ -136,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--include-quick", action="store_true",
                        help="keep quick (smoke) runs beside full ones (default: left out)")
     p_rep.set_defaults(func=_cmd_report)
+
+    p_sc = sub.add_parser(
+        "scale", help="run (or resume) cells of the scale map (docs/EXPERIMENTS.md)",
+        description="Each cell is a family at one training-set size: its registered grid, "
+                    "the epoch stopping rule, grid edges extended until the choice is "
+                    "interior. Rerunning a command resumes it. Without cells: list them.")
+    p_sc.add_argument("cells", nargs="*", help="cell names (see `rdrop scale --list`)")
+    p_sc.add_argument("--all", action="store_true", help="every registered cell, in order")
+    p_sc.add_argument("--list", action="store_true", help="list the cells and exit")
+    p_sc.add_argument("--out", default="results/scale", help="root folder (default results/scale)")
+    p_sc.add_argument("--dry-run", action="store_true", help="plan the first grid only")
+    p_sc.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_sc.set_defaults(func=_cmd_scale)
 
     p_cmp = sub.add_parser(
         "compare", help="pair the runs of two result folders and show how far reruns moved",

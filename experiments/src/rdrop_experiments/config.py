@@ -206,6 +206,9 @@ class CommonConfig:
             raise ConfigError(str(exc)) from None
         if self.rdrop_mode not in ("concat", "twice"):
             raise ConfigError(f"rdrop_mode must be concat or twice, got {self.rdrop_mode!r}.")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ConfigError(f"chunk_size must be >= 1 rows per chunk of the R-Drop loss, or "
+                              f"none for the unchunked loss; got {self.chunk_size}.")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}.")
         if self.warmup_steps < 0 or self.alpha_warmup_steps < 0:

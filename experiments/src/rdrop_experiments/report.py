@@ -8,6 +8,9 @@ Conventions: rates (accuracy, F1, BLEU, chrF, ROUGE, MCC) are stored as fraction
 percent everywhere, tables and plots alike; settings sort numerically (alpha 3 before 10); every
 plot axis says whether lower or higher is better; quick (smoke) runs are left out of a report
 that also has full runs; a comparison whose runs saw different data (``data_hash``) is flagged.
+Two records of one run (a copied folder) are refused, naming both files; a run that diverged
+(non-finite loss) and a record that names no config (no ``key``) are left out of every table,
+each with a note that lists them.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from rdrop_experiments.stats import (
     paired_difference,
     summarize,
 )
-from rdrop_experiments.storage import load_results
+from rdrop_experiments.storage import check_one_record_per_run, load_results
 
 __all__ = ["Group", "build_report", "group_results", "markdown_table"]
 
@@ -374,7 +377,11 @@ def build_report(
     Raises:
         FileNotFoundError: ``root`` holds no run records (of ``experiments``, naming the ones
             it does hold).
+        DuplicateRunError: two records of one run (same experiment, config hash, method and
+            seed) under ``root``; the message names both files.
     """
+    from rdrop_experiments.verdict import describe_run, is_diverged, is_protocol_record
+
     records = load_results(root, experiments)
     if not records:
         held = sorted({r["experiment"] for r in load_results(root)}) if experiments else []
@@ -383,6 +390,10 @@ def build_report(
                                     f"{root!s}; it holds: {', '.join(held)}.")
         raise FileNotFoundError(f"no run records (*.json with experiment/method/seed/value) "
                                 f"under {root!s}; run `rdrop run <experiment>` first.")
+    check_one_record_per_run(records, where=str(root))
+    # A record without its config hashes cannot be paired with its baseline: leave it out, named.
+    unkeyed = [r for r in records if not r.get("key") or not r.get("pair_key")]
+    records = [r for r in records if r.get("key") and r.get("pair_key")]
     quick = [r for r in records if r.get("variant") == "quick"]
     only_quick = len(quick) == len(records)
     left_out = 0
@@ -391,17 +402,26 @@ def build_report(
         left_out = len(quick)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
-    groups = group_results(records)
+    diverged = [r for r in records if is_diverged(r)]
+    groups = group_results([r for r in records if not is_diverged(r)])
     rows = _rows(groups)
     with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     md = ["## Results", ""]
     if only_quick:
         md += ["**Quick smoke runs**: they check that the pipeline runs end to end; they are "
                "too short to be evidence.", ""]
-    from rdrop_experiments.verdict import is_protocol_record, verdict_report
+    if diverged:
+        md += [f"**{len(diverged)} diverged run(s)** (training stopped on a non-finite loss) are "
+               "left out of every table below; see Diverged runs.", ""]
+    if unkeyed:
+        md += [f"**{len(unkeyed)} record(s) without a config hash** (`key`/`pair_key`, written "
+               "by an older version) are left out: they cannot be paired with a baseline. "
+               f"First: {unkeyed[0].get('_path', '?')}. Rerun them to include them.", ""]
+    from rdrop_experiments.verdict import verdict_report
 
     verdict = verdict_report(records, out, plots=plots)  # the second protocol's records, if any
     if verdict:
@@ -427,6 +447,12 @@ def build_report(
                "These comparisons mix runs made on different data (different `data_hash`; e.g. "
                "the apt lists changed between runs): rerun them on one snapshot.", ""]
         md += [f"- {g.experiment} [{g.label}]: {', '.join(g.data_hashes)}" for g in mixed]
+        md.append("")
+    if diverged:
+        md += ["### Diverged runs", "",
+               "Stopped on a non-finite training loss; not results, so in no table or verdict:",
+               ""]
+        md += [f"- {describe_run(r)}: `{r.get('_path', '?')}`" for r in diverged]
         md.append("")
     md += ["### Reproduce", ""]
     by_command: dict[str, list[Group]] = defaultdict(list)

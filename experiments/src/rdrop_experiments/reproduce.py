@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rdrop_experiments.stats import display_scale
-from rdrop_experiments.storage import load_results
+from rdrop_experiments.storage import check_one_record_per_run, load_results
 
 __all__ = ["Pair", "compare_folders", "format_comparison", "pair_records"]
 
@@ -76,18 +76,10 @@ def pair_records(old: Sequence[dict[str, Any]],
         (0.25, 0, 0)
     """
     def index(records: Sequence[dict[str, Any]], side: str) -> dict[tuple[Any, ...], dict]:
-        out: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for rec in records:
-            if not rec.get("key"):  # written before records named their config: unpairable
-                out[(id(rec),)] = rec
-                continue
-            k = (rec["key"], rec["method"], int(rec["seed"]))
-            if k in out:
-                raise ValueError(f"{side} holds two records of {rec['experiment']} {k[1]} seed "
-                                 f"{k[2]} (config {k[0]}): "
-                                 f"{out[k].get('_path', '?')} and {rec.get('_path', '?')}.")
-            out[k] = rec
-        return out
+        check_one_record_per_run(records, where=side, by_experiment=False)
+        # A record written before records named their config (no key) pairs with nothing.
+        return {(rec["key"], rec["method"], int(rec["seed"])) if rec.get("key") else (id(rec),):
+                rec for rec in records}
 
     old_by, new_by = index(old, "the old folder"), index(new, "the new folder")
     pairs = []

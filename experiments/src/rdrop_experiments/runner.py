@@ -4,6 +4,14 @@ The runner owns everything around a recipe: config resolution, the run plan, the
 must pass before any training (device, writable output, not the committed results), one lock per
 record, seeding threads, timing, provenance (versions, git commit, data hash) and the atomic JSON
 write. A recipe only trains and evaluates one arm for one seed.
+
+Three steps, each done once per command: :func:`plan_runs` (every value validated),
+:func:`preflight` (devices, folders), :func:`execute_plan` (training);
+:func:`run_experiment` chains them for one experiment, the CLI for several.
+
+A user's ``key=value`` never loses silently to the grid: ``methods=`` picks arms of the grid
+(settings for other arms are left out), and any other key that a grid setting sets is refused
+with the command that runs one setting with the user's values (``grid=False``, ``--no-grid``).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ __all__ = [
     "PlannedRun",
     "check_device",
     "checkpoint_path",
+    "execute_plan",
     "format_plan",
     "is_committed_folder",
     "plan_runs",
@@ -88,19 +97,63 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _grid_settings(experiment: Experiment, overrides: Mapping[str, Any], *, variant: str | None,
+                   grid: bool) -> list[dict[str, Any]]:
+    """The grid settings an invocation runs, with the user's ``overrides`` taken into account.
+
+    ``grid=False``: one setting, labelled by the user's values of the keys the grid sets.
+    Otherwise ``methods`` picks the grid's arms (each setting keeps the arms the user named; a
+    setting left with none is dropped), and another key the user set that a setting also sets
+    is an error: the grid's value would replace the user's.
+    """
+    settings = [dict(s) for s in experiment.grid]
+    grid_keys = list(dict.fromkeys(k for s in settings for k in s))  # first-seen order
+    if not grid:
+        return [{k: overrides[k] for k in grid_keys if k in overrides}]
+    clash = [k for k in overrides if k in grid_keys and k != "methods"]
+    if clash:
+        mine = " ".join(f"{k}={_fmt(overrides[k])}" for k in clash)
+        raise ConfigError(
+            f"{experiment.name} runs a grid of {len(settings)} settings that sets "
+            f"{', '.join(sorted(set(grid_keys) - {'methods'}))} per setting, so your {mine} "
+            f"would be replaced by the grid's values (`rdrop ls -v` lists them). To run one "
+            f"setting with your values, add --no-grid: "
+            f"{_command(experiment.name, variant, overrides, grid=False)}")
+    if "methods" in overrides and "methods" in grid_keys:
+        wanted = tuple(overrides["methods"])
+        picked = []
+        for s in settings:
+            if "methods" in s:
+                s["methods"] = tuple(m for m in s["methods"] if m in wanted)
+                if not s["methods"]:
+                    continue
+            picked.append(s)
+        if not picked:
+            arms = sorted({m for s in experiment.grid for m in s.get("methods", ())})
+            raise ConfigError(
+                f"{experiment.name}'s grid runs no setting of methods={','.join(wanted)}; its "
+                f"arms: {', '.join(arms)}. To run that arm on its own, add --no-grid: "
+                f"{_command(experiment.name, variant, overrides, grid=False)}")
+        settings = picked
+    return settings
+
+
 def resolve_configs(
     experiment: Experiment,
     overrides: Mapping[str, Any] | None = None,
     *,
     variant: str | None = None,
+    grid: bool = True,
 ) -> list[tuple[str, CommonConfig]]:
     """The ``(setting label, config)`` pairs an invocation runs.
 
     Order of application: the experiment's default config, then the variant's overrides (e.g.
-    ``quick``), then the user's ``key=value`` overrides, then each grid setting.
+    ``quick``), then the user's ``key=value`` overrides, then each grid setting. A grid key the
+    user set is never overridden in silence: ``methods`` picks the grid's arms, any other such
+    key is an error (``grid=False`` runs the one setting the user's values make).
 
     Raises:
-        ConfigError: unknown variant, unknown key, invalid value.
+        ConfigError: unknown variant, unknown key, invalid value, a key the grid sets.
     """
     cfg = experiment.config
     if variant is not None:
@@ -112,7 +165,8 @@ def resolve_configs(
         cfg = apply_overrides(cfg, experiment.variants[variant])
     if overrides:
         cfg = apply_overrides(cfg, overrides)
-    return [(_setting_label(s), apply_overrides(cfg, s)) for s in experiment.grid]
+    settings = _grid_settings(experiment, overrides or {}, variant=variant, grid=grid)
+    return [(_setting_label(s), apply_overrides(cfg, s)) for s in settings]
 
 
 def plan_runs(
@@ -121,10 +175,12 @@ def plan_runs(
     overrides: Mapping[str, Any] | None = None,
     *,
     variant: str | None = None,
+    grid: bool = True,
 ) -> list[PlannedRun]:
-    """Every run an invocation needs, deduplicated (sweep points share baseline runs)."""
+    """Every run an invocation needs, deduplicated (sweep points share baseline runs); every
+    config value is validated here (:func:`resolve_configs`)."""
     plan: dict[Path, PlannedRun] = {}
-    for label, cfg in resolve_configs(experiment, overrides, variant=variant):
+    for label, cfg in resolve_configs(experiment, overrides, variant=variant, grid=grid):
         pair_key = config_key(cfg, "baseline")
         for seed in cfg.seed_list:
             for method in cfg.methods:
@@ -136,12 +192,15 @@ def plan_runs(
     return list(plan.values())
 
 
-def _command(name: str, variant: str | None, overrides: Mapping[str, Any] | None) -> str:
+def _command(name: str, variant: str | None, overrides: Mapping[str, Any] | None, *,
+             grid: bool = True) -> str:
     parts = ["rdrop", "run", name]
     if variant == "quick":
         parts.append("--quick")
     elif variant:
         parts += ["--variant", variant]
+    if not grid:
+        parts.append("--no-grid")
     parts += [f"{k}={_fmt(v) if not isinstance(v, (tuple, list)) else ','.join(map(str, v))}"
               for k, v in (overrides or {}).items()]
     return shlex.join(parts)
@@ -311,10 +370,12 @@ def run_experiment(
     *,
     out: str | os.PathLike[str] = DEFAULT_OUT,
     variant: str | None = None,
+    grid: bool = True,
     progress: bool = True,
     dry_run: bool = False,
     force: bool = False,
     allow_committed: bool = False,
+    experiment: Experiment | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) experiment ``name``; return the records of all its planned runs.
 
@@ -327,32 +388,60 @@ def run_experiment(
 
     Args:
         name: a registered experiment.
-        overrides: ``{key: value}`` or ``["key=value", ...]``.
+        overrides: ``{key: value}`` or ``["key=value", ...]``. ``methods`` picks arms of the
+            experiment's grid; another key that a grid setting sets is refused (see ``grid``).
         out: output root (default ``runs``, ignored by git).
         variant: a named variant such as ``"quick"``.
+        grid: run the experiment's grid; ``False`` runs one setting: the config with the
+            variant and ``overrides`` applied (``rdrop run --no-grid``).
         progress: progress bars (plain lines when stderr is not a terminal).
         dry_run: only validate and plan; return the records that exist (see :func:`format_plan`).
         force: rerun and overwrite finished runs too.
         allow_committed: let a ``quick`` run write into a git-tracked folder.
+        experiment: the registered experiment ``name`` with changes (a longer grid: the scale
+            map's extensions, :mod:`rdrop_experiments.scale`); default: as registered.
 
     Raises:
-        ConfigError: unknown experiment/variant/key, an invalid value, a missing device, or a
-            quick run into a committed folder.
+        ConfigError: unknown experiment/variant/key, an invalid value, a key the grid sets, a
+            missing device, or a quick run into a committed folder.
         PermissionError: ``out`` is not writable.
     """
     from rdrop_experiments.config import parse_overrides
 
-    experiment = get_experiment(name)
+    experiment = experiment if experiment is not None else get_experiment(name)
     if overrides is not None and not isinstance(overrides, Mapping):
         overrides = parse_overrides(type(experiment.config), overrides)
-    plan = plan_runs(experiment, out, overrides, variant=variant)
+    plan = plan_runs(experiment, out, overrides, variant=variant, grid=grid)
     preflight(plan, out, variant=variant, allow_committed=allow_committed, write=not dry_run)
     if dry_run:
         return _records(plan)
-    folder = Path(out) / experiment.name
+    return execute_plan(experiment, plan, out=out, variant=variant, overrides=overrides,
+                        grid=grid, progress=progress, force=force)
+
+
+def execute_plan(
+    experiment: Experiment,
+    plan: Sequence[PlannedRun],
+    *,
+    out: str | os.PathLike[str],
+    variant: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    grid: bool = True,
+    progress: bool = True,
+    force: bool = False,
+) -> list[dict[str, Any]]:
+    """Train the runs of a :func:`plan_runs` plan that are not finished (all with ``force``),
+    each under its record's lock; return the records of all planned runs. Checks nothing that
+    :func:`plan_runs` and :func:`preflight` check: call them first (:func:`run_experiment` does).
+
+    ``variant``, ``overrides`` and ``grid`` are those the plan was made with; they go into each
+    record (``overrides``, and ``command``, which reproduces the run).
+    """
+    name = experiment.name
+    folder = Path(out) / name
     clean_stale_tmp(folder)
     todo = [r for r in plan if force or read_json(r.path) is None]
-    command = _command(name, variant, overrides)
+    command = _command(name, variant, overrides, grid=grid)
     versions = package_versions()
     git = git_state()
     bar = progress_bar(total=len(plan), initial=len(plan) - len(todo),

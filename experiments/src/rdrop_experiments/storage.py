@@ -23,6 +23,7 @@ import platform
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -30,7 +31,9 @@ from typing import Any
 
 __all__ = [
     "SCHEMA_VERSION",
+    "DuplicateRunError",
     "RecordLock",
+    "check_one_record_per_run",
     "check_writable",
     "clean_stale_tmp",
     "data_hash",
@@ -104,6 +107,53 @@ def load_results(root: str | os.PathLike[str],
         out.append(rec)
     out.sort(key=lambda r: (r["experiment"], r.get("setting", ""), r["method"], r["seed"]))
     return out
+
+
+class DuplicateRunError(ValueError):
+    """Two records of one run in one results tree (a copied or merged folder)."""
+
+
+def check_one_record_per_run(records: Iterable[Mapping[str, Any]], *, where: str,
+                             by_experiment: bool = True) -> None:
+    """Refuse two records of the same run: which one a table used would depend on file order.
+
+    A run is its config hash ``key``, ``method`` and ``seed`` (and ``experiment`` unless
+    ``by_experiment`` is false: ``rdrop compare`` pairs across renamed families, so there the
+    hash alone names the run). Records without a ``key`` name no config and are not checked.
+
+    Args:
+        records: run records as :func:`load_results` returns them (with ``_path``).
+        where: the folder, for the message (``"the new folder"``, ``"runs"``).
+        by_experiment: count the experiment's name as part of the run.
+
+    Raises:
+        DuplicateRunError: two records of one run, naming both files.
+
+    Example:
+        >>> rec = {"experiment": "image", "key": "k1", "method": "rdrop", "seed": 0}
+        >>> check_one_record_per_run([rec, dict(rec, seed=1)], where="runs")
+        >>> try:
+        ...     check_one_record_per_run([dict(rec, _path="a.json"), dict(rec, _path="b.json")],
+        ...                              where="runs")
+        ... except DuplicateRunError as exc:
+        ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
+        runs holds two records of image rdrop seed 0 (config k1): a.json and b.json. Keep one
+        of them (e.g. remove the copied folder) and run again.
+    """
+    seen: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    for rec in records:
+        if not rec.get("key"):
+            continue
+        run = (rec["key"], rec["method"], int(rec["seed"]))
+        if by_experiment:
+            run = (rec["experiment"], *run)
+        if run in seen:
+            raise DuplicateRunError(
+                f"{where} holds two records of {rec['experiment']} {rec['method']} seed "
+                f"{rec['seed']} (config {rec['key']}): {seen[run].get('_path', '?')} and "
+                f"{rec.get('_path', '?')}. Keep one of them (e.g. remove the copied folder) "
+                "and run again.")
+        seen[run] = rec
 
 
 def package_versions() -> dict[str, str]:
@@ -281,20 +331,35 @@ class RecordLock:
         return host == socket.gethostname() and not _pid_alive(pid)
 
     def acquire(self) -> bool:
-        """Take the lock; break it first if it is stale. ``False``: a live process holds it."""
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self.is_stale():
-                    self.path.unlink(missing_ok=True)
-                    continue
-                return False
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{socket.gethostname()} {os.getpid()}\n")
-            self.held = True
-            return True
-        return False
+        """Take the lock; break it first if it is stale. ``False``: a live process holds it.
+
+        The lock appears with its owner already written (a hard link to a filled temporary
+        file), so no other process or thread ever reads it empty and breaks it as stale.
+        """
+        owner = f"{socket.gethostname()} {os.getpid()}\n"
+        filled = self.path.with_name(f".{self.path.name}-{os.getpid()}-{threading.get_ident()}")
+        filled.write_text(owner)
+        try:
+            for _ in range(2):
+                try:
+                    os.link(filled, self.path)
+                except FileExistsError:
+                    if self.is_stale():
+                        self.path.unlink(missing_ok=True)
+                        continue
+                    return False
+                except OSError:  # a file system without hard links: create, then write
+                    try:
+                        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    except FileExistsError:
+                        return False
+                    with os.fdopen(fd, "w") as f:
+                        f.write(owner)
+                self.held = True
+                return True
+            return False
+        finally:
+            filled.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Remove the lock file if this object holds it."""

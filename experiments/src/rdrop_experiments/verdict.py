@@ -18,6 +18,10 @@ The questions, pre-registered in ``docs/EXPERIMENTS.md`` ("Second protocol"):
 Holm's correction runs over all comparisons of a family (2 and 3). Differences are
 ``arm - baseline`` in the metric's own units (x100 for [0, 1] metrics), so for perplexity a
 negative difference is an improvement.
+
+A run that stopped on a non-finite training loss (``stop_reason == "diverged"``) is left out of
+every statistic (selection means, comparisons, compute ratios) and listed in a note under the
+verdict lines, so a diverged run never counts as a result at chance level.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ from rdrop_experiments.stats import (
     summarize,
 )
 
-__all__ = ["Arm", "Comparison", "FamilyVerdict", "build_verdicts", "field",
-           "is_protocol_record", "verdict_report"]
+__all__ = ["Arm", "Comparison", "FamilyVerdict", "build_verdicts", "describe_run", "field",
+           "is_diverged", "is_protocol_record", "verdict_report"]
 
 ARMS = ("baseline", "rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
 # (name, arm, reference arm, kind): the comparisons of a family, primary first.
@@ -65,6 +69,27 @@ def field(rec: dict[str, Any], name: str, default: Any = None) -> Any:
 def is_protocol_record(rec: dict[str, Any]) -> bool:
     """Whether ``rec`` came from the second protocol (``selection == "best_valid"``)."""
     return field(rec, "selection") == "best_valid"
+
+
+def is_diverged(rec: dict[str, Any]) -> bool:
+    """Whether the run stopped on a non-finite training loss (``stop_reason == "diverged"``).
+
+    Example:
+        >>> is_diverged({"extra": {"stop_reason": "diverged"}}), is_diverged({})
+        (True, False)
+    """
+    return field(rec, "stop_reason") == "diverged"
+
+
+def describe_run(rec: dict[str, Any]) -> str:
+    """``experiment method [setting] seed N``: one run, for notes.
+
+    Example:
+        >>> describe_run({"experiment": "image", "method": "rdrop", "seed": 1,
+        ...               "setting": "methods=rdrop,alpha=3.0"})
+        'image rdrop [alpha=3.0] seed 1'
+    """
+    return f"{rec['experiment']} {rec['method']} [{_point(rec)}] seed {rec['seed']}"
 
 
 def _point(rec: dict[str, Any]) -> str:
@@ -143,10 +168,11 @@ def _geo_mean(values: Sequence[float]) -> float:
 
 
 def build_verdicts(records: Sequence[dict[str, Any]]) -> list[FamilyVerdict]:
-    """One :class:`FamilyVerdict` per experiment among the second-protocol ``records``."""
+    """One :class:`FamilyVerdict` per experiment among the second-protocol ``records``
+    (diverged runs left out: :func:`is_diverged`)."""
     by_exp: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
-        if is_protocol_record(rec):
+        if is_protocol_record(rec) and not is_diverged(rec):
             by_exp[rec["experiment"]].append(rec)
     out = []
     for name, recs in sorted(by_exp.items()):
@@ -261,10 +287,29 @@ def headline_rows(v: FamilyVerdict) -> list[str]:
             f"{_v(v.compute_to_best['rdrop'])}x | {patience}/{len(rdrop_runs)} |"]
 
 
-def verdict_markdown(verdicts: Sequence[FamilyVerdict]) -> str:
-    """The verdict lines, the headline table, the arms table and the comparisons table."""
+def diverged_note(diverged: Sequence[dict[str, Any]]) -> str:
+    """The note that names the diverged runs left out of the statistics ('' for none).
+
+    Example:
+        >>> diverged_note([{"experiment": "image", "method": "rdrop", "seed": 1,
+        ...                 "setting": "methods=rdrop,alpha=3.0"}])  # doctest: +ELLIPSIS
+        '**1 diverged run(s) left out** ...: image rdrop [alpha=3.0] seed 1.'
+    """
+    if not diverged:
+        return ""
+    return (f"**{len(diverged)} diverged run(s) left out** (training stopped on a non-finite "
+            "loss; not counted in any mean, comparison or selection below, which use the "
+            "remaining seeds): " + "; ".join(describe_run(r) for r in diverged) + ".")
+
+
+def verdict_markdown(verdicts: Sequence[FamilyVerdict],
+                     diverged: Sequence[dict[str, Any]] = ()) -> str:
+    """The verdict lines, the note on diverged runs, the headline table, the arms table and the
+    comparisons table."""
     lines = ["## Second protocol: verdict", ""]
     lines += [f"- {verdict_line(v)}" for v in verdicts]
+    if diverged:
+        lines += ["", diverged_note(diverged)]
     lines += ["", "### Headline (each arm at its point chosen on validation; README Results)", "",
               "| family | chosen (baseline; R-Drop) | metric | baseline | R-Drop | Δ best (95% CI) "
               "| p | Holm p | Δ at baseline's compute, Holm p | compute to best | R-Drop runs "
@@ -342,11 +387,12 @@ def verdict_report(records: Sequence[dict[str, Any]], out: str | Path, *,
     """Write ``verdict.md``, ``verdict.csv`` and ``plots/compute-<family>.png`` under ``out``
     for the second-protocol records among ``records``; return the markdown ('' if none)."""
     verdicts = build_verdicts(records)
-    if not verdicts:
+    diverged = [r for r in records if is_protocol_record(r) and is_diverged(r)]
+    if not verdicts and not diverged:
         return ""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    text = verdict_markdown(verdicts)
+    text = verdict_markdown(verdicts, diverged)
     if all(r.get("variant") == "quick" for r in records if is_protocol_record(r)):
         text = text.replace("## Second protocol: verdict\n", "## Second protocol: verdict\n\n"
                             "**Quick smoke runs**: they check that the pipeline runs end to "

@@ -1,0 +1,217 @@
+r"""The scale map: each family at several training-set (and model) sizes, under one stopping rule.
+
+A *cell* is a family at one size: the family's registered second-protocol grid (both arms),
+with the cell's size overrides and the epoch stopping rule of :data:`STOPPING`, at the cell's
+seeds, written under ``<root>/<cell>/<family>/``. Cells are registered in :data:`CELLS` (and in
+docs/EXPERIMENTS.md, before their runs).
+
+After a cell's grid has run, each arm's grid point is chosen on validation only (the mean over
+seeds of the best validation value, :func:`rdrop_experiments.verdict.build_verdicts`). A choice
+at an edge of its grid is extended, one point at a time, until the optimum is interior or the
+knob's range ends (:func:`extension`):
+
+* baseline dropout: below the lowest rate by :data:`DROPOUT_STEP` down to 0; above the highest
+  by the same step up to :data:`DROPOUT_MAX`;
+* R-Drop alpha: times 3 above the highest, divided by 3 below the lowest, at most
+  :data:`MAX_EXTENSIONS` times per direction (alpha has no upper end, so the report marks a
+  choice still at an edge after that).
+
+Every run of a cell is an ordinary ``rdrop run`` record (resumable from its checkpoint), so a
+killed cell is continued by running the same command again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CELLS", "STOPPING", "Cell", "edge_state", "extension", "get_cell", "run_cell"]
+
+DROPOUT_STEP = 0.1
+DROPOUT_MAX = 0.7
+ALPHA_FACTOR = 3.0
+MAX_EXTENSIONS = 3
+
+# The stopping rule that holds at every size (docs/EXPERIMENTS.md, "Scale map"): evaluation
+# every epoch, patience in epochs, stop only once validation has turned by the margin, and a
+# compute cap in epochs of sample passes (the same for every arm). At the smallest cells it
+# matches the second protocol's step rule (one evaluation per epoch there).
+STOPPING: dict[str, dict[str, Any]] = {
+    "language-modeling": {"eval_every_epochs": 1.0, "patience_epochs": 4.0,
+                          "stop_margin": 0.005, "max_sample_pass_epochs": 100.0,
+                          "max_steps": 1_000_000},
+    "image": {"eval_every_epochs": 1.0, "patience_epochs": 5.0, "stop_margin": 0.005,
+              "max_sample_pass_epochs": 100.0, "max_steps": 1_000_000},
+    "text-classification": {"eval_every_epochs": 1.0, "patience_epochs": 3.0,
+                            "stop_margin": 0.005, "max_sample_pass_epochs": 40.0,
+                            "max_steps": 1_000_000},
+}
+
+D64 = {"dim": 64, "ffn": 128, "heads": 2}
+D128 = {"dim": 128, "ffn": 256, "heads": 4}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One family at one size.
+
+    Attributes:
+        family: a registered family (``rdrop ls``).
+        size: training examples (``train_size``) or tokens (``train_tokens`` for language
+            modeling): the actual count, never 0.
+        model: a short name of the model size (``d64``).
+        seeds: seeds per arm and grid point.
+        overrides: the cell's config overrides beyond the size and the stopping rule.
+    """
+
+    family: str
+    size: int
+    model: str
+    seeds: int
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """``<family>-<size>-<model>``, e.g. ``language-modeling-60000-d64``."""
+        return f"{self.family}-{self.size}-{self.model}"
+
+    @property
+    def size_key(self) -> str:
+        """The config field that holds the size."""
+        return "train_tokens" if self.family == "language-modeling" else "train_size"
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The overrides of every run of this cell (size, stopping rule, model, seeds)."""
+        return {**STOPPING[self.family], self.size_key: self.size, "seeds": self.seeds,
+                **self.overrides}
+
+
+CELLS: tuple[Cell, ...] = (
+    Cell("language-modeling", 15000, "d64", 5, D64),
+    Cell("language-modeling", 60000, "d64", 3, D64),
+    Cell("language-modeling", 240000, "d64", 3, D64),
+    Cell("language-modeling", 15000, "d128", 3, D128),
+    Cell("language-modeling", 60000, "d128", 3, D128),
+    Cell("image", 500, "vit-d32", 5),
+    Cell("image", 2000, "vit-d32", 3),
+    Cell("image", 8000, "vit-d32", 3),
+)
+
+
+def get_cell(name: str) -> Cell:
+    """The registered cell called ``name``.
+
+    Raises:
+        KeyError: unknown name, listing the known ones.
+    """
+    for cell in CELLS:
+        if cell.name == name:
+            return cell
+    raise KeyError(f"unknown cell {name!r}; cells: {', '.join(c.name for c in CELLS)}.")
+
+
+def extension(knob: str, values: Sequence[float], chosen: float,
+              extended: int = 0) -> float | None:
+    """The next grid value when ``chosen`` is at an edge of ``values``, else None.
+
+    Args:
+        knob: ``"dropout"`` (steps of :data:`DROPOUT_STEP` within [0, :data:`DROPOUT_MAX`]) or
+            ``"alpha"`` (factors of :data:`ALPHA_FACTOR`).
+        values: the grid's values so far; chosen: the value chosen on validation.
+        extended: extensions already made in this direction (at most :data:`MAX_EXTENSIONS`).
+
+    Example:
+        >>> extension("dropout", [0.1, 0.3], 0.1), extension("dropout", [0.0, 0.1, 0.3], 0.0)
+        (0.0, None)
+        >>> extension("alpha", [0.5, 2.0], 2.0), extension("alpha", [0.5, 2.0], 0.5)
+        (6.0, 0.167)
+        >>> extension("alpha", [0.5, 2.0, 6.0], 2.0) is None
+        True
+    """
+    lo, hi = min(values), max(values)
+    if lo < chosen < hi or len(values) < 2 or extended >= MAX_EXTENSIONS:
+        return None
+    if knob == "dropout":
+        nxt = chosen - DROPOUT_STEP if chosen == lo else chosen + DROPOUT_STEP
+        nxt = round(nxt, 3)
+        return nxt if 0.0 <= nxt <= DROPOUT_MAX and nxt not in values else None
+    nxt = chosen * ALPHA_FACTOR if chosen == hi else chosen / ALPHA_FACTOR
+    return round(nxt, 3)
+
+
+def _dropout_key(grid: Sequence[Mapping[str, Any]]) -> str:
+    for setting in grid:
+        if tuple(setting.get("methods", ())) == ("baseline",):
+            keys = [k for k in setting if k != "methods"]
+            if len(keys) == 1:
+                return keys[0]
+    raise ValueError("the family's grid has no baseline dropout dimension.")
+
+
+def edge_state(records: Sequence[dict[str, Any]], dropout_key: str) -> dict[str, Any]:
+    """Per arm (``baseline``, ``rdrop``): its grid values, the value chosen on validation, and
+    whether that choice is at an edge of its grid.
+
+    Example:
+        >>> edge_state([], "dropout")
+        {}
+    """
+    from rdrop_experiments.verdict import build_verdicts
+
+    verdicts = build_verdicts(records)
+    if not verdicts:
+        return {}
+    out: dict[str, Any] = {}
+    for method, knob in (("baseline", dropout_key), ("rdrop", "alpha")):
+        arm = verdicts[0].arms.get(method)
+        if arm is None:
+            continue
+        values = {label: float(next(iter(runs.values()))["config"][knob])
+                  for label, runs in arm.points.items()}
+        chosen = values[arm.chosen]
+        vals = sorted(set(values.values()))
+        out[method] = {"knob": knob, "values": vals, "chosen": chosen,
+                       "at_edge": len(vals) > 1 and chosen in (vals[0], vals[-1])}
+    return out
+
+
+def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
+             dry_run: bool = False) -> list[dict[str, Any]]:
+    """Run (or resume) every run of ``cell``, extending an edge choice until it is interior.
+
+    Returns:
+        The cell's records.
+    """
+    from rdrop_experiments.registry import get_experiment
+    from rdrop_experiments.runner import run_experiment
+
+    family = get_experiment(cell.family)
+    # the stop-gradient arm is not part of the map (its question is issue 20's frontier)
+    grid = [dict(s) for s in family.grid if "rdrop_stop_gradient" not in s.get("methods", ())]
+    key = _dropout_key(grid)
+    out = Path(root) / cell.name
+    done: dict[tuple[str, str], int] = {}
+    while True:
+        experiment = replace(family, grid=grid)
+        records = run_experiment(cell.family, cell.config_overrides(), out=out,
+                                 progress=progress, dry_run=dry_run, experiment=experiment)
+        if dry_run:
+            return records
+        state = edge_state(records, key)
+        added = False
+        for method, s in state.items():
+            direction = "up" if s["chosen"] == s["values"][-1] else "down"
+            nxt = extension("dropout" if method == "baseline" else "alpha", s["values"],
+                            s["chosen"], done.get((method, direction), 0))
+            if nxt is None or (math.isclose(nxt, 0.0) and method == "rdrop"):
+                continue
+            done[(method, direction)] = done.get((method, direction), 0) + 1
+            grid.append({"methods": (method,), s["knob"]: nxt})
+            print(f"{cell.name}: {method} chose {s['knob']}={s['chosen']} at the edge of "
+                  f"{s['values']}; extending with {s['knob']}={nxt}")
+            added = True
+        if not added:
+            return records
