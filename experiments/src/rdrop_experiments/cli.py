@@ -102,6 +102,17 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_advise(args: argparse.Namespace) -> int:
+    from rdrop_experiments.advise import AdviseError, advise
+
+    try:
+        print(advise(args.path, args.results))
+    except AdviseError as exc:
+        print(f"rdrop advise: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from rdrop_experiments.reproduce import compare_folders
 
@@ -178,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_sc.add_argument("--dry-run", action="store_true", help="plan the first grid only")
     p_sc.add_argument("--no-progress", action="store_true", help="no progress bars")
     p_sc.set_defaults(func=_cmd_scale)
+
+    p_adv = sub.add_parser(
+        "advise", help="R-Drop's likely gain for a baseline run, from the scale map",
+        description="Reads one baseline run (a record of `rdrop run`, or a Hugging Face "
+                    "trainer_state.json with loss and eval_loss in its log_history) and prints "
+                    "the predicted gain with its uncertainty, the compute to expect, the alpha "
+                    "to start from and the map's cells it rests on.")
+    p_adv.add_argument("path", help="a run record (.json) or a trainer_state.json")
+    p_adv.add_argument("--results", default="results", help="the map's folder (default results)")
+    p_adv.set_defaults(func=_cmd_advise)
 
     p_cmp = sub.add_parser(
         "compare", help="pair the runs of two result folders and show how far reruns moved",

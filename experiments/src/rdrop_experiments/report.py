@@ -382,7 +382,9 @@ def build_report(
     """
     from rdrop_experiments.verdict import describe_run, is_diverged, is_protocol_record
 
-    records = load_results(root, experiments)
+    scale_root = (Path(root) / "scale").resolve()  # the scale map's cells: their own report
+    records = [r for r in load_results(root, experiments)
+               if scale_root not in Path(r["_path"]).resolve().parents]
     if not records:
         held = sorted({r["experiment"] for r in load_results(root)}) if experiments else []
         if held:
@@ -477,6 +479,13 @@ def build_report(
             name = f"{_slug(exp)}_metric.png"
             _plot_metric(exp, gs, plot_dir / name)
             md.append(f"- {exp} per-seed test {gs[0].metric}: `plots/{name}`")
+    if scale_root.is_dir():
+        from rdrop_experiments.scale_map import write_map
+
+        if write_map(root, out, plots=plots):
+            md += ["", "### Scale map", "", "Where R-Drop pays, by training-set size and "
+                   "overfitting: `scale/map.md` (`rdrop advise RUN.json` reads a baseline run "
+                   "against it)."]
     text = "\n".join(md) + "\n"
     (out / "summary.md").write_text(text)
     return text

@@ -310,7 +310,8 @@ def verdict_markdown(verdicts: Sequence[FamilyVerdict],
     lines += [f"- {verdict_line(v)}" for v in verdicts]
     if diverged:
         lines += ["", diverged_note(diverged)]
-    lines += ["", "### Headline (each arm at its point chosen on validation; README Results)", "",
+    lines += ["",
+              "### Headline (each arm at its point chosen on validation; results/README.md)", "",
               "| family | chosen (baseline; R-Drop) | metric | baseline | R-Drop | Δ best (95% CI) "
               "| p | Holm p | Δ at baseline's compute, Holm p | compute to best | R-Drop runs "
               "stopped on patience |",

@@ -1,0 +1,325 @@
+r"""The scale map's report: R-Drop's gain per cell, against training-set size and overfitting.
+
+A *cell* is one family at one size with its arms chosen on validation: the second protocol's
+family cells under ``results/<family>/`` and the scale map's cells under
+``results/scale/<cell>/`` (:mod:`rdrop_experiments.scale`). For each cell, from
+:func:`rdrop_experiments.verdict.build_verdicts`:
+
+* the best-quality difference ``rdrop - baseline`` and the difference at the baseline's
+  compute, in the metric's report units, with 95% t intervals and Holm p over the cell;
+* the relative gain ``rel`` (positive = R-Drop better): :math:`(b - r)/b` for lower-is-better
+  metrics, :math:`(r - b)/b` otherwise, from the means over seeds;
+* the tuned baseline's overfitting ``gap``: validation loss minus training loss (both in eval
+  mode; per example or per token; the family's fixed training slice) at its best-validation
+  step, mean over seeds; and how far its validation metric moved after that best point
+  (``after_best``: relative change from the best to the last evaluation, positive = worse);
+* whether the chosen baseline overfit: it stopped on patience (past its optimum) in a majority
+  of seeds. A cell where it did not is reported as such, not as a verdict.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MapCell", "cell_from_records", "map_cells", "map_markdown", "write_map"]
+
+SIZE_KEYS = ("train_tokens", "train_size")
+
+
+@dataclass
+class MapCell:
+    """One cell of the map (values in the metric's report units; see the module docstring)."""
+
+    name: str
+    family: str
+    source: str
+    size: int
+    model: str
+    metric: str
+    higher_is_better: bool
+    seeds: int
+    chosen_baseline: str
+    chosen_rdrop: str
+    baseline: float
+    rdrop: float
+    best: float
+    best_low: float
+    best_high: float
+    best_holm: float
+    equal: float
+    equal_low: float
+    equal_high: float
+    equal_holm: float
+    compute_to_best: float
+    rel: float
+    gap: float
+    after_best: float
+    overfit: bool
+    stopped_past_optimum: str
+    at_edge: list[str] = field(default_factory=list)
+    alpha: float = math.nan
+
+    @property
+    def verdict_ok(self) -> bool:
+        """Whether the cell can carry a verdict (its baseline passed its optimum)."""
+        return self.overfit
+
+
+def _size(rec: dict[str, Any]) -> int:
+    cfg = rec.get("config", {})
+    for key in SIZE_KEYS:
+        if cfg.get(key):
+            return int(cfg[key])
+    extra = rec.get("extra", {})
+    for key in ("n_train", "train_examples"):
+        if key in extra:
+            return int(extra[key])
+    return 0
+
+
+def _model_name(rec: dict[str, Any]) -> str:
+    """``d<dim>`` of a record's model, or its encoder's name (``pretrained``)."""
+    dim = rec.get("config", {}).get("dim")
+    return f"d{dim}" if dim else "pretrained"
+
+
+def _best_point(rec: dict[str, Any]) -> dict[str, Any]:
+    from rdrop_experiments.verdict import field as rfield
+
+    step = rfield(rec, "best_step")
+    return next((c for c in rec["curves"] if c["step"] == step), rec["curves"][-1])
+
+
+def _after_best(rec: dict[str, Any]) -> float:
+    """Relative change of the selection metric from the best to the last evaluation
+    (positive = worse)."""
+    from rdrop_experiments.verdict import field as rfield
+
+    metric = str(rfield(rec, "selection_metric", ""))
+    higher = bool(rfield(rec, "selection_higher_is_better", rec["higher_is_better"]))
+    best = float(rfield(rec, "best_valid", math.nan))
+    last = float(rec["curves"][-1].get(metric, math.nan)) if metric else math.nan
+    if not (math.isfinite(best) and math.isfinite(last)) or best == 0:
+        return math.nan
+    return (best - last) / abs(best) if higher else (last - best) / abs(best)
+
+
+def _mean(values: Sequence[float]) -> float:
+    vals = [v for v in values if math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def cell_from_records(records: Sequence[dict[str, Any]], *, name: str, source: str,
+                      model: str = "") -> MapCell | None:
+    """The :class:`MapCell` of one cell's records (None without both baseline and R-Drop)."""
+    from rdrop_experiments.scale import _dropout_key, edge_state
+    from rdrop_experiments.verdict import build_verdicts
+
+    verdicts = [v for v in build_verdicts(records) if "rdrop" in v.arms]
+    if not verdicts:
+        return None
+    v = verdicts[0]
+    cmp = {c.name: c for c in v.comparisons}
+    best, equal = cmp["rdrop - baseline, best"], cmp.get("rdrop - baseline, equal compute")
+    base_runs = list(v.arms["baseline"].runs.values())
+    rdrop_runs = list(v.arms["rdrop"].runs.values())
+    b = _mean([v.scale * float(r["value"]) for r in base_runs])
+    r = _mean([v.scale * float(x["value"]) for x in rdrop_runs])
+    rel = (b - r) / b if not v.higher_is_better else (r - b) / b
+    gap = _mean([float(_best_point(x).get("valid_loss", math.nan))
+                 - float(_best_point(x).get("train_loss", math.nan)) for x in base_runs])
+    past = sum(x.get("stop_reason", x.get("extra", {}).get("stop_reason")) == "patience"
+               for x in base_runs)
+    edges = []
+    try:
+        from rdrop_experiments.registry import get_experiment
+
+        key = _dropout_key([dict(s) for s in get_experiment(v.experiment).grid])
+        state = edge_state(records, key)
+        edges = [f"{m} {s['knob']}={s['chosen']:g}" for m, s in state.items() if s["at_edge"]]
+    except (ValueError, KeyError):
+        pass
+    nan = math.nan
+    return MapCell(
+        name=name, family=v.experiment, source=source, size=_size(base_runs[0]),
+        model=model or _model_name(base_runs[0]), metric=v.metric,
+        higher_is_better=v.higher_is_better, seeds=best.diff.n,
+        chosen_baseline=v.arms["baseline"].chosen, chosen_rdrop=v.arms["rdrop"].chosen,
+        baseline=b, rdrop=r, best=best.diff.mean, best_low=best.diff.low,
+        best_high=best.diff.high, best_holm=best.p_holm,
+        equal=equal.diff.mean if equal else nan, equal_low=equal.diff.low if equal else nan,
+        equal_high=equal.diff.high if equal else nan,
+        equal_holm=equal.p_holm if equal else nan,
+        compute_to_best=v.compute_to_best.get("rdrop", nan), rel=rel, gap=gap,
+        after_best=_mean([_after_best(x) for x in base_runs]),
+        overfit=past * 2 > len(base_runs), stopped_past_optimum=f"{past}/{len(base_runs)}",
+        at_edge=edges, alpha=float(rdrop_runs[0].get("config", {}).get("alpha", nan)))
+
+
+def map_cells(root: str | Path = "results") -> list[MapCell]:
+    """Every cell under ``root``: the second-protocol family cells (``root/<family>/``) and the
+    scale map's cells (``root/scale/<cell>/``), sorted by family, model and size."""
+    from rdrop_experiments.storage import load_results
+
+    root = Path(root)
+    scale_root = (root / "scale").resolve()
+    cells: list[MapCell] = []
+    protocol: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in load_results(root):
+        path = Path(rec["_path"]).resolve()
+        if scale_root in path.parents:
+            continue
+        protocol[rec["experiment"]].append(rec)
+    for family, recs in protocol.items():
+        cell = cell_from_records(recs, name=f"{family} (second protocol)", source="protocol")
+        if cell is not None:
+            cells.append(cell)
+    if scale_root.is_dir():
+        for folder in sorted(p for p in scale_root.iterdir() if p.is_dir()):
+            recs = load_results(folder)
+            model = folder.name.rsplit("-", 1)[-1]
+            cell = cell_from_records(recs, name=folder.name, source="scale", model=model)
+            if cell is not None:
+                cells.append(cell)
+    cells.sort(key=lambda c: (c.family, c.source != "scale", c.model, c.size))
+    return cells
+
+
+def _f(x: float, digits: int = 2) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
+
+
+def _p(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else (f"{x:.3f}" if x >= 0.001 else "<0.001")
+
+
+def map_markdown(cells: Sequence[MapCell]) -> str:
+    """The map's table: one row per cell."""
+    lines = ["## Scale map: where R-Drop pays", "",
+             "Δ = R-Drop − baseline at each arm's point chosen on validation, paired by seed "
+             "(95% t interval, Holm p over the cell); rel = relative gain (+ = R-Drop better); "
+             "gap = the tuned baseline's validation − training loss at its best step (eval "
+             "mode); after best = how much its validation metric worsened from the best to the "
+             "last evaluation; overfit = the baseline stopped past its optimum in most seeds "
+             "(cells where it did not carry no verdict).", "",
+             "| cell | size | model | seeds | chosen (baseline; R-Drop) | baseline | R-Drop | "
+             "Δ best [95% CI], Holm p | Δ at baseline's compute, Holm p | compute to best | "
+             "rel | gap | after best | overfit | still at a grid edge |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        lines.append(
+            f"| {c.name} | {c.size} | {c.model} | {c.seeds} | {c.chosen_baseline}; "
+            f"{c.chosen_rdrop} | {c.baseline:.2f} | {c.rdrop:.2f} | {_f(c.best)} "
+            f"[{_f(c.best_low)}, {_f(c.best_high)}], {_p(c.best_holm)} | {_f(c.equal)} "
+            f"[{_f(c.equal_low)}, {_f(c.equal_high)}], {_p(c.equal_holm)} | "
+            f"{c.compute_to_best:.2f}x | {100 * c.rel:+.1f}% | {c.gap:.3f} | "
+            f"{100 * c.after_best:+.1f}% | "
+            f"{'yes' if c.overfit else 'NO: no verdict'} ({c.stopped_past_optimum}) | "
+            f"{', '.join(c.at_edge) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_family(family: str, cells: Sequence[MapCell], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    by_model: dict[str, list[MapCell]] = defaultdict(list)
+    for c in cells:
+        by_model[c.model].append(c)
+    for model, cs in sorted(by_model.items()):
+        cs = sorted(cs, key=lambda c: c.size)
+        xs = [c.size for c in cs]
+        for ax, (mid, lo, hi) in zip(axes, (("best", "best_low", "best_high"),
+                                            ("equal", "equal_low", "equal_high")), strict=True):
+            ys = [getattr(c, mid) for c in cs]
+            err = [[y - getattr(c, lo) for c, y in zip(cs, ys, strict=True)],
+                   [getattr(c, hi) - y for c, y in zip(cs, ys, strict=True)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"model {model}")
+            for c, y in zip(cs, ys, strict=True):
+                if not c.overfit:
+                    ax.annotate("no overfit", (c.size, y), fontsize=7)
+    unit = f"{cells[0].metric}" + (" (points)" if cells[0].metric != "perplexity" else "")
+    better = "higher" if cells[0].higher_is_better else "lower"
+    for ax, title in zip(axes, ("best quality", "at the baseline's compute"), strict=True):
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training-set size (tokens or examples, log)")
+        ax.set_ylabel(f"Δ {unit}, R-Drop − baseline ({better} is better)", fontsize=8)
+        ax.set_title(f"{family}: {title} (95% CI)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_gap(cells: Sequence[MapCell], path: Path, line: tuple[float, float] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for family in sorted({c.family for c in cells}):
+        cs = [c for c in cells if c.family == family and math.isfinite(c.gap)]
+        ax.scatter([c.gap for c in cs], [100 * c.rel for c in cs], label=family,
+                   marker="o", s=[20 + 10 * math.log10(max(c.size, 1)) for c in cs])
+    if line is not None:
+        xs = [c.gap for c in cells if math.isfinite(c.gap)]
+        if xs:
+            lo, hi = min(xs), max(xs)
+            ax.plot([lo, hi], [100 * (line[0] + line[1] * lo), 100 * (line[0] + line[1] * hi)],
+                    "--", color="grey", label="least squares (all cells)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("tuned baseline's overfitting: valid − train loss at its best step (nats)")
+    ax.set_ylabel("R-Drop's relative best-quality gain (%)")
+    ax.set_title("R-Drop's gain against the baseline's overfitting (every cell)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_map(root: str | Path = "results", out: str | Path | None = None, *,
+              plots: bool = True) -> str:
+    """Write ``scale/map.md``, ``scale/map.csv`` and ``plots/scale-<family>.png`` plus
+    ``plots/scale-gap.png`` under ``out`` (default ``root``); return the markdown ('' when
+    there are no cells)."""
+    from rdrop_experiments.advise import fit_predictor, predictor_markdown
+
+    cells = map_cells(root)
+    if not cells:
+        return ""
+    out = Path(out or root)
+    (out / "scale").mkdir(parents=True, exist_ok=True)
+    predictor = fit_predictor(cells)
+    text = map_markdown(cells) + "\n" + predictor_markdown(predictor)
+    if plots:
+        for family in sorted({c.family for c in cells}):
+            fam = [c for c in cells if c.family == family]
+            if len({c.size for c in fam}) > 1:
+                _plot_family(family, fam, out / "plots" / f"scale-{family}.png")
+                text += f"\n![{family}](../plots/scale-{family}.png)\n"
+        _plot_gap(cells, out / "plots" / "scale-gap.png",
+                  (predictor.a, predictor.b) if predictor else None)
+        text += "\n![gain against overfitting](../plots/scale-gap.png)\n"
+    (out / "scale" / "map.md").write_text(text)
+    rows = [{k: (";".join(v) if isinstance(v, list) else v) for k, v in asdict(c).items()}
+            for c in cells]
+    with open(out / "scale" / "map.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return text

@@ -1,0 +1,178 @@
+"""The scale map: grid-edge extensions, its cells, the registered predictor, `rdrop advise`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from rdrop_experiments.advise import AdviseError, advise, fit_line, fit_predictor, read_baseline
+from rdrop_experiments.scale import edge_state, extension
+from rdrop_experiments.scale_map import MapCell, map_cells
+
+
+def _record(method, seed, *, value, valid, knob, train_loss=1.0, valid_loss=1.5,
+            stop="patience", size=500, experiment="image"):
+    """A second-protocol record of the `image` family (accuracy, higher is better)."""
+    curves = [
+        {"step": 10, "sample_passes": 100, "train_loss": train_loss + 0.5,
+         "valid_loss": valid_loss + 0.2, "valid_accuracy": valid - 0.05,
+         "test_accuracy": value - 0.05},
+        {"step": 20, "sample_passes": 200, "train_loss": train_loss, "valid_loss": valid_loss,
+         "valid_accuracy": valid, "test_accuracy": value},
+        {"step": 30, "sample_passes": 300, "train_loss": train_loss - 0.3,
+         "valid_loss": valid_loss + 0.1, "valid_accuracy": valid - 0.02,
+         "test_accuracy": value},
+    ]
+    setting = ",".join([f"methods={method}"] + [f"{k}={v}" for k, v in knob.items()])
+    return {"experiment": experiment, "method": method, "seed": seed, "setting": setting,
+            "metric": "accuracy", "value": value, "higher_is_better": True,
+            "selection": "best_valid", "best_valid": valid, "best_step": 20,
+            "best_sample_passes": 200, "sample_passes": 300, "stop_reason": stop,
+            "selection_metric": "valid_accuracy", "selection_higher_is_better": True,
+            "curves": curves, "key": f"{method}-{seed}-{setting}",
+            "config": {"train_size": size, "dropout": knob.get("dropout", 0.1),
+                       "alpha": knob.get("alpha", 1.0), "dim": 32}}
+
+
+def _cell_records(*, base_valid=(0.80, 0.78), rdrop_valid=(0.79, 0.81), gain=0.02,
+                  stop="patience", size=500):
+    recs = []
+    for seed in range(3):
+        for p, v in zip((0.1, 0.3), base_valid, strict=True):
+            recs.append(_record("baseline", seed, value=0.70 + 0.01 * seed, valid=v,
+                                knob={"dropout": p}, stop=stop, size=size))
+        for a, v in zip((0.3, 1.0), rdrop_valid, strict=True):
+            recs.append(_record("rdrop", seed, value=0.70 + 0.01 * seed + gain, valid=v,
+                                knob={"alpha": a}, size=size))
+    return recs
+
+
+def test_extension_walks_each_knob_to_its_range_end():
+    assert extension("dropout", [0.1, 0.3], 0.1) == 0.0
+    assert extension("dropout", [0.1, 0.3], 0.3) == 0.4
+    assert extension("dropout", [0.0, 0.1, 0.3], 0.0) is None  # dropout cannot go below 0
+    assert extension("dropout", [0.3, 0.5, 0.6, 0.7], 0.7) is None  # nor above 0.7
+    assert extension("dropout", [0.1, 0.3, 0.5], 0.3) is None  # interior
+    assert extension("alpha", [0.5, 2.0], 2.0) == 6.0
+    assert extension("alpha", [0.5, 2.0], 0.5) == round(0.5 / 3, 3)
+    assert extension("alpha", [0.5, 2.0], 2.0, extended=3) is None  # at most 3 per direction
+
+
+def test_edge_state_reads_the_choice_on_validation():
+    state = edge_state(_cell_records(), "dropout")
+    assert state["baseline"] == {"knob": "dropout", "values": [0.1, 0.3], "chosen": 0.1,
+                                 "at_edge": True}
+    assert state["rdrop"]["chosen"] == 1.0 and state["rdrop"]["at_edge"]
+
+
+def test_map_cell_values_against_a_hand_computation(tmp_path):
+    folder = tmp_path / "scale" / "image-2000-vit-d32" / "image"
+    folder.mkdir(parents=True)
+    for i, rec in enumerate(_cell_records(gain=0.03, size=2000)):
+        (folder / f"r{i}.json").write_text(json.dumps(rec))
+    (cell,) = map_cells(tmp_path)
+    base = sum(100 * (0.70 + 0.01 * s) for s in range(3)) / 3
+    assert cell.size == 2000 and cell.model == "d32" and cell.source == "scale"
+    assert math.isclose(cell.baseline, base)
+    assert math.isclose(cell.best, 3.0, abs_tol=1e-9)  # +0.03 accuracy in points, every seed
+    assert math.isclose(cell.rel, 3.0 / base)
+    assert math.isclose(cell.gap, 0.5)  # valid_loss - train_loss at the best step (20)
+    # after the best (0.80), the last evaluation is 0.78: 2.5% worse
+    assert math.isclose(cell.after_best, 0.02 / 0.80)
+    assert cell.overfit and cell.stopped_past_optimum == "3/3"
+    assert "baseline dropout=0.1" in cell.at_edge
+
+
+def test_a_cell_whose_baseline_did_not_overfit_carries_no_verdict(tmp_path):
+    folder = tmp_path / "scale" / "image-8000-vit-d32" / "image"
+    folder.mkdir(parents=True)
+    for i, rec in enumerate(_cell_records(stop="compute_cap", size=8000)):
+        (folder / f"r{i}.json").write_text(json.dumps(rec))
+    (cell,) = map_cells(tmp_path)
+    assert not cell.overfit and not cell.verdict_ok
+
+
+def _cell(family, gap, rel):
+    nan = math.nan
+    return MapCell(name=f"{family}-{gap}", family=family, source="scale", size=1, model="d",
+                   metric="m", higher_is_better=True, seeds=3, chosen_baseline="",
+                   chosen_rdrop="", baseline=1.0, rdrop=1.0, best=0.0, best_low=nan,
+                   best_high=nan, best_holm=nan, equal=nan, equal_low=nan, equal_high=nan,
+                   equal_holm=nan, compute_to_best=2.0, rel=rel, gap=gap, after_best=0.0,
+                   overfit=True, stopped_past_optimum="3/3", alpha=1.0)
+
+
+def test_fit_line_and_the_leave_one_family_out_check_by_hand():
+    # by hand: mean x 7/3, mean y 2, Sxx 14/3, Sxy 3: b = 9/14, a = 2 - b * 7/3 = 1/2
+    assert fit_line([1.0, 2.0, 4.0], [1.0, 2.0, 3.0]) == pytest.approx((0.5, 9 / 14))
+    # gain = 0.1 * gap exactly, in three families: the line predicts held-out families exactly
+    cells = [_cell(f, g, 0.1 * g) for f, gs in (("a", (0.5, 1.0)), ("b", (2.0, 3.0)),
+                                                  ("c", (4.0,))) for g in gs]
+    p = fit_predictor(cells)
+    assert p is not None and p.beats_constant
+    assert p.a == pytest.approx(0.0, abs=1e-12) and p.b == pytest.approx(0.1)
+    assert p.mae_line == pytest.approx(0.0, abs=1e-12)
+    # the constant's error, written out: held-out family's cells minus the others' mean
+    errs = [abs(0.05 - 0.3), abs(0.1 - 0.3),  # family a vs mean(0.2, 0.3, 0.4)
+            abs(0.2 - 0.55 / 3), abs(0.3 - 0.55 / 3),  # family b vs mean(0.05, 0.1, 0.4)
+            abs(0.4 - 0.65 / 4)]  # family c vs mean(0.05, 0.1, 0.2, 0.3)
+    assert p.mae_constant == pytest.approx(sum(errs) / 5)
+    # noise that the gap does not explain: the constant wins, and advise must say so
+    noisy = [_cell("a", 0.5, 0.3), _cell("a", 1.0, -0.2), _cell("b", 2.0, 0.25),
+             _cell("b", 3.0, -0.3), _cell("c", 4.0, 0.2)]
+    assert not fit_predictor(noisy).beats_constant
+
+
+def _write_map(tmp_path):
+    for name, gain in (("image-500-vit-d32", 0.03), ("image-2000-vit-d32", 0.0)):
+        folder = tmp_path / "scale" / name / "image"
+        folder.mkdir(parents=True)
+        for i, rec in enumerate(_cell_records(gain=gain)):
+            (folder / f"r{i}.json").write_text(json.dumps(rec))
+
+
+def test_advise_reads_a_record_and_a_trainer_state(tmp_path):
+    _write_map(tmp_path)
+    rec = _record("baseline", 0, value=0.7, valid=0.8, knob={"dropout": 0.1},
+                  train_loss=0.9, valid_loss=1.6)
+    (tmp_path / "run.json").write_text(json.dumps(rec))
+    run = read_baseline(tmp_path / "run.json")
+    assert run.gap == pytest.approx(0.7) and run.best_step == 20 and run.source == "record"
+    text = advise(tmp_path / "run.json", tmp_path)
+    assert "0.700 nats" in text and "no prediction" in text  # one family: no predictor
+    assert "nearest cells" in text and "image-500-vit-d32" in text
+
+    state = {"log_history": [
+        {"step": 10, "loss": 2.0}, {"step": 10, "eval_loss": 2.2},
+        {"step": 20, "loss": 1.5}, {"step": 20, "eval_loss": 1.9},
+        {"step": 30, "loss": 1.0}, {"step": 30, "eval_loss": 2.1}]}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    run = read_baseline(tmp_path / "trainer_state.json")
+    assert run.gap == pytest.approx(1.9 - 1.5) and run.best_step == 20 and run.evals == 3
+    assert "train mode" in advise(tmp_path / "trainer_state.json", tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"log_history": [{"step": 1, "loss": 2.0}]}, "no eval_loss"),
+    ({"log_history": [{"step": 1, "eval_loss": 2.0}]}, "no training loss"),
+    ({"something": 1}, "unknown format"),
+    ({"experiment": "image", "curves": [{"step": 1}]}, "no curve points"),
+])
+def test_advise_bad_input_gets_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(AdviseError, match=message):
+        read_baseline(path)
+
+
+def test_advise_cli_missing_file_and_not_json(tmp_path, capsys):
+    from rdrop_experiments.cli import main
+
+    assert main(["advise", str(tmp_path / "none.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["advise", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert "not a JSON file" in err and err.count("\n") == 1
