@@ -27,7 +27,8 @@ Hugging Face trainers (both call :func:`concat_inputs` / :func:`concat_forward`)
 
 A tensor whose dim 0 equals ``B`` by coincidence (class embeddings with ``C == B``, a
 sequence-first ``nn.LSTM`` input) must be named in ``unbatched=`` (or the batched inputs in
-``batched=``); :class:`rdrop.RDrop` checks this once on its first call.
+``batched=``); the training step (:class:`rdrop.step.TrainingStep`, which :class:`rdrop.RDrop` and
+the Lightning module run) checks this once, on its first concat forward.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ The step is the *optimizer* step (the number of ``optimizer.step()`` calls befor
 one), not the number of forward calls: under gradient accumulation every micro-batch of one
 optimizer step gets the same decision, so R-Drop never runs on only part of a step.
 
+Options about *when* R-Drop runs belong here; how a step runs its passes once decided is
+:mod:`rdrop.step`.
+
 .. math::
     \text{active}(s) = [\, s \bmod k = 0 \,], \qquad
     \alpha(s) = \alpha \cdot \min\!\left(1, \frac{s + 1}{n}\right) \ (n > 0), \quad

@@ -19,25 +19,12 @@ from rdrop.argchecks import (
     check_positive_int,
     check_reduction,
 )
-from rdrop.batching import InputName, concat_inputs, extract_logits
-from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, single_pass_loss
+from rdrop.batching import InputName
 from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
 from rdrop.schedule import RDropStep, rdrop_step
+from rdrop.step import MODES, LogitsLoss, TrainingStep, eager
 
 __all__ = ["RDrop"]
-
-MODES = ("concat", "twice")
-
-
-def _eager(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call ``fn`` outside any compiled graph (a graph break while torch.compile traces).
-
-    ``torch.compiler.disable`` imports ``torch._dynamo`` (~3 s), so it is applied only while
-    compiling, never at ``import rdrop`` or in eager training.
-    """
-    if torch.compiler.is_compiling():
-        return torch.compiler.disable(fn)(*args)
-    return fn(*args)
 
 
 class RDrop(nn.Module):
@@ -226,13 +213,17 @@ class RDrop(nn.Module):
         self.mode = mode
         self.check_finite = check_finite
         self.stop_gradient = stop_gradient
-        self.logits_fn = logits_fn or extract_logits
-        self.batched = batched
-        self.unbatched = unbatched
         self.check_dropout = check_dropout
         self.num_steps = 0  # the optimizer step (or training calls, see _step_source)
         self._step_source = "calls"  # "calls" until an optimizer or set_step() says otherwise
-        self._inputs_checked = not check_inputs
+        # The passes and the loss: rdrop.step, the same step as every other entry point.
+        loss = LogitsLoss(consistency=self.consistency, ignore_index=self.ignore_index,
+                          label_smoothing=self.label_smoothing, reduction=self.reduction,
+                          chunk_size=self.chunk_size, check_finite=check_finite)
+        step_kwargs = {"logits_fn": logits_fn} if logits_fn is not None else {}
+        self._step = TrainingStep(num_passes=self.num_passes, mode=mode,
+                                  stop_gradient=stop_gradient, loss=loss, batched=batched,
+                                  unbatched=unbatched, check_inputs=check_inputs, **step_kwargs)
         self._optimizer_hook: Any = None
         if optimizer is not None:
             self.attach_optimizer(optimizer)
@@ -245,7 +236,6 @@ class RDrop(nn.Module):
                 stacklevel=2,
             )
         bn = batchnorm_layers(model)
-        self._batchnorms = tuple(model.get_submodule(n) for n in bn)
         if warn_batchnorm and bn:
             warnings.warn(
                 f"RDrop: BatchNorm layers {bn[:3]}{'...' if len(bn) > 3 else ''} see the "
@@ -333,107 +323,16 @@ class RDrop(nn.Module):
     ) -> Any:
         if target is None:
             return self.model(*args, **kwargs)
-        loss_kwargs = {
-            "ignore_index": self.ignore_index,
-            "label_smoothing": self.label_smoothing,
-            "reduction": self.reduction,
-            "consistency": self.consistency,
-            "num_items_in_batch": num_items_in_batch,
-            "check_finite": self.check_finite,
-        }
-        if not self.training:
-            return self._single_pass(args, kwargs, target, loss_kwargs)
-        if self.check_dropout and not self.model.training:
-            raise ValueError(
-                "RDrop was called for training (a target was given) but the wrapped model is in "
-                "eval mode, so dropout is off and both passes are identical. Call .train() on the "
-                "RDrop wrapper (not only on the inner model), or call it without target to predict."
-            )
-        decision = _eager(RDrop._next_decision, self)
-        if not decision.active:
-            return self._single_pass(args, kwargs, target, loss_kwargs)
-        if self.stop_gradient:
-            return self._stop_gradient_loss(args, kwargs, target, decision.alpha, loss_kwargs)
-        passes = self._passes(args, kwargs)
-        # The loss gets the constant self.alpha and the step's alpha is applied here: the loss
-        # checks its alpha in Python, which under torch.compile would guard on (and recompile
-        # for) every warm-up value.
-        out = multi_pass_rdrop_loss(passes, target, alpha=self.alpha,
-                                    chunk_size=self.chunk_size, **loss_kwargs)
-        loss = out.task_loss + decision.alpha * out.consistency_loss
-        return RDropOutput(loss, out.task_loss, out.consistency_loss, logits=passes[0])
-
-    def _single_pass(self, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor,
-                     loss_kwargs: dict[str, Any]) -> RDropOutput:
-        logits = self.logits_fn(self.model(*args, **kwargs))
-        out = single_pass_loss(logits, target, **loss_kwargs)
-        return RDropOutput(out.loss, out.task_loss, out.consistency_loss, logits=logits)
-
-    def _stop_gradient_loss(self, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor,
-                            alpha: float, loss_kwargs: dict[str, Any]) -> RDropOutput:
-        logits1 = self.logits_fn(self.model(*args, **kwargs))
-        with torch.no_grad():  # the target pass: no activation graph is kept
-            logits2 = self.logits_fn(self.model(*args, **kwargs))
-        task = single_pass_loss(logits1, target, **loss_kwargs).task_loss
-        # logits2 carries no graph, so the consistency's gradient flows into pass 1 only.
-        cons = multi_pass_rdrop_loss([logits1, logits2], target, alpha=self.alpha,
-                                     chunk_size=self.chunk_size, **loss_kwargs).consistency_loss
-        return RDropOutput(task + alpha * cons, task, cons, logits=logits1)
-
-    def _passes(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Tensor]:
-        m = self.num_passes
-        if self.mode == "twice":
-            return [self.logits_fn(self.model(*args, **kwargs)) for _ in range(m)]
-        if not self._inputs_checked:
-            _eager(RDrop._check_concat, self, args, kwargs)
-        dup_args, dup_kwargs, layout = concat_inputs(args, kwargs, m, batched=self.batched,
-                                                     unbatched=self.unbatched)
-        if layout.batch_size == 1 and not layout.packed and any(
-            bn.training for bn in self._batchnorms
-        ):
-            raise ValueError(
-                "batch size 1 with BatchNorm in concat mode: BatchNorm normalizes the copies of "
-                "the one sample against each other, which makes both passes nearly equal and "
-                "the consistency term ~0. Use a batch size >= 2, mode='twice', or put the "
-                "BatchNorm layers in eval mode."
-            )
-        return layout.split(self.logits_fn(self.model(*dup_args, **dup_kwargs)))
-
-    def _check_concat(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Once: in eval mode and without gradients, each copy of the duplicated batch must give
-        the plain forward's logits; otherwise an input was duplicated that is not batched."""
-        m = self.num_passes
-        modes = [(mod, mod.training) for mod in self.model.modules()]
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                plain = self.logits_fn(self.model(*args, **kwargs))
-                dup_args, dup_kwargs, layout = concat_inputs(
-                    args, kwargs, m, batched=self.batched, unbatched=self.unbatched)
-                copies = layout.split(self.logits_fn(self.model(*dup_args, **dup_kwargs)))
-        finally:
-            for mod, was_training in modes:
-                mod.training = was_training
-        tol = 1e-4 if plain.dtype in (torch.float32, torch.float64) else 3e-2
-        finite = plain.detach()[torch.isfinite(plain.detach())]
-        scale = float(finite.abs().max()) if finite.numel() else 0.0
-        same = all(
-            c.shape == plain.shape
-            and torch.allclose(c.float(), plain.float(), rtol=10 * tol, atol=tol * (1 + scale),
-                               equal_nan=True)
-            for c in copies
-        )
-        if not same:
-            others = [n for n in layout.duplicated[1:]]
-            names = ", ".join(repr(n) for n in layout.duplicated)
-            hint = (f" If any of {others} is not batched (e.g. class embeddings with as many "
-                    f"rows as the batch), pass unbatched={others[:1]!r}." if others else "")
-            raise ValueError(
-                f"concat mode: the duplicated batch does not reproduce the plain forward (plain "
-                f"logits {tuple(plain.shape)}, each copy {tuple(copies[0].shape)}; duplicated "
-                f"inputs: {names}, batch size {layout.batch_size}).{hint} If the model mixes "
-                "rows of the batch or takes the batch in another dimension (nn.LSTM with "
-                "batch_first=False), use batch_first=True or mode='twice'. Pass "
-                "check_inputs=False to skip this check."
-            )
-        self._inputs_checked = True
+        if not self.training:  # one pass, comparable to a validation loss
+            decision = RDropStep(active=False, alpha=0.0)
+        else:
+            if self.check_dropout and not self.model.training:
+                raise ValueError(
+                    "RDrop was called for training (a target was given) but the wrapped model "
+                    "is in eval mode, so dropout is off and both passes are identical. Call "
+                    ".train() on the RDrop wrapper (not only on the inner model), or call it "
+                    "without target to predict."
+                )
+            decision = eager(RDrop._next_decision, self)
+        return self._step.run(self.model, args, kwargs, target, self._step.plan(decision),
+                              num_items_in_batch=num_items_in_batch).out

@@ -102,3 +102,72 @@ def test_invalid_hyperparameters_name_the_argument():
         KeyedNet(every_k_steps=0)
     with pytest.raises(ValueError, match="alpha"):
         KeyedNet(alpha=-1.0)
+
+
+# ------------------------------------------------- the wrapper's input checks (one rdrop.step)
+class PrototypeNet(RDropLightningModule):
+    """x (B, d) scored against class prototypes (C, d): logits = dropout(x) @ protos.T."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        torch.manual_seed(0)
+        self.inp = nn.Linear(4, 4)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x, protos):
+        return self.drop(self.inp(x)) @ protos.T
+
+
+class SeqFirstLSTM(RDropLightningModule):
+    """A sequence-first nn.LSTM tagger: input (T, B, d), logits (T, B, C) for targets (T, B)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        torch.manual_seed(0)
+        self.lstm = nn.LSTM(3, 6)  # batch_first=False
+        self.drop = nn.Dropout(0.3)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.out(self.drop(self.lstm(x)[0]))
+
+
+def test_prototypes_with_as_many_rows_as_the_batch_are_refused_as_rdrop_refuses_them():
+    g = torch.Generator().manual_seed(3)
+    x, protos = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)  # C == B == 3
+    y = torch.tensor([0, 2, 1])
+    with pytest.raises(ValueError, match="unbatched=\\[1\\]"):
+        PrototypeNet(alpha=1.0).rdrop_loss(x, protos, target=y)
+
+    # Named unbatched, the prototypes are shared by both copies: R-Drop of the [x; x] forward.
+    net = PrototypeNet(alpha=1.0, unbatched=[1])
+    torch.manual_seed(7)
+    out = net.rdrop_loss(x, protos, target=y)
+    ref_net = PrototypeNet(alpha=1.0)
+    torch.manual_seed(7)
+    ref_logits = ref_net.drop(ref_net.inp(torch.cat([x, x]))) @ protos.T
+    ref = rdrop_loss(ref_logits[:3], ref_logits[3:], y, alpha=1.0)
+    torch.testing.assert_close(out.loss, ref.loss)
+    assert out.consistency_loss > 0
+
+
+def test_sequence_first_lstm_input_is_refused_not_duplicated_along_time():
+    # dim 0 is time (T=5): duplicated, the "second pass" is the LSTM run on over the repeated
+    # sequence, and its logits (T, B, C) still match the targets (T, B).
+    x = torch.randn(5, 3, 3, generator=torch.Generator().manual_seed(4))
+    y = torch.randint(0, 2, (5, 3), generator=torch.Generator().manual_seed(5))
+    with pytest.raises(ValueError, match="batch_first=True"):
+        SeqFirstLSTM(alpha=1.0).rdrop_loss(x, target=y)
+
+
+def test_input_check_runs_once_in_eval_mode_and_restores_training_mode():
+    module = KeyedNet(alpha=1.0)
+    rows = data(4)
+    x = torch.stack([r["x"] for r in rows])
+    ids = torch.stack([r["sample_id"] for r in rows])
+    y = torch.stack([r["labels"] for r in rows])
+    module.rdrop_loss(x, ids, target=y)
+    module.rdrop_loss(x, ids, target=y)
+    # The check's two eval-mode forwards record nothing (KeyedDropout records training calls).
+    assert [len(s) for s in module.drop.seen] == [8, 8]
+    assert module.training and module.drop.training

@@ -114,7 +114,7 @@ def _cmd_advise(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from rdrop_experiments.reproduce import compare_folders
+    from rdrop_experiments.compare import compare_folders
 
     try:
         print(compare_folders(args.old, args.new))

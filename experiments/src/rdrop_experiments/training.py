@@ -7,19 +7,19 @@ is identical for both arms and seeded by the run's seed.
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-import rdrop
 from rdrop.batching import extract_logits
-from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss
+from rdrop.functional import RDropOutput
 from rdrop.inspection import dropout_slots
-from rdrop.schedule import rdrop_step
+from rdrop.schedule import RDropStep, rdrop_step
+from rdrop.step import LogitsLoss, PassPlan, TrainingStep
 from rdrop_experiments.config import METHODS, CommonConfig
 from rdrop_experiments.resume import BatchCycle
 
@@ -123,19 +123,22 @@ def lr_schedule(
 class TrainStep:
     """One arm's loss for one batch: ``step(*args, target=y, **kwargs) -> RDropOutput``.
 
-    * ``baseline``: one forward, cross-entropy (``ignore_index``, ``label_smoothing``);
-      ``consistency_loss`` is 0.
-    * ``rdrop_alpha0``: the ``rdrop`` arm with ``alpha = 0``: two passes, both cross-entropies,
-      no consistency term (separates the KL term from the doubled-sample gradient).
+    Every arm is :class:`rdrop.step.TrainingStep`, the library's one step, at the decision of
+    :func:`rdrop.schedule.rdrop_step` of the number of calls so far (one call per optimizer
+    step in the recipes):
+
+    * ``baseline``: always a plain step: one forward, cross-entropy (``ignore_index``,
+      ``label_smoothing``); ``consistency_loss`` is 0.
+    * ``rdrop_alpha0``: the ``rdrop`` arm with ``alpha = 0``: the passes, their
+      cross-entropies, no consistency term (separates the KL term from the doubled-sample
+      gradient).
     * ``rdrop_stop_gradient``: the first pass with gradients, the second under ``no_grad`` (a
       detached target): ``loss = CE(P1) + alpha * symKL(P1, sg(P2))`` with
-      :func:`rdrop.rdrop_loss`'s normalization (computed as ``rdrop_loss(l1, l2.detach())``,
-      whose extra ``CE(P2)`` term is a constant without gradient; it is subtracted from the
-      logged ``loss`` and ``task_loss``). One backward pass, one activation graph.
-    * ``rdrop``: :class:`rdrop.RDrop` with the config's ``alpha``, ``num_passes``,
-      ``every_k_steps``, ``consistency``, ``rdrop_mode``, ``alpha_warmup_steps``; with
-      ``pass_dropouts`` set, ``num_passes`` separate forwards, pass ``k`` with every dropout rate
-      set to ``pass_dropouts[k]``, combined by :func:`rdrop.multi_pass_rdrop_loss`.
+      :func:`rdrop.rdrop_loss`'s normalization. One backward pass, one activation graph.
+    * ``rdrop``: R-Drop with the config's ``alpha``, ``num_passes``, ``every_k_steps``,
+      ``consistency``, ``rdrop_mode``, ``alpha_warmup_steps``, ``chunk_size``; with
+      ``pass_dropouts`` set, ``num_passes`` separate forwards, pass ``k`` with every dropout
+      rate set to ``pass_dropouts[k]`` (the step's per-pass context).
 
     ``logits`` of the output is the (first) pass's logits, for training metrics.
     """
@@ -159,80 +162,43 @@ class TrainStep:
         self.label_smoothing = label_smoothing
         self.logits_fn = logits_fn or extract_logits
         self.calls = 0
-        self.wrapped: rdrop.RDrop | None = None
-        if method in ("rdrop", "rdrop_alpha0") and not cfg.pass_dropouts:
-            self.wrapped = rdrop.RDrop(
-                model,
-                alpha=0.0 if method == "rdrop_alpha0" else cfg.alpha,
-                mode=cfg.rdrop_mode,
-                num_passes=cfg.num_passes,
-                every_k_steps=cfg.every_k_steps,
-                alpha_warmup_steps=cfg.alpha_warmup_steps,
-                consistency=cfg.consistency,
-                ignore_index=ignore_index,
-                label_smoothing=label_smoothing,
-                logits_fn=self.logits_fn,
-                chunk_size=cfg.chunk_size,
-            )
-
-    def _plain(self, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor) -> RDropOutput:
-        logits = self.logits_fn(self.model(*args, **kwargs))
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            target.reshape(-1),
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
+        self.alpha = 0.0 if method == "rdrop_alpha0" else cfg.alpha
+        loss = LogitsLoss(consistency=cfg.consistency, ignore_index=ignore_index,
+                          label_smoothing=label_smoothing, chunk_size=cfg.chunk_size,
+                          # the baseline is plain cross-entropy, which checks nothing
+                          check_finite=method != "baseline")
+        self.step = TrainingStep(
+            num_passes=cfg.num_passes,
+            mode="twice" if cfg.pass_dropouts else cfg.rdrop_mode,
+            stop_gradient=method == "rdrop_stop_gradient",
+            loss=loss,
+            logits_fn=self.logits_fn,
+            pass_context=self._pass_dropout if cfg.pass_dropouts else None,
         )
-        return RDropOutput(loss, loss.detach(), torch.zeros((), device=loss.device), logits)
 
-    def _stop_gradient(self, step: int, args: tuple[Any, ...], kwargs: dict[str, Any],
-                       target: Tensor) -> RDropOutput:
-        decision = rdrop_step(step, alpha=self.cfg.alpha, every_k_steps=self.cfg.every_k_steps,
-                              alpha_warmup_steps=self.cfg.alpha_warmup_steps)
-        if not decision.active:
-            return self._plain(args, kwargs, target)
-        logits1 = self.logits_fn(self.model(*args, **kwargs))
-        with torch.no_grad():  # the target pass: dropout on, no graph kept
-            logits2 = self.logits_fn(self.model(*args, **kwargs))
-        out = rdrop_loss(logits1, logits2, target, alpha=decision.alpha,
-                         ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
-                         consistency=self.cfg.consistency, chunk_size=self.cfg.chunk_size)
-        # rdrop_loss sums CE over both passes; CE(P2) has no gradient here, drop it from logs.
-        ce2 = F.cross_entropy(logits2.reshape(-1, logits2.shape[-1]).float(), target.reshape(-1),
-                              ignore_index=self.ignore_index,
-                              label_smoothing=self.label_smoothing)
-        return RDropOutput(out.loss - ce2, out.task_loss - ce2, out.consistency_loss, logits1)
+    @contextlib.contextmanager
+    def _pass_dropout(self, passes: range, plan: PassPlan) -> Iterator[None]:
+        """Pass ``k`` of an R-Drop step runs with every dropout rate ``pass_dropouts[k]``."""
+        if not plan.active:
+            yield
+            return
+        original = set_dropout(self.model, self.cfg.pass_dropouts[passes.start])
+        try:
+            yield
+        finally:
+            set_dropout(self.model, original)
+
+    def decision(self, step: int) -> RDropStep:
+        """This arm's schedule decision at optimizer step ``step``."""
+        if self.method == "baseline":
+            return RDropStep(active=False, alpha=0.0)
+        return rdrop_step(step, alpha=self.alpha, every_k_steps=self.cfg.every_k_steps,
+                          alpha_warmup_steps=self.cfg.alpha_warmup_steps)
 
     def __call__(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
-        step = self.calls
+        decision = self.decision(self.calls)
         self.calls += 1
-        if self.method == "baseline":
-            return self._plain(args, kwargs, target)
-        if self.method == "rdrop_stop_gradient":
-            return self._stop_gradient(step, args, kwargs, target)
-        if self.wrapped is not None:
-            return self.wrapped(*args, target=target, **kwargs)
-        # Per-pass dropout rates (the paper's "two dropout rates" ablation).
-        if step % self.cfg.every_k_steps != 0:
-            return self._plain(args, kwargs, target)
-        passes = []
-        original = set_dropout(self.model, self.cfg.pass_dropouts[0])
-        for p in self.cfg.pass_dropouts:
-            set_dropout(self.model, p)
-            passes.append(self.logits_fn(self.model(*args, **kwargs)))
-        set_dropout(self.model, original)
-        alpha = 0.0 if self.method == "rdrop_alpha0" else self.cfg.alpha
-        if self.cfg.alpha_warmup_steps:
-            alpha *= min(1.0, (step + 1) / self.cfg.alpha_warmup_steps)
-        out = multi_pass_rdrop_loss(
-            passes,
-            target,
-            alpha=alpha,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            consistency=self.cfg.consistency,
-        )
-        return RDropOutput(out.loss, out.task_loss, out.consistency_loss, passes[0])
+        return self.step(self.model, args, kwargs, target, decision).out
 
 
 def make_step(model: nn.Module, cfg: CommonConfig, method: str, **kwargs: Any) -> TrainStep:

@@ -14,9 +14,12 @@ r"""R-Drop for PyTorch Lightning: ``RDropLightningModule``, a ``LightningModule`
     -        x, y = batch
     -        return F.cross_entropy(self(x), y)
 
-The provided ``training_step`` runs ONE forward over the batch duplicated along dim 0
-(:func:`rdrop.batching.concat_forward`, the same helper as :class:`rdrop.RDrop`), computes
-:func:`rdrop.functional.multi_pass_rdrop_loss` of the passes and logs ``train/loss``,
+The provided ``training_step`` is :class:`rdrop.step.TrainingStep`, the same step as
+:class:`rdrop.RDrop`: ONE forward over the batch duplicated along dim 0, checked once against a
+plain forward (an input whose dim 0 equals ``B`` by coincidence, such as class prototypes
+``(C, d)`` with ``C == B`` or a sequence-first ``nn.LSTM`` input, is refused as ``RDrop`` refuses
+it; name it in ``unbatched=``), then :func:`rdrop.functional.multi_pass_rdrop_loss` of the
+passes. It logs ``train/loss``,
 ``train/task_loss``, ``train/consistency_loss``, ``train/task_loss_per_pass`` (one pass's loss,
 comparable to a validation loss) and ``train/rdrop_alpha``.
 
@@ -42,10 +45,17 @@ except ImportError:  # pragma: no cover - the unified package
             "rdrop.integrations.lightning needs PyTorch Lightning: pip install pytorch-lightning"
         ) from err
 
-from rdrop.argchecks import check_alpha, check_consistency, check_positive_int
-from rdrop.batching import concat_forward
-from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, single_pass_loss
-from rdrop.schedule import rdrop_step
+from rdrop.argchecks import (
+    check_alpha,
+    check_consistency,
+    check_ignore_index,
+    check_label_smoothing,
+    check_positive_int,
+)
+from rdrop.batching import InputName
+from rdrop.functional import RDropOutput
+from rdrop.schedule import RDropStep, rdrop_step
+from rdrop.step import LogitsLoss, TrainingStep
 
 __all__ = ["RDropLightningModule"]
 
@@ -69,9 +79,12 @@ class RDropLightningModule(pl.LightningModule):
         alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps.
         consistency: ``"kl"``, ``"js"`` or ``"mse"``.
         ignore_index, label_smoothing: as in :func:`rdrop.functional.rdrop_loss`.
+        batched, unbatched, check_inputs: as in :class:`rdrop.RDrop` (which inputs carry the
+            batch; the once-only check of the duplicated batch against a plain forward).
 
     Raises:
-        TypeError, ValueError: invalid hyperparameters (the message names them).
+        TypeError, ValueError: invalid hyperparameters (the message names them); at the first
+            training step, a duplicated input that is not batched (see above).
 
     Example:
         >>> import torch
@@ -90,7 +103,8 @@ class RDropLightningModule(pl.LightningModule):
 
     def __init__(self, *, alpha: float = 1.0, num_passes: int = 2, every_k_steps: int = 1,
                  alpha_warmup_steps: int = 0, consistency: str = "kl", ignore_index: int = -100,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, batched: list[InputName] | None = None,
+                 unbatched: list[InputName] | None = None, check_inputs: bool = True) -> None:
         super().__init__()
         self.rdrop_alpha = check_alpha(alpha)
         self.rdrop_num_passes = check_positive_int("num_passes", num_passes, 2)
@@ -98,8 +112,20 @@ class RDropLightningModule(pl.LightningModule):
         self.rdrop_alpha_warmup_steps = check_positive_int("alpha_warmup_steps",
                                                            alpha_warmup_steps, 0)
         self.rdrop_consistency = check_consistency(consistency)
-        self.rdrop_loss_kwargs = {"ignore_index": ignore_index,
-                                  "label_smoothing": label_smoothing}
+        self.rdrop_loss_kwargs = {"ignore_index": check_ignore_index(ignore_index),
+                                  "label_smoothing": check_label_smoothing(label_smoothing)}
+        if not isinstance(check_inputs, bool):
+            raise TypeError(f"check_inputs must be a bool, got {type(check_inputs).__name__}.")
+        self.rdrop_training_step = TrainingStep(
+            num_passes=self.rdrop_num_passes, batched=batched, unbatched=unbatched,
+            check_inputs=check_inputs,
+            loss=LogitsLoss(consistency=self.rdrop_consistency, **self.rdrop_loss_kwargs))
+
+    def rdrop_decision(self) -> RDropStep:
+        """:func:`rdrop.schedule.rdrop_step` at the current optimizer step."""
+        return rdrop_step(self.global_step, alpha=self.rdrop_alpha,
+                          every_k_steps=self.rdrop_every_k_steps,
+                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
 
     def rdrop_batch(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor]:
         """Split a batch into the model's ``(args, kwargs)`` and the target. Default: a
@@ -112,23 +138,13 @@ class RDropLightningModule(pl.LightningModule):
 
     def rdrop_loss(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
         """The R-Drop loss of one training micro-batch at the current optimizer step."""
-        step = rdrop_step(self.global_step, alpha=self.rdrop_alpha,
-                          every_k_steps=self.rdrop_every_k_steps,
-                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
-        m = self.rdrop_num_passes if step.active else 1
-        passes = concat_forward(self, args, kwargs, m).passes
-        loss_kwargs = {**self.rdrop_loss_kwargs, "consistency": self.rdrop_consistency}
-        if m == 1:
-            return single_pass_loss(passes[0], target, **loss_kwargs)
-        return multi_pass_rdrop_loss(passes, target, alpha=step.alpha, **loss_kwargs)
+        return self.rdrop_training_step(self, args, kwargs, target, self.rdrop_decision()).out
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """R-Drop on the batch; logs the loss and its parts, returns the loss."""
         args, kwargs, target = self.rdrop_batch(batch)
         out = self.rdrop_loss(*args, target=target, **kwargs)
-        step = rdrop_step(self.global_step, alpha=self.rdrop_alpha,
-                          every_k_steps=self.rdrop_every_k_steps,
-                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
+        step = self.rdrop_decision()
         passes = self.rdrop_num_passes if step.active else 1
         size = target.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size)

@@ -14,14 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from rdrop_experiments.config import (
-    CommonConfig,
-    ConfigError,
-    apply_overrides,
-    check_heads,
-    check_rates,
-    check_vocab_size,
-)
+from rdrop_experiments.config import ConfigError, apply_overrides
+from rdrop_experiments.families._seq2seq import Seq2SeqConfig
 from rdrop_experiments.protocol import protocol_grid
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.seq2seq import EncodedPairs, encode_pairs, run_seq2seq
@@ -30,72 +24,31 @@ __all__ = ["TranslationConfig", "corpus_bleu", "run_translation"]
 
 
 @dataclass(frozen=True)
-class TranslationConfig(CommonConfig):
-    """Translation config (see :class:`CommonConfig` for the shared fields).
+class TranslationConfig(Seq2SeqConfig):
+    """Translation config (see :class:`Seq2SeqConfig` for the encoder-decoder fields).
 
     Attributes:
-        dataset: ``bible`` | ``text`` (``{split}.{src_lang}`` files) | ``hf`` (saved dataset);
-            data_path: folder for ``text``/``hf``.
+        dataset: ``bible`` | ``text`` (``{split}.{src_lang}`` files) | ``hf`` (saved dataset).
         src_lang, tgt_lang: language suffixes for ``text``/``hf``. src_module, tgt_module: SWORD
             modules for ``bible``.
-        vocab_size: joint BPE vocabulary, trained on the training split only.
         max_len: pairs with more subwords than this on either side are dropped (every split).
-        train_size, valid_size, test_size: caps after filtering (0 = all); valid pairs score the
-            curves (``valid_bleu`` on at most ``valid_bleu_size`` of them).
-        dim, heads, ffn, encoder_layers, decoder_layers: the Transformer.
-        dropout, attention_dropout, activation_dropout: residual/embedding, attention weights,
-            feed-forward (the paper's IWSLT model: 0.3 / 0.1 / 0.1).
-        label_smoothing: on the task term (0.1, as the paper).
-        select_on: what picks the best-validation checkpoint: ``metric`` (BLEU of greedy
-            decoding of ``valid_bleu_size`` validation pairs) or ``loss`` (teacher-forced
-            validation NLL per token, lower is better: smooth, and it needs no decoding).
-        decode_max_len: greedy decoding stops after this many subwords.
-        eval_batch_size: batch size for evaluation and decoding.
     """
 
     dataset: str = "bible"
-    data_path: str | None = None
     src_lang: str = "es"
     tgt_lang: str = "en"
     src_module: str = "spaRV1909eb"
     tgt_module: str = "engWEB2015eb"
-    split_seed: int = 0
-    vocab_size: int = 4000
     max_len: int = 24
     train_size: int = 0
-    valid_size: int = 400
-    valid_bleu_size: int = 100
-    test_size: int = 1000
-    dim: int = 128
-    heads: int = 4
-    ffn: int = 256
-    encoder_layers: int = 2
-    decoder_layers: int = 2
     dropout: float = 0.3
-    attention_dropout: float = 0.1
-    activation_dropout: float = 0.1
-    label_smoothing: float = 0.1
-    select_on: str = "metric"
     decode_max_len: int = 40
-    eval_batch_size: int = 200
     alpha: float = 5.0
-    max_steps: int = 350
-    eval_every: int = 70
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 40
 
     def validate(self) -> None:
         super().validate()
-        check_heads(self)
-        check_rates(self, "dropout", "attention_dropout", "activation_dropout",
-                    "label_smoothing")
-        check_vocab_size(self)
-        if self.select_on not in ("metric", "loss"):
-            raise ConfigError(f"select_on must be metric or loss, got {self.select_on!r}.")
-        if self.max_len < 2 or self.decode_max_len < 1:
-            raise ConfigError("max_len must be >= 2 and decode_max_len >= 1.")
+        if self.max_len < 2:
+            raise ConfigError(f"max_len must be >= 2, got {self.max_len}.")
 
 
 def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:

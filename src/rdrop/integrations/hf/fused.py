@@ -12,6 +12,7 @@ gradients never exist. It is exact only for models whose logits are ``hidden @ W
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +24,8 @@ from rdrop.fused_linear import fused_linear_rdrop_loss
 
 from .labels import IGNORE_INDEX, first_count
 
-__all__ = ["check_fused_head", "check_fused_model", "forward_hidden", "fused_loss"]
+__all__ = ["FusedLoss", "HiddenCapture", "check_fused_head", "check_fused_model",
+           "forward_hidden", "fused_loss"]
 
 _OFF = "Set rdrop_fused_linear=False."
 # Config fields that transform the logits after the output layer, with the value that means "off".
@@ -149,37 +151,79 @@ def check_fused_head(model: nn.Module, inputs: dict[str, Any], b: int, *,
         )
 
 
+class HiddenCapture:
+    """The fused path's forward for :class:`rdrop.step.TrainingStep`: calling it runs the model
+    (through the DDP/accelerate wrapper) with its output layer projecting no position, and
+    :meth:`hidden` (the step's ``logits_fn``) returns that layer's input, the last hidden states.
+
+    Args:
+        model: what to call (possibly wrapped); unwrapped: the model itself.
+    """
+
+    def __init__(self, model: nn.Module, unwrapped: nn.Module) -> None:
+        self.model, self.unwrapped = model, unwrapped
+        self._seen: list[Tensor] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        seen: list[Tensor] = []
+
+        def take_input(_: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+            seen.append(inputs[0])
+            return (inputs[0][..., :0, :], *inputs[1:])  # project no position: no (N, V) logits
+
+        handle = self.unwrapped.get_output_embeddings().register_forward_pre_hook(take_input)
+        try:
+            outputs = self.model(*args, **kwargs)
+        finally:
+            handle.remove()
+        _one_call(seen, type(self.unwrapped).__name__)
+        self._seen = seen
+        return outputs
+
+    def hidden(self, _outputs: Any) -> Tensor:
+        """The output layer's input of the last call.
+
+        Raises:
+            ValueError: it is not ``(batch, seq, hidden)``.
+        """
+        hidden = self._seen[0]
+        if hidden.dim() != 3:
+            raise ValueError(
+                f"rdrop_fused_linear=True: expected the output layer's input of "
+                f"{type(self.unwrapped).__name__} to be (batch, seq, hidden), got "
+                f"{tuple(hidden.shape)}. {_OFF}"
+            )
+        return hidden
+
+
 def forward_hidden(model: nn.Module, unwrapped: nn.Module, batch: dict[str, Any],
                    layout: ConcatLayout) -> tuple[Any, list[Tensor]]:
-    """One forward (through the DDP/accelerate wrapper) whose output layer projects no
-    position; returns the model output and the layer's input split into the passes.
+    """One forward through :class:`HiddenCapture`; returns the model output and the output
+    layer's input split into the passes.
 
     Raises:
         ValueError: the layer is called other than once, or its input is not
             ``(batch, seq, hidden)`` with the copies along the duplicated dimension.
     """
-    seen: list[Tensor] = []
+    capture = HiddenCapture(model, unwrapped)
+    outputs = capture(**batch)
+    return outputs, layout.split(capture.hidden(outputs), "output layer inputs")
 
-    def take_input(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        seen.append(args[0])
-        return (args[0][..., :0, :], *args[1:])  # project no position: no (N, V) logits
 
-    handle = unwrapped.get_output_embeddings().register_forward_pre_hook(take_input)
-    try:
-        outputs = model(**batch)
-    finally:
-        handle.remove()
-    name = type(unwrapped).__name__
-    _one_call(seen, name)
-    hidden = seen[0]
-    total = layout.copies * layout.length
-    if hidden.dim() != 3 or hidden.shape[layout.dim] != total:
-        raise ValueError(
-            f"rdrop_fused_linear=True: expected the output layer's input of {name} to be "
-            f"(batch, seq, hidden) with {total} entries in dim {layout.dim} ({layout.copies} "
-            f"passes x {layout.length}), got {tuple(hidden.shape)}. {_OFF}"
-        )
-    return outputs, layout.split(hidden, "output layer inputs")
+@dataclass(frozen=True)
+class FusedLoss:
+    """:func:`fused_loss` as the loss of :class:`rdrop.step.TrainingStep`'s passes (a
+    :class:`rdrop.step.PassLoss`)."""
+
+    model: nn.Module
+    label_smoothing: float
+    chunk_size: int
+
+    def __call__(self, passes: list[Tensor], target: Tensor, alpha: float,
+                 num_items_in_batch: Tensor | int | None) -> RDropOutput:
+        return fused_loss(self.model, passes, target, alpha=alpha,
+                          label_smoothing=self.label_smoothing,
+                          num_items_in_batch=num_items_in_batch, chunk_size=self.chunk_size)
 
 
 def fused_loss(model: nn.Module, passes: list[Tensor], target: Tensor, *, alpha: float,

@@ -1,4 +1,5 @@
-"""The logits path: one forward over ``[x; x]``, the logits split into passes, the R-Drop loss.
+"""The logits path of the trainers' step (:class:`rdrop.step.TrainingStep`): the loss of the
+passes with the Trainer's conventions, the logits of an output, the packed-batch check.
 
 Packed and padding-free batches (TRL ``padding_free``, packing, ``DataCollatorWithFlattening``)
 carry varlen metadata: ``cu_seq_lens_q/k`` (the boundaries of the sequences in the flattened
@@ -19,15 +20,15 @@ from typing import Any
 from torch import Tensor, nn
 
 from rdrop.batching import ConcatLayout, extract_logits
-from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, single_pass_loss
+from rdrop.step import LogitsLoss
 
-from .labels import IGNORE_INDEX, first_count
+from .labels import IGNORE_INDEX
 
 __all__ = [
     "check_packed_batch",
     "logits_loss",
+    "logits_of",
     "prepare_decoder_inputs",
-    "split_logits",
 ]
 
 _VARLEN_BOUNDARIES = ("cu_seq_lens_q", "cu_seq_lens_k")
@@ -49,14 +50,15 @@ def prepare_decoder_inputs(model: nn.Module, inputs: dict[str, Any], labels: Ten
         inputs["labels"] = labels
 
 
-def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLayout,
+def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLayout | None,
                        owner: str) -> None:
     """Refuse a duplicated packed batch whose varlen metadata does not describe its tokens.
 
     Args:
         model: the unwrapped model (its ``config._attn_implementation`` is read).
         batch: the batch as the model will see it (after duplication).
-        layout: how the copies were laid out (:func:`rdrop.batching.concat_inputs`).
+        layout: how the copies were laid out (:func:`rdrop.batching.concat_inputs`); ``None``
+            for the one forward of a plain step.
         owner: the trainer's class name, for the message.
 
     Raises:
@@ -84,6 +86,7 @@ def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLa
     if tokens is None:
         return
     n = tokens.shape[0] * tokens.shape[1]
+    copies = layout.copies if layout is not None else 1
     for key in _VARLEN_BOUNDARIES:
         cu = batch.get(key)
         if not isinstance(cu, Tensor) or not cu.numel():
@@ -91,7 +94,7 @@ def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLa
         if int(cu[-1]) != n:
             raise ValueError(
                 f"{owner}: the packed batch's {key} ends at {int(cu[-1])} tokens, but the "
-                f"duplicated batch ({layout.copies} copies) has {n}: a varlen attention kernel "
+                f"duplicated batch ({copies} copies) has {n}: a varlen attention kernel "
                 "would read the first copy's boundaries for all tokens. The duplication must "
                 "offset the second copy's boundaries (rdrop.batching.concat_inputs does); if "
                 "this batch was built by hand, drop cu_seq_lens_q/k and max_length_q/k (the "
@@ -108,8 +111,8 @@ def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLa
     implementation = str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
     padding_free = ("position_ids" in batch and "attention_mask" not in batch
                     and not any(k in batch for k in _VARLEN_BOUNDARIES))
-    if (layout.copies > 1 and not layout.packed and layout.batch_size == 1 and padding_free
-            and implementation.startswith(_FLASH)):
+    if (layout is not None and layout.copies > 1 and not layout.packed
+            and layout.batch_size == 1 and padding_free and implementation.startswith(_FLASH)):
         raise ValueError(
             f"{owner}: a padding-free batch (one row of packed sequences, position_ids and no "
             f"attention_mask) goes to a {implementation} model without cu_seq_lens_q/k; flash "
@@ -121,48 +124,33 @@ def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLa
         )
 
 
-def split_logits(outputs: Any, layout: ConcatLayout, owner: str) -> list[Tensor]:
-    """The logits of a forward over the copies of a batch, one tensor per pass.
+def logits_of(outputs: Any, owner: str) -> Tensor:
+    """The logits of a model output (:func:`rdrop.batching.extract_logits`).
 
     Raises:
-        TypeError: the output holds no logits.
-        ValueError: the logits do not have ``copies x`` the batch (or the pack's tokens) along
-            the duplicated dimension.
+        TypeError: the output holds no logits (the message names the trainer).
     """
     try:
-        logits = extract_logits(outputs)
+        return extract_logits(outputs)
     except TypeError as err:
         raise TypeError(
             f"{owner}: the model returned no logits ({type(outputs).__name__}); R-Drop compares "
             "the logits of the passes. Return a ModelOutput with .logits, a dict with 'logits', "
             "or a tuple whose first item is the logits."
         ) from err
-    total = layout.copies * layout.length
-    if logits.dim() <= layout.dim or logits.shape[layout.dim] != total:
-        what = "tokens of the pack" if layout.packed else "rows"
-        raise ValueError(
-            f"{owner}: expected logits with {total} {what} in dim {layout.dim} "
-            f"({layout.copies} passes x {layout.length}), got shape {tuple(logits.shape)}. The "
-            "model must keep the batch dimension first and return logits (not a loss) as its "
-            "first output."
-        )
-    return layout.split(logits)
 
 
-def logits_loss(passes: list[Tensor], target: Tensor, *, alpha: float, consistency: str | None,
-                label_smoothing: float,
-                num_items_in_batch: Tensor | int | None) -> RDropOutput:
-    """R-Drop over the passes (one pass: the plain task loss, on steps R-Drop skips), with the
-    Trainer's conventions: ``ignore_index=-100``; ``consistency=None`` picks ``"mse"`` for
-    float targets (regression heads, no label smoothing) and ``"kl"`` otherwise."""
+def logits_loss(target: Tensor, *, consistency: str | None, label_smoothing: float) -> LogitsLoss:
+    """The loss of the passes' logits with the Trainer's conventions: ``ignore_index=-100``;
+    ``consistency=None`` picks ``"mse"`` for float targets (regression heads, no label
+    smoothing) and ``"kl"`` otherwise.
+
+    Example:
+        >>> import torch
+        >>> logits_loss(torch.zeros(2), consistency=None, label_smoothing=0.1).consistency
+        'mse'
+    """
     if consistency is None:
         consistency = "mse" if target.is_floating_point() else "kl"
-    kwargs = {
-        "ignore_index": IGNORE_INDEX,
-        "label_smoothing": 0.0 if consistency == "mse" else label_smoothing,
-        "consistency": consistency,
-        "num_items_in_batch": first_count(num_items_in_batch),
-    }
-    if len(passes) == 1:
-        return single_pass_loss(passes[0], target, reduction="mean", **kwargs)
-    return multi_pass_rdrop_loss(passes, target, alpha=alpha, **kwargs)
+    return LogitsLoss(consistency=consistency, ignore_index=IGNORE_INDEX,
+                      label_smoothing=0.0 if consistency == "mse" else label_smoothing)

@@ -10,25 +10,22 @@ every micro-batch of an accumulated step).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
 from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer_pt_utils import nested_gather
 
-from rdrop.batching import concat_inputs
+from rdrop.batching import ConcatLayout, batch_size_of
 from rdrop.schedule import rdrop_step
+from rdrop.step import PassLoss, TrainingStep
 
 from .arguments import DEFAULTS, validate_rdrop_options
-from .fused import check_fused_head, check_fused_model, forward_hidden, fused_loss
+from .fused import FusedLoss, HiddenCapture, check_fused_head, check_fused_model
 from .guards import check_checkpointing_args, check_checkpointing_model, no_dropout_message
-from .labels import align, count_items, shifts_labels
-from .logits import (
-    check_packed_batch,
-    logits_loss,
-    prepare_decoder_inputs,
-    split_logits,
-)
+from .labels import align, count_items, first_count, shifts_labels
+from .logits import check_packed_batch, logits_loss, logits_of, prepare_decoder_inputs
 from .logs import PartsWindow
 
 __all__ = ["RDropSeq2SeqTrainer", "RDropTrainer", "RDropTrainerMixin"]
@@ -210,30 +207,15 @@ class RDropTrainerMixin:
         schedule = rdrop_step(self.state.global_step, alpha=self.rdrop_alpha,
                               every_k_steps=self.rdrop_every_k_steps,
                               alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
-        m = self.rdrop_num_passes if schedule.active else 1
+        step, call = self._rdrop_training_step(model, unwrapped, inputs, labels, shift_labels,
+                                               owner)
+        plan = step.plan(schedule)
+        m = plan.passes
         # One forward over m copies (rdrop.batching's rule: dim 0, or the tokens of a pack, with
-        # cu_seq_lens_q/k offset and seq_idx renumbered).
-        _, batch, layout = concat_inputs((), inputs, m)
-        check_packed_batch(unwrapped, batch, layout, owner)
-        shift = self._shifts_labels(unwrapped)
-        if self.rdrop_fused_linear:
-            if not self._rdrop_first_step_checked:
-                check_fused_head(unwrapped, inputs,
-                                 layout.batch_size, half_precision=self._half_precision())
-            outputs, hidden = forward_hidden(model, unwrapped, batch, layout)
-            passes, target = align(hidden, labels, shift_labels, shift)
-            out = fused_loss(unwrapped, passes, target, alpha=schedule.alpha,
-                             label_smoothing=self.args.label_smoothing_factor,
-                             num_items_in_batch=num_items_in_batch,
-                             chunk_size=self.rdrop_chunk_size)
-        else:
-            outputs = model(**batch)
-            passes, target = align(split_logits(outputs, layout, owner), labels, shift_labels,
-                                   shift)
-            out = logits_loss(passes, target, alpha=schedule.alpha,
-                              consistency=self.rdrop_consistency,
-                              label_smoothing=self.args.label_smoothing_factor,
-                              num_items_in_batch=num_items_in_batch)
+        # cu_seq_lens_q/k offset and seq_idx renumbered), by rdrop.step like every entry point.
+        result = step.run(call, (), inputs, labels, plan,
+                          num_items_in_batch=first_count(num_items_in_batch), module=unwrapped)
+        out, passes, target = result.out, result.passes, result.target
         self._rdrop_first_step_checked = True
         scale = self._loss_scale() if num_items_in_batch is not None else 1
         # Normalized by num_items_in_batch: already scaled for accumulation. Otherwise a per-batch
@@ -246,7 +228,43 @@ class RDropTrainerMixin:
         loss = out.loss * scale
         if not return_outputs:
             return loss
-        return loss, layout.split_output(outputs)[0] if m > 1 else outputs
+        return loss, result.first_output()
+
+    def _rdrop_training_step(self, model: nn.Module, unwrapped: nn.Module,
+                             inputs: dict[str, Any], labels: Tensor,
+                             shift_labels: Tensor | None, owner: str
+                             ) -> tuple[TrainingStep, Callable[..., Any]]:
+        """This batch's :class:`rdrop.step.TrainingStep` and what it calls for a forward: the
+        trainer's loss (logits, or the fused output layer), the causal shift, and the
+        packed-batch (and, at the first fused step, output layer) checks. The batch comes from
+        the collator, every tensor batched along dim 0, so the wrapper's once-only input check
+        is not run."""
+        shift = self._shifts_labels(unwrapped)
+        smoothing = self.args.label_smoothing_factor
+        first_step = not self._rdrop_first_step_checked
+
+        def check_batch(_: tuple[Any, ...], batch: dict[str, Any],
+                        layout: ConcatLayout | None) -> None:
+            check_packed_batch(unwrapped, batch, layout, owner)
+            if self.rdrop_fused_linear and first_step:
+                b = layout.batch_size if layout is not None else batch_size_of(inputs)
+                check_fused_head(unwrapped, inputs, b, half_precision=self._half_precision())
+
+        loss: PassLoss
+        if self.rdrop_fused_linear:
+            capture = HiddenCapture(model, unwrapped)
+            loss = FusedLoss(unwrapped, label_smoothing=smoothing,
+                             chunk_size=self.rdrop_chunk_size)
+            call: Callable[..., Any] = capture
+            logits_fn: Callable[[Any], Tensor] = capture.hidden
+        else:
+            loss = logits_loss(labels, consistency=self.rdrop_consistency,
+                               label_smoothing=smoothing)
+            call, logits_fn = model, lambda outputs: logits_of(outputs, owner)
+        step = TrainingStep(num_passes=self.rdrop_num_passes, loss=loss, logits_fn=logits_fn,
+                            check_inputs=False, check_batch=check_batch,
+                            align=lambda p, t: align(p, t, shift_labels, shift))
+        return step, call
 
     def _rdrop_observe(self, model: nn.Module, inputs: dict[str, Any], first_pass: Tensor,
                        target: Tensor) -> None:
