@@ -21,6 +21,7 @@ from torch import Tensor
 __all__ = [
     "CONSISTENCIES",
     "REDUCTIONS",
+    "STEP_CONSISTENCIES",
     "check_alpha",
     "check_chunk_size",
     "check_consistency",
@@ -34,6 +35,9 @@ __all__ = [
 
 REDUCTIONS = ("mean", "sum", "none")
 CONSISTENCIES = ("kl", "js", "mse")
+# What a training step compares (RDrop, the trainers, Lightning): CONSISTENCIES, and "bernoulli"
+# for multi-label sigmoid heads (rdrop.multilabel: BCE task terms, per-label Bernoulli KL).
+STEP_CONSISTENCIES = (*CONSISTENCIES, "bernoulli")
 
 
 def _is_int(value: object) -> bool:
@@ -94,21 +98,27 @@ def check_reduction(reduction: str, *, name: str = "reduction") -> str:
     return reduction
 
 
-def check_consistency(consistency: str, *, name: str = "consistency") -> str:
-    """Check ``consistency`` is one of :data:`CONSISTENCIES` (``"kl"``, ``"js"``, ``"mse"``).
+def check_consistency(consistency: str, *, name: str = "consistency",
+                      allowed: tuple[str, ...] = CONSISTENCIES) -> str:
+    """Check ``consistency`` is one of ``allowed``: :data:`CONSISTENCIES` (``"kl"``, ``"js"``,
+    ``"mse"``) for the softmax/regression losses, :data:`STEP_CONSISTENCIES` (also
+    ``"bernoulli"``, multi-label heads) for a training step.
 
     Raises:
         ValueError: any other value.
 
     Example:
-        >>> from rdrop.argchecks import check_consistency
-        >>> check_consistency("js")
-        'js'
+        >>> from rdrop.argchecks import STEP_CONSISTENCIES, check_consistency
+        >>> check_consistency("js"), check_consistency("bernoulli", allowed=STEP_CONSISTENCIES)
+        ('js', 'bernoulli')
     """
-    if not isinstance(consistency, str) or consistency not in CONSISTENCIES:
+    if not isinstance(consistency, str) or consistency not in allowed:
+        multilabel = ("; 'bernoulli' for multi-label sigmoid heads" if "bernoulli" in allowed
+                      else "; for multi-label sigmoid heads use rdrop.multilabel_rdrop_loss"
+                      if consistency == "bernoulli" else "")
         raise ValueError(
-            f"{name} must be one of {CONSISTENCIES}, got {consistency!r} ('kl' is the paper's "
-            "symmetric KL, 'js' Jensen-Shannon, 'mse' for regression heads)."
+            f"{name} must be one of {allowed}, got {consistency!r} ('kl' is the paper's "
+            f"symmetric KL, 'js' Jensen-Shannon, 'mse' for regression heads{multilabel})."
         )
     return consistency
 
@@ -296,10 +306,12 @@ def check_loss_combination(
         >>> check_loss_combination(consistency="kl", reduction="mean", label_smoothing=0.1,
         ...                        chunk_size=4096)
     """
-    if consistency == "mse" and label_smoothing != 0:
+    if consistency in ("mse", "bernoulli") and label_smoothing != 0:
+        what = ("regression targets have no classes to smooth" if consistency == "mse" else
+                "multi-label targets are 0/1 per label: smooth them in the target instead")
         raise ValueError(
-            f"label_smoothing={label_smoothing} does not apply to consistency='mse' (regression "
-            "targets have no classes to smooth); use label_smoothing=0."
+            f"label_smoothing={label_smoothing} does not apply to consistency={consistency!r} "
+            f"({what}); use label_smoothing=0."
         )
     if chunk_size is not None and (num_passes != 2 or consistency != "kl" or reduction == "none"):
         raise ValueError(

@@ -151,7 +151,7 @@ def lora_dropout_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             and "ParamWrapper" not in type(m).__name__]
 
 
-def _noise_advice(model: nn.Module) -> str:
+def _noise_advice(model: nn.Module, option: str) -> str:
     # What noise= (rdrop.noise) could use in this model: named so the user can pick one.
     found = []
     embedding = input_embedding(model)
@@ -164,7 +164,7 @@ def _noise_advice(model: nn.Module) -> str:
         found.append("LoRA layers")
     has = ("; this model has " + ", ".join(found)) if found else (
         "; this model has none of these (no input embedding, dropout slot or LoRA layer)")
-    return ("Or give R-Drop another source of randomness with noise=: 'embedding:5' "
+    return (f"Or give R-Drop another source of randomness with {option}=: 'embedding:5' "
             "(NEFTune-style uniform noise on the input embeddings), 'dropout:0.1' (the model's "
             "own dropout slots switched on at 0.1 for training), 'lora:0.1' (PEFT LoRA dropout)"
             + has + ".")
@@ -177,7 +177,7 @@ def _config_dropout_keys(config: Any) -> list[str]:
                   if "dropout" in k and isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
-def no_dropout_advice(model: nn.Module) -> str:
+def no_dropout_advice(model: nn.Module, option: str = "noise") -> str:
     """How to give *this* model dropout, for the warning that it has none.
 
     Recognizes PEFT LoRA models (modules with ``lora_dropout``), timm models (defined in a
@@ -186,6 +186,8 @@ def no_dropout_advice(model: nn.Module) -> str:
 
     Args:
         model: the model that has no active dropout.
+        option: the name of the noise option where the advice is read (``noise`` for
+            :class:`rdrop.RDrop`, ``rdrop_noise`` for the trainers).
 
     Returns:
         Sentences naming the setting to change, then the ``noise=`` options
@@ -196,7 +198,7 @@ def no_dropout_advice(model: nn.Module) -> str:
         >>> no_dropout_advice(nn.Linear(2, 2)).split(". Or")[0]
         'Add dropout (nn.Dropout) to the model or raise its rate'
     """
-    return f"{_dropout_setting_advice(model)} {_noise_advice(model)}"
+    return f"{_dropout_setting_advice(model)} {_noise_advice(model, option)}"
 
 
 def _dropout_setting_advice(model: nn.Module) -> str:

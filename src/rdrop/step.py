@@ -61,9 +61,11 @@ from torch import Tensor, nn
 from rdrop.batching import ConcatLayout, InputName, concat_inputs, extract_logits
 from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, single_pass_loss
 from rdrop.inspection import batchnorm_layers
+from rdrop.multilabel import MultiLabelLoss
 from rdrop.schedule import RDropStep
 
-__all__ = ["MODES", "LogitsLoss", "PassLoss", "PassPlan", "StepResult", "TrainingStep", "eager"]
+__all__ = ["MODES", "LogitsLoss", "PassLoss", "PassPlan", "StepResult", "TrainingStep", "eager",
+           "pass_loss"]
 
 MODES = ("concat", "twice")
 
@@ -158,6 +160,24 @@ class LogitsLoss:
                                     **kwargs)
         return RDropOutput(out.task_loss + alpha * out.consistency_loss, out.task_loss,
                            out.consistency_loss)
+
+
+def pass_loss(consistency: str = "kl", *, ignore_index: int = -100,
+              label_smoothing: float = 0.0, reduction: str = "mean",
+              chunk_size: int | None = None, check_finite: bool = True) -> PassLoss:
+    """The step's loss for a head: :class:`rdrop.multilabel.MultiLabelLoss` (BCE task terms,
+    per-label Bernoulli KL) for ``consistency="bernoulli"``, :class:`LogitsLoss` otherwise.
+    The one place an entry point's ``consistency`` picks the head's loss.
+
+    Example:
+        >>> type(pass_loss("bernoulli")).__name__, type(pass_loss("kl")).__name__
+        ('MultiLabelLoss', 'LogitsLoss')
+    """
+    if consistency == "bernoulli":
+        return MultiLabelLoss(reduction=reduction, check_finite=check_finite)
+    return LogitsLoss(consistency=consistency, ignore_index=ignore_index,
+                      label_smoothing=label_smoothing, reduction=reduction,
+                      chunk_size=chunk_size, check_finite=check_finite)
 
 
 @dataclass(frozen=True)

@@ -201,9 +201,12 @@ class CommonConfig:
         try:
             from rdrop.noise import parse_noise
 
-            parse_noise(self.noise)
+            noise = parse_noise(self.noise)
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
+        if self.pass_dropouts and noise.kind == "dropout" and noise.rate is not None:
+            raise ConfigError(f"pass_dropouts sets each pass's dropout rate; noise={self.noise} "
+                              "sets one rate for all passes. Use one of them.")
         if self.rdrop_mode not in ("concat", "twice"):
             raise ConfigError(f"rdrop_mode must be concat or twice, got {self.rdrop_mode!r}.")
         if self.chunk_size is not None and self.chunk_size < 1:

@@ -8,11 +8,13 @@ from typing import Any
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from rdrop.argchecks import (
+    STEP_CONSISTENCIES,
     check_alpha,
     check_chunk_size,
     check_consistency,
     check_positive_int,
 )
+from rdrop.noise import parse_noise
 
 __all__ = [
     "DEFAULTS",
@@ -25,7 +27,7 @@ __all__ = [
 # The R-Drop options of the trainers, by the name they have without the ``rdrop_`` prefix.
 DEFAULTS: dict[str, Any] = {"alpha": 1.0, "num_passes": 2, "every_k_steps": 1,
                             "alpha_warmup_steps": 0, "consistency": None,
-                            "fused_linear": False, "chunk_size": 1024}
+                            "fused_linear": False, "chunk_size": 1024, "noise": "dropout"}
 
 
 def validate_rdrop_options(options: dict[str, Any]) -> None:
@@ -44,10 +46,15 @@ def validate_rdrop_options(options: dict[str, Any]) -> None:
     consistency = options["consistency"]
     if consistency is not None:
         try:
-            check_consistency(consistency, name="rdrop_consistency")
+            check_consistency(consistency, name="rdrop_consistency", allowed=STEP_CONSISTENCIES)
         except ValueError as err:
-            raise ValueError(f"{err} Or None (automatic: 'mse' for regression heads, 'kl' "
-                             "otherwise).") from None
+            raise ValueError(f"{err} Or None (automatic: 'bernoulli' for a config's "
+                             "problem_type='multi_label_classification', 'mse' for regression "
+                             "heads, 'kl' otherwise).") from None
+    try:
+        parse_noise(options["noise"])
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"rdrop_{err}") from None
     fused = options["fused_linear"]
     if not isinstance(fused, bool):
         raise TypeError(f"rdrop_fused_linear must be a bool, got {type(fused).__name__}.")
@@ -109,6 +116,13 @@ class RDropArgumentsMixin:
         default=1024,
         metadata={"help": "Rows (tokens) per chunk of the fused loss (rdrop_fused_linear)."},
     )
+    rdrop_noise: str = field(
+        default="dropout",
+        metadata={"help": "Where the passes' randomness comes from (rdrop.noise): 'dropout' "
+                          "(the model's own), 'embedding:5' (NEFTune-style embedding noise), "
+                          "'dropout:0.1' (the model's dropout slots switched on at 0.1), "
+                          "'lora:0.1' (PEFT LoRA dropout). Training passes only."},
+    )
 
     def rdrop_options(self) -> dict[str, Any]:
         """The ``rdrop_...`` fields keyed as :data:`DEFAULTS`."""
@@ -130,10 +144,14 @@ class RDropTrainingArguments(RDropArgumentsMixin, TrainingArguments):
         rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1: every step).
         rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
             (default 0), by :func:`rdrop.schedule.rdrop_step`.
-        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"`` or ``None`` (automatic).
+        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"``, ``"bernoulli"`` or ``None``
+            (automatic: ``"bernoulli"`` for ``problem_type="multi_label_classification"``,
+            ``"mse"`` for float labels, ``"kl"`` otherwise).
         rdrop_fused_linear: language models only: fuse the output layer into the loss so the
             full logits are never built (default False; see :class:`RDropTrainer`).
         rdrop_chunk_size: tokens per chunk of the fused loss (default 1024).
+        rdrop_noise: the passes' randomness (default ``"dropout"``, the model's own; see
+            :mod:`rdrop.noise`: ``"embedding:5"``, ``"dropout:0.1"``, ``"lora:0.1"``).
         **kwargs: everything ``TrainingArguments`` takes.
 
     Raises:
