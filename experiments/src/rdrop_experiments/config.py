@@ -46,6 +46,9 @@ RDROP_FIELDS = (
     "rdrop_mode",
     "alpha_warmup_steps",
     "chunk_size",
+    "second_pass_fraction",
+    "start_step",
+    "auto_start_patience",
 )
 # Fields that say which runs to do, not how one run goes: excluded from a run's identity.
 NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress", "device",
@@ -54,7 +57,7 @@ NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress"
 # default, so every earlier record keeps its key (a test recomputes the keys of results/). A new
 # field that changes how a run goes is appended here.
 LATE_FIELDS = ("eval_every_epochs", "patience_epochs", "stop_margin", "max_sample_pass_epochs",
-               "noise")
+               "second_pass_fraction", "start_step", "auto_start_patience", "noise")
 
 C = TypeVar("C", bound="CommonConfig")
 
@@ -87,6 +90,15 @@ class CommonConfig:
             ``lora:P``.
         rdrop_mode: ``"concat"`` (one forward over ``[x; x]``) or ``"twice"``.
         alpha_warmup_steps: linear alpha warm-up for the R-Drop arm (0 = none).
+        second_pass_fraction: the second pass (and the consistency term) on the first
+            ``ceil(r * B)`` rows of each batch only (``rdrop.RDrop(second_pass_fraction=)``);
+            1.0 = every row (full R-Drop).
+        start_step: plain single-pass steps before this optimizer step, R-Drop from it on
+            (``rdrop.RDrop(start_step=)``; 0 = from the start).
+        auto_start_patience: when > 0, R-Drop starts by :class:`rdrop.autostart.AutoStart`:
+            after this many evaluation points without a better validation metric (the run's
+            selection metric; validation only), from the next optimizer step on. The
+            protocol's own patience then counts again from the switch.
         chunk_size: rows per chunk of the R-Drop loss (``rdrop_loss(chunk_size=...)``: the same
             values at a fraction of the memory; for large LM vocabularies). None = unchunked.
         max_steps: optimizer steps per run at most (a safety stop; the protocol stops on
@@ -131,6 +143,9 @@ class CommonConfig:
     consistency: str = "kl"
     rdrop_mode: str = "concat"
     alpha_warmup_steps: int = 0
+    second_pass_fraction: float = 1.0
+    start_step: int = 0
+    auto_start_patience: int = 0
     chunk_size: int | None = None
     noise: str = "dropout"
     max_steps: int = 1000
@@ -216,6 +231,12 @@ class CommonConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}.")
         if self.warmup_steps < 0 or self.alpha_warmup_steps < 0:
             raise ConfigError("warmup_steps and alpha_warmup_steps must be >= 0.")
+        if not 0.0 < self.second_pass_fraction <= 1.0:
+            raise ConfigError(f"second_pass_fraction must lie in (0, 1], got "
+                              f"{self.second_pass_fraction}.")
+        if self.start_step and self.auto_start_patience:
+            raise ConfigError("start_step and auto_start_patience both choose when R-Drop "
+                              "starts; set one of them (the other 0).")
 
     @property
     def seed_list(self) -> list[int]:

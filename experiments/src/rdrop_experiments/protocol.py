@@ -28,12 +28,13 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from rdrop.schedule import rdrop_step
+from rdrop_experiments.compute import ComputeMeter, step_passes_of
 
 __all__ = ["ProtocolOutcome", "is_better", "passed_optimum", "protocol_grid",
            "quality_at_compute", "step_cost", "stopping_schedule", "train_until_patience"]
@@ -118,15 +119,17 @@ class ProtocolOutcome:
     test_evaluations: int
     selection_metric: str = ""
     selection_higher_is_better: bool = True
+    compute: dict[str, Any] = field(default_factory=dict)
 
     def record_fields(self) -> dict[str, Any]:
-        """The protocol's fields for a run record (``selection``, ``best_step``, ...)."""
+        """The protocol's fields for a run record (``selection``, ``best_step``, ...; the
+        ``forward_ratio`` behind ``fb_equivalents``, :mod:`rdrop_experiments.compute`)."""
         return {"selection": "best_valid", "best_step": self.best_step,
                 "best_sample_passes": self.best_sample_passes, "best_valid": self.best_valid,
                 "stop_reason": self.stop_reason, "steps": self.steps,
                 "sample_passes": self.sample_passes, "test_evaluations": self.test_evaluations,
                 "selection_metric": self.selection_metric,
-                "selection_higher_is_better": self.selection_higher_is_better}
+                "selection_higher_is_better": self.selection_higher_is_better, **self.compute}
 
 
 def stopping_schedule(cfg: Any, batch_size: int, n_train: int) -> tuple[int, int, int]:
@@ -272,6 +275,8 @@ def train_until_patience(
         batches.load_state_dict(saved["batches"])
         set_rng_state(saved["rng"])
         loop = saved["loop"]
+    meter = ComputeMeter(model)  # fb_equivalents of every step (rdrop_experiments.compute)
+    meter.load_state_dict(loop.setdefault("compute", meter.state_dict()))
     stop_reason = "max_steps"
     start = time.perf_counter() - loop["elapsed"]
     last_save = time.perf_counter()
@@ -292,9 +297,10 @@ def train_until_patience(
                 nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             optimizer.step()
             scheduler.step()
-            fwd, bwd = step_cost(cfg, method, batch_size, step - 1)
-            loop["passes"] += fwd
-            loop["backward"] += bwd
+            grad, no_grad = step_passes_of(step_fn, step_cost(cfg, method, batch_size, step - 1))
+            meter.add(args, target, passes=(grad, no_grad))
+            loop["passes"] += grad + no_grad
+            loop["backward"] += grad
         running["loss"] += loss_value
         running["task"] += out.task_loss.item()
         running["consistency"] += out.consistency_loss.item()
@@ -314,6 +320,8 @@ def train_until_patience(
             loop["test_evals"] += 1
         else:
             loop["since_best"] += 1
+        if hasattr(step_fn, "observe_validation") and step_fn.observe_validation(value, step):
+            loop["since_best"] = 0  # R-Drop switched on (automatic start): patience restarts
         if diverged and loop["best"] is None:  # never a valid point: the result is this one
             loop.update(best_step=step, best_passes=loop["passes"])
             loop["test"] = {k: float(v) for k, v in evaluate("test").items()}
@@ -323,7 +331,7 @@ def train_until_patience(
         loop["curves"].append({
             "step": step, "epoch": step * batch_size / max(1, n_train),
             "sample_passes": loop["passes"], "backward_passes": loop["backward"],
-            "train_loss": float(train.get("loss", math.nan)),
+            **meter.point(), "train_loss": float(train.get("loss", math.nan)),
             **{f"train_{k}": float(v) for k, v in train.items() if k != "loss"},
             **{f"valid_{k}": float(v) for k, v in valid.items()},
             "best_valid": float(best) if best is not None else math.nan,
@@ -334,6 +342,7 @@ def train_until_patience(
             "wall_s": round(time.perf_counter() - start, 2),
         })
         running = loop["running"] = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}
+        loop["compute"] = meter.state_dict()
         bar.set_postfix(valid=f"{value:.4g}", best=f"{best:.4g}" if best else "")
         if diverged:
             stop_reason = "diverged"
@@ -361,7 +370,8 @@ def train_until_patience(
                            test=loop["test"], stop_reason=stop_reason, steps=step,
                            sample_passes=loop["passes"], test_evaluations=loop["test_evals"],
                            selection_metric=f"valid_{metric}",
-                           selection_higher_is_better=higher_is_better)
+                           selection_higher_is_better=higher_is_better,
+                           compute=meter.record_fields())
 
 
 def quality_at_compute(curves: list[Mapping[str, float]], key: str, budget: float) -> float:

@@ -8,12 +8,20 @@ The questions, pre-registered in ``docs/EXPERIMENTS.md`` ("Second protocol"):
 2. *Best quality.* Test metric at each run's best-validation checkpoint, chosen point of each
    arm, paired by seed: ``rdrop - baseline`` (primary), ``rdrop_alpha0 - baseline``,
    ``rdrop - rdrop_alpha0`` and ``rdrop_stop_gradient - baseline`` where run.
-3. *Equal compute.* For seed :math:`s` let :math:`E_s` be the sample passes the chosen baseline
-   run used until it stopped. Each other arm's value is the test metric of its
-   best-validation-so-far checkpoint after :math:`E_s` sample passes
-   (:func:`rdrop_experiments.protocol.quality_at_compute`), paired with the baseline's.
-4. *Compute to the best.* Per seed, the arm's sample passes at its best-validation checkpoint
-   over the baseline's; the geometric mean over seeds.
+3. *Equal compute.* For seed :math:`s` let :math:`E_s` be the compute the chosen baseline run
+   used until it stopped. Each other arm's value is the test metric of its
+   best-validation-so-far checkpoint within :math:`E_s`
+   (:func:`rdrop_experiments.frontier.quality_at_fb`), paired with the baseline's.
+4. *Compute to the best.* Per seed, the arm's compute at its best-validation checkpoint over
+   the baseline's; the geometric mean over seeds.
+
+Compute is counted in forward+backward equivalents (``fb_equivalents``,
+:mod:`rdrop_experiments.compute`): a forward without backward (the stop-gradient arm's target
+pass) counts the measured ratio ``f`` of a forward's time to a forward+backward's, read from the
+family's records (1, the earlier sample-pass reading, when no record measured it). An *arm* is a
+method plus the schedule options it sets (:func:`rdrop_experiments.frontier.arm_name`), each
+compared with the baseline at its best and at equal compute; the family's frontier and
+recommendation come from :mod:`rdrop_experiments.frontier`.
 
 Holm's correction runs over all comparisons of a family (2 and 3). Differences are
 ``arm - baseline`` in the metric's own units (x100 for [0, 1] metrics), so for perplexity a
@@ -34,7 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rdrop_experiments.protocol import quality_at_compute
+from rdrop_experiments.frontier import (
+    arm_name,
+    family_forward_ratio,
+    fb_at_best,
+    fb_used,
+    frontier_markdown,
+    plot_frontier,
+    quality_at_fb,
+)
 from rdrop_experiments.stats import (
     PairedDiff,
     display_scale,
@@ -142,6 +158,8 @@ class FamilyVerdict:
     compute_to_best: dict[str, float]
     equal_budget: dict[int, float]
     baseline_past_optimum: tuple[int, int]
+    forward_ratio: float = 1.0
+    forward_ratio_measured: bool = False
 
 
 def _choose(method: str, records: list[dict[str, Any]]) -> Arm:
@@ -178,22 +196,31 @@ def build_verdicts(records: Sequence[dict[str, Any]]) -> list[FamilyVerdict]:
     for name, recs in sorted(by_exp.items()):
         higher = bool(recs[0]["higher_is_better"])
         scale = display_scale(recs[0]["metric"])[0]
-        arms = {m: _choose(m, [r for r in recs if r["method"] == m])
-                for m in ARMS if any(r["method"] == m for r in recs)}
+        names = {arm_name(r) for r in recs}
+        order = [m for m in ARMS if m in names] + sorted(names - set(ARMS))
+        arms = {m: _choose(m, [r for r in recs if arm_name(r) == m]) for m in order}
         if "baseline" not in arms:
             continue
+        # Compute in forward+backward equivalents; without a measured forward ratio a forward
+        # counts as a whole sample pass (the earlier, conservative reading).
+        f = family_forward_ratio(recs)
+        measured = math.isfinite(f)
+        f = f if measured else 1.0
         base = arms["baseline"].runs
-        budget = {s: float(field(r, "sample_passes")) for s, r in base.items()}
+        budget = {s: fb_used(r, f) for s, r in base.items()}
         key = f"test_{recs[0]['metric']}"
+        extra = [(f"{m} - baseline, {word}", m, "baseline", kind) for m in arms
+                 if m not in ARMS for word, kind in (("best", "best"),
+                                                     ("equal compute", "equal"))]
         comparisons = []
-        for cname, arm, ref, kind in COMPARISONS:
+        for cname, arm, ref, kind in (*COMPARISONS, *extra):
             if arm not in arms or ref not in arms:
                 continue
             a, b = arms[arm].runs, arms[ref].runs
             if kind == "best":
                 va = {s: scale * float(r["value"]) for s, r in a.items()}
             else:
-                va = {s: scale * quality_at_compute(r["curves"], key, budget[s])
+                va = {s: scale * quality_at_fb(r["curves"], key, budget[s], f)
                       for s, r in a.items() if s in budget}
             vb = {s: scale * float(r["value"]) for s, r in b.items()}
             comparisons.append(Comparison(cname, kind, paired_difference(vb, va)))
@@ -201,12 +228,11 @@ def build_verdicts(records: Sequence[dict[str, Any]]) -> list[FamilyVerdict]:
             c.p_holm = p
         ratios = {}
         for m, arm in arms.items():
-            ratios[m] = _geo_mean([float(field(r, "best_sample_passes")) /
-                                   float(field(base[s], "best_sample_passes"))
+            ratios[m] = _geo_mean([fb_at_best(r, f) / fb_at_best(base[s], f)
                                    for s, r in arm.runs.items() if s in base])
         past = sum(field(r, "stop_reason") == "patience" for r in base.values())
         out.append(FamilyVerdict(name, recs[0]["metric"], higher, scale, arms, comparisons,
-                                 ratios, budget, (past, len(base))))
+                                 ratios, budget, (past, len(base)), f, measured))
     return out
 
 
@@ -233,8 +259,8 @@ def verdict_line(v: FamilyVerdict) -> str:
     point = v.arms["rdrop"].chosen
     text = (f"{v.experiment}: R-Drop ({point}, chosen on validation) changes the best test "
             f"{v.metric} by {_f(d.mean)} [{_f(d.low)}, {_f(d.high)}] (Holm p {_p(best.p_holm)}, "
-            f"{d.n} seeds) and needs {_v(v.compute_to_best['rdrop'])}x the baseline's sample "
-            f"passes to reach its best")
+            f"{d.n} seeds) and needs {_v(v.compute_to_best['rdrop'])}x the baseline's compute "
+            f"(forward+backward equivalents) to reach its best")
     if equal is not None:
         e = equal.diff
         text += (f"; at the baseline's compute it is {_f(e.mean)} [{_f(e.low)}, {_f(e.high)}] "
@@ -338,15 +364,17 @@ def verdict_markdown(verdicts: Sequence[FamilyVerdict],
                          f"{'higher' if v.higher_is_better else 'lower'} is better) | {c.name} "
                          f"| {d.n} | {_f(d.mean)} [{_f(d.low)}, {_f(d.high)}] | "
                          f"{_p(d.p_value)} | {_p(c.p_holm)} |")
-    lines += ["", "Equal compute: each seed's budget is the sample passes the chosen baseline "
-              "run used until it stopped; the other arm's value is its test metric at its "
-              "best-validation-so-far checkpoint within that budget.", ""]
+    lines += ["", "Equal compute: each seed's budget is the compute (forward+backward "
+              "equivalents) the chosen baseline run used until it stopped; the other arm's "
+              "value is its test metric at its best-validation-so-far checkpoint within that "
+              "budget.", "", frontier_markdown(verdicts)]
     return "\n".join(lines)
 
 
 def plot_compute(v: FamilyVerdict, path: Path) -> None:
-    """Test metric of the best-validation-so-far checkpoint against training sample passes,
-    mean over seeds, one line per arm (its chosen point); a marker where each run stopped."""
+    """Test metric of the best-validation-so-far checkpoint against training compute (forward+
+    backward equivalents), mean over seeds, one line per arm (its chosen point); a marker where
+    each run stopped."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -356,20 +384,21 @@ def plot_compute(v: FamilyVerdict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for m, arm in v.arms.items():
         runs = list(arm.runs.values())
-        xs = sorted({float(c["sample_passes"]) for r in runs for c in r["curves"]})
+        f = v.forward_ratio
+        xs = sorted({fb_used({"curves": [c]}, f) for r in runs for c in r["curves"]})
         ys = []
         for x in xs:
-            vals = [quality_at_compute(r["curves"], key, x) for r in runs]
+            vals = [quality_at_fb(r["curves"], key, x, f) for r in runs]
             ys.append(math.nan if any(math.isnan(y) for y in vals)
                       else v.scale * sum(vals) / len(vals))
         line, = ax.plot(xs, ys, label=f"{m} ({arm.chosen}, {len(runs)} seeds)",
                         drawstyle="steps-post")
-        stops = [float(field(r, "sample_passes")) for r in runs]
+        stops = [fb_used(r, f) for r in runs]
         ax.plot(stops, [ys[xs.index(s)] if s in xs else math.nan for s in stops], "|",
                 color=line.get_color(), markersize=12)
     unit = " (%)" if v.scale == 100 else ""
-    ax.set_xlabel("training sample passes (forward+backward of one sample = 1; "
-                  "R-Drop step over B = 2B)", fontsize=8)
+    ax.set_xlabel("training compute, forward+backward equivalents (one sample = 1; a forward "
+                  f"without backward = {v.forward_ratio:.2f})", fontsize=8)
     better = "higher" if v.higher_is_better else "lower"
     ax.set_ylabel(f"test {v.metric}{unit} at best-valid checkpoint so far\n({better} is better)",
                   fontsize=9)
@@ -385,7 +414,8 @@ def plot_compute(v: FamilyVerdict, path: Path) -> None:
 
 def verdict_report(records: Sequence[dict[str, Any]], out: str | Path, *,
                    plots: bool = True) -> str:
-    """Write ``verdict.md``, ``verdict.csv`` and ``plots/compute-<family>.png`` under ``out``
+    """Write ``verdict.md``, ``verdict.csv``, ``plots/compute-<family>.png`` and
+    ``plots/frontier-<family>.png`` under ``out``
     for the second-protocol records among ``records``; return the markdown ('' if none)."""
     verdicts = build_verdicts(records)
     diverged = [r for r in records if is_protocol_record(r) and is_diverged(r)]
@@ -401,8 +431,11 @@ def verdict_report(records: Sequence[dict[str, Any]], out: str | Path, *,
     if plots:
         for v in verdicts:
             plot_compute(v, out / "plots" / f"compute-{v.experiment}.png")
-        text += "\n" + "\n".join(f"![{v.experiment}](plots/compute-{v.experiment}.png)"
-                                 for v in verdicts) + "\n"
+            plot_frontier(v, out / "plots" / f"frontier-{v.experiment}.png")
+        text += "\n" + "\n".join(
+            f"![{v.experiment}](plots/compute-{v.experiment}.png) "
+            f"![{v.experiment} frontier](plots/frontier-{v.experiment}.png)"
+            for v in verdicts) + "\n"
     (out / "verdict.md").write_text(text)
     with open(out / "verdict.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -1,0 +1,368 @@
+r"""The quality/compute frontier of a family: what each arm buys, and at which compute.
+
+Compute is ``fb_equivalents`` (:mod:`rdrop_experiments.compute`: a forward+backward of one
+sample = 1, a forward without backward = the measured ratio ``f``); records written before it
+existed are read with :func:`rdrop_experiments.compute.fb_of_point` and the family's ``f``
+(the median ``forward_ratio`` of its records that measured it).
+
+Per arm, at its grid point chosen on validation (:mod:`rdrop_experiments.verdict`), over seeds:
+
+* **best quality**: the test metric at the best-validation checkpoint, mean and 95% t interval;
+* **compute to best**: per seed, the arm's ``fb`` at its best-validation checkpoint over the
+  baseline's (same seed); geometric mean and the t interval of the mean log ratio;
+* **compute to the baseline's best**: per seed, the ``fb`` at which the arm's
+  best-validation-so-far checkpoint first tests at least as well as the baseline's best (same
+  seed), over the baseline's compute to its best; seeds that never get there are counted apart;
+* **quality at the baseline's compute**: the arm's test metric at its best-validation-so-far
+  checkpoint within the ``fb`` the baseline used until it stopped, minus the baseline's, paired
+  by seed (these are comparisons of the verdict, with their Holm p).
+
+An arm is a method plus the schedule options it sets (:func:`arm_name`): ``rdrop+fraction`` is
+``rdrop`` with ``second_pass_fraction < 1``, ``rdrop+auto_start`` uses
+:class:`rdrop.autostart.AutoStart`. **The recommendation** of a family is the arm with the
+smallest compute to best among those that keep at least 80% of full R-Drop's best-quality gain
+(mean difference to the baseline), and whether any arm beats the tuned baseline at the
+baseline's compute (Holm p < 0.05, in the better direction).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rdrop_experiments.compute import fb_of_point
+from rdrop_experiments.stats import t_quantile
+
+__all__ = ["FrontierRow", "arm_name", "compute_to_reach", "family_forward_ratio",
+           "fb_at_best", "fb_used", "frontier_markdown", "frontier_rows", "plot_frontier",
+           "quality_at_fb", "recommendation"]
+
+# (config field, its default, the tag an arm gets when the field differs from it)
+SCHEDULE_TAGS = (("auto_start_patience", 0, "auto_start"), ("start_step", 0, "start"),
+                 ("second_pass_fraction", 1.0, "fraction"))
+GAIN_KEPT = 0.8
+
+
+def arm_name(rec: Mapping[str, Any]) -> str:
+    """The arm of a record: its method, plus ``+tag`` for each schedule option it sets.
+
+    Example:
+        >>> arm_name({"method": "rdrop", "config": {"second_pass_fraction": 0.25}})
+        'rdrop+fraction'
+        >>> arm_name({"method": "rdrop_stop_gradient",
+        ...           "config": {"auto_start_patience": 2, "second_pass_fraction": 0.5}})
+        'rdrop_stop_gradient+auto_start+fraction'
+        >>> arm_name({"method": "baseline", "config": {}})
+        'baseline'
+    """
+    config = rec.get("config", {})
+    tags = [tag for key, default, tag in SCHEDULE_TAGS if config.get(key, default) != default]
+    return "+".join([str(rec["method"]), *tags])
+
+
+def family_forward_ratio(records: Sequence[Mapping[str, Any]]) -> float:
+    """The family's ``f``: the median ``forward_ratio`` of the records that measured it (NaN
+    when none did; then only records with ``fb_equivalents`` on their curves can be read)."""
+    values = []
+    for rec in records:
+        f = rec.get("forward_ratio", rec.get("extra", {}).get("forward_ratio"))
+        if isinstance(f, (int, float)) and math.isfinite(f):
+            values.append(float(f))
+    return statistics.median(values) if values else math.nan
+
+
+def _fb(point: Mapping[str, float], f: float) -> float:
+    if "fb_equivalents" in point:
+        return float(point["fb_equivalents"])
+    if float(point.get("backward_passes", point["sample_passes"])) == float(
+            point["sample_passes"]):
+        return float(point["sample_passes"])  # no forward without backward: f not needed
+    return fb_of_point(point, f)
+
+
+def quality_at_fb(curves: Sequence[Mapping[str, float]], key: str, budget: float,
+                  f: float) -> float:
+    """Test value ``key`` of the best-validation-so-far checkpoint within ``budget`` fb
+    (NaN before the first evaluation point), as
+    :func:`rdrop_experiments.protocol.quality_at_compute` does in sample passes.
+
+    Example:
+        >>> c = [{"fb_equivalents": 10, "test_acc": 0.5}, {"fb_equivalents": 20, "test_acc": 0.7}]
+        >>> quality_at_fb(c, "test_acc", 15, 0.3), quality_at_fb(c, "test_acc", 99, 0.3)
+        (0.5, 0.7)
+    """
+    value = math.nan
+    for point in curves:
+        if _fb(point, f) > budget:
+            break
+        value = float(point.get(key, math.nan))
+    return value
+
+
+def fb_at_best(rec: Mapping[str, Any], f: float) -> float:
+    """``fb`` at the record's best-validation checkpoint (its curve point at ``best_step``)."""
+    step = rec.get("best_step", rec.get("extra", {}).get("best_step"))
+    for point in rec["curves"]:
+        if step is not None and point.get("step") == step:
+            return _fb(point, f)
+    # a record whose curves carry no steps: its sample passes at the best checkpoint
+    passes = rec.get("best_sample_passes", rec.get("extra", {}).get("best_sample_passes"))
+    return float(passes) if passes is not None else math.nan
+
+
+def fb_used(rec: Mapping[str, Any], f: float) -> float:
+    """``fb`` the run used until it stopped (its last curve point)."""
+    return _fb(rec["curves"][-1], f) if rec["curves"] else math.nan
+
+
+def compute_to_reach(rec: Mapping[str, Any], key: str, target: float, higher_is_better: bool,
+                     f: float) -> float:
+    """The first ``fb`` at which the best-validation-so-far checkpoint tests at least as well
+    as ``target``; ``inf`` if it never does.
+
+    Example:
+        >>> rec = {"curves": [{"fb_equivalents": 5, "test_ppl": 9.0},
+        ...                   {"fb_equivalents": 9, "test_ppl": 7.5}]}
+        >>> compute_to_reach(rec, "test_ppl", 8.0, False, 0.3)
+        9.0
+        >>> compute_to_reach(rec, "test_ppl", 7.0, False, 0.3)
+        inf
+    """
+    for point in rec["curves"]:
+        value = float(point.get(key, math.nan))
+        if math.isfinite(value) and (value >= target if higher_is_better else value <= target):
+            return _fb(point, f)
+    return math.inf
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean (or geometric mean) with its 95% t interval over ``n`` seeds."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+
+
+def _interval(values: Sequence[float], *, log: bool = False) -> Interval:
+    vals = [v for v in values if math.isfinite(v) and (v > 0 or not log)]
+    if not vals:
+        return Interval(0, math.nan, math.nan, math.nan)
+    xs = [math.log(v) for v in vals] if log else vals
+    mean = sum(xs) / len(xs)
+    if len(xs) > 1:
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+        half = t_quantile(len(xs) - 1) * sd / math.sqrt(len(xs))
+    else:
+        half = math.nan
+    lo, hi = mean - half, mean + half
+    if log:
+        return Interval(len(xs), math.exp(mean), math.exp(lo), math.exp(hi))
+    return Interval(len(xs), mean, lo, hi)
+
+
+@dataclass(frozen=True)
+class FrontierRow:
+    """One arm on a family's frontier (values in report units; ratios x the baseline).
+
+    Attributes:
+        arm, chosen: the arm and its grid point chosen on validation.
+        quality: best test quality (mean, 95% CI).
+        fb_best: fb to the best-validation checkpoint (mean over seeds, absolute).
+        to_best: fb to best over the baseline's (geometric mean, CI).
+        to_baseline_best: fb to reach the baseline's best over the baseline's fb to its best
+            (geometric mean, CI over the seeds that reach it); ``reached`` of ``seeds``.
+        at_baseline: the arm minus the baseline at the baseline's compute (mean, CI, Holm p);
+            ``None`` for the baseline itself.
+        gain_kept: the arm's mean best-quality gain over full R-Drop's (``rdrop``'s).
+    """
+
+    arm: str
+    chosen: str
+    quality: Interval
+    fb_best: float
+    to_best: Interval
+    to_baseline_best: Interval
+    reached: int
+    seeds: int
+    at_baseline: tuple[float, float, float, float] | None
+    gain_kept: float
+
+
+def frontier_rows(v: Any) -> list[FrontierRow]:
+    """The frontier of one :class:`rdrop_experiments.verdict.FamilyVerdict`."""
+    key = f"test_{v.metric}"
+    f = v.forward_ratio
+    base = v.arms["baseline"].runs
+    base_best = {s: fb_at_best(r, f) for s, r in base.items()}
+    base_value = {s: float(r["value"]) for s, r in base.items()}
+    equal = {c.name.split(" - ")[0]: c for c in v.comparisons if c.kind == "equal"
+             and c.name.endswith("- baseline, equal compute")}
+    mean_base = sum(base_value.values()) / len(base_value)
+    full = v.arms.get("rdrop")
+    full_gain = (sum(float(r["value"]) for r in full.runs.values()) / len(full.runs) - mean_base
+                 if full is not None else math.nan)
+    if not _improves(full_gain, v.higher_is_better):
+        full_gain = math.nan  # no gain to keep: the share is undefined
+    rows = []
+    for name, arm in v.arms.items():
+        runs = arm.runs
+        values = [v.scale * float(r["value"]) for r in runs.values()]
+        to_best = [fb_at_best(r, f) / base_best[s] for s, r in runs.items() if s in base_best]
+        reach = [compute_to_reach(r, key, base_value[s], v.higher_is_better, f) / base_best[s]
+                 for s, r in runs.items() if s in base_value]
+        mean_arm = sum(float(r["value"]) for r in runs.values()) / len(runs)
+        cmp = equal.get(name)
+        at = None if cmp is None else (cmp.diff.mean, cmp.diff.low, cmp.diff.high, cmp.p_holm)
+        gain = (mean_arm - mean_base) / full_gain if full_gain and math.isfinite(full_gain) \
+            else math.nan
+        rows.append(FrontierRow(
+            arm=name, chosen=arm.chosen, quality=_interval(values),
+            fb_best=sum(fb_at_best(r, f) for r in runs.values()) / len(runs),
+            to_best=_interval(to_best, log=True), to_baseline_best=_interval(reach, log=True),
+            reached=sum(math.isfinite(x) for x in reach), seeds=len(reach), at_baseline=at,
+            gain_kept=gain))
+    return rows
+
+
+def recommendation(v: Any, rows: Sequence[FrontierRow] | None = None) -> str:
+    """The family's recommendation (see the module doc), one paragraph."""
+    rows = list(rows if rows is not None else frontier_rows(v))
+    by = {r.arm: r for r in rows}
+    if "rdrop" not in by:
+        return f"{v.experiment}: no full R-Drop arm, so no gain to keep."
+    full = by["rdrop"]
+    better = "higher" if v.higher_is_better else "lower"
+    keep = [r for r in rows if r.arm not in ("baseline", "rdrop_alpha0")
+            and math.isfinite(r.gain_kept) and r.gain_kept >= GAIN_KEPT]
+    gain = full.quality.mean - by["baseline"].quality.mean
+    text = [f"{v.experiment} ({v.metric}, {better} is better): full R-Drop's gain is "
+            f"{_d(gain)} at {_x(full.to_best.mean)} the baseline's compute to best."]
+    if not _improves(gain, v.higher_is_better):
+        text.append("Full R-Drop does not improve on the tuned baseline here, so there is no "
+                    "gain to keep.")
+    elif keep:
+        pick = min(keep, key=lambda r: (r.to_best.mean, r.arm))
+        text.append(
+            f"Cheapest arm keeping >= {GAIN_KEPT:.0%} of that gain: **{pick.arm}** "
+            f"({pick.chosen}): {pick.gain_kept:.0%} of the gain, best {v.metric} "
+            f"{_v(pick.quality.mean)} [{_v(pick.quality.low)}, {_v(pick.quality.high)}], "
+            f"compute to best {_x(pick.to_best.mean)} [{_x(pick.to_best.low)}, "
+            f"{_x(pick.to_best.high)}] the baseline's.")
+    else:
+        text.append(f"No arm keeps >= {GAIN_KEPT:.0%} of full R-Drop's gain.")
+    wins = [r for r in rows if r.at_baseline is not None and math.isfinite(r.at_baseline[3])
+            and r.at_baseline[3] < 0.05
+            and (r.at_baseline[0] > 0 if v.higher_is_better else r.at_baseline[0] < 0)]
+    if wins:
+        found = "; ".join(
+            f"{r.arm} {_d(r.at_baseline[0])} [{_d(r.at_baseline[1])}, {_d(r.at_baseline[2])}], "
+            f"Holm p {_p(r.at_baseline[3])}" for r in wins if r.at_baseline)
+        text.append(f"Beats the tuned baseline at the baseline's compute (Holm p < 0.05): "
+                    f"{found}.")
+    else:
+        best_eq = [r for r in rows if r.at_baseline is not None]
+        if best_eq:
+            top = (max if v.higher_is_better else min)(best_eq, key=lambda r: r.at_baseline[0])
+            assert top.at_baseline is not None
+            text.append(f"No arm beats the tuned baseline at the baseline's compute (best: "
+                        f"{top.arm} {_d(top.at_baseline[0])} [{_d(top.at_baseline[1])}, "
+                        f"{_d(top.at_baseline[2])}], Holm p {_p(top.at_baseline[3])}).")
+    return " ".join(text)
+
+
+def _improves(diff: float, higher_is_better: bool) -> bool:
+    return math.isfinite(diff) and (diff > 0 if higher_is_better else diff < 0)
+
+
+def _d(x: float) -> str:
+    return "nan" if not math.isfinite(x) else f"{x:+.2f}"
+
+
+def _v(x: float) -> str:
+    return "nan" if not math.isfinite(x) else f"{x:.2f}"
+
+
+def _x(x: float) -> str:
+    return "nan" if not math.isfinite(x) else f"{x:.2f}x"
+
+
+def _p(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else (f"{x:.3f}" if x >= 0.001 else "<0.001")
+
+
+def frontier_markdown(verdicts: Sequence[Any]) -> str:
+    """Per family: the frontier table, the recommendation and the plot's link."""
+    lines = ["### Quality/compute frontier (fb_equivalents; each arm at its point chosen on "
+             "validation)", "",
+             "Compute in forward+backward equivalents (a forward without backward = the "
+             "measured ratio f). Ratios are per seed over the baseline's compute to its best "
+             "(geometric mean [95% CI]); quality at the baseline's compute is arm - baseline "
+             "within the fb the baseline used until it stopped (Holm p over the family). "
+             "f=n/a: no record of the family measured f, a forward counts 1 (an upper bound "
+             "for the stop-gradient arm).", "",
+             "| family | arm | chosen | best test (95% CI) | fb to best | x baseline | "
+             "to reach baseline's best (x baseline; reached) | Δ at baseline's compute, Holm p "
+             "| share of R-Drop's gain |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        f = v.forward_ratio
+        rows = frontier_rows(v)
+        for r in rows:
+            at = "—" if r.at_baseline is None else (
+                f"{_d(r.at_baseline[0])} [{_d(r.at_baseline[1])}, {_d(r.at_baseline[2])}], "
+                f"{_p(r.at_baseline[3])}")
+            reach = (f"{_x(r.to_baseline_best.mean)} [{_x(r.to_baseline_best.low)}, "
+                     f"{_x(r.to_baseline_best.high)}]; {r.reached}/{r.seeds}")
+            gain = "—" if r.arm == "baseline" or not math.isfinite(r.gain_kept) else (
+                f"{r.gain_kept:.0%}")
+            lines.append(
+                f"| {v.experiment} (f={_v(f) if v.forward_ratio_measured else 'n/a'}) | {r.arm} | "
+                f"{r.chosen} | {_v(r.quality.mean)} [{_v(r.quality.low)}, "
+                f"{_v(r.quality.high)}] | {r.fb_best:.0f} | {_x(r.to_best.mean)} "
+                f"[{_x(r.to_best.low)}, {_x(r.to_best.high)}] | {reach} | {at} | {gain} |")
+    lines += ["", "**Recommendation per family** (the cheapest arm on the frontier keeping >= "
+              f"{GAIN_KEPT:.0%} of full R-Drop's best-quality gain; an arm beating the tuned "
+              "baseline at the baseline's compute):", ""]
+    lines += [f"- {recommendation(v)}" for v in verdicts]
+    return "\n".join(lines) + "\n"
+
+
+def plot_frontier(v: Any, path: Path) -> None:
+    """Best test quality (mean, 95% CI) against compute to best (x the baseline's, geometric
+    mean, 95% CI), one point per arm; the baseline's best as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = frontier_rows(v)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in rows:
+        x, y = r.to_best.mean, r.quality.mean
+        xerr = [[max(0.0, x - r.to_best.low)], [max(0.0, r.to_best.high - x)]] \
+            if math.isfinite(r.to_best.low) else None
+        yerr = [[y - r.quality.low], [r.quality.high - y]] if math.isfinite(r.quality.low) \
+            else None
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
+                    label=f"{r.arm} ({r.chosen})")
+    base = next(r for r in rows if r.arm == "baseline")
+    ax.axhline(base.quality.mean, color="grey", lw=0.8, ls="--")
+    ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+    unit = " (%)" if v.scale == 100 else ""
+    better = "higher" if v.higher_is_better else "lower"
+    ax.set_xlabel("compute to best, x the baseline's (forward+backward equivalents)", fontsize=8)
+    ax.set_ylabel(f"best test {v.metric}{unit} ({better} is better)", fontsize=9)
+    ax.set_title(f"{v.experiment}: quality/compute frontier (mean, 95% CI over seeds)",
+                 fontsize=9)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
