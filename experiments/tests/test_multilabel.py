@@ -107,3 +107,42 @@ def test_metrics_match_scikit_learn():
     pred = scores > 0.7
     want_f1 = metrics.f1_score(y.numpy(), pred.numpy(), average="macro", zero_division=0)
     assert abs(multilabel_macro_f1(pred, y) - want_f1) < 1e-9
+
+
+def test_the_arms_train_on_bce_and_the_bernoulli_consistency():
+    """TrainStep with consistency=bernoulli: the baseline's loss is BCEWithLogits of its one
+    pass; R-Drop's is multilabel_rdrop_loss of the two copies of its concatenated forward."""
+    from torch import nn
+
+    from rdrop import multilabel_rdrop_loss
+    from rdrop_experiments.config import CommonConfig
+    from rdrop_experiments.training import make_step
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 4))
+    seen = []
+    net.register_forward_hook(lambda m, i, o: seen.append(o))
+    x, y = torch.randn(5, 6), (torch.rand(5, 4) < 0.4).float()
+    cfg = CommonConfig(consistency="bernoulli", alpha=0.7)
+    net.train()
+    out = make_step(net, cfg, "baseline")(x, target=y)
+    assert torch.allclose(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(
+        seen[-1], y))
+    step = make_step(net, cfg, "rdrop")
+    out = step(x, target=y)
+    first, second = seen[-1].split(5)
+    assert not torch.equal(first, second)
+    assert torch.allclose(out.loss, multilabel_rdrop_loss(first, second, y, alpha=0.7).loss)
+
+
+def test_quick_run_is_well_formed(tmp_path):
+    from rdrop_experiments import get_experiment, run_experiment
+
+    recs = run_experiment("multilabel-debtags", out=tmp_path, variant="quick", progress=False)
+    exp = get_experiment("multilabel-debtags")
+    assert sorted(r["method"] for r in recs) == sorted(s["methods"][0] for s in exp.grid)
+    for r in recs:
+        assert 0.0 <= r["value"] <= 1.0 and 0.0 <= r["metrics"]["macro_f1"] <= 1.0
+        assert len(r["extra"]["labels"]) == 5 and r["extra"]["data_meta"]["tag_counts"]
+    rdrop = next(r for r in recs if r["method"] == "rdrop")
+    assert rdrop["curves"][-1]["train_consistency"] > 0
