@@ -215,3 +215,88 @@ def test_the_no_dropout_advice_names_the_noise_options_this_model_can_take():
     assert "the input embedding 'embed'" in advice and "2 dropout slot(s)" in advice
     bare = no_dropout_advice(nn.Linear(2, 2))
     assert "'embedding:5'" in bare and "this model has none of these" in bare
+
+
+# ----------------------------------------------------------------------------- RDrop(noise=)
+def test_rdrop_with_embedding_noise_is_the_literal_loss_of_two_noisy_passes():
+    """The loss equals the float64 reference on passes rebuilt by hand: the embeddings of
+    [x; x] plus the same uniform draws (reseeded generator), then the rest of the model."""
+    from rdrop import RDrop
+
+    from reference import reference_rdrop_loss
+
+    model = TinyLM()
+    wrapped = RDrop(model, alpha=1.5, noise="embedding:5")
+    ids, y = torch.randint(0, 13, (4, 6)), torch.randint(0, 13, (4, 6))
+    wrapped.train()
+    wrapped(ids, target=y)  # the first call also runs the once-only eval-mode input check
+    torch.manual_seed(7)
+    out = wrapped(ids, target=y)
+    torch.manual_seed(7)
+    bound = 5.0 / math.sqrt(6 * 8)
+    with torch.no_grad():
+        h = model.embed.weight[torch.cat([ids, ids])] + torch.empty(8, 6, 8).uniform_(-bound,
+                                                                                    bound)
+        h = h + model.attn(h, h, h, need_weights=False)[0]
+        passes = model.out(torch.tanh(h)).double().split(4)
+    assert not torch.equal(passes[0], passes[1])
+    ref = reference_rdrop_loss(list(passes), y, alpha=1.5)
+    for key in ("loss", "task_loss", "consistency_loss"):
+        assert abs(float(getattr(out, key).detach()) - float(ref[key])) < 1e-5
+
+
+@pytest.mark.parametrize("noise", ["embedding:5", "dropout:0.2"])
+def test_rdrop_with_noise_evaluates_and_predicts_as_the_plain_model(noise):
+    from rdrop import RDrop
+
+    model = TinyLM()
+    plain = copy.deepcopy(model).eval()
+    wrapped = RDrop(model, noise=noise).eval()
+    ids, y = torch.randint(0, 13, (3, 6)), torch.randint(0, 13, (3, 6))
+    assert torch.equal(wrapped(ids), plain(ids))
+    out = wrapped(ids, target=y)  # eval with a target: one plain pass
+    assert torch.equal(out.logits, plain(ids)) and float(out.consistency_loss) == 0.0
+    assert "noise='" in repr(wrapped)
+
+
+def test_rdrop_warns_about_a_model_without_randomness_naming_the_noise_options():
+    import warnings
+
+    from rdrop import RDrop
+
+    with pytest.warns(UserWarning, match=r"no dropout layer with p > 0.*noise=: 'embedding:5'"):
+        RDrop(TinyLM())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RDrop(TinyLM(), noise="embedding:5")  # randomness given: no warning
+        RDrop(TinyLM(), noise="dropout:0.1")
+
+
+def test_rdrop_refuses_a_noise_the_model_cannot_take_at_construction():
+    from rdrop import RDrop
+
+    with pytest.raises(ValueError, match=r"no get_input_embeddings\(\) and no nn.Embedding; "
+                                         r"looked at the model's modules: '0' \(Linear\)"):
+        RDrop(nn.Sequential(nn.Linear(4, 2), nn.Dropout(0.1)), noise="embedding:5")
+    with pytest.raises(ValueError, match=r"no LoRA layer.*'0' \(Linear\)"):
+        RDrop(nn.Sequential(nn.Linear(4, 2), nn.Dropout(0.1)), noise="lora:0.1")
+
+
+def test_rdrop_with_a_multilabel_head_is_the_bernoulli_loss_of_its_passes():
+    from rdrop import RDrop, multilabel_rdrop_loss
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.3), nn.Linear(16, 4))
+    seen = []
+    net.register_forward_hook(lambda m, i, o: seen.append(o))
+    wrapped = RDrop(net, alpha=0.7, consistency="bernoulli", check_inputs=False).train()
+    x, y = torch.randn(5, 6), (torch.rand(5, 4) < 0.4).float()
+    out = wrapped(x, target=y)
+    first, second = seen[-1].split(5)
+    assert torch.allclose(out.loss, multilabel_rdrop_loss(first, second, y, alpha=0.7).loss)
+    wrapped.eval()
+    out = wrapped(x, target=y)
+    assert torch.allclose(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(
+        net(x), y))
+    with pytest.raises(ValueError, match=r"label_smoothing=0\.1 does not apply"):
+        RDrop(net, consistency="bernoulli", label_smoothing=0.1)

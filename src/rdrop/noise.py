@@ -12,8 +12,9 @@ passes are identical and the consistency term is exactly 0. A noise source gives
       \tilde e = e + \epsilon, \qquad \epsilon_{btj} \sim U\Big(-\frac{\alpha}{\sqrt{L d}},
       \frac{\alpha}{\sqrt{L d}}\Big)
 
-  with ``L`` the sequence length (the padded length, as NEFTune; for a packed R-Drop batch the
-  length of one copy) and ``d`` the embedding width. ``"embedding"`` alone means alpha 5.
+  with ``L`` the sequence length, the output's second-to-last size (the padded length, as
+  NEFTune; for a packed R-Drop batch the length of one copy) and ``d`` the embedding width.
+  ``"embedding"`` alone means alpha 5.
 * ``"dropout:P"``: every dropout slot of the model (:func:`rdrop.inspection.dropout_slots`:
   ``nn.Dropout`` modules, stochastic depth, float rates such as Hugging Face attention modules'
   ``attention_dropout``) set to ``P``, for models whose config sets them to 0.
@@ -161,8 +162,8 @@ class NoiseHandle:
     def forward_copies(self, copies: int) -> Iterator[None]:
         """Within this context a forward computes ``copies`` passes at once (the concatenated
         batch of :func:`rdrop.batching.concat_inputs`). A packed batch's copies lie along its
-        tokens (one row of ``copies x T``), so for a one-row output the embedding noise uses
-        the length of one copy, ``T``, as on the plain batch."""
+        tokens (one row of ``copies x T``), so for a one-row (or unbatched, 2-D) output the
+        embedding noise uses the length of one copy, ``T``, as on the plain batch."""
         previous, self._copies = self._copies, max(int(copies), 1)
         try:
             yield
@@ -182,8 +183,10 @@ class NoiseHandle:
     def _embedding_hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
         if not module.training or not isinstance(output, Tensor) or not output.is_floating_point():
             return None
-        length = output.shape[-2] if output.dim() >= 3 else 1
-        if output.dim() >= 3 and output.shape[0] == 1:  # a packed row: copies along its tokens
+        length = output.shape[-2] if output.dim() >= 2 else 1
+        # The copies of a concatenated forward lie along the sequence when no batch dimension
+        # holds them (a packed row (1, mT, d), or an unbatched (mT, d)): one copy's length.
+        if output.dim() == 2 or output.shape[0] == 1:
             length //= self._copies
         scale = self.noise.rate / math.sqrt(max(length, 1) * output.shape[-1])  # type: ignore[operator]
         # Drawn in the output's dtype, per element: every copy of the batch gets its own noise.
