@@ -18,6 +18,7 @@ from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer_pt_utils import nested_gather
 
 from rdrop.batching import ConcatLayout, batch_size_of
+from rdrop.checks import check_label_smoothing
 from rdrop.schedule import rdrop_step
 from rdrop.step import PassLoss, TrainingStep
 
@@ -62,11 +63,14 @@ class RDropTrainerMixin:
                  "alpha_warmup_steps": rdrop_alpha_warmup_steps,
                  "consistency": rdrop_consistency, "fused_linear": rdrop_fused_linear,
                  "chunk_size": rdrop_chunk_size}
-        # The constructor wins over the arguments dataclass, which wins over the defaults.
+        # The constructor wins over the arguments dataclass (checked at its construction),
+        # which wins over the defaults: only the constructor's values are checked here.
         options = {key: value if value is not None
                    else getattr(self.args, f"rdrop_{key}", DEFAULTS[key])
                    for key, value in given.items()}
-        validate_rdrop_options(options)
+        validate_rdrop_options(options, only=[k for k, v in given.items() if v is not None])
+        check_label_smoothing(self.args.label_smoothing_factor, name="label_smoothing_factor")
+        self._rdrop_losses: dict[str, PassLoss] = {}  # the logits loss, by consistency
         for key, value in options.items():
             setattr(self, f"rdrop_{key}", value)
         self.rdrop_alpha = float(self.rdrop_alpha)
@@ -258,8 +262,11 @@ class RDropTrainerMixin:
             call: Callable[..., Any] = capture
             logits_fn: Callable[[Any], Tensor] = capture.hidden
         else:
-            loss = logits_loss(labels, consistency=self.rdrop_consistency,
-                               label_smoothing=smoothing)
+            consistency = self.rdrop_consistency or (
+                "mse" if labels.is_floating_point() else "kl")
+            if consistency not in self._rdrop_losses:
+                self._rdrop_losses[consistency] = logits_loss(consistency, smoothing)
+            loss = self._rdrop_losses[consistency]
             call, logits_fn = model, lambda outputs: logits_of(outputs, owner)
         step = TrainingStep(num_passes=self.rdrop_num_passes, loss=loss, logits_fn=logits_fn,
                             check_inputs=False, check_batch=check_batch,
@@ -304,7 +311,8 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
             (default False). The same loss and gradients as the logits path (tested to 1e-6 in
             float32); needs ``rdrop_num_passes=2`` and KL. The head runs in the weight's dtype
             outside autocast.
-        rdrop_chunk_size: tokens per chunk of the fused loss (default 1024).
+        rdrop_chunk_size: tokens per chunk of the fused loss (default 256,
+            :data:`rdrop.checks.CHUNK_SIZE`).
 
     Logs ``task_loss``, ``consistency_loss`` and ``task_loss_per_pass`` next to ``loss``
     (``loss = task_loss + alpha * consistency_loss`` on R-Drop steps; ``task_loss`` sums the
@@ -338,7 +346,7 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
         >>> lm = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2))
         >>> trainer = RDropTrainer(model=lm, args=args, rdrop_fused_linear=True)
         >>> trainer.rdrop_fused_linear, trainer.rdrop_chunk_size
-        (True, 1024)
+        (True, 256)
     """
 
 
