@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rdrop.argchecks import check_alpha, check_reduction
+from rdrop.checks import check_alpha, check_reduction
 from rdrop.functional import RDropOutput, compute_dtype, mean_denominator
 
 __all__ = ["ctc_consistency", "ctc_rdrop_loss"]

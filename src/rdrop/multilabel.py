@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rdrop.argchecks import check_alpha, check_reduction
+from rdrop.checks import check_alpha, check_reduction
 from rdrop.functional import RDropOutput, compute_dtype, mean_denominator
 
 __all__ = [
@@ -315,6 +315,12 @@ class MultiLabelLoss:
     reduction: str = "mean"
     check_finite: bool = True
     pos_weight: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        check_reduction(self.reduction)
+        if not isinstance(self.check_finite, bool):
+            raise TypeError(
+                f"check_finite must be a bool, got {type(self.check_finite).__name__}.")
 
     def __call__(self, passes: list[Tensor], target: Tensor, alpha: float,
                  num_items_in_batch: int | Tensor | None = None) -> RDropOutput:

@@ -9,22 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rdrop.argchecks import (
-    STEP_CONSISTENCIES,
-    check_alpha,
-    check_chunk_size,
-    check_consistency,
-    check_ignore_index,
-    check_label_smoothing,
-    check_loss_combination,
-    check_positive_int,
-    check_reduction,
-)
 from rdrop.batching import InputName
+from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
 from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
 from rdrop.noise import Noise, attach_noise
 from rdrop.schedule import RDropStep, rdrop_step
-from rdrop.step import MODES, TrainingStep, eager, pass_loss
+from rdrop.step import TrainingStep, eager, pass_loss
 
 __all__ = ["RDrop"]
 
@@ -180,7 +170,7 @@ class RDrop(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        alpha: float = 1.0,
+        alpha: float = ALPHA,
         *,
         mode: str = "concat",
         num_passes: int = 2,
@@ -188,7 +178,7 @@ class RDrop(nn.Module):
         alpha_warmup_steps: int = 0,
         consistency: str = "kl",
         noise: str | Noise | None = "dropout",
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         label_smoothing: float = 0.0,
         reduction: str = "mean",
         chunk_size: int | None = None,
@@ -205,50 +195,30 @@ class RDrop(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         self.alpha = check_alpha(alpha)
-        self.num_passes = check_positive_int("num_passes", num_passes, 2)
         self.every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
         self.alpha_warmup_steps = check_positive_int("alpha_warmup_steps", alpha_warmup_steps, 0)
-        self.consistency = check_consistency(consistency, allowed=STEP_CONSISTENCIES)
-        self.ignore_index = check_ignore_index(ignore_index)
-        self.label_smoothing = check_label_smoothing(label_smoothing)
-        self.reduction = check_reduction(reduction)
-        self.chunk_size = check_chunk_size(chunk_size)
-        check_loss_combination(consistency=self.consistency, reduction=self.reduction,
-                               label_smoothing=self.label_smoothing, chunk_size=self.chunk_size,
-                               num_passes=self.num_passes)
-        for name, flag in (("stop_gradient", stop_gradient), ("check_finite", check_finite),
-                           ("check_inputs", check_inputs)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}.")
-        if stop_gradient and self.num_passes != 2:
-            raise ValueError(
-                f"stop_gradient=True uses one gradient pass and one detached target pass; "
-                f"num_passes must be 2, got {self.num_passes}."
-            )
-        if logits_fn is not None and not callable(logits_fn):
-            raise TypeError(f"logits_fn must be callable, got {type(logits_fn).__name__}.")
-        self.model = model
-        self.mode = mode
-        self.check_finite = check_finite
-        self.stop_gradient = stop_gradient
-        self.check_dropout = check_dropout
-        self.num_steps = 0  # the optimizer step (or training calls, see _step_source)
-        self._step_source = "calls"  # "calls" until an optimizer or set_step() says otherwise
-        # The passes and the loss: rdrop.step, the same step as every other entry point.
-        loss = pass_loss(self.consistency, ignore_index=self.ignore_index,
-                         label_smoothing=self.label_smoothing, reduction=self.reduction,
-                         chunk_size=self.chunk_size, check_finite=check_finite)
+        # The passes and the loss: rdrop.step, the same step as every other entry point. Their
+        # options are checked there, once.
+        loss = pass_loss(consistency, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing, reduction=reduction,
+                         chunk_size=chunk_size, check_finite=check_finite)
         # Where the passes' randomness comes from (rdrop.noise); refused here if the model
         # cannot take it.
         self.noise = attach_noise(model, noise)
         step_kwargs = {"logits_fn": logits_fn} if logits_fn is not None else {}
-        self._step = TrainingStep(num_passes=self.num_passes, mode=mode,
+        self._step = TrainingStep(num_passes=num_passes, mode=mode,
                                   stop_gradient=stop_gradient, loss=loss, batched=batched,
                                   unbatched=unbatched, check_inputs=check_inputs,
                                   pass_context=self.noise.pass_context, **step_kwargs)
+        self.num_passes, self.mode, self.stop_gradient = num_passes, mode, stop_gradient
+        self.consistency, self.ignore_index = consistency, int(ignore_index)
+        self.label_smoothing, self.reduction = float(label_smoothing), reduction
+        self.chunk_size, self.check_finite = chunk_size, check_finite
+        self.model = model
+        self.check_dropout = check_dropout
+        self.num_steps = 0  # the optimizer step (or training calls, see _step_source)
+        self._step_source = "calls"  # "calls" until an optimizer or set_step() says otherwise
         self._optimizer_hook: Any = None
         if optimizer is not None:
             self.attach_optimizer(optimizer)

@@ -438,15 +438,16 @@ def config_key(config: CommonConfig, method: str) -> str:
     d = dataclasses.asdict(config)
     for k in NON_RESULT_FIELDS:
         d.pop(k, None)
-    if method == "baseline":
-        common = {f.name: f.default for f in dataclasses.fields(CommonConfig)}
-        for k in RDROP_FIELDS:
-            d[k] = common[k]
-    # After the baseline's reset, so a late field that only R-Drop reads is left out of a
-    # baseline's identity too (at its default), as it was before the field existed.
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     for k in LATE_FIELDS:
         if k in d and d[k] == defaults[k]:
             del d[k]
+    if method == "baseline":
+        defaults = {f.name: f.default for f in dataclasses.fields(CommonConfig)}
+        for k in RDROP_FIELDS:
+            if k in LATE_FIELDS:  # at its default for every baseline: left out, as before it was
+                d.pop(k, None)
+            else:
+                d[k] = defaults[k]
     payload = json.dumps({"class": type(config).__name__, "method": method, **d}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]

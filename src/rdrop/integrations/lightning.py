@@ -47,15 +47,8 @@ except ImportError:  # pragma: no cover - the unified package
             "rdrop.integrations.lightning needs PyTorch Lightning: pip install pytorch-lightning"
         ) from err
 
-from rdrop.argchecks import (
-    STEP_CONSISTENCIES,
-    check_alpha,
-    check_consistency,
-    check_ignore_index,
-    check_label_smoothing,
-    check_positive_int,
-)
 from rdrop.batching import InputName
+from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
 from rdrop.functional import RDropOutput
 from rdrop.noise import Noise, NoiseHandle, attach_noise, parse_noise
 from rdrop.schedule import RDropStep, rdrop_step
@@ -111,28 +104,28 @@ class RDropLightningModule(pl.LightningModule):
         (torch.Size([]), True)
     """
 
-    def __init__(self, *, alpha: float = 1.0, num_passes: int = 2, every_k_steps: int = 1,
-                 alpha_warmup_steps: int = 0, consistency: str = "kl", ignore_index: int = -100,
-                 label_smoothing: float = 0.0, batched: list[InputName] | None = None,
+    def __init__(self, *, alpha: float = ALPHA, num_passes: int = 2, every_k_steps: int = 1,
+                 alpha_warmup_steps: int = 0, consistency: str = "kl",
+                 ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
+                 batched: list[InputName] | None = None,
                  unbatched: list[InputName] | None = None, check_inputs: bool = True,
                  noise: str | Noise | None = "dropout") -> None:
         super().__init__()
         self.rdrop_alpha = check_alpha(alpha)
-        self.rdrop_num_passes = check_positive_int("num_passes", num_passes, 2)
         self.rdrop_every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
         self.rdrop_alpha_warmup_steps = check_positive_int("alpha_warmup_steps",
                                                            alpha_warmup_steps, 0)
-        self.rdrop_consistency = check_consistency(consistency, allowed=STEP_CONSISTENCIES)
+        # The step and its loss check their own options, once.
+        loss = pass_loss(consistency, ignore_index=ignore_index, label_smoothing=label_smoothing)
         self.rdrop_noise_spec = parse_noise(noise)
         self.rdrop_noise: NoiseHandle | None = None  # attached at the first training step
-        self.rdrop_loss_kwargs = {"ignore_index": check_ignore_index(ignore_index),
-                                  "label_smoothing": check_label_smoothing(label_smoothing)}
-        if not isinstance(check_inputs, bool):
-            raise TypeError(f"check_inputs must be a bool, got {type(check_inputs).__name__}.")
-        self.rdrop_training_step = TrainingStep(
-            num_passes=self.rdrop_num_passes, batched=batched, unbatched=unbatched,
-            check_inputs=check_inputs, pass_context=self._rdrop_pass_context,
-            loss=pass_loss(self.rdrop_consistency, **self.rdrop_loss_kwargs))
+        self.rdrop_training_step = TrainingStep(num_passes=num_passes, batched=batched,
+                                                unbatched=unbatched, check_inputs=check_inputs,
+                                                loss=loss, pass_context=self._rdrop_pass_context)
+        self.rdrop_num_passes = num_passes
+        self.rdrop_consistency = consistency
+        self.rdrop_loss_kwargs = {"ignore_index": int(ignore_index),
+                                  "label_smoothing": float(label_smoothing)}
 
     def _rdrop_pass_context(self, passes: range, plan: Any) -> AbstractContextManager[Any]:
         if self.rdrop_noise is None:

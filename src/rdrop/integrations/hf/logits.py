@@ -140,23 +140,16 @@ def logits_of(outputs: Any, owner: str) -> Tensor:
         ) from err
 
 
-def logits_loss(target: Tensor, *, consistency: str | None, label_smoothing: float,
-                problem_type: str | None = None) -> PassLoss:
+def logits_loss(consistency: str, label_smoothing: float) -> PassLoss:
     """The loss of the passes' logits with the Trainer's conventions: ``ignore_index=-100``;
-    ``consistency=None`` picks ``"bernoulli"`` (:class:`rdrop.multilabel.MultiLabelLoss`) for
-    a config's ``problem_type="multi_label_classification"``, ``"mse"`` for float targets
-    (regression heads, no label smoothing) and ``"kl"`` otherwise.
+    ``consistency="mse"`` (regression heads) and ``"bernoulli"`` (multi-label heads,
+    :class:`rdrop.multilabel.MultiLabelLoss`) without label smoothing.
 
     Example:
-        >>> import torch
-        >>> logits_loss(torch.zeros(2), consistency=None, label_smoothing=0.1).consistency
-        'mse'
-        >>> type(logits_loss(torch.zeros(2, 3), consistency=None, label_smoothing=0.0,
-        ...                  problem_type="multi_label_classification")).__name__
+        >>> logits_loss("mse", 0.1).label_smoothing, logits_loss("kl", 0.1).label_smoothing
+        (0.0, 0.1)
+        >>> type(logits_loss("bernoulli", 0.1)).__name__
         'MultiLabelLoss'
     """
-    if consistency is None:
-        consistency = ("bernoulli" if problem_type == "multi_label_classification" else
-                       "mse" if target.is_floating_point() else "kl")
     smoothing = 0.0 if consistency in ("mse", "bernoulli") else label_smoothing
     return pass_loss(consistency, ignore_index=IGNORE_INDEX, label_smoothing=smoothing)

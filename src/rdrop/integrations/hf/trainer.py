@@ -18,6 +18,7 @@ from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer_pt_utils import nested_gather
 
 from rdrop.batching import ConcatLayout, batch_size_of
+from rdrop.checks import check_label_smoothing
 from rdrop.noise import NoiseHandle, attach_noise, parse_noise
 from rdrop.schedule import rdrop_step
 from rdrop.step import PassLoss, TrainingStep
@@ -64,11 +65,14 @@ class RDropTrainerMixin:
                  "alpha_warmup_steps": rdrop_alpha_warmup_steps,
                  "consistency": rdrop_consistency, "fused_linear": rdrop_fused_linear,
                  "chunk_size": rdrop_chunk_size, "noise": rdrop_noise}
-        # The constructor wins over the arguments dataclass, which wins over the defaults.
+        # The constructor wins over the arguments dataclass (checked at its construction),
+        # which wins over the defaults: only the constructor's values are checked here.
         options = {key: value if value is not None
                    else getattr(self.args, f"rdrop_{key}", DEFAULTS[key])
                    for key, value in given.items()}
-        validate_rdrop_options(options)
+        validate_rdrop_options(options, only=[k for k, v in given.items() if v is not None])
+        check_label_smoothing(self.args.label_smoothing_factor, name="label_smoothing_factor")
+        self._rdrop_losses: dict[str, PassLoss] = {}  # the logits loss, by consistency
         for key, value in options.items():
             setattr(self, f"rdrop_{key}", value)
         self.rdrop_alpha = float(self.rdrop_alpha)
@@ -269,8 +273,12 @@ class RDropTrainerMixin:
             logits_fn: Callable[[Any], Tensor] = capture.hidden
         else:
             problem = getattr(getattr(unwrapped, "config", None), "problem_type", None)
-            loss = logits_loss(labels, consistency=self.rdrop_consistency,
-                               label_smoothing=smoothing, problem_type=problem)
+            consistency = self.rdrop_consistency or (
+                "bernoulli" if problem == "multi_label_classification" else
+                "mse" if labels.is_floating_point() else "kl")
+            if consistency not in self._rdrop_losses:
+                self._rdrop_losses[consistency] = logits_loss(consistency, smoothing)
+            loss = self._rdrop_losses[consistency]
             call, logits_fn = model, lambda outputs: logits_of(outputs, owner)
         if self._rdrop_noise is None:  # the model came later (model_init)
             self._rdrop_noise = attach_noise(unwrapped, self.rdrop_noise)
@@ -323,7 +331,8 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
             (default False). The same loss and gradients as the logits path (tested to 1e-6 in
             float32); needs ``rdrop_num_passes=2`` and KL. The head runs in the weight's dtype
             outside autocast.
-        rdrop_chunk_size: tokens per chunk of the fused loss (default 1024).
+        rdrop_chunk_size: tokens per chunk of the fused loss (default 256,
+            :data:`rdrop.checks.CHUNK_SIZE`).
         rdrop_noise: where the passes' randomness comes from (:mod:`rdrop.noise`; default
             ``"dropout"``, the model's own): ``"embedding:5"`` (NEFTune-style embedding noise;
             instead of ``neftune_noise_alpha``, which is refused beside it), ``"dropout:0.1"``
@@ -363,7 +372,7 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
         >>> lm = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2))
         >>> trainer = RDropTrainer(model=lm, args=args, rdrop_fused_linear=True)
         >>> trainer.rdrop_fused_linear, trainer.rdrop_chunk_size
-        (True, 1024)
+        (True, 256)
     """
 
 
