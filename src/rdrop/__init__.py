@@ -8,15 +8,19 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from rdrop.ctc import ctc_rdrop_loss
 from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss, symmetric_kl
 from rdrop.loss import RDropLoss
+from rdrop.multilabel import multilabel_rdrop_loss
 from rdrop.wrapper import RDrop
 
 __all__ = [
     "RDrop",
     "RDropLoss",
     "RDropOutput",
+    "ctc_rdrop_loss",
     "multi_pass_rdrop_loss",
+    "multilabel_rdrop_loss",
     "rdrop_loss",
     "symmetric_kl",
 ]

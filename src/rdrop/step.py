@@ -60,7 +60,9 @@ from torch import Tensor, nn
 
 from rdrop.batching import ConcatLayout, InputName, concat_inputs, extract_logits
 from rdrop.checks import (
+    CONSISTENCIES,
     IGNORE_INDEX,
+    STEP_CONSISTENCIES,
     check_loss_arguments,
     check_loss_combination,
     check_num_items_in_batch,
@@ -68,9 +70,11 @@ from rdrop.checks import (
 )
 from rdrop.functional import RDropOutput, _multi_pass, _single_pass
 from rdrop.inspection import batchnorm_layers
+from rdrop.multilabel import MultiLabelLoss
 from rdrop.schedule import RDropStep
 
-__all__ = ["MODES", "LogitsLoss", "PassLoss", "PassPlan", "StepResult", "TrainingStep", "eager"]
+__all__ = ["MODES", "LogitsLoss", "PassLoss", "PassPlan", "StepResult", "TrainingStep", "eager",
+           "pass_loss"]
 
 MODES = ("concat", "twice")
 
@@ -177,6 +181,32 @@ class LogitsLoss:
         out = _multi_pass(passes, target, alpha=1.0, chunk_size=self.chunk_size, **kwargs)
         return RDropOutput(out.task_loss + alpha * out.consistency_loss, out.task_loss,
                            out.consistency_loss)
+
+
+def pass_loss(consistency: str = "kl", *, ignore_index: int = IGNORE_INDEX,
+              label_smoothing: float = 0.0, reduction: str = "mean",
+              chunk_size: int | None = None, check_finite: bool = True) -> PassLoss:
+    """The step's loss for a head: :class:`rdrop.multilabel.MultiLabelLoss` (BCE task terms,
+    per-label Bernoulli KL) for ``consistency="bernoulli"``, :class:`LogitsLoss` otherwise.
+    The one place an entry point's ``consistency`` picks the head's loss; the options are
+    checked here (as :class:`LogitsLoss` checks its own).
+
+    Raises:
+        TypeError, ValueError: an invalid option (``label_smoothing`` or ``chunk_size`` with
+            ``"bernoulli"`` among them).
+
+    Example:
+        >>> type(pass_loss("bernoulli")).__name__, type(pass_loss("kl")).__name__
+        ('MultiLabelLoss', 'LogitsLoss')
+    """
+    if consistency == "bernoulli" or consistency not in CONSISTENCIES:
+        check_loss_arguments(ignore_index=ignore_index, label_smoothing=label_smoothing,
+                             reduction=reduction, consistency=consistency,
+                             chunk_size=chunk_size, allowed=STEP_CONSISTENCIES)
+        return MultiLabelLoss(reduction=reduction, check_finite=check_finite)
+    return LogitsLoss(consistency=consistency, ignore_index=ignore_index,
+                      label_smoothing=label_smoothing, reduction=reduction,
+                      chunk_size=chunk_size, check_finite=check_finite)
 
 
 @dataclass(frozen=True)

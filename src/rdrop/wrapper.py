@@ -12,8 +12,9 @@ from torch import Tensor, nn
 from rdrop.batching import InputName
 from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
 from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
+from rdrop.noise import Noise, attach_noise
 from rdrop.schedule import RDropStep, rdrop_step
-from rdrop.step import LogitsLoss, TrainingStep, eager
+from rdrop.step import TrainingStep, eager, pass_loss
 
 __all__ = ["RDrop"]
 
@@ -91,6 +92,18 @@ class RDrop(nn.Module):
     the first step, because LoRA's ``B`` matrix starts at zero, so the adapter branch (and its
     dropout) adds nothing until ``B`` has moved; it grows from the second step on.
 
+    **Models without dropout** (Llama-family configs, TRL's DPO/KTO/reward training, LoRA with
+    ``lora_dropout=0``): the passes would be identical. ``noise=`` gives them other randomness
+    (:mod:`rdrop.noise`): ``"embedding:5"`` (NEFTune-style uniform noise on the input
+    embeddings, scale ``alpha / sqrt(L d)``), ``"dropout:0.1"`` (the model's dropout slots
+    switched on at 0.1), ``"lora:0.1"`` (PEFT LoRA dropout). The source acts in training mode
+    only, each pass drawing its own noise; evaluation and generation stay bit-identical to the
+    plain model. ``wrapped.noise.remove()`` restores the model.
+
+    **Multi-label (sigmoid) heads**: ``consistency="bernoulli"`` with 0/1 (float) targets of the
+    logits' shape: both passes' ``BCEWithLogits`` plus the per-label symmetric Bernoulli KL
+    (:func:`rdrop.multilabel_rdrop_loss`).
+
     **Gradient checkpointing** must preserve the RNG state (PyTorch's and Hugging Face's
     default): with ``preserve_rng_state=False`` the recompute draws new dropout masks and the
     gradients no longer match the loss.
@@ -107,7 +120,11 @@ class RDrop(nn.Module):
             single-pass steps whose loss is the task loss of one pass (CE, no consistency).
         alpha_warmup_steps: ramp alpha linearly from ``alpha / n`` to ``alpha`` over the first
             ``n`` optimizer steps (0 = no warm-up).
-        consistency: ``"kl"``, ``"js"``, or ``"mse"`` for regression heads.
+        consistency: ``"kl"``, ``"js"``, ``"mse"`` for regression heads, or ``"bernoulli"``
+            for multi-label sigmoid heads.
+        noise: where the passes' randomness comes from: ``"dropout"`` (the model's own, the
+            default), ``"embedding:ALPHA"``, ``"dropout:P"``, ``"lora:P"`` or a
+            :class:`rdrop.noise.Noise` (see above).
         ignore_index, label_smoothing, reduction, chunk_size, check_finite: as in
             :func:`rdrop.functional.rdrop_loss` (``chunk_size`` needs two passes, ``"kl"`` and a
             reduction other than ``"none"``).
@@ -124,7 +141,9 @@ class RDrop(nn.Module):
         warn_batchnorm: warn at construction about BatchNorm layers.
 
     Raises:
-        TypeError, ValueError: invalid hyperparameters (at construction); at call time a
+        TypeError, ValueError: invalid hyperparameters (at construction), a ``noise`` the model
+            cannot take (no input embedding layer, no dropout slot, no LoRA layer: the message
+            names the modules looked at); at call time a
             target/logit shape mismatch, logits without ``num_passes * B`` rows, batch size 1
             with BatchNorm in concat mode, a failed input check, or a training call while the
             wrapped model is in eval mode.
@@ -158,6 +177,7 @@ class RDrop(nn.Module):
         every_k_steps: int = 1,
         alpha_warmup_steps: int = 0,
         consistency: str = "kl",
+        noise: str | Noise | None = "dropout",
         ignore_index: int = IGNORE_INDEX,
         label_smoothing: float = 0.0,
         reduction: str = "mean",
@@ -180,15 +200,19 @@ class RDrop(nn.Module):
         self.alpha_warmup_steps = check_positive_int("alpha_warmup_steps", alpha_warmup_steps, 0)
         # The passes and the loss: rdrop.step, the same step as every other entry point. Their
         # options are checked there, once.
-        loss = LogitsLoss(consistency=consistency, ignore_index=ignore_index,
-                          label_smoothing=label_smoothing, reduction=reduction,
-                          chunk_size=chunk_size, check_finite=check_finite)
+        loss = pass_loss(consistency, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing, reduction=reduction,
+                         chunk_size=chunk_size, check_finite=check_finite)
+        # Where the passes' randomness comes from (rdrop.noise); refused here if the model
+        # cannot take it.
+        self.noise = attach_noise(model, noise)
         step_kwargs = {"logits_fn": logits_fn} if logits_fn is not None else {}
         self._step = TrainingStep(num_passes=num_passes, mode=mode,
                                   stop_gradient=stop_gradient, loss=loss, batched=batched,
-                                  unbatched=unbatched, check_inputs=check_inputs, **step_kwargs)
+                                  unbatched=unbatched, check_inputs=check_inputs,
+                                  pass_context=self.noise.pass_context, **step_kwargs)
         self.num_passes, self.mode, self.stop_gradient = num_passes, mode, stop_gradient
-        self.consistency, self.ignore_index = consistency, loss.ignore_index
+        self.consistency, self.ignore_index = consistency, int(ignore_index)
         self.label_smoothing, self.reduction = float(label_smoothing), reduction
         self.chunk_size, self.check_finite = chunk_size, check_finite
         self.model = model
@@ -198,7 +222,7 @@ class RDrop(nn.Module):
         self._optimizer_hook: Any = None
         if optimizer is not None:
             self.attach_optimizer(optimizer)
-        if check_dropout and not active_dropout_rates(model):
+        if check_dropout and not self.noise.adds_randomness and not active_dropout_rates(model):
             warnings.warn(
                 "RDrop: the model has no dropout layer with p > 0, so both passes are identical "
                 f"and R-Drop only doubles the cost. {no_dropout_advice(model)} Pass "
@@ -281,7 +305,7 @@ class RDrop(nn.Module):
         return (
             f"alpha={self.alpha}, mode={self.mode!r}, num_passes={self.num_passes}, "
             f"every_k_steps={self.every_k_steps}, consistency={self.consistency!r}, "
-            f"stop_gradient={self.stop_gradient}"
+            f"stop_gradient={self.stop_gradient}, noise={str(self.noise.noise)!r}"
         )
 
     # ---------------------------------------------------------------------------------- forward

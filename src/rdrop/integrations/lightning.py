@@ -31,6 +31,8 @@ loss by the accumulation steps, as it does for any loss).
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from typing import Any
 
 from torch import Tensor
@@ -48,8 +50,9 @@ except ImportError:  # pragma: no cover - the unified package
 from rdrop.batching import InputName
 from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
 from rdrop.functional import RDropOutput
+from rdrop.noise import Noise, NoiseHandle, attach_noise, parse_noise
 from rdrop.schedule import RDropStep, rdrop_step
-from rdrop.step import LogitsLoss, TrainingStep
+from rdrop.step import TrainingStep, pass_loss
 
 __all__ = ["RDropLightningModule"]
 
@@ -71,14 +74,20 @@ class RDropLightningModule(pl.LightningModule):
         num_passes: dropout passes ``m >= 2``.
         every_k_steps: R-Drop on every k-th optimizer step.
         alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps.
-        consistency: ``"kl"``, ``"js"`` or ``"mse"``.
+        consistency: ``"kl"``, ``"js"``, ``"mse"``, or ``"bernoulli"`` (multi-label sigmoid
+            heads, float 0/1 targets: :func:`rdrop.multilabel_rdrop_loss`).
+        noise: where the passes' randomness comes from (:mod:`rdrop.noise`): ``"dropout"``
+            (the module's own, the default), ``"embedding:5"``, ``"dropout:0.1"``,
+            ``"lora:0.1"``. Attached to the module at the first training step (the subclass
+            builds its layers after this ``__init__``), training passes only.
         ignore_index, label_smoothing: as in :func:`rdrop.functional.rdrop_loss`.
         batched, unbatched, check_inputs: as in :class:`rdrop.RDrop` (which inputs carry the
             batch; the once-only check of the duplicated batch against a plain forward).
 
     Raises:
         TypeError, ValueError: invalid hyperparameters (the message names them); at the first
-            training step, a duplicated input that is not batched (see above).
+            training step, a duplicated input that is not batched (see above), or a ``noise``
+            the module cannot take (the message names its modules).
 
     Example:
         >>> import torch
@@ -99,22 +108,29 @@ class RDropLightningModule(pl.LightningModule):
                  alpha_warmup_steps: int = 0, consistency: str = "kl",
                  ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
                  batched: list[InputName] | None = None,
-                 unbatched: list[InputName] | None = None, check_inputs: bool = True) -> None:
+                 unbatched: list[InputName] | None = None, check_inputs: bool = True,
+                 noise: str | Noise | None = "dropout") -> None:
         super().__init__()
         self.rdrop_alpha = check_alpha(alpha)
         self.rdrop_every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
         self.rdrop_alpha_warmup_steps = check_positive_int("alpha_warmup_steps",
                                                            alpha_warmup_steps, 0)
         # The step and its loss check their own options, once.
-        loss = LogitsLoss(consistency=consistency, ignore_index=ignore_index,
-                          label_smoothing=label_smoothing)
+        loss = pass_loss(consistency, ignore_index=ignore_index, label_smoothing=label_smoothing)
+        self.rdrop_noise_spec = parse_noise(noise)
+        self.rdrop_noise: NoiseHandle | None = None  # attached at the first training step
         self.rdrop_training_step = TrainingStep(num_passes=num_passes, batched=batched,
                                                 unbatched=unbatched, check_inputs=check_inputs,
-                                                loss=loss)
+                                                loss=loss, pass_context=self._rdrop_pass_context)
         self.rdrop_num_passes = num_passes
         self.rdrop_consistency = consistency
-        self.rdrop_loss_kwargs = {"ignore_index": loss.ignore_index,
-                                  "label_smoothing": loss.label_smoothing}
+        self.rdrop_loss_kwargs = {"ignore_index": int(ignore_index),
+                                  "label_smoothing": float(label_smoothing)}
+
+    def _rdrop_pass_context(self, passes: range, plan: Any) -> AbstractContextManager[Any]:
+        if self.rdrop_noise is None:
+            return contextlib.nullcontext()
+        return self.rdrop_noise.pass_context(passes, plan)
 
     def rdrop_decision(self) -> RDropStep:
         """:func:`rdrop.schedule.rdrop_step` at the current optimizer step."""
@@ -133,6 +149,8 @@ class RDropLightningModule(pl.LightningModule):
 
     def rdrop_loss(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
         """The R-Drop loss of one training micro-batch at the current optimizer step."""
+        if self.rdrop_noise is None:
+            self.rdrop_noise = attach_noise(self, self.rdrop_noise_spec)
         return self.rdrop_training_step(self, args, kwargs, target, self.rdrop_decision()).out
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

@@ -11,11 +11,13 @@ from transformers import Seq2SeqTrainingArguments, TrainingArguments
 from rdrop.checks import (
     ALPHA,
     CHUNK_SIZE,
+    STEP_CONSISTENCIES,
     check_alpha,
     check_chunk_size,
     check_consistency,
     check_positive_int,
 )
+from rdrop.noise import parse_noise
 
 __all__ = [
     "DEFAULTS",
@@ -29,16 +31,24 @@ __all__ = [
 # one place their defaults are named (the dataclass fields below and the trainers read them).
 DEFAULTS: dict[str, Any] = {"alpha": ALPHA, "num_passes": 2, "every_k_steps": 1,
                             "alpha_warmup_steps": 0, "consistency": None,
-                            "fused_linear": False, "chunk_size": CHUNK_SIZE}
+                            "fused_linear": False, "chunk_size": CHUNK_SIZE, "noise": "dropout"}
 
 
 def _check_consistency(consistency: Any) -> None:
     if consistency is not None:
         try:
-            check_consistency(consistency, name="rdrop_consistency")
+            check_consistency(consistency, name="rdrop_consistency", allowed=STEP_CONSISTENCIES)
         except ValueError as err:
-            raise ValueError(f"{err} Or None (automatic: 'mse' for regression heads, 'kl' "
-                             "otherwise).") from None
+            raise ValueError(f"{err} Or None (automatic: 'bernoulli' for a config's "
+                             "problem_type='multi_label_classification', 'mse' for regression "
+                             "heads, 'kl' otherwise).") from None
+
+
+def _check_noise(noise: Any) -> None:
+    try:
+        parse_noise(noise)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"rdrop_{err}") from None
 
 
 def _check_fused_linear(fused: Any) -> None:
@@ -61,6 +71,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "consistency": _check_consistency,
     "fused_linear": _check_fused_linear,
     "chunk_size": _check_chunk_size,
+    "noise": _check_noise,
 }
 
 
@@ -122,8 +133,9 @@ class RDropArgumentsMixin:
     )
     rdrop_consistency: str | None = field(
         default=DEFAULTS["consistency"],
-        metadata={"help": "'kl' (paper), 'js', 'mse', or None: 'mse' for regression heads "
-                          "(float labels), 'kl' otherwise."},
+        metadata={"help": "'kl' (paper), 'js', 'mse', 'bernoulli', or None: 'bernoulli' for "
+                          "problem_type='multi_label_classification', 'mse' for regression "
+                          "heads (float labels), 'kl' otherwise."},
     )
     rdrop_fused_linear: bool = field(
         default=DEFAULTS["fused_linear"],
@@ -134,6 +146,13 @@ class RDropArgumentsMixin:
     rdrop_chunk_size: int = field(
         default=DEFAULTS["chunk_size"],
         metadata={"help": "Rows (tokens) per chunk of the fused loss (rdrop_fused_linear)."},
+    )
+    rdrop_noise: str = field(
+        default=DEFAULTS["noise"],
+        metadata={"help": "Where the passes' randomness comes from (rdrop.noise): 'dropout' "
+                          "(the model's own), 'embedding:5' (NEFTune-style embedding noise), "
+                          "'dropout:0.1' (the model's dropout slots switched on at 0.1), "
+                          "'lora:0.1' (PEFT LoRA dropout). Training passes only."},
     )
 
     def rdrop_options(self) -> dict[str, Any]:
@@ -156,11 +175,15 @@ class RDropTrainingArguments(RDropArgumentsMixin, TrainingArguments):
         rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1: every step).
         rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
             (default 0), by :func:`rdrop.schedule.rdrop_step`.
-        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"`` or ``None`` (automatic).
+        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"``, ``"bernoulli"`` or ``None``
+            (automatic: ``"bernoulli"`` for ``problem_type="multi_label_classification"``,
+            ``"mse"`` for float labels, ``"kl"`` otherwise).
         rdrop_fused_linear: language models only: fuse the output layer into the loss so the
             full logits are never built (default False; see :class:`RDropTrainer`).
         rdrop_chunk_size: tokens per chunk of the fused loss (default 256,
             :data:`rdrop.checks.CHUNK_SIZE`).
+        rdrop_noise: the passes' randomness (default ``"dropout"``, the model's own; see
+            :mod:`rdrop.noise`: ``"embedding:5"``, ``"dropout:0.1"``, ``"lora:0.1"``).
         **kwargs: everything ``TrainingArguments`` takes.
 
     Raises:
