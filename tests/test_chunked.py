@@ -1,4 +1,4 @@
-"""The chunked R-Drop loss (``rdrop_loss(..., chunk_size=...)``, rdrop._chunked) against the
+"""The chunked R-Drop loss (``rdrop_loss(..., chunk_size=...)``, rdrop.kernels.chunked) against the
 float64 reference, and its memory property: no (N, V) intermediate beyond the input gradients."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rdrop._chunked import chunked_rdrop_sums
+from rdrop.checks import CHUNK_SIZE
 from rdrop.functional import rdrop_loss
+from rdrop.kernels.chunked import chunked_rdrop_sums
 
 from reference import naive_official_rdrop_loss, reference_rdrop_loss
 
@@ -205,11 +206,11 @@ def test_saves_only_inputs_and_per_row_scalars():
     loss.backward()
 
 
-# ------------------------------------------------------------- compiled kernels (rdrop._compiled)
+# ------------------------------------------------ compiled kernels (rdrop.kernels.compiled)
 @pytest.fixture
 def compiled(monkeypatch):
     """Force the torch.compile kernels at any size (the default compiles large calls only)."""
-    from rdrop import _compiled
+    from rdrop.kernels import compiled as _compiled
 
     monkeypatch.setenv("RDROP_COMPILE", "always")
     monkeypatch.setattr(_compiled, "_broken", [])
@@ -281,7 +282,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(compiled, monkeypa
 
 
 def test_compile_switch(monkeypatch):
-    from rdrop import _compiled
+    from rdrop.kernels import compiled as _compiled
 
     monkeypatch.setattr(_compiled, "_broken", [])
     monkeypatch.delenv("RDROP_COMPILE", raising=False)
@@ -300,11 +301,11 @@ def test_compile_switch(monkeypatch):
     ("kl", "mean", True), ("kl", "sum", True), ("js", "mean", False), ("kl", "none", False),
 ])
 def test_large_default_calls_take_the_chunked_path(monkeypatch, consistency, reduction, lean):
-    # The size rule is rdrop._compiled.compile_wanted; pretend this small call is large.
-    import rdrop._compiled
+    # The size rule is rdrop.kernels.compiled.compile_wanted; pretend this small call is large.
     import rdrop.functional as functional
+    import rdrop.kernels.compiled
 
-    monkeypatch.setattr(rdrop._compiled, "compile_wanted", lambda numel: True)
+    monkeypatch.setattr(rdrop.kernels.compiled, "compile_wanted", lambda numel: True)
     seen = []
     real = functional._chunked
     monkeypatch.setattr(functional, "_chunked",
@@ -313,7 +314,7 @@ def test_large_default_calls_take_the_chunked_path(monkeypatch, consistency, red
     l1, l2 = torch.randn(6, 7, generator=g), torch.randn(6, 7, generator=g)
     y = torch.tensor([0, 3, -100, 6, 2, 1])
     out = rdrop_loss(l1, l2, y, alpha=2.0, consistency=consistency, reduction=reduction)
-    assert seen == ([functional.AUTO_CHUNK_ROWS] if lean else [])
+    assert seen == ([CHUNK_SIZE] if lean else [])
     if consistency == "kl" and reduction == "mean":
         ref = reference_rdrop_loss([l1.double(), l2.double()], y, alpha=2.0)
         torch.testing.assert_close(out.loss.double(), ref["loss"], rtol=1e-5, atol=1e-6)

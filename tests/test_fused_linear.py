@@ -252,7 +252,7 @@ def test_full_logits_never_exist():
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_compiled_kernels_match_reference(monkeypatch, label_smoothing):
-    from rdrop import _compiled
+    from rdrop.kernels import compiled as _compiled
 
     monkeypatch.setenv("RDROP_COMPILE", "always")
     monkeypatch.setattr(_compiled, "_broken", [])

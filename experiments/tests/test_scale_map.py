@@ -16,12 +16,12 @@ def _record(method, seed, *, value, valid, knob, train_loss=1.0, valid_loss=1.5,
             stop="patience", size=500, experiment="image"):
     """A second-protocol record of the `image` family (accuracy, higher is better)."""
     curves = [
-        {"step": 10, "sample_passes": 100, "train_loss": train_loss + 0.5,
+        {"step": 10, "epoch": 1.0, "sample_passes": 100, "train_loss": train_loss + 0.5,
          "valid_loss": valid_loss + 0.2, "valid_accuracy": valid - 0.05,
          "test_accuracy": value - 0.05},
-        {"step": 20, "sample_passes": 200, "train_loss": train_loss, "valid_loss": valid_loss,
-         "valid_accuracy": valid, "test_accuracy": value},
-        {"step": 30, "sample_passes": 300, "train_loss": train_loss - 0.3,
+        {"step": 20, "epoch": 2.0, "sample_passes": 200, "train_loss": train_loss,
+         "valid_loss": valid_loss, "valid_accuracy": valid, "test_accuracy": value},
+        {"step": 30, "epoch": 3.0, "sample_passes": 300, "train_loss": train_loss - 0.3,
          "valid_loss": valid_loss + 0.1, "valid_accuracy": valid - 0.02,
          "test_accuracy": value},
     ]
@@ -176,3 +176,29 @@ def test_advise_cli_missing_file_and_not_json(tmp_path, capsys):
     assert main(["advise", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
     assert "not a JSON file" in err and err.count("\n") == 1
+
+
+def test_write_map_writes_the_table_the_csv_and_the_plots(tmp_path):
+    import csv
+
+    from rdrop_experiments.scale_map import write_map
+
+    _write_map(tmp_path)
+    text = write_map(tmp_path)
+    assert "| image-500-vit-d32 | 500 |" in text and "no predictor fitted" in text
+    with open(tmp_path / "scale" / "map.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == ["image-2000-vit-d32", "image-500-vit-d32"]
+    assert float(rows[1]["best"]) == pytest.approx(3.0)
+    for name in ("scale-baseline-image.png", "scale-gap.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+def test_two_records_of_one_run_in_a_cell_are_refused(tmp_path):
+    from rdrop_experiments.storage import DuplicateRunError
+
+    _write_map(tmp_path)
+    folder = tmp_path / "scale" / "image-500-vit-d32" / "image"
+    (folder / "copy.json").write_text((folder / "r0.json").read_text())
+    with pytest.raises(DuplicateRunError, match=r"copy\.json"):
+        map_cells(tmp_path)

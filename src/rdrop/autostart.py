@@ -23,7 +23,7 @@ import logging
 import math
 from typing import Any
 
-from rdrop.argchecks import check_positive_int
+from rdrop.checks import check_positive_int
 from rdrop.schedule import RDropStep, rdrop_step
 
 __all__ = ["AutoStart", "scheduled_step"]

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rdrop.argchecks import check_positive_int
+from rdrop.checks import check_positive_int
 
 __all__ = [
     "ConcatForward",

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from rdrop.argchecks import (
+from rdrop.checks import (
+    ALPHA,
+    IGNORE_INDEX,
     check_alpha,
-    check_chunk_size,
-    check_consistency,
-    check_ignore_index,
-    check_label_smoothing,
-    check_loss_combination,
-    check_reduction,
+    check_loss_arguments,
+    check_num_items_in_batch,
 )
-from rdrop.functional import RDropOutput, rdrop_loss
+from rdrop.functional import RDropOutput, _multi_pass
 
 __all__ = ["RDropLoss"]
 
@@ -51,9 +49,9 @@ class RDropLoss(nn.Module):
 
     def __init__(
         self,
-        alpha: float = 1.0,
+        alpha: float = ALPHA,
         *,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         label_smoothing: float = 0.0,
         reduction: str = "mean",
         consistency: str = "kl",
@@ -62,14 +60,14 @@ class RDropLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.alpha = check_alpha(alpha)
-        self.ignore_index = check_ignore_index(ignore_index)
-        self.label_smoothing = check_label_smoothing(label_smoothing)
-        self.reduction = check_reduction(reduction)
-        self.consistency = check_consistency(consistency)
-        self.chunk_size = check_chunk_size(chunk_size)
+        check_loss_arguments(ignore_index=ignore_index, label_smoothing=label_smoothing,
+                             reduction=reduction, consistency=consistency, chunk_size=chunk_size)
+        self.ignore_index = int(ignore_index)
+        self.label_smoothing = float(label_smoothing)
+        self.reduction = reduction
+        self.consistency = consistency
+        self.chunk_size = chunk_size
         self.check_finite = bool(check_finite)
-        check_loss_combination(consistency=self.consistency, reduction=self.reduction,
-                               label_smoothing=self.label_smoothing, chunk_size=self.chunk_size)
 
     def forward(
         self,
@@ -80,16 +78,16 @@ class RDropLoss(nn.Module):
         num_items_in_batch: int | Tensor | None = None,
     ) -> RDropOutput:
         """Compute the loss of two passes; see :func:`rdrop.functional.rdrop_loss`."""
-        return rdrop_loss(
-            logits1,
-            logits2,
+        # The hyperparameters were checked at construction; the call checks its count.
+        return _multi_pass(
+            [logits1, logits2],
             target,
             alpha=self.alpha,
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
             reduction=self.reduction,
             consistency=self.consistency,
-            num_items_in_batch=num_items_in_batch,
+            num_items_in_batch=check_num_items_in_batch(num_items_in_batch),
             chunk_size=self.chunk_size,
             check_finite=self.check_finite,
         )

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rdrop.argchecks import check_positive_int
+from rdrop.checks import check_positive_int
 
 __all__ = ["RDropStep", "rdrop_step"]
 

@@ -62,12 +62,28 @@ import torch
 from torch import Tensor, nn
 
 from rdrop.batching import ConcatLayout, InputName, concat_inputs, extract_logits
-from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, single_pass_loss
+from rdrop.checks import (
+    CONSISTENCIES,
+    IGNORE_INDEX,
+    STEP_CONSISTENCIES,
+    check_loss_arguments,
+    check_loss_combination,
+    check_num_items_in_batch,
+    check_positive_int,
+)
+from rdrop.functional import RDropOutput, _multi_pass, _single_pass
 from rdrop.inspection import batchnorm_layers
+from rdrop.multilabel import MultiLabelLoss
 from rdrop.schedule import RDropStep
-from rdrop.subset import SubsetLayout, subset_inputs, subset_rdrop_loss
+from rdrop.subset import (
+    SubsetLayout,
+    check_second_pass_fraction,
+    subset_inputs,
+    subset_rdrop_loss,
+)
 
-__all__ = ["MODES", "LogitsLoss", "PassLoss", "PassPlan", "StepResult", "TrainingStep", "eager"]
+__all__ = ["MODES", "LogitsLoss", "PassLoss", "PassPlan", "StepResult", "TrainingStep", "eager",
+           "pass_loss"]
 
 MODES = ("concat", "twice")
 
@@ -133,7 +149,11 @@ class LogitsLoss:
 
     Attributes:
         consistency, ignore_index, label_smoothing, reduction, chunk_size, check_finite: as in
-            :func:`rdrop.functional.rdrop_loss` (validated by the entry point).
+            :func:`rdrop.functional.rdrop_loss`, checked once at construction; a call checks
+            only its ``num_items_in_batch``.
+
+    Raises:
+        TypeError, ValueError: invalid settings (at construction).
 
     Example:
         >>> import torch
@@ -145,23 +165,31 @@ class LogitsLoss:
     """
 
     consistency: str = "kl"
-    ignore_index: int = -100
+    ignore_index: int = IGNORE_INDEX
     label_smoothing: float = 0.0
     reduction: str = "mean"
     chunk_size: int | None = None
     check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        check_loss_arguments(ignore_index=self.ignore_index,
+                             label_smoothing=self.label_smoothing, reduction=self.reduction,
+                             consistency=self.consistency, chunk_size=self.chunk_size)
+        if not isinstance(self.check_finite, bool):
+            raise TypeError(
+                f"check_finite must be a bool, got {type(self.check_finite).__name__}.")
 
     def __call__(self, passes: list[Tensor], target: Tensor, alpha: float,
                  num_items_in_batch: int | Tensor | None = None) -> RDropOutput:
         kwargs: dict[str, Any] = {
             "ignore_index": self.ignore_index, "label_smoothing": self.label_smoothing,
             "reduction": self.reduction, "consistency": self.consistency,
-            "num_items_in_batch": num_items_in_batch, "check_finite": self.check_finite,
+            "num_items_in_batch": check_num_items_in_batch(num_items_in_batch),
+            "check_finite": self.check_finite,
         }
         if len(passes) == 1:
-            return single_pass_loss(passes[0], target, **kwargs)
-        out = multi_pass_rdrop_loss(passes, target, alpha=1.0, chunk_size=self.chunk_size,
-                                    **kwargs)
+            return _single_pass(passes[0], target, **kwargs)
+        out = _multi_pass(passes, target, alpha=1.0, chunk_size=self.chunk_size, **kwargs)
         return RDropOutput(out.task_loss + alpha * out.consistency_loss, out.task_loss,
                            out.consistency_loss)
 
@@ -179,6 +207,32 @@ class LogitsLoss:
                                 check_finite=self.check_finite)
         return RDropOutput(out.task_loss + alpha * out.consistency_loss, out.task_loss,
                            out.consistency_loss)
+
+
+def pass_loss(consistency: str = "kl", *, ignore_index: int = IGNORE_INDEX,
+              label_smoothing: float = 0.0, reduction: str = "mean",
+              chunk_size: int | None = None, check_finite: bool = True) -> PassLoss:
+    """The step's loss for a head: :class:`rdrop.multilabel.MultiLabelLoss` (BCE task terms,
+    per-label Bernoulli KL) for ``consistency="bernoulli"``, :class:`LogitsLoss` otherwise.
+    The one place an entry point's ``consistency`` picks the head's loss; the options are
+    checked here (as :class:`LogitsLoss` checks its own).
+
+    Raises:
+        TypeError, ValueError: an invalid option (``label_smoothing`` or ``chunk_size`` with
+            ``"bernoulli"`` among them).
+
+    Example:
+        >>> type(pass_loss("bernoulli")).__name__, type(pass_loss("kl")).__name__
+        ('MultiLabelLoss', 'LogitsLoss')
+    """
+    if consistency == "bernoulli" or consistency not in CONSISTENCIES:
+        check_loss_arguments(ignore_index=ignore_index, label_smoothing=label_smoothing,
+                             reduction=reduction, consistency=consistency,
+                             chunk_size=chunk_size, allowed=STEP_CONSISTENCIES)
+        return MultiLabelLoss(reduction=reduction, check_finite=check_finite)
+    return LogitsLoss(consistency=consistency, ignore_index=ignore_index,
+                      label_smoothing=label_smoothing, reduction=reduction,
+                      chunk_size=chunk_size, check_finite=check_finite)
 
 
 @dataclass(frozen=True)
@@ -211,7 +265,8 @@ class StepResult:
 class TrainingStep:
     """Run the passes of one training step and return the R-Drop loss (see the module doc).
 
-    Options are stored as given: the entry point that takes them from the user validates them.
+    Options are checked once, at construction (with the loss's ``chunk_size``, which needs two
+    passes).
 
     Args:
         num_passes: ``m >= 2`` passes on an R-Drop step.
@@ -235,6 +290,7 @@ class TrainingStep:
         align: maps ``(passes, target)`` to what the loss compares (a causal LM's shift).
 
     Raises:
+        TypeError, ValueError: invalid options (at construction).
         ValueError (at :meth:`run`): a failed input check; batch size 1 with BatchNorm in
             concat mode; logits without ``passes * B`` rows.
         TypeError (at :meth:`run`): the output holds no logits.
@@ -266,6 +322,38 @@ class TrainingStep:
     align: Align | None = None
     _inputs_checked: bool = field(default=False, init=False, repr=False)
     _batchnorms: tuple[nn.Module, ...] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_positive_int("num_passes", self.num_passes, 2)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        for name in ("stop_gradient", "check_inputs"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}.")
+        if self.stop_gradient and self.num_passes != 2:
+            raise ValueError(
+                f"stop_gradient=True uses one gradient pass and one detached target pass; "
+                f"num_passes must be 2, got {self.num_passes}."
+            )
+        if not callable(self.logits_fn):
+            raise TypeError(f"logits_fn must be callable, got {type(self.logits_fn).__name__}.")
+        self.second_pass_fraction = check_second_pass_fraction(self.second_pass_fraction)
+        if self.second_pass_fraction < 1.0 and (
+            self.num_passes != 2 or not hasattr(self.loss, "subset")
+            or getattr(self.loss, "reduction", "mean") != "mean"
+        ):
+            raise ValueError(
+                f"second_pass_fraction={self.second_pass_fraction} compares two passes with "
+                "per-row means over B and over the subset (rdrop.subset); got "
+                f"num_passes={self.num_passes}, loss {type(self.loss).__name__} with reduction "
+                f"{getattr(self.loss, 'reduction', None)!r}. Use num_passes=2, a class or "
+                "regression head and reduction='mean', or second_pass_fraction=1.0."
+            )
+        if isinstance(self.loss, LogitsLoss):
+            check_loss_combination(consistency=self.loss.consistency,
+                                   reduction=self.loss.reduction,
+                                   label_smoothing=self.loss.label_smoothing,
+                                   chunk_size=self.loss.chunk_size, num_passes=self.num_passes)
 
     # --------------------------------------------------------------------------------- plan
     def plan(self, decision: RDropStep) -> PassPlan:

@@ -32,29 +32,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rdrop.argchecks import (
+from rdrop._rows import js_rows, log_probs, nll_rows, sym_kl_rows, upcast
+from rdrop.batching import InputName, _map, concat_inputs
+from rdrop.checks import (
+    IGNORE_INDEX,
+    Targets,
     check_alpha,
+    check_class_target,
     check_consistency,
     check_ignore_index,
     check_label_smoothing,
     check_loss_combination,
     check_num_items_in_batch,
+    check_pair,
+    check_result,
 )
-from rdrop.batching import InputName, _map, concat_inputs
-from rdrop.functional import (
-    RDropOutput,
-    _check_class_target,
-    _check_pair,
-    _check_result,
-    _js_rows,
-    _log_probs,
-    _nll_rows,
-    _sym_kl_rows,
-    _Targets,
-    _upcast,
-    mean_denominator,
-    multi_pass_rdrop_loss,
-)
+from rdrop.functional import RDropOutput, mean_denominator, multi_pass_rdrop_loss
 
 __all__ = ["SubsetLayout", "check_second_pass_fraction", "subset_count", "subset_inputs",
            "subset_rdrop_loss", "subset_size"]
@@ -116,7 +109,7 @@ def subset_size(batch_size: int, fraction: float) -> int:
     return max(1, min(batch_size, math.ceil(round(fraction * batch_size, 9))))
 
 
-def subset_count(target: Tensor, fraction: float, *, ignore_index: int = -100) -> Tensor:
+def subset_count(target: Tensor, fraction: float, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Counted targets (``!= ignore_index``) in the first :func:`subset_size` rows of ``target``.
 
     Sum it over the micro-batches of an accumulated step to get ``num_items_in_subset``.
@@ -250,7 +243,7 @@ def subset_rdrop_loss(
     target: Tensor,
     *,
     alpha: float,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     label_smoothing: float = 0.0,
     consistency: str = "kl",
     num_items_in_batch: int | Tensor | None = None,
@@ -343,21 +336,21 @@ def subset_rdrop_loss(
                                      num_items_in_batch=num_items_in_batch,
                                      check_finite=check_finite)
     first = logits1[:n]
-    _check_pair(first, logits2)
+    check_pair(first, logits2)
     second = logits2.detach() if stop_gradient else logits2
     if consistency == "mse":
         return _mse(logits1, second, target, alpha=alpha, stop_gradient=stop_gradient,
                     num_items_in_batch=num_items_in_batch,
                     num_items_in_subset=num_items_in_subset, check_finite=check_finite)
     ignore_index = check_ignore_index(ignore_index)
-    _check_class_target(logits1, target)
-    targets = _Targets(target, logits1.shape[-1], ignore_index, check=check_finite)
+    check_class_target(logits1, target)
+    targets = Targets(target, logits1.shape[-1], ignore_index, check=check_finite)
     # check=check_finite: an out-of-range index becomes 0 here too (the batch's targets raise).
-    sub = _Targets(target[:n], logits1.shape[-1], ignore_index, check=check_finite)
-    logp1 = _log_probs(logits1)
-    logp2 = _log_probs(second)
-    nll1 = _nll_rows(logp1, targets, label_smoothing)
-    pair = _sym_kl_rows if consistency == "kl" else _js_rows
+    sub = Targets(target[:n], logits1.shape[-1], ignore_index, check=check_finite)
+    logp1 = log_probs(logits1)
+    logp2 = log_probs(second)
+    nll1 = nll_rows(logp1, targets.index, label_smoothing)
+    pair = sym_kl_rows if consistency == "kl" else js_rows
     cons_rows = pair(logp1[:n], logp2)
     # A row that does not count but holds NaN/+inf logits (either pass) has loss 0 and a NaN
     # gradient: flag it for the one sync, as rdrop_loss does.
@@ -369,18 +362,18 @@ def subset_rdrop_loss(
     denom_s = mean_denominator(sub.keep, num_items_in_subset)
     task = torch.where(targets.keep, nll1, zero).sum() / denom_b
     if not stop_gradient:
-        nll2 = _nll_rows(logp2, sub, label_smoothing)
+        nll2 = nll_rows(logp2, sub.index, label_smoothing)
         task = task + torch.where(sub.keep, nll2, zero).sum() / denom_s
     cons = torch.where(sub.keep, cons_rows, zero).sum() / denom_s
     out = RDropOutput(loss=task + alpha * cons, task_loss=task, consistency_loss=cons)
     if check_finite:
-        _check_result(out.loss, [logits1, logits2], denom=_both(denom_b, denom_s),
+        check_result(out.loss, [logits1, logits2], denom=_both(denom_b, denom_s),
                       targets=targets, label_smoothing=label_smoothing)
     return out
 
 
 def _both(denom_b: Tensor | float, denom_s: Tensor | float) -> Tensor | float:
-    # _check_result checks one denominator; a tensor count must be positive, so check the smaller.
+    # check_result checks one denominator; a tensor count must be positive, so check the smaller.
     if isinstance(denom_b, Tensor) or isinstance(denom_s, Tensor):
         device = denom_b.device if isinstance(denom_b, Tensor) else denom_s.device  # type: ignore[union-attr]
         return torch.minimum(torch.as_tensor(denom_b, device=device),
@@ -403,9 +396,9 @@ def _mse(logits1: Tensor, second: Tensor, target: Tensor, *, alpha: float, stop_
                 f"{shape}; expected {shape} (or {shape[:-1]} for a (N, 1) head)."
             )
     rows, n = shape[0], second.shape[0]
-    p1 = _upcast(logits1).reshape(rows, -1)
-    p2 = _upcast(second).reshape(n, -1)
-    y = _upcast(target).reshape(rows, -1)
+    p1 = upcast(logits1).reshape(rows, -1)
+    p2 = upcast(second).reshape(n, -1)
+    y = upcast(target).reshape(rows, -1)
     keep_b = torch.ones(rows, dtype=torch.bool, device=y.device)
     denom_b = mean_denominator(keep_b, num_items_in_batch)
     denom_s = mean_denominator(keep_b[:n], num_items_in_subset)
@@ -415,6 +408,6 @@ def _mse(logits1: Tensor, second: Tensor, target: Tensor, *, alpha: float, stop_
     cons = ((p1[:n] - p2) ** 2).mean(-1).sum() / denom_s
     out = RDropOutput(loss=task + alpha * cons, task_loss=task, consistency_loss=cons)
     if check_finite:
-        _check_result(out.loss, [logits1, second], denom=_both(denom_b, denom_s), targets=None,
+        check_result(out.loss, [logits1, second], denom=_both(denom_b, denom_s), targets=None,
                       label_smoothing=0.0, values=target)
     return out

@@ -9,22 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rdrop.argchecks import (
-    check_alpha,
-    check_chunk_size,
-    check_consistency,
-    check_ignore_index,
-    check_label_smoothing,
-    check_loss_combination,
-    check_positive_int,
-    check_reduction,
-)
 from rdrop.autostart import AutoStart, scheduled_step
 from rdrop.batching import InputName
+from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
 from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
+from rdrop.noise import Noise, attach_noise
 from rdrop.schedule import RDropStep
-from rdrop.step import MODES, LogitsLoss, TrainingStep, eager
-from rdrop.subset import check_second_pass_fraction
+from rdrop.step import TrainingStep, eager, pass_loss
 
 __all__ = ["RDrop"]
 
@@ -118,6 +109,18 @@ class RDrop(nn.Module):
     the first step, because LoRA's ``B`` matrix starts at zero, so the adapter branch (and its
     dropout) adds nothing until ``B`` has moved; it grows from the second step on.
 
+    **Models without dropout** (Llama-family configs, TRL's DPO/KTO/reward training, LoRA with
+    ``lora_dropout=0``): the passes would be identical. ``noise=`` gives them other randomness
+    (:mod:`rdrop.noise`): ``"embedding:5"`` (NEFTune-style uniform noise on the input
+    embeddings, scale ``alpha / sqrt(L d)``), ``"dropout:0.1"`` (the model's dropout slots
+    switched on at 0.1), ``"lora:0.1"`` (PEFT LoRA dropout). The source acts in training mode
+    only, each pass drawing its own noise; evaluation and generation stay bit-identical to the
+    plain model. ``wrapped.noise.remove()`` restores the model.
+
+    **Multi-label (sigmoid) heads**: ``consistency="bernoulli"`` with 0/1 (float) targets of the
+    logits' shape: both passes' ``BCEWithLogits`` plus the per-label symmetric Bernoulli KL
+    (:func:`rdrop.multilabel_rdrop_loss`).
+
     **Gradient checkpointing** must preserve the RNG state (PyTorch's and Hugging Face's
     default): with ``preserve_rng_state=False`` the recompute draws new dropout masks and the
     gradients no longer match the loss.
@@ -134,7 +137,11 @@ class RDrop(nn.Module):
             single-pass steps whose loss is the task loss of one pass (CE, no consistency).
         alpha_warmup_steps: ramp alpha linearly from ``alpha / n`` to ``alpha`` over the first
             ``n`` optimizer steps (0 = no warm-up).
-        consistency: ``"kl"``, ``"js"``, or ``"mse"`` for regression heads.
+        consistency: ``"kl"``, ``"js"``, ``"mse"`` for regression heads, or ``"bernoulli"``
+            for multi-label sigmoid heads.
+        noise: where the passes' randomness comes from: ``"dropout"`` (the model's own, the
+            default), ``"embedding:ALPHA"``, ``"dropout:P"``, ``"lora:P"`` or a
+            :class:`rdrop.noise.Noise` (see above).
         ignore_index, label_smoothing, reduction, chunk_size, check_finite: as in
             :func:`rdrop.functional.rdrop_loss` (``chunk_size`` needs two passes, ``"kl"`` and a
             reduction other than ``"none"``).
@@ -156,7 +163,9 @@ class RDrop(nn.Module):
         warn_batchnorm: warn at construction about BatchNorm layers.
 
     Raises:
-        TypeError, ValueError: invalid hyperparameters (at construction); at call time a
+        TypeError, ValueError: invalid hyperparameters (at construction), a ``noise`` the model
+            cannot take (no input embedding layer, no dropout slot, no LoRA layer: the message
+            names the modules looked at); at call time a
             target/logit shape mismatch, logits without ``num_passes * B`` rows, batch size 1
             with BatchNorm in concat mode, a failed input check, or a training call while the
             wrapped model is in eval mode.
@@ -183,14 +192,15 @@ class RDrop(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        alpha: float = 1.0,
+        alpha: float = ALPHA,
         *,
         mode: str = "concat",
         num_passes: int = 2,
         every_k_steps: int = 1,
         alpha_warmup_steps: int = 0,
         consistency: str = "kl",
-        ignore_index: int = -100,
+        noise: str | Noise | None = "dropout",
+        ignore_index: int = IGNORE_INDEX,
         label_smoothing: float = 0.0,
         reduction: str = "mean",
         chunk_size: int | None = None,
@@ -209,63 +219,40 @@ class RDrop(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         self.alpha = check_alpha(alpha)
-        self.num_passes = check_positive_int("num_passes", num_passes, 2)
         self.every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
         self.alpha_warmup_steps = check_positive_int("alpha_warmup_steps", alpha_warmup_steps, 0)
-        self.consistency = check_consistency(consistency)
-        self.ignore_index = check_ignore_index(ignore_index)
-        self.label_smoothing = check_label_smoothing(label_smoothing)
-        self.reduction = check_reduction(reduction)
-        self.chunk_size = check_chunk_size(chunk_size)
-        check_loss_combination(consistency=self.consistency, reduction=self.reduction,
-                               label_smoothing=self.label_smoothing, chunk_size=self.chunk_size,
-                               num_passes=self.num_passes)
-        for name, flag in (("stop_gradient", stop_gradient), ("check_finite", check_finite),
-                           ("check_inputs", check_inputs)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}.")
-        if stop_gradient and self.num_passes != 2:
-            raise ValueError(
-                f"stop_gradient=True uses one gradient pass and one detached target pass; "
-                f"num_passes must be 2, got {self.num_passes}."
-            )
         if not isinstance(start_step, AutoStart):
             start_step = check_positive_int("start_step", start_step, 0)
         self.start_step: int | AutoStart = start_step
-        self.second_pass_fraction = check_second_pass_fraction(second_pass_fraction)
-        if self.second_pass_fraction < 1.0 and (self.num_passes != 2 or self.reduction != "mean"):
-            raise ValueError(
-                f"second_pass_fraction={self.second_pass_fraction} compares two passes with "
-                f"per-row means over B and over the subset; got num_passes={self.num_passes}, "
-                f"reduction={self.reduction!r}. Use num_passes=2 and reduction='mean', or "
-                "second_pass_fraction=1.0."
-            )
-        if logits_fn is not None and not callable(logits_fn):
-            raise TypeError(f"logits_fn must be callable, got {type(logits_fn).__name__}.")
+        # The passes and the loss: rdrop.step, the same step as every other entry point. Their
+        # options are checked there, once.
+        loss = pass_loss(consistency, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing, reduction=reduction,
+                         chunk_size=chunk_size, check_finite=check_finite)
+        # Where the passes' randomness comes from (rdrop.noise); refused here if the model
+        # cannot take it.
+        self.noise = attach_noise(model, noise)
+        step_kwargs = {"logits_fn": logits_fn} if logits_fn is not None else {}
+        self._step = TrainingStep(num_passes=num_passes, mode=mode,
+                                  stop_gradient=stop_gradient,
+                                  second_pass_fraction=second_pass_fraction,
+                                  loss=loss, batched=batched,
+                                  unbatched=unbatched, check_inputs=check_inputs,
+                                  pass_context=self.noise.pass_context, **step_kwargs)
+        self.num_passes, self.mode, self.stop_gradient = num_passes, mode, stop_gradient
+        self.second_pass_fraction = self._step.second_pass_fraction
+        self.consistency, self.ignore_index = consistency, int(ignore_index)
+        self.label_smoothing, self.reduction = float(label_smoothing), reduction
+        self.chunk_size, self.check_finite = chunk_size, check_finite
         self.model = model
-        self.mode = mode
-        self.check_finite = check_finite
-        self.stop_gradient = stop_gradient
         self.check_dropout = check_dropout
         self.num_steps = 0  # the optimizer step (or training calls, see _step_source)
         self._step_source = "calls"  # "calls" until an optimizer or set_step() says otherwise
-        # The passes and the loss: rdrop.step, the same step as every other entry point.
-        loss = LogitsLoss(consistency=self.consistency, ignore_index=self.ignore_index,
-                          label_smoothing=self.label_smoothing, reduction=self.reduction,
-                          chunk_size=self.chunk_size, check_finite=check_finite)
-        step_kwargs = {"logits_fn": logits_fn} if logits_fn is not None else {}
-        self._step = TrainingStep(num_passes=self.num_passes, mode=mode,
-                                  stop_gradient=stop_gradient,
-                                  second_pass_fraction=self.second_pass_fraction,
-                                  loss=loss, batched=batched,
-                                  unbatched=unbatched, check_inputs=check_inputs, **step_kwargs)
         self._optimizer_hook: Any = None
         if optimizer is not None:
             self.attach_optimizer(optimizer)
-        if check_dropout and not active_dropout_rates(model):
+        if check_dropout and not self.noise.adds_randomness and not active_dropout_rates(model):
             warnings.warn(
                 "RDrop: the model has no dropout layer with p > 0, so both passes are identical "
                 f"and R-Drop only doubles the cost. {no_dropout_advice(model)} Pass "
@@ -355,8 +342,8 @@ class RDrop(nn.Module):
         return (
             f"alpha={self.alpha}, mode={self.mode!r}, num_passes={self.num_passes}, "
             f"every_k_steps={self.every_k_steps}, consistency={self.consistency!r}, "
-            f"stop_gradient={self.stop_gradient}, start_step={self.start_step}, "
-            f"second_pass_fraction={self.second_pass_fraction}"
+            f"stop_gradient={self.stop_gradient}, noise={str(self.noise.noise)!r}, "
+            f"start_step={self.start_step}, second_pass_fraction={self.second_pass_fraction}"
         )
 
     # ---------------------------------------------------------------------------------- forward

@@ -165,11 +165,18 @@ def cell_from_records(records: Sequence[dict[str, Any]], *, name: str, source: s
 def map_cells(root: str | Path = "results") -> list[MapCell]:
     """Every cell under ``root``: the second-protocol family cells (``root/<family>/``) and the
     scale map's cells (``root/scale/<cell>/``), sorted by family, model and size."""
-    from rdrop_experiments.storage import load_results
+    return _cells_and_records(root)[0]
+
+
+def _cells_and_records(
+    root: str | Path,
+) -> tuple[list[MapCell], dict[str, list[dict[str, Any]]]]:
+    from rdrop_experiments.storage import check_one_record_per_run, load_results
 
     root = Path(root)
     scale_root = (root / "scale").resolve()
     cells: list[MapCell] = []
+    by_cell: dict[str, list[dict[str, Any]]] = {}
     protocol: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in load_results(root):
         path = Path(rec["_path"]).resolve()
@@ -183,12 +190,14 @@ def map_cells(root: str | Path = "results") -> list[MapCell]:
     if scale_root.is_dir():
         for folder in sorted(p for p in scale_root.iterdir() if p.is_dir()):
             recs = load_results(folder)
+            check_one_record_per_run(recs, where=str(folder))
             model = folder.name.rsplit("-", 1)[-1]
             cell = cell_from_records(recs, name=folder.name, source="scale", model=model)
             if cell is not None:
                 cells.append(cell)
+                by_cell[folder.name] = recs
     cells.sort(key=lambda c: (c.family, c.source != "scale", c.model, c.size))
-    return cells
+    return cells, by_cell
 
 
 def _f(x: float, digits: int = 2) -> str:
@@ -263,6 +272,42 @@ def _plot_family(family: str, cells: Sequence[MapCell], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_baseline_curves(family: str, cells: Sequence[MapCell],
+                          records: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """The chosen baseline's validation metric against epochs, relative to its best, one line
+    per seed and a colour per cell: the evidence that each baseline passed its optimum."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rdrop_experiments.verdict import build_verdicts
+    from rdrop_experiments.verdict import field as rfield
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, cell in enumerate(cells):
+        verdicts = build_verdicts(records[cell.name])
+        if not verdicts:
+            continue
+        for j, rec in enumerate(verdicts[0].arms["baseline"].runs.values()):
+            metric = str(rfield(rec, "selection_metric", ""))
+            best = float(rfield(rec, "best_valid", math.nan))
+            pts = [(c["epoch"], c[metric] / best) for c in rec["curves"] if metric in c]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[i % len(colors)],
+                    lw=0.8, label=cell.name if j == 0 else None)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation metric / its best (chosen baseline, every seed)", fontsize=8)
+    ax.set_title(f"{family}: did the tuned baseline pass its optimum?", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plot_gap(cells: Sequence[MapCell], path: Path, line: tuple[float, float] | None) -> None:
     import matplotlib
 
@@ -294,12 +339,17 @@ def _plot_gap(cells: Sequence[MapCell], path: Path, line: tuple[float, float] | 
 
 def write_map(root: str | Path = "results", out: str | Path | None = None, *,
               plots: bool = True) -> str:
-    """Write ``scale/map.md``, ``scale/map.csv`` and ``plots/scale-<family>.png`` plus
-    ``plots/scale-gap.png`` under ``out`` (default ``root``); return the markdown ('' when
-    there are no cells)."""
+    """Write ``scale/map.md``, ``scale/map.csv``, ``plots/scale-<family>.png`` (Δ against size),
+    ``plots/scale-baseline-<family>.png`` (the chosen baselines' validation curves) and
+    ``plots/scale-gap.png`` (gain against overfitting) under ``out`` (default ``root``); return
+    the markdown ('' when there are no cells).
+
+    Raises:
+        DuplicateRunError: two records of one run in one cell's folder.
+    """
     from rdrop_experiments.advise import fit_predictor, predictor_markdown
 
-    cells = map_cells(root)
+    cells, by_cell = _cells_and_records(root)
     if not cells:
         return ""
     out = Path(out or root)
@@ -312,6 +362,11 @@ def write_map(root: str | Path = "results", out: str | Path | None = None, *,
             if len({c.size for c in fam}) > 1:
                 _plot_family(family, fam, out / "plots" / f"scale-{family}.png")
                 text += f"\n![{family}](../plots/scale-{family}.png)\n"
+            scaled = [c for c in fam if c.name in by_cell]
+            if scaled:
+                name = f"scale-baseline-{family}.png"
+                _plot_baseline_curves(family, scaled, by_cell, out / "plots" / name)
+                text += f"\n![{family}: baselines past their optimum](../plots/{name})\n"
         _plot_gap(cells, out / "plots" / "scale-gap.png",
                   (predictor.a, predictor.b) if predictor else None)
         text += "\n![gain against overfitting](../plots/scale-gap.png)\n"

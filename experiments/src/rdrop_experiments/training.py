@@ -19,8 +19,9 @@ from rdrop.autostart import AutoStart, scheduled_step
 from rdrop.batching import extract_logits
 from rdrop.functional import RDropOutput
 from rdrop.inspection import dropout_slots
+from rdrop.noise import attach_noise
 from rdrop.schedule import RDropStep
-from rdrop.step import LogitsLoss, PassPlan, TrainingStep
+from rdrop.step import PassPlan, TrainingStep, pass_loss
 from rdrop.subset import subset_size
 from rdrop_experiments.compute import step_passes
 from rdrop_experiments.config import METHODS, CommonConfig
@@ -143,6 +144,11 @@ class TrainStep:
       ``pass_dropouts`` set, ``num_passes`` separate forwards, pass ``k`` with every dropout
       rate set to ``pass_dropouts[k]`` (the step's per-pass context).
 
+    Every arm's randomness is ``cfg.noise`` (:mod:`rdrop.noise`), attached to the model here:
+    ``embedding:ALPHA`` on the baseline is NEFTune alone; on ``rdrop`` the passes differ by it.
+    ``cfg.consistency="bernoulli"`` gives every arm the multi-label loss (BCE task terms,
+    :class:`rdrop.multilabel.MultiLabelLoss`).
+
     The cheaper schedules are the library's options, for every R-Drop arm:
     ``second_pass_fraction`` (the step's), ``start_step`` (the schedule's) and
     ``auto_start_patience`` (an :class:`rdrop.autostart.AutoStart` on the run's validation
@@ -175,10 +181,11 @@ class TrainStep:
         self.alpha = 0.0 if method == "rdrop_alpha0" else cfg.alpha
         self.auto: AutoStart | None = None  # made at the first validation (its direction)
         self.last_passes: tuple[int, int] | None = None
-        loss = LogitsLoss(consistency=cfg.consistency, ignore_index=ignore_index,
-                          label_smoothing=label_smoothing, chunk_size=cfg.chunk_size,
-                          # the baseline is plain cross-entropy, which checks nothing
-                          check_finite=method != "baseline")
+        loss = pass_loss(cfg.consistency, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing, chunk_size=cfg.chunk_size,
+                         # the baseline is plain cross-entropy, which checks nothing
+                         check_finite=method != "baseline")
+        self.noise = attach_noise(model, cfg.noise)
         self.step = TrainingStep(
             num_passes=cfg.num_passes,
             mode="twice" if cfg.pass_dropouts else cfg.rdrop_mode,
@@ -186,8 +193,17 @@ class TrainStep:
             second_pass_fraction=cfg.second_pass_fraction,
             loss=loss,
             logits_fn=self.logits_fn,
-            pass_context=self._pass_dropout if cfg.pass_dropouts else None,
+            pass_context=self._pass_context,
         )
+
+    @contextlib.contextmanager
+    def _pass_context(self, passes: range, plan: PassPlan) -> Iterator[None]:
+        """Each forward: the noise source's context, and the per-pass dropout rates if set."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.noise.pass_context(passes, plan))
+            if self.cfg.pass_dropouts:
+                stack.enter_context(self._pass_dropout(passes, plan))
+            yield
 
     @contextlib.contextmanager
     def _pass_dropout(self, passes: range, plan: PassPlan) -> Iterator[None]:

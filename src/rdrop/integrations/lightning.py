@@ -31,6 +31,8 @@ loss by the accumulation steps, as it does for any loss).
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from typing import Any
 
 from torch import Tensor
@@ -45,19 +47,13 @@ except ImportError:  # pragma: no cover - the unified package
             "rdrop.integrations.lightning needs PyTorch Lightning: pip install pytorch-lightning"
         ) from err
 
-from rdrop.argchecks import (
-    check_alpha,
-    check_consistency,
-    check_ignore_index,
-    check_label_smoothing,
-    check_positive_int,
-)
 from rdrop.autostart import AutoStart, scheduled_step
 from rdrop.batching import InputName
+from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
 from rdrop.functional import RDropOutput
+from rdrop.noise import Noise, NoiseHandle, attach_noise, parse_noise
 from rdrop.schedule import RDropStep
-from rdrop.step import LogitsLoss, TrainingStep
-from rdrop.subset import check_second_pass_fraction
+from rdrop.step import TrainingStep, pass_loss
 
 __all__ = ["RDropLightningModule"]
 
@@ -79,7 +75,12 @@ class RDropLightningModule(pl.LightningModule):
         num_passes: dropout passes ``m >= 2``.
         every_k_steps: R-Drop on every k-th optimizer step.
         alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps.
-        consistency: ``"kl"``, ``"js"`` or ``"mse"``.
+        consistency: ``"kl"``, ``"js"``, ``"mse"``, or ``"bernoulli"`` (multi-label sigmoid
+            heads, float 0/1 targets: :func:`rdrop.multilabel_rdrop_loss`).
+        noise: where the passes' randomness comes from (:mod:`rdrop.noise`): ``"dropout"``
+            (the module's own, the default), ``"embedding:5"``, ``"dropout:0.1"``,
+            ``"lora:0.1"``. Attached to the module at the first training step (the subclass
+            builds its layers after this ``__init__``), training passes only.
         ignore_index, label_smoothing: as in :func:`rdrop.functional.rdrop_loss`.
         batched, unbatched, check_inputs: as in :class:`rdrop.RDrop` (which inputs carry the
             batch; the once-only check of the duplicated batch against a plain forward).
@@ -95,7 +96,8 @@ class RDropLightningModule(pl.LightningModule):
 
     Raises:
         TypeError, ValueError: invalid hyperparameters (the message names them); at the first
-            training step, a duplicated input that is not batched (see above).
+            training step, a duplicated input that is not batched (see above), or a ``noise``
+            the module cannot take (the message names its modules).
 
     Example:
         >>> import torch
@@ -112,41 +114,42 @@ class RDropLightningModule(pl.LightningModule):
         (torch.Size([]), True)
     """
 
-    def __init__(self, *, alpha: float = 1.0, num_passes: int = 2, every_k_steps: int = 1,
-                 alpha_warmup_steps: int = 0, consistency: str = "kl", ignore_index: int = -100,
-                 label_smoothing: float = 0.0, batched: list[InputName] | None = None,
+    def __init__(self, *, alpha: float = ALPHA, num_passes: int = 2, every_k_steps: int = 1,
+                 alpha_warmup_steps: int = 0, consistency: str = "kl",
+                 ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
+                 batched: list[InputName] | None = None,
                  unbatched: list[InputName] | None = None, check_inputs: bool = True,
-                 stop_gradient: bool = False, start_step: int | AutoStart = 0,
-                 second_pass_fraction: float = 1.0,
+                 noise: str | Noise | None = "dropout", stop_gradient: bool = False,
+                 start_step: int | AutoStart = 0, second_pass_fraction: float = 1.0,
                  auto_start_metric: str = "val_loss") -> None:
         super().__init__()
         self.rdrop_alpha = check_alpha(alpha)
-        self.rdrop_num_passes = check_positive_int("num_passes", num_passes, 2)
         self.rdrop_every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
         self.rdrop_alpha_warmup_steps = check_positive_int("alpha_warmup_steps",
                                                            alpha_warmup_steps, 0)
-        self.rdrop_consistency = check_consistency(consistency)
-        self.rdrop_loss_kwargs = {"ignore_index": check_ignore_index(ignore_index),
-                                  "label_smoothing": check_label_smoothing(label_smoothing)}
-        for name, flag in (("check_inputs", check_inputs), ("stop_gradient", stop_gradient)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}.")
         if not isinstance(start_step, AutoStart):
             start_step = check_positive_int("start_step", start_step, 0)
         self.rdrop_start_step: int | AutoStart = start_step
         self.rdrop_auto_start_metric = auto_start_metric
-        fraction = check_second_pass_fraction(second_pass_fraction)
-        if (stop_gradient or fraction < 1.0) and self.rdrop_num_passes != 2:
-            raise ValueError(
-                f"stop_gradient and second_pass_fraction compare two passes; num_passes must be "
-                f"2, got {self.rdrop_num_passes}."
-            )
+        # The step and its loss check their own options, once.
+        loss = pass_loss(consistency, ignore_index=ignore_index, label_smoothing=label_smoothing)
+        self.rdrop_noise_spec = parse_noise(noise)
+        self.rdrop_noise: NoiseHandle | None = None  # attached at the first training step
+        self.rdrop_training_step = TrainingStep(num_passes=num_passes, batched=batched,
+                                                unbatched=unbatched, check_inputs=check_inputs,
+                                                stop_gradient=stop_gradient,
+                                                second_pass_fraction=second_pass_fraction,
+                                                loss=loss, pass_context=self._rdrop_pass_context)
         self.rdrop_stop_gradient = stop_gradient
-        self.rdrop_training_step = TrainingStep(
-            num_passes=self.rdrop_num_passes, batched=batched, unbatched=unbatched,
-            check_inputs=check_inputs, stop_gradient=stop_gradient,
-            second_pass_fraction=fraction,
-            loss=LogitsLoss(consistency=self.rdrop_consistency, **self.rdrop_loss_kwargs))
+        self.rdrop_num_passes = num_passes
+        self.rdrop_consistency = consistency
+        self.rdrop_loss_kwargs = {"ignore_index": int(ignore_index),
+                                  "label_smoothing": float(label_smoothing)}
+
+    def _rdrop_pass_context(self, passes: range, plan: Any) -> AbstractContextManager[Any]:
+        if self.rdrop_noise is None:
+            return contextlib.nullcontext()
+        return self.rdrop_noise.pass_context(passes, plan)
 
     def rdrop_decision(self) -> RDropStep:
         """:func:`rdrop.schedule.rdrop_step` at the current optimizer step (off while an
@@ -193,6 +196,8 @@ class RDropLightningModule(pl.LightningModule):
 
     def rdrop_loss(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
         """The R-Drop loss of one training micro-batch at the current optimizer step."""
+        if self.rdrop_noise is None:
+            self.rdrop_noise = attach_noise(self, self.rdrop_noise_spec)
         return self.rdrop_training_step(self, args, kwargs, target, self.rdrop_decision()).out
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from rdrop.argchecks import (
+from rdrop.checks import (
+    ALPHA,
+    CHUNK_SIZE,
+    STEP_CONSISTENCIES,
     check_alpha,
     check_chunk_size,
     check_consistency,
     check_positive_int,
 )
+from rdrop.noise import parse_noise
 from rdrop.subset import check_second_pass_fraction
 
 __all__ = [
@@ -23,49 +28,81 @@ __all__ = [
     "validate_rdrop_options",
 ]
 
-# The R-Drop options of the trainers, by the name they have without the ``rdrop_`` prefix.
-DEFAULTS: dict[str, Any] = {"alpha": 1.0, "num_passes": 2, "every_k_steps": 1,
+# The R-Drop options of the trainers, by the name they have without the ``rdrop_`` prefix: the
+# one place their defaults are named (the dataclass fields below and the trainers read them).
+DEFAULTS: dict[str, Any] = {"alpha": ALPHA, "num_passes": 2, "every_k_steps": 1,
                             "alpha_warmup_steps": 0, "consistency": None,
-                            "fused_linear": False, "chunk_size": 1024, "start_step": 0,
-                            "second_pass_fraction": 1.0}
+                            "fused_linear": False, "chunk_size": CHUNK_SIZE, "noise": "dropout",
+                            "start_step": 0, "second_pass_fraction": 1.0}
 
 
-def validate_rdrop_options(options: dict[str, Any]) -> None:
+def _check_consistency(consistency: Any) -> None:
+    if consistency is not None:
+        try:
+            check_consistency(consistency, name="rdrop_consistency", allowed=STEP_CONSISTENCIES)
+        except ValueError as err:
+            raise ValueError(f"{err} Or None (automatic: 'bernoulli' for a config's "
+                             "problem_type='multi_label_classification', 'mse' for regression "
+                             "heads, 'kl' otherwise).") from None
+
+
+def _check_noise(noise: Any) -> None:
+    try:
+        parse_noise(noise)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"rdrop_{err}") from None
+
+
+def _check_fused_linear(fused: Any) -> None:
+    if not isinstance(fused, bool):
+        raise TypeError(f"rdrop_fused_linear must be a bool, got {type(fused).__name__}.")
+
+
+def _check_chunk_size(chunk_size: Any) -> None:
+    if chunk_size is None:
+        raise TypeError("rdrop_chunk_size must be a positive int (tokens per chunk), got None.")
+    check_chunk_size(chunk_size, name="rdrop_chunk_size")
+
+
+# One check per option, each naming the ``rdrop_...`` argument.
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "alpha": lambda v: check_alpha(v, name="rdrop_alpha"),
+    "num_passes": lambda v: check_positive_int("rdrop_num_passes", v, 2),
+    "every_k_steps": lambda v: check_positive_int("rdrop_every_k_steps", v, 1),
+    "alpha_warmup_steps": lambda v: check_positive_int("rdrop_alpha_warmup_steps", v, 0),
+    "consistency": _check_consistency,
+    "fused_linear": _check_fused_linear,
+    "chunk_size": _check_chunk_size,
+    "noise": _check_noise,
+    "start_step": lambda v: check_positive_int("rdrop_start_step", v, 0),
+    "second_pass_fraction": lambda v: check_second_pass_fraction(
+        v, name="rdrop_second_pass_fraction"),
+}
+
+
+def validate_rdrop_options(options: dict[str, Any], *, only: Collection[str] | None = None
+                           ) -> None:
     """Raise a specific error, naming the ``rdrop_...`` argument, for each invalid option.
 
     Args:
         options: values keyed as :data:`DEFAULTS` (``alpha``, ``num_passes``, ...).
+        only: check these options alone (values already checked elsewhere are skipped); the
+            combinations are always checked.
 
     Raises:
         TypeError, ValueError: the message names the argument and the allowed values.
     """
-    check_alpha(options["alpha"], name="rdrop_alpha")
-    check_positive_int("rdrop_num_passes", options["num_passes"], 2)
-    check_positive_int("rdrop_every_k_steps", options["every_k_steps"], 1)
-    check_positive_int("rdrop_alpha_warmup_steps", options["alpha_warmup_steps"], 0)
-    check_positive_int("rdrop_start_step", options["start_step"], 0)
-    fraction = check_second_pass_fraction(options["second_pass_fraction"],
-                                          name="rdrop_second_pass_fraction")
-    if fraction < 1.0 and (options["num_passes"] != 2 or options["fused_linear"]):
+    for key, check in _CHECKS.items():
+        if only is None or key in only:
+            check(options[key])
+    fused, consistency = options["fused_linear"], options["consistency"]
+    fraction = options["second_pass_fraction"]
+    if fraction < 1.0 and (options["num_passes"] != 2 or fused):
         raise ValueError(
             f"rdrop_second_pass_fraction={fraction} compares two passes on the logits; got "
-            f"rdrop_num_passes={options['num_passes']}, rdrop_fused_linear="
-            f"{options['fused_linear']}. Use rdrop_num_passes=2 and rdrop_fused_linear=False, "
-            "or rdrop_second_pass_fraction=1.0."
+            f"rdrop_num_passes={options['num_passes']}, rdrop_fused_linear={fused}. Use "
+            "rdrop_num_passes=2 and rdrop_fused_linear=False, or rdrop_second_pass_fraction=1.0."
         )
-    consistency = options["consistency"]
-    if consistency is not None:
-        try:
-            check_consistency(consistency, name="rdrop_consistency")
-        except ValueError as err:
-            raise ValueError(f"{err} Or None (automatic: 'mse' for regression heads, 'kl' "
-                             "otherwise).") from None
-    fused = options["fused_linear"]
-    if not isinstance(fused, bool):
-        raise TypeError(f"rdrop_fused_linear must be a bool, got {type(fused).__name__}.")
-    if options["chunk_size"] is None:
-        raise TypeError("rdrop_chunk_size must be a positive int (tokens per chunk), got None.")
-    check_chunk_size(options["chunk_size"], name="rdrop_chunk_size")
     if fused and options["num_passes"] != 2:
         raise ValueError(
             f"rdrop_fused_linear=True supports rdrop_num_passes=2 only (the fused loss compares "
@@ -89,46 +126,54 @@ class RDropArgumentsMixin:
     """
 
     rdrop_alpha: float = field(
-        default=1.0,
+        default=DEFAULTS["alpha"],
         metadata={"help": "Weight of the R-Drop consistency term (paper: 5 translation, "
                           "0.7 summarization, 1 language modeling, 0.1-1 GLUE)."},
     )
     rdrop_num_passes: int = field(
-        default=2, metadata={"help": "Dropout passes per sample (m >= 2)."}
+        default=DEFAULTS["num_passes"], metadata={"help": "Dropout passes per sample (m >= 2)."}
     )
     rdrop_every_k_steps: int = field(
-        default=1,
+        default=DEFAULTS["every_k_steps"],
         metadata={"help": "Apply R-Drop on every k-th optimizer step; other steps are plain "
                           "single-pass steps."},
     )
     rdrop_alpha_warmup_steps: int = field(
-        default=0,
+        default=DEFAULTS["alpha_warmup_steps"],
         metadata={"help": "Ramp alpha linearly from alpha/n to alpha over the first n optimizer "
                           "steps (0: no warm-up)."},
     )
     rdrop_consistency: str | None = field(
-        default=None,
-        metadata={"help": "'kl' (paper), 'js', 'mse', or None: 'mse' for regression heads "
-                          "(float labels), 'kl' otherwise."},
+        default=DEFAULTS["consistency"],
+        metadata={"help": "'kl' (paper), 'js', 'mse', 'bernoulli', or None: 'bernoulli' for "
+                          "problem_type='multi_label_classification', 'mse' for regression "
+                          "heads (float labels), 'kl' otherwise."},
     )
     rdrop_fused_linear: bool = field(
-        default=False,
+        default=DEFAULTS["fused_linear"],
         metadata={"help": "Language models: compute the loss from the last hidden states and the "
                           "output layer in chunks, never building the full logits (saves the "
                           "(2 x tokens, vocab) logits and their gradients). KL, 2 passes."},
     )
     rdrop_chunk_size: int = field(
-        default=1024,
+        default=DEFAULTS["chunk_size"],
         metadata={"help": "Rows (tokens) per chunk of the fused loss (rdrop_fused_linear)."},
     )
+    rdrop_noise: str = field(
+        default=DEFAULTS["noise"],
+        metadata={"help": "Where the passes' randomness comes from (rdrop.noise): 'dropout' "
+                          "(the model's own), 'embedding:5' (NEFTune-style embedding noise), "
+                          "'dropout:0.1' (the model's dropout slots switched on at 0.1), "
+                          "'lora:0.1' (PEFT LoRA dropout). Training passes only."},
+    )
     rdrop_start_step: int = field(
-        default=0,
+        default=DEFAULTS["start_step"],
         metadata={"help": "Plain single-pass training before this optimizer step, R-Drop from "
                           "it on (every_k_steps and the alpha warm-up count from it). For a "
                           "start chosen by validation use RDropAutoStartCallback."},
     )
     rdrop_second_pass_fraction: float = field(
-        default=1.0,
+        default=DEFAULTS["second_pass_fraction"],
         metadata={"help": "The second pass (and the consistency term) on the first "
                           "ceil(r * batch) rows of each batch only, 0 < r <= 1 (1: all rows)."},
     )
@@ -153,10 +198,15 @@ class RDropTrainingArguments(RDropArgumentsMixin, TrainingArguments):
         rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1: every step).
         rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
             (default 0), by :func:`rdrop.schedule.rdrop_step`.
-        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"`` or ``None`` (automatic).
+        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"``, ``"bernoulli"`` or ``None``
+            (automatic: ``"bernoulli"`` for ``problem_type="multi_label_classification"``,
+            ``"mse"`` for float labels, ``"kl"`` otherwise).
         rdrop_fused_linear: language models only: fuse the output layer into the loss so the
             full logits are never built (default False; see :class:`RDropTrainer`).
-        rdrop_chunk_size: tokens per chunk of the fused loss (default 1024).
+        rdrop_chunk_size: tokens per chunk of the fused loss (default 256,
+            :data:`rdrop.checks.CHUNK_SIZE`).
+        rdrop_noise: the passes' randomness (default ``"dropout"``, the model's own; see
+            :mod:`rdrop.noise`: ``"embedding:5"``, ``"dropout:0.1"``, ``"lora:0.1"``).
         rdrop_start_step: plain training before this optimizer step (default 0), by
             :func:`rdrop.schedule.rdrop_step`; :class:`RDropAutoStartCallback` chooses it from
             validation instead.

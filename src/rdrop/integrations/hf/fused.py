@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from rdrop.batching import ConcatLayout, extract_logits
+from rdrop.checks import check_num_items_in_batch
 from rdrop.functional import RDropOutput
-from rdrop.fused_linear import fused_linear_rdrop_loss
+from rdrop.fused_linear import _fused
 
 from .labels import IGNORE_INDEX, first_count
 
@@ -239,10 +240,12 @@ def fused_loss(model: nn.Module, passes: list[Tensor], target: Tensor, *, alpha:
     # Outside any autocast: the fused function manages its own fp32 accumulation. It takes the
     # layer itself, so an FSDP2-sharded weight (DTensor) is gathered and its gradient sharded.
     with torch.autocast(device_type=w.device.type, enabled=False):
-        out = fused_linear_rdrop_loss(
-            h[0], h[1], head, target, alpha=alpha if len(passes) > 1 else 0.0,
-            ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing,
-            num_items_in_batch=first_count(num_items_in_batch), chunk_size=chunk_size)
+        # The trainer checked its options at construction: the core, not the public function.
+        out = _fused(
+            h[0], h[1], head, target, bias=None, alpha=alpha if len(passes) > 1 else 0.0,
+            ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing, reduction="mean",
+            num_items_in_batch=check_num_items_in_batch(first_count(num_items_in_batch)),
+            chunk_size=chunk_size, check_finite=True)
     if len(passes) > 1:
         return out
     # The two "passes" are one tensor: its task term counts CE twice, KL is exactly 0.

@@ -17,11 +17,12 @@ import torch
 from torch import Tensor, nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from rdrop.checks import IGNORE_INDEX
 from rdrop.subset import subset_size
 
 __all__ = ["IGNORE_INDEX", "align", "count_items", "first_count", "shifts_labels"]
 
-IGNORE_INDEX = -100  # the label value the Trainer, its collators and HF losses ignore
+# IGNORE_INDEX (-100): the label value the Trainer, its collators and HF losses ignore.
 
 
 def shifts_labels(model: nn.Module, trainer_rule: bool = False) -> bool:

@@ -18,6 +18,8 @@ from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer_pt_utils import nested_gather
 
 from rdrop.batching import ConcatLayout, batch_size_of
+from rdrop.checks import check_label_smoothing
+from rdrop.noise import NoiseHandle, attach_noise, parse_noise
 from rdrop.schedule import RDropStep, rdrop_step
 from rdrop.step import PassLoss, TrainingStep
 
@@ -55,6 +57,7 @@ class RDropTrainerMixin:
         rdrop_consistency: str | None = None,
         rdrop_fused_linear: bool | None = None,
         rdrop_chunk_size: int | None = None,
+        rdrop_noise: str | None = None,
         rdrop_start_step: int | None = None,
         rdrop_second_pass_fraction: float | None = None,
         **kwargs: Any,
@@ -64,13 +67,17 @@ class RDropTrainerMixin:
                  "every_k_steps": rdrop_every_k_steps,
                  "alpha_warmup_steps": rdrop_alpha_warmup_steps,
                  "consistency": rdrop_consistency, "fused_linear": rdrop_fused_linear,
-                 "chunk_size": rdrop_chunk_size, "start_step": rdrop_start_step,
+                 "chunk_size": rdrop_chunk_size, "noise": rdrop_noise,
+                 "start_step": rdrop_start_step,
                  "second_pass_fraction": rdrop_second_pass_fraction}
-        # The constructor wins over the arguments dataclass, which wins over the defaults.
+        # The constructor wins over the arguments dataclass (checked at its construction),
+        # which wins over the defaults: only the constructor's values are checked here.
         options = {key: value if value is not None
                    else getattr(self.args, f"rdrop_{key}", DEFAULTS[key])
                    for key, value in given.items()}
-        validate_rdrop_options(options)
+        validate_rdrop_options(options, only=[k for k, v in given.items() if v is not None])
+        check_label_smoothing(self.args.label_smoothing_factor, name="label_smoothing_factor")
+        self._rdrop_losses: dict[str, PassLoss] = {}  # the logits loss, by consistency
         for key, value in options.items():
             setattr(self, f"rdrop_{key}", value)
         self.rdrop_alpha = float(self.rdrop_alpha)
@@ -94,10 +101,24 @@ class RDropTrainerMixin:
                 UserWarning,
                 stacklevel=2,
             )
+        if parse_noise(self.rdrop_noise).kind == "embedding" and getattr(
+                self.args, "neftune_noise_alpha", None):
+            raise ValueError(
+                f"{owner}: neftune_noise_alpha={self.args.neftune_noise_alpha} and rdrop_noise="
+                f"{self.rdrop_noise!r} would both add noise to the input embeddings. Keep one: "
+                f"rdrop_noise='embedding:{self.args.neftune_noise_alpha:g}' (each R-Drop pass "
+                "draws its own, scaled by one copy's length on packed batches) and "
+                "neftune_noise_alpha=None."
+            )
+        # Where the passes' randomness comes from (rdrop.noise): attached now, so a model that
+        # cannot take it is refused here, naming its modules.
+        self._rdrop_noise: NoiseHandle | None = None
         if self.model is not None:
-            message = no_dropout_message(self.model, owner)
-            if message:
-                warnings.warn(message, UserWarning, stacklevel=2)
+            self._rdrop_noise = attach_noise(self.model, self.rdrop_noise)
+            if not self._rdrop_noise.adds_randomness:
+                message = no_dropout_message(self.model, owner)
+                if message:
+                    warnings.warn(message, UserWarning, stacklevel=2)
         if self.rdrop_fused_linear:
             plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
             check_fused_model(
@@ -192,7 +213,7 @@ class RDropTrainerMixin:
 
         Raises:
             ValueError: no ``labels`` in a training batch; logits whose batch dimension is not
-                ``num_passes * batch``; a multi-label classification head; checkpointing
+                ``num_passes * batch``; checkpointing
                 without the RNG state; a packed batch whose varlen metadata does not describe
                 the duplicated tokens; with ``rdrop_fused_linear``, a model whose logits are
                 not its output layer applied to the layer's input (checked at the first step).
@@ -212,12 +233,6 @@ class RDropTrainerMixin:
         labels = inputs.pop("labels")
         shift_labels = inputs.pop("shift_labels", None)
         unwrapped = self.accelerator.unwrap_model(model)
-        config = getattr(unwrapped, "config", None)
-        if getattr(config, "problem_type", None) == "multi_label_classification":
-            raise ValueError(
-                f"{owner} does not support multi-label classification (BCE heads); use "
-                "rdrop.RDrop with a custom loss."
-            )
         prepare_decoder_inputs(unwrapped, inputs, labels)
         if not self._rdrop_first_step_checked:
             check_checkpointing_model(unwrapped, owner)
@@ -299,12 +314,20 @@ class RDropTrainerMixin:
             call: Callable[..., Any] = capture
             logits_fn: Callable[[Any], Tensor] = capture.hidden
         else:
-            loss = logits_loss(labels, consistency=self.rdrop_consistency,
-                               label_smoothing=smoothing)
+            problem = getattr(getattr(unwrapped, "config", None), "problem_type", None)
+            consistency = self.rdrop_consistency or (
+                "bernoulli" if problem == "multi_label_classification" else
+                "mse" if labels.is_floating_point() else "kl")
+            if consistency not in self._rdrop_losses:
+                self._rdrop_losses[consistency] = logits_loss(consistency, smoothing)
+            loss = self._rdrop_losses[consistency]
             call, logits_fn = model, lambda outputs: logits_of(outputs, owner)
+        if self._rdrop_noise is None:  # the model came later (model_init)
+            self._rdrop_noise = attach_noise(unwrapped, self.rdrop_noise)
         step = TrainingStep(num_passes=self.rdrop_num_passes, loss=loss, logits_fn=logits_fn,
                             second_pass_fraction=self.rdrop_second_pass_fraction,
                             check_inputs=False, check_batch=check_batch,
+                            pass_context=self._rdrop_noise.pass_context,
                             align=lambda p, t: align(p, t, shift_labels, shift))
         return step, call
 
@@ -338,7 +361,12 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
         rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1).
         rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
             (default 0), by :func:`rdrop.schedule.rdrop_step`.
-        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"`` or ``None`` (``"mse"`` for float labels).
+        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"``, ``"bernoulli"`` or ``None``
+            (automatic: ``"bernoulli"`` when the model's config has
+            ``problem_type="multi_label_classification"``, i.e. a sigmoid head trained with
+            BCE: both passes' BCE plus the per-label Bernoulli KL,
+            :func:`rdrop.multilabel_rdrop_loss`; ``"mse"`` for float labels; ``"kl"``
+            otherwise).
         rdrop_fused_linear: language models (causal, or encoder-decoder): compute the loss from
             the output layer's input ``h`` and its weight ``W`` and bias ``b`` with
             :func:`rdrop.fused_linear.fused_linear_rdrop_loss`, ``rdrop_chunk_size`` tokens at a
@@ -346,7 +374,13 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
             (default False). The same loss and gradients as the logits path (tested to 1e-6 in
             float32); needs ``rdrop_num_passes=2`` and KL. The head runs in the weight's dtype
             outside autocast.
-        rdrop_chunk_size: tokens per chunk of the fused loss (default 1024).
+        rdrop_chunk_size: tokens per chunk of the fused loss (default 256,
+            :data:`rdrop.checks.CHUNK_SIZE`).
+        rdrop_noise: where the passes' randomness comes from (:mod:`rdrop.noise`; default
+            ``"dropout"``, the model's own): ``"embedding:5"`` (NEFTune-style embedding noise;
+            instead of ``neftune_noise_alpha``, which is refused beside it), ``"dropout:0.1"``
+            (the model's dropout slots switched on), ``"lora:0.1"`` (PEFT LoRA dropout).
+            Training passes only: evaluation and generation are the plain model's.
         rdrop_start_step: plain single-pass training before this optimizer step (default 0).
             For a start chosen on validation, pass ``callbacks=[RDropAutoStartCallback(...)]``
             (with evaluation on): plain training until ``patience`` evaluations without
@@ -363,7 +397,8 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
     passes, so ``loss`` is about twice ``eval_loss``: compare ``task_loss_per_pass`` with it).
 
     Raises:
-        TypeError, ValueError: invalid hyperparameters; ``compute_loss_func`` given;
+        TypeError, ValueError: invalid hyperparameters; ``compute_loss_func`` given; an
+            ``rdrop_noise`` the model cannot take (the message names its modules);
             activation checkpointing with ``preserve_rng_state=False`` (its recompute would
             draw new dropout masks: wrong gradients).
         ValueError: with ``rdrop_fused_linear``: more than 2 passes or a non-KL consistency; a
@@ -390,7 +425,7 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
         >>> lm = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2))
         >>> trainer = RDropTrainer(model=lm, args=args, rdrop_fused_linear=True)
         >>> trainer.rdrop_fused_linear, trainer.rdrop_chunk_size
-        (True, 1024)
+        (True, 256)
     """
 
 

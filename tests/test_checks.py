@@ -1,5 +1,6 @@
-"""rdrop.argchecks: each check accepts the valid values (returned in canonical form) and refuses the
-rest with a message that names the argument (under the caller's name when given) and the fix."""
+"""rdrop.checks (argument checks): each check accepts the valid values (returned in canonical
+form) and refuses the rest with a message that names the argument (under the caller's name when
+given) and the fix."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import pytest
 import torch
 
-from rdrop import argchecks as ac
+from rdrop import checks as ac
 
 
 @pytest.mark.parametrize(
@@ -129,3 +130,10 @@ def test_check_loss_combination_accepts():
                               chunk_size=4)
     ac.check_loss_combination(consistency="js", reduction="none", label_smoothing=0.2,
                               num_passes=4)
+
+
+def test_the_argchecks_import_path_still_gives_the_same_checks():
+    from rdrop import argchecks
+
+    assert argchecks.check_alpha is ac.check_alpha
+    assert set(argchecks.__all__) <= set(ac.__all__)

@@ -1,7 +1,7 @@
-"""Compiled per-chunk kernels of the chunked R-Drop loss (private; used by ``rdrop._chunked`` and
-``rdrop.fused_linear``).
+"""Compiled per-chunk kernels of the chunked R-Drop loss (used by :mod:`rdrop.kernels.chunked`
+and :mod:`rdrop.kernels.fused`).
 
-The same per-chunk math as the eager code in :mod:`rdrop._chunked` (see its docstring for the
+The same per-chunk math as the eager code in :mod:`rdrop.kernels.chunked` (see its docstring for the
 closed-form gradients), written as pure tensor expressions so that ``torch.compile`` (inductor:
 vectorized C++ on CPU, Triton on GPU) fuses each into a few passes over a row: the log-sum-exps,
 the two cross-entropies, the KL and the row dots ``<p1, d>``, ``<p2, d>`` in one kernel, the two
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rdrop.functional import compute_dtype
+from rdrop._rows import compute_dtype
 
 __all__ = ["compile_wanted", "fwd", "grads"]
 
@@ -167,8 +167,9 @@ def _eps(eps: float, z: Tensor) -> Tensor:
 
 
 def fwd(z1: Tensor, z2: Tensor, y: Tensor, keep: Tensor, eps: float) -> tuple[Tensor, ...]:
-    """Compiled ``rdrop._chunked.chunk_forward``: (task sum, consistency sum, lse1, lse2, s1,
-    s2), where ``s_k = <p_k, l1 - l2>`` per row is what :func:`grads` needs besides the lse."""
+    """Compiled :func:`rdrop.kernels.chunked.chunk_forward`: (task sum, consistency sum, lse1,
+    lse2, s1, s2), where ``s_k = <p_k, l1 - l2>`` per row is what :func:`grads` needs besides
+    the lse."""
     n = z1.shape[0]
     z1, z2, y, keep = _pad(n, z1, z2, y, keep)
     task, cons, lse1, lse2, s1, s2 = _run("fwd", _fwd, z1, z2, y, keep, _eps(eps, z1))
@@ -179,8 +180,8 @@ def grads(
     z1: Tensor, z2: Tensor, lse1: Tensor, lse2: Tensor, s1: Tensor, s2: Tensor, y: Tensor,
     gt: Tensor, gc: Tensor, eps: float, out1: Tensor, out2: Tensor,
 ) -> None:
-    """Compiled ``rdrop._chunked.chunk_grads`` from :func:`fwd`'s per-row lse and s, written
-    into ``out1``/``out2`` in one pass over each row."""
+    """Compiled :func:`rdrop.kernels.chunked.chunk_grads` from :func:`fwd`'s per-row lse and s,
+    written into ``out1``/``out2`` in one pass over each row."""
     if z1.shape[0] == 1:
         g1, g2 = torch.empty_like(out1), torch.empty_like(out2)
         padded = _pad(1, z1, z2, lse1, lse2, s1, s2, y, gt, gc, g1, g2)

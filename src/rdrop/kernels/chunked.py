@@ -1,5 +1,5 @@
 """Chunked R-Drop sums: the loss of :func:`rdrop.functional.rdrop_loss` without ``(N, V)`` fp32
-intermediates. Private; reach it through ``rdrop_loss(..., chunk_size=...)``.
+intermediates. Reach it through ``rdrop_loss(..., chunk_size=...)``.
 
 Per row (logits ``z1``, ``z2``; ``l = log_softmax(z)``, ``p = exp(l)``, ``d = l1 - l2``,
 smoothing ``eps``, ``V`` classes, target ``y``)::
@@ -27,8 +27,9 @@ temporaries live beside them (four for bf16/fp16 inputs). Storing the gradients 
 forward instead would need four ``(N, V)`` tensors (task and consistency parts of each pass,
 because their scales are only known in backward), more than the whole target budget.
 
-The functions below are the eager kernels; when ``rdrop._compiled.compile_wanted`` says so, the
-same math runs as ``torch.compile``-d kernels instead (``RDROP_COMPILE=never`` forces eager).
+The functions below are the eager kernels; when
+:func:`rdrop.kernels.compiled.compile_wanted` says so, the same math runs as
+``torch.compile``-d kernels instead (``RDROP_COMPILE=never`` forces eager).
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rdrop import _compiled
-from rdrop.argchecks import check_positive_int
-from rdrop.functional import compute_dtype
+from rdrop._rows import compute_dtype
+from rdrop.kernels import compiled as _compiled
 
 __all__ = ["chunked_rdrop_sums"]
 
@@ -255,7 +255,6 @@ def chunked_rdrop_sums(
     input gradients is a few ``(chunk_size, V)`` fp32 blocks. Inputs are ``(..., V)``, any
     floating dtype, already validated by the caller.
     """
-    chunk_size = check_positive_int("chunk_size", chunk_size, 1)
     v = logits1.shape[-1]
     x1, x2 = logits1.reshape(-1, v), logits2.reshape(-1, v)
     y = target.reshape(-1).to(device=x1.device)
