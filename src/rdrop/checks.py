@@ -30,6 +30,7 @@ __all__ = [
     "CONSISTENCIES",
     "IGNORE_INDEX",
     "REDUCTIONS",
+    "STEP_CONSISTENCIES",
     "Targets",
     "check_alpha",
     "check_chunk_size",
@@ -51,6 +52,9 @@ __all__ = [
 
 REDUCTIONS = ("mean", "sum", "none")
 CONSISTENCIES = ("kl", "js", "mse")
+# What a training step compares (RDrop, the trainers, Lightning): CONSISTENCIES, and "bernoulli"
+# for multi-label sigmoid heads (rdrop.multilabel: BCE task terms, per-label Bernoulli KL).
+STEP_CONSISTENCIES = (*CONSISTENCIES, "bernoulli")
 
 # ---------------------------------------------------------------------- defaults, named once
 ALPHA = 1.0  # the consistency weight (paper: 5 translation, 0.7 summarization, 1 LM)
@@ -123,19 +127,25 @@ def check_reduction(reduction: str, *, name: str = "reduction") -> str:
     return _one_of(name, reduction, REDUCTIONS)
 
 
-def check_consistency(consistency: str, *, name: str = "consistency") -> str:
-    """Check ``consistency`` is one of :data:`CONSISTENCIES` (``"kl"``, ``"js"``, ``"mse"``).
+def check_consistency(consistency: str, *, name: str = "consistency",
+                      allowed: tuple[str, ...] = CONSISTENCIES) -> str:
+    """Check ``consistency`` is one of ``allowed``: :data:`CONSISTENCIES` (``"kl"``, ``"js"``,
+    ``"mse"``) for the softmax/regression losses, :data:`STEP_CONSISTENCIES` (also
+    ``"bernoulli"``, multi-label heads) for a training step.
 
     Raises:
         ValueError: any other value.
 
     Example:
-        >>> from rdrop.checks import check_consistency
-        >>> check_consistency("js")
-        'js'
+        >>> from rdrop.checks import STEP_CONSISTENCIES, check_consistency
+        >>> check_consistency("js"), check_consistency("bernoulli", allowed=STEP_CONSISTENCIES)
+        ('js', 'bernoulli')
     """
-    return _one_of(name, consistency, CONSISTENCIES, " ('kl' is the paper's symmetric KL, 'js' "
-                   "Jensen-Shannon, 'mse' for regression heads)")
+    multilabel = ("; 'bernoulli' for multi-label sigmoid heads" if "bernoulli" in allowed
+                  else "; for multi-label sigmoid heads use rdrop.multilabel_rdrop_loss"
+                  if consistency == "bernoulli" else "")
+    return _one_of(name, consistency, allowed, " ('kl' is the paper's symmetric KL, 'js' "
+                   f"Jensen-Shannon, 'mse' for regression heads{multilabel})")
 
 
 def check_label_smoothing(label_smoothing: float, *, name: str = "label_smoothing") -> float:
@@ -321,10 +331,12 @@ def check_loss_combination(
         >>> check_loss_combination(consistency="kl", reduction="mean", label_smoothing=0.1,
         ...                        chunk_size=4096)
     """
-    if consistency == "mse" and label_smoothing != 0:
+    if consistency in ("mse", "bernoulli") and label_smoothing != 0:
+        what = ("regression targets have no classes to smooth" if consistency == "mse" else
+                "multi-label targets are 0/1 per label: smooth them in the target instead")
         raise ValueError(
-            f"label_smoothing={label_smoothing} does not apply to consistency='mse' (regression "
-            "targets have no classes to smooth); use label_smoothing=0."
+            f"label_smoothing={label_smoothing} does not apply to consistency={consistency!r} "
+            f"({what}); use label_smoothing=0."
         )
     if chunk_size is not None and (num_passes != 2 or consistency != "kl" or reduction == "none"):
         raise ValueError(
@@ -415,9 +427,13 @@ def check_class_target(logits: Tensor, target: Tensor) -> None:
 
 def check_loss_arguments(*, ignore_index: int, label_smoothing: float, reduction: str,
                          consistency: str, chunk_size: int | None = None,
-                         num_passes: int = 2) -> None:
+                         num_passes: int = 2,
+                         allowed: tuple[str, ...] = CONSISTENCIES) -> None:
     """The settings of a loss, each alone and then together: the one argument check of every
     loss entry point (a function's call, a module's construction).
+
+    ``allowed``: the consistencies this entry point takes (:data:`STEP_CONSISTENCIES` for a
+    training step).
 
     Raises:
         TypeError, ValueError: as the ``check_*`` above and :func:`check_loss_combination`.
@@ -427,7 +443,7 @@ def check_loss_arguments(*, ignore_index: int, label_smoothing: float, reduction
         ...                      consistency="kl", chunk_size=256)
     """
     check_reduction(reduction)
-    check_consistency(consistency)
+    check_consistency(consistency, allowed=allowed)
     check_label_smoothing(label_smoothing)
     check_ignore_index(ignore_index)
     check_chunk_size(chunk_size)

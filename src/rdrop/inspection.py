@@ -7,7 +7,15 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["active_dropout_rates", "batchnorm_layers", "dropout_slots", "no_dropout_advice"]
+__all__ = [
+    "active_dropout_rates",
+    "batchnorm_layers",
+    "dropout_slots",
+    "input_embedding",
+    "lora_dropout_layers",
+    "module_summary",
+    "no_dropout_advice",
+]
 
 # Attribute names under which models keep dropout probabilities applied functionally
 # (torch.nn.MultiheadAttention.dropout, HF attention modules' dropout / attention_dropout floats).
@@ -85,6 +93,83 @@ def active_dropout_rates(model: nn.Module) -> dict[str, float]:
     return rates
 
 
+def module_summary(model: nn.Module, limit: int = 8) -> str:
+    """The model's submodules as ``name (Type)``, the first ``limit`` of them, for messages that
+    say where rdrop looked.
+
+    Example:
+        >>> from torch import nn
+        >>> module_summary(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+        "'0' (Linear), '1' (ReLU)"
+    """
+    named = [(n, type(m).__name__) for n, m in model.named_modules() if n]
+    if not named:
+        return f"none (a bare {type(model).__name__})"
+    shown = ", ".join(f"{n!r} ({t})" for n, t in named[:limit])
+    return shown + (f" and {len(named) - limit} more" if len(named) > limit else "")
+
+
+def input_embedding(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The layer that embeds the model's input tokens, as ``(qualified name, module)``.
+
+    ``model.get_input_embeddings()`` when the model has it (Hugging Face and PEFT models), else
+    the model's only ``nn.Embedding``; ``None`` when there is no such layer, or several
+    ``nn.Embedding`` modules and no ``get_input_embeddings`` to say which one embeds the input.
+
+    Example:
+        >>> from torch import nn
+        >>> input_embedding(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2)))[0]
+        '0'
+        >>> input_embedding(nn.Linear(4, 2)) is None
+        True
+    """
+    named = dict((id(m), n) for n, m in model.named_modules())
+    getter = getattr(model, "get_input_embeddings", None)
+    if callable(getter):
+        try:
+            layer = getter()
+        except (NotImplementedError, AttributeError):
+            layer = None
+        if isinstance(layer, nn.Module) and id(layer) in named:
+            return named[id(layer)], layer
+    embeddings = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    return embeddings[0] if len(embeddings) == 1 else None
+
+
+def lora_dropout_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """PEFT LoRA layers whose per-adapter dropout can be set: ``(qualified name, layer)`` for
+    every module holding a ``lora_dropout`` ``nn.ModuleDict`` (PEFT's ``LoraLayer``), except
+    PEFT's parameter wrappers, which refuse LoRA dropout.
+
+    Example:
+        >>> from torch import nn
+        >>> lora_dropout_layers(nn.Linear(2, 2))
+        []
+    """
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(getattr(m, "lora_dropout", None), nn.ModuleDict)
+            and "ParamWrapper" not in type(m).__name__]
+
+
+def _noise_advice(model: nn.Module, option: str) -> str:
+    # What noise= (rdrop.noise) could use in this model: named so the user can pick one.
+    found = []
+    embedding = input_embedding(model)
+    if embedding is not None:
+        found.append(f"the input embedding {embedding[0]!r}")
+    slots = dropout_slots(model)
+    if slots:
+        found.append(f"{len(slots)} dropout slot(s) at 0 ({slots[0][0]!r}...)")
+    if lora_dropout_layers(model):
+        found.append("LoRA layers")
+    has = ("; this model has " + ", ".join(found)) if found else (
+        "; this model has none of these (no input embedding, dropout slot or LoRA layer)")
+    return (f"Or give R-Drop another source of randomness with {option}=: 'embedding:5' "
+            "(NEFTune-style uniform noise on the input embeddings), 'dropout:0.1' (the model's "
+            "own dropout slots switched on at 0.1 for training), 'lora:0.1' (PEFT LoRA dropout)"
+            + has + ".")
+
+
 def _config_dropout_keys(config: Any) -> list[str]:
     to_dict = getattr(config, "to_dict", None)
     items = to_dict() if callable(to_dict) else getattr(config, "__dict__", {})
@@ -92,7 +177,7 @@ def _config_dropout_keys(config: Any) -> list[str]:
                   if "dropout" in k and isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
-def no_dropout_advice(model: nn.Module) -> str:
+def no_dropout_advice(model: nn.Module, option: str = "noise") -> str:
     """How to give *this* model dropout, for the warning that it has none.
 
     Recognizes PEFT LoRA models (modules with ``lora_dropout``), timm models (defined in a
@@ -101,15 +186,22 @@ def no_dropout_advice(model: nn.Module) -> str:
 
     Args:
         model: the model that has no active dropout.
+        option: the name of the noise option where the advice is read (``noise`` for
+            :class:`rdrop.RDrop`, ``rdrop_noise`` for the trainers).
 
     Returns:
-        One or two sentences naming the setting to change.
+        Sentences naming the setting to change, then the ``noise=`` options
+        (:mod:`rdrop.noise`) this model can take.
 
     Example:
         >>> from torch import nn
-        >>> no_dropout_advice(nn.Linear(2, 2))
-        'Add dropout (nn.Dropout) to the model or raise its rate.'
+        >>> no_dropout_advice(nn.Linear(2, 2)).split(". Or")[0]
+        'Add dropout (nn.Dropout) to the model or raise its rate'
     """
+    return f"{_dropout_setting_advice(model)} {_noise_advice(model, option)}"
+
+
+def _dropout_setting_advice(model: nn.Module) -> str:
     if any(hasattr(m, "lora_dropout") for m in model.modules()):
         return ("This is a PEFT LoRA model: set LoraConfig(lora_dropout=0.1) (or more); the "
                 "frozen base model's dropout applies only if its config enables it.")

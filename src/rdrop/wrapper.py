@@ -9,11 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rdrop.autostart import AutoStart, scheduled_step
 from rdrop.batching import InputName
 from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
 from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
-from rdrop.schedule import RDropStep, rdrop_step
-from rdrop.step import LogitsLoss, TrainingStep, eager
+from rdrop.noise import Noise, attach_noise
+from rdrop.schedule import RDropStep
+from rdrop.step import TrainingStep, eager, pass_loss
 
 __all__ = ["RDrop", "unwrap_state_dict"]
 
@@ -69,7 +71,23 @@ class RDrop(nn.Module):
     the no-grad one keeps no activation graph, so a step costs about 1.33x a single-pass step
     (forward + backward + one forward) instead of 2x, with the activation memory of one pass.
 
-    **Which step** (``every_k_steps``, ``alpha_warmup_steps``): the decision is
+    **Cheaper schedules.** ``second_pass_fraction=r < 1`` runs the second pass on the first
+    ``ceil(r * B)`` rows only (one forward over ``(1 + r) B`` rows in concat mode):
+
+    .. math::
+        \mathcal{L} = \frac{1}{N_B}\sum_{i \in B} CE(P^1_i, y_i)
+            + \frac{1}{N_S}\sum_{i \in S}\big[CE(P^2_i, y_i) + \alpha_s D(P^1_i, P^2_i)\big]
+
+    (:func:`rdrop.subset.subset_rdrop_loss`; with ``stop_gradient`` the second pass is a
+    detached target on ``S`` and its CE is left out). It needs two passes and
+    ``reduction="mean"``, and computes the loss unchunked. Under gradient accumulation pass
+    ``num_items_in_subset`` beside ``num_items_in_batch``. ``start_step=s`` trains plainly (one
+    pass) before optimizer step ``s``; ``start_step=AutoStart(patience)``
+    (:class:`rdrop.autostart.AutoStart`) starts R-Drop once validation stops improving: call
+    ``wrapped.start_step.update(valid_metric, step=wrapped.num_steps)`` after each validation.
+    See :mod:`rdrop.schedule` for the loss scale at the switch.
+
+    **Which step** (``start_step``, ``every_k_steps``, ``alpha_warmup_steps``): the decision is
     :func:`rdrop.schedule.rdrop_step` of the *optimizer* step, so every micro-batch of one
     accumulated step gets the same decision. Tell the wrapper the optimizer
     (``RDrop(..., optimizer=opt)`` or ``wrapped.attach_optimizer(opt)``; it counts
@@ -100,6 +118,18 @@ class RDrop(nn.Module):
     the first step, because LoRA's ``B`` matrix starts at zero, so the adapter branch (and its
     dropout) adds nothing until ``B`` has moved; it grows from the second step on.
 
+    **Models without dropout** (Llama-family configs, TRL's DPO/KTO/reward training, LoRA with
+    ``lora_dropout=0``): the passes would be identical. ``noise=`` gives them other randomness
+    (:mod:`rdrop.noise`): ``"embedding:5"`` (NEFTune-style uniform noise on the input
+    embeddings, scale ``alpha / sqrt(L d)``), ``"dropout:0.1"`` (the model's dropout slots
+    switched on at 0.1), ``"lora:0.1"`` (PEFT LoRA dropout). The source acts in training mode
+    only, each pass drawing its own noise; evaluation and generation stay bit-identical to the
+    plain model. ``wrapped.noise.remove()`` restores the model.
+
+    **Multi-label (sigmoid) heads**: ``consistency="bernoulli"`` with 0/1 (float) targets of the
+    logits' shape: both passes' ``BCEWithLogits`` plus the per-label symmetric Bernoulli KL
+    (:func:`rdrop.multilabel_rdrop_loss`).
+
     **Gradient checkpointing** must preserve the RNG state (PyTorch's and Hugging Face's
     default): with ``preserve_rng_state=False`` the recompute draws new dropout masks and the
     gradients no longer match the loss.
@@ -116,13 +146,22 @@ class RDrop(nn.Module):
             single-pass steps whose loss is the task loss of one pass (CE, no consistency).
         alpha_warmup_steps: ramp alpha linearly from ``alpha / n`` to ``alpha`` over the first
             ``n`` optimizer steps (0 = no warm-up).
-        consistency: ``"kl"``, ``"js"``, or ``"mse"`` for regression heads.
+        consistency: ``"kl"``, ``"js"``, ``"mse"`` for regression heads, or ``"bernoulli"``
+            for multi-label sigmoid heads.
+        noise: where the passes' randomness comes from: ``"dropout"`` (the model's own, the
+            default), ``"embedding:ALPHA"``, ``"dropout:P"``, ``"lora:P"`` or a
+            :class:`rdrop.noise.Noise` (see above).
         ignore_index, label_smoothing, reduction, chunk_size, check_finite: as in
             :func:`rdrop.functional.rdrop_loss` (``chunk_size`` needs two passes, ``"kl"`` and a
             reduction other than ``"none"``).
         logits_fn: optional callable mapping the model output to the logits tensor (a model
             returning ``(loss, logits)``: ``logits_fn=lambda out: out[1]``).
         stop_gradient: the cheaper variant above (needs ``num_passes=2``).
+        start_step: the first optimizer step with R-Drop (an int ``>= 0``; plain steps before
+            it), or an :class:`rdrop.autostart.AutoStart` (R-Drop from the step it switched at).
+            ``every_k_steps`` and the warm-up count from it.
+        second_pass_fraction: ``r`` in ``(0, 1]``, the share of each batch's rows (the first
+            ``ceil(r * B)``) that get the second pass and the consistency term (1.0: all).
         optimizer: the optimizer whose steps define the step schedule (see above).
         batched, unbatched: names of the inputs that are (only) / are not batched in concat mode:
             ``int`` for a positional input, ``str`` for a keyword input.
@@ -133,7 +172,9 @@ class RDrop(nn.Module):
         warn_batchnorm: warn at construction about BatchNorm layers.
 
     Raises:
-        TypeError, ValueError: invalid hyperparameters (at construction); at call time a
+        TypeError, ValueError: invalid hyperparameters (at construction), a ``noise`` the model
+            cannot take (no input embedding layer, no dropout slot, no LoRA layer: the message
+            names the modules looked at); at call time a
             target/logit shape mismatch, logits without ``num_passes * B`` rows, batch size 1
             with BatchNorm in concat mode, a failed input check, or a training call while the
             wrapped model is in eval mode.
@@ -167,6 +208,7 @@ class RDrop(nn.Module):
         every_k_steps: int = 1,
         alpha_warmup_steps: int = 0,
         consistency: str = "kl",
+        noise: str | Noise | None = "dropout",
         ignore_index: int = IGNORE_INDEX,
         label_smoothing: float = 0.0,
         reduction: str = "mean",
@@ -174,6 +216,8 @@ class RDrop(nn.Module):
         check_finite: bool = True,
         logits_fn: Callable[[Any], Tensor] | None = None,
         stop_gradient: bool = False,
+        start_step: int | AutoStart = 0,
+        second_pass_fraction: float = 1.0,
         optimizer: torch.optim.Optimizer | None = None,
         batched: Collection[InputName] | None = None,
         unbatched: Collection[InputName] | None = None,
@@ -187,17 +231,27 @@ class RDrop(nn.Module):
         self.alpha = check_alpha(alpha)
         self.every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
         self.alpha_warmup_steps = check_positive_int("alpha_warmup_steps", alpha_warmup_steps, 0)
+        if not isinstance(start_step, AutoStart):
+            start_step = check_positive_int("start_step", start_step, 0)
+        self.start_step: int | AutoStart = start_step
         # The passes and the loss: rdrop.step, the same step as every other entry point. Their
         # options are checked there, once.
-        loss = LogitsLoss(consistency=consistency, ignore_index=ignore_index,
-                          label_smoothing=label_smoothing, reduction=reduction,
-                          chunk_size=chunk_size, check_finite=check_finite)
+        loss = pass_loss(consistency, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing, reduction=reduction,
+                         chunk_size=chunk_size, check_finite=check_finite)
+        # Where the passes' randomness comes from (rdrop.noise); refused here if the model
+        # cannot take it.
+        self.noise = attach_noise(model, noise)
         step_kwargs = {"logits_fn": logits_fn} if logits_fn is not None else {}
         self._step = TrainingStep(num_passes=num_passes, mode=mode,
-                                  stop_gradient=stop_gradient, loss=loss, batched=batched,
-                                  unbatched=unbatched, check_inputs=check_inputs, **step_kwargs)
+                                  stop_gradient=stop_gradient,
+                                  second_pass_fraction=second_pass_fraction,
+                                  loss=loss, batched=batched,
+                                  unbatched=unbatched, check_inputs=check_inputs,
+                                  pass_context=self.noise.pass_context, **step_kwargs)
         self.num_passes, self.mode, self.stop_gradient = num_passes, mode, stop_gradient
-        self.consistency, self.ignore_index = consistency, loss.ignore_index
+        self.second_pass_fraction = self._step.second_pass_fraction
+        self.consistency, self.ignore_index = consistency, int(ignore_index)
         self.label_smoothing, self.reduction = float(label_smoothing), reduction
         self.chunk_size, self.check_finite = chunk_size, check_finite
         self.model = model
@@ -207,7 +261,7 @@ class RDrop(nn.Module):
         self._optimizer_hook: Any = None
         if optimizer is not None:
             self.attach_optimizer(optimizer)
-        if check_dropout and not active_dropout_rates(model):
+        if check_dropout and not self.noise.adds_randomness and not active_dropout_rates(model):
             warnings.warn(
                 "RDrop: the model has no dropout layer with p > 0, so both passes are identical "
                 f"and R-Drop only doubles the cost. {no_dropout_advice(model)} Pass "
@@ -264,9 +318,11 @@ class RDrop(nn.Module):
         self._step_source = "manual"
 
     def schedule(self) -> RDropStep:
-        """The decision of :func:`rdrop.schedule.rdrop_step` at the current step."""
-        return rdrop_step(self.num_steps, alpha=self.alpha, every_k_steps=self.every_k_steps,
-                          alpha_warmup_steps=self.alpha_warmup_steps)
+        """The decision of :func:`rdrop.schedule.rdrop_step` at the current step (R-Drop off
+        while an :class:`rdrop.autostart.AutoStart` has not switched)."""
+        return scheduled_step(self.num_steps, alpha=self.alpha, every_k_steps=self.every_k_steps,
+                              alpha_warmup_steps=self.alpha_warmup_steps,
+                              start_step=self.start_step)
 
     def current_alpha(self) -> float:
         """Alpha at the current step, after the linear warm-up (if any); 0.0 on an off-step."""
@@ -282,17 +338,23 @@ class RDrop(nn.Module):
             self.num_steps += 1
         return decision
 
-    def get_extra_state(self) -> dict[str, int]:
-        return {"num_steps": self.num_steps}
+    def get_extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"num_steps": self.num_steps}
+        if isinstance(self.start_step, AutoStart):
+            state["auto_start"] = self.start_step.state_dict()
+        return state
 
-    def set_extra_state(self, state: dict[str, int]) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         self.num_steps = int(state["num_steps"])
+        if isinstance(self.start_step, AutoStart) and "auto_start" in state:
+            self.start_step.load_state_dict(state["auto_start"])
 
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, mode={self.mode!r}, num_passes={self.num_passes}, "
             f"every_k_steps={self.every_k_steps}, consistency={self.consistency!r}, "
-            f"stop_gradient={self.stop_gradient}"
+            f"stop_gradient={self.stop_gradient}, noise={str(self.noise.noise)!r}, "
+            f"start_step={self.start_step}, second_pass_fraction={self.second_pass_fraction}"
         )
 
     # ---------------------------------------------------------------------------------- forward
@@ -301,6 +363,7 @@ class RDrop(nn.Module):
         *args: Any,
         target: Tensor | None = None,
         num_items_in_batch: int | Tensor | None = None,
+        num_items_in_subset: int | Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         if target is None:
@@ -317,7 +380,8 @@ class RDrop(nn.Module):
                 )
             decision = eager(RDrop._next_decision, self)
         return self._step.run(self.model, args, kwargs, target, self._step.plan(decision),
-                              num_items_in_batch=num_items_in_batch).out
+                              num_items_in_batch=num_items_in_batch,
+                              num_items_in_subset=num_items_in_subset).out
 
 
 def unwrap_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:

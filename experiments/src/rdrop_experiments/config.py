@@ -57,7 +57,7 @@ NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress"
 # default, so every earlier record keeps its key (a test recomputes the keys of results/). A new
 # field that changes how a run goes is appended here.
 LATE_FIELDS = ("eval_every_epochs", "patience_epochs", "stop_margin", "max_sample_pass_epochs",
-               "second_pass_fraction", "start_step", "auto_start_patience")
+               "second_pass_fraction", "start_step", "auto_start_patience", "noise")
 
 C = TypeVar("C", bound="CommonConfig")
 
@@ -82,7 +82,12 @@ class CommonConfig:
         every_k_steps: apply R-Drop on every k-th optimizer step (others: one plain pass).
         pass_dropouts: per-pass dropout rates for the R-Drop arm, e.g. ``(0.1, 0.3)``; empty
             means every pass uses the model's own rates. Length must equal ``num_passes``.
-        consistency: ``"kl"`` (paper), ``"js"`` or ``"mse"``.
+        consistency: ``"kl"`` (paper), ``"js"``, ``"mse"``, or ``"bernoulli"`` (multi-label
+            sigmoid heads: BCE task terms, :func:`rdrop.multilabel_rdrop_loss`).
+        noise: where the passes' randomness comes from (:mod:`rdrop.noise`), for every arm
+            (the baseline's one pass too): ``dropout`` (the model's own), ``embedding:ALPHA``
+            (NEFTune-style embedding noise), ``dropout:P`` (every dropout slot at ``P``),
+            ``lora:P``.
         rdrop_mode: ``"concat"`` (one forward over ``[x; x]``) or ``"twice"``.
         alpha_warmup_steps: linear alpha warm-up for the R-Drop arm (0 = none).
         second_pass_fraction: the second pass (and the consistency term) on the first
@@ -142,6 +147,7 @@ class CommonConfig:
     start_step: int = 0
     auto_start_patience: int = 0
     chunk_size: int | None = None
+    noise: str = "dropout"
     max_steps: int = 1000
     eval_every: int = 100
     patience: int = 0
@@ -204,8 +210,18 @@ class CommonConfig:
                 )
             if any(not 0.0 <= p < 1.0 for p in self.pass_dropouts):
                 raise ConfigError(f"pass_dropouts must lie in [0, 1), got {self.pass_dropouts}.")
-        if self.consistency not in ("kl", "js", "mse"):
-            raise ConfigError(f"consistency must be kl, js or mse, got {self.consistency!r}.")
+        if self.consistency not in ("kl", "js", "mse", "bernoulli"):
+            raise ConfigError(f"consistency must be kl, js, mse or bernoulli, got "
+                              f"{self.consistency!r}.")
+        try:
+            from rdrop.noise import parse_noise
+
+            noise = parse_noise(self.noise)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        if self.pass_dropouts and noise.kind == "dropout" and noise.rate is not None:
+            raise ConfigError(f"pass_dropouts sets each pass's dropout rate; noise={self.noise} "
+                              "sets one rate for all passes. Use one of them.")
         if self.rdrop_mode not in ("concat", "twice"):
             raise ConfigError(f"rdrop_mode must be concat or twice, got {self.rdrop_mode!r}.")
         if self.chunk_size is not None and self.chunk_size < 1:

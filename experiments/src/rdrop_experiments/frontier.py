@@ -48,7 +48,9 @@ GAIN_KEPT = 0.8
 
 
 def arm_name(rec: Mapping[str, Any]) -> str:
-    """The arm of a record: its method, plus ``+tag`` for each schedule option it sets.
+    """The arm of a record: its method, plus ``+tag`` for each schedule option it sets, and
+    ``+<kind>`` for a noise source other than the model's own dropout (``noise=embedding:5``
+    -> ``+embedding``, ``dropout:0.1`` -> ``+dropout``, ``lora:0.1`` -> ``+lora``).
 
     Example:
         >>> arm_name({"method": "rdrop", "config": {"second_pass_fraction": 0.25}})
@@ -58,9 +60,14 @@ def arm_name(rec: Mapping[str, Any]) -> str:
         'rdrop_stop_gradient+auto_start+fraction'
         >>> arm_name({"method": "baseline", "config": {}})
         'baseline'
+        >>> arm_name({"method": "baseline", "config": {"noise": "embedding:5"}})
+        'baseline+embedding'
     """
     config = rec.get("config", {})
     tags = [tag for key, default, tag in SCHEDULE_TAGS if config.get(key, default) != default]
+    noise = str(config.get("noise", "dropout"))
+    if noise != "dropout":
+        tags.append(noise.split(":")[0])
     return "+".join([str(rec["method"]), *tags])
 
 

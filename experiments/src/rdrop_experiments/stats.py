@@ -20,16 +20,19 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 def display_scale(metric: str) -> tuple[float, int]:
     """How reports show a metric: ``(factor, decimals)``.
 
-    Records store accuracy-like metrics (accuracy, F1, MCC, BLEU, chrF, ROUGE) as fractions in
-    [0, 1]; reports show them x100 with 2 decimals, as the paper does. Everything else
+    Records store accuracy-like metrics (accuracy, F1, MCC, BLEU, chrF, ROUGE, mean average
+    precision ``map``) as fractions in [0, 1]; reports show them x100 with 2 decimals, as the
+    paper does. Everything else
     (perplexity, losses, gaps) is shown as stored, with 3 decimals. Every table, plot, verdict
     and comparison uses this one rule.
 
     Example:
         >>> display_scale("bleu"), display_scale("test_chrf"), display_scale("perplexity")
         ((100.0, 2), (100.0, 2), (1.0, 3))
+        >>> display_scale("valid_map")
+        (100.0, 2)
     """
-    if "loss" not in metric and re.search(r"acc|f1|mcc|bleu|chrf|rouge", metric):
+    if "loss" not in metric and re.search(r"acc|f1|mcc|bleu|chrf|rouge|(^|_)map$", metric):
         return 100.0, 2
     return 1.0, 3
 

@@ -212,6 +212,10 @@ def build_verdicts(records: Sequence[dict[str, Any]]) -> list[FamilyVerdict]:
         extra = [(f"{m} - baseline, {word}", m, "baseline", kind) for m in arms
                  if m not in ARMS for word, kind in (("best", "best"),
                                                      ("equal compute", "equal"))]
+        # R-Drop against the same noise alone (rdrop+embedding - baseline+embedding): what the
+        # consistency term adds to that source of randomness.
+        extra += [(f"{m} - {ref}, best", m, ref, "best") for m in arms
+                  if m.startswith("rdrop+") and (ref := "baseline+" + m[len("rdrop+"):]) in arms]
         comparisons = []
         for cname, arm, ref, kind in (*COMPARISONS, *extra):
             if arm not in arms or ref not in arms:

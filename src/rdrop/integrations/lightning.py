@@ -40,6 +40,8 @@ loop that passes ``num_items_in_batch`` (the count of the accumulated batch).
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from typing import Any
 
 from torch import Tensor
@@ -54,11 +56,13 @@ except ImportError:  # pragma: no cover - the unified package
             "rdrop.integrations.lightning needs PyTorch Lightning: pip install pytorch-lightning"
         ) from err
 
+from rdrop.autostart import AutoStart, scheduled_step
 from rdrop.batching import InputName
 from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
 from rdrop.functional import RDropOutput
-from rdrop.schedule import RDropStep, rdrop_step
-from rdrop.step import LogitsLoss, TrainingStep
+from rdrop.noise import Noise, NoiseHandle, attach_noise, parse_noise
+from rdrop.schedule import RDropStep
+from rdrop.step import TrainingStep, pass_loss
 
 __all__ = ["RDropLightningModule"]
 
@@ -80,14 +84,29 @@ class RDropLightningModule(pl.LightningModule):
         num_passes: dropout passes ``m >= 2``.
         every_k_steps: R-Drop on every k-th optimizer step.
         alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps.
-        consistency: ``"kl"``, ``"js"`` or ``"mse"``.
+        consistency: ``"kl"``, ``"js"``, ``"mse"``, or ``"bernoulli"`` (multi-label sigmoid
+            heads, float 0/1 targets: :func:`rdrop.multilabel_rdrop_loss`).
+        noise: where the passes' randomness comes from (:mod:`rdrop.noise`): ``"dropout"``
+            (the module's own, the default), ``"embedding:5"``, ``"dropout:0.1"``,
+            ``"lora:0.1"``. Attached to the module at the first training step (the subclass
+            builds its layers after this ``__init__``), training passes only.
         ignore_index, label_smoothing: as in :func:`rdrop.functional.rdrop_loss`.
         batched, unbatched, check_inputs: as in :class:`rdrop.RDrop` (which inputs carry the
             batch; the once-only check of the duplicated batch against a plain forward).
+        stop_gradient: the second pass under ``torch.no_grad``, a detached target (see
+            :class:`rdrop.RDrop`).
+        start_step: the first optimizer step with R-Drop (an int; plain steps before it), or an
+            :class:`rdrop.autostart.AutoStart`, updated from ``auto_start_metric`` at the end of
+            every validation epoch (a subclass overriding ``on_validation_epoch_end`` calls
+            ``super().on_validation_epoch_end()``); its state is saved in checkpoints.
+        second_pass_fraction: the second pass on the first ``ceil(r * B)`` rows only
+            (:func:`rdrop.subset.subset_rdrop_loss`); needs ``num_passes=2``.
+        auto_start_metric: the logged validation metric the automatic start watches.
 
     Raises:
         TypeError, ValueError: invalid hyperparameters (the message names them); at the first
-            training step, a duplicated input that is not batched (see above).
+            training step, a duplicated input that is not batched (see above), or a ``noise``
+            the module cannot take (the message names its modules).
 
     Example:
         >>> import torch
@@ -108,28 +127,72 @@ class RDropLightningModule(pl.LightningModule):
                  alpha_warmup_steps: int = 0, consistency: str = "kl",
                  ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
                  batched: list[InputName] | None = None,
-                 unbatched: list[InputName] | None = None, check_inputs: bool = True) -> None:
+                 unbatched: list[InputName] | None = None, check_inputs: bool = True,
+                 noise: str | Noise | None = "dropout", stop_gradient: bool = False,
+                 start_step: int | AutoStart = 0, second_pass_fraction: float = 1.0,
+                 auto_start_metric: str = "val_loss") -> None:
         super().__init__()
         self.rdrop_alpha = check_alpha(alpha)
         self.rdrop_every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
         self.rdrop_alpha_warmup_steps = check_positive_int("alpha_warmup_steps",
                                                            alpha_warmup_steps, 0)
+        if not isinstance(start_step, AutoStart):
+            start_step = check_positive_int("start_step", start_step, 0)
+        self.rdrop_start_step: int | AutoStart = start_step
+        self.rdrop_auto_start_metric = auto_start_metric
         # The step and its loss check their own options, once.
-        loss = LogitsLoss(consistency=consistency, ignore_index=ignore_index,
-                          label_smoothing=label_smoothing)
+        loss = pass_loss(consistency, ignore_index=ignore_index, label_smoothing=label_smoothing)
+        self.rdrop_noise_spec = parse_noise(noise)
+        self.rdrop_noise: NoiseHandle | None = None  # attached at the first training step
         self.rdrop_training_step = TrainingStep(num_passes=num_passes, batched=batched,
                                                 unbatched=unbatched, check_inputs=check_inputs,
-                                                loss=loss)
+                                                stop_gradient=stop_gradient,
+                                                second_pass_fraction=second_pass_fraction,
+                                                loss=loss, pass_context=self._rdrop_pass_context)
+        self.rdrop_stop_gradient = stop_gradient
         self.rdrop_num_passes = num_passes
         self.rdrop_consistency = consistency
-        self.rdrop_loss_kwargs = {"ignore_index": loss.ignore_index,
-                                  "label_smoothing": loss.label_smoothing}
+        self.rdrop_loss_kwargs = {"ignore_index": int(ignore_index),
+                                  "label_smoothing": float(label_smoothing)}
+
+    def _rdrop_pass_context(self, passes: range, plan: Any) -> AbstractContextManager[Any]:
+        if self.rdrop_noise is None:
+            return contextlib.nullcontext()
+        return self.rdrop_noise.pass_context(passes, plan)
 
     def rdrop_decision(self) -> RDropStep:
-        """:func:`rdrop.schedule.rdrop_step` at the current optimizer step."""
-        return rdrop_step(self.global_step, alpha=self.rdrop_alpha,
-                          every_k_steps=self.rdrop_every_k_steps,
-                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
+        """:func:`rdrop.schedule.rdrop_step` at the current optimizer step (off while an
+        automatic start has not switched)."""
+        return scheduled_step(self.global_step, alpha=self.rdrop_alpha,
+                              every_k_steps=self.rdrop_every_k_steps,
+                              alpha_warmup_steps=self.rdrop_alpha_warmup_steps,
+                              start_step=self.rdrop_start_step)
+
+    def on_validation_epoch_end(self) -> None:
+        """Feed the automatic start (if any) the epoch's ``auto_start_metric``."""
+        auto = self.rdrop_start_step
+        trainer = self._trainer
+        if not isinstance(auto, AutoStart) or trainer is None or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        if self.rdrop_auto_start_metric not in metrics:
+            raise KeyError(
+                f"RDropLightningModule: the automatic start watches "
+                f"{self.rdrop_auto_start_metric!r}, which validation did not log (logged: "
+                f"{sorted(metrics)}). Log it with self.log in validation_step, or pass "
+                "auto_start_metric= one of those."
+            )
+        auto.update(float(metrics[self.rdrop_auto_start_metric]), step=int(self.global_step))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the automatic start's state in the checkpoint."""
+        if isinstance(self.rdrop_start_step, AutoStart):
+            checkpoint["rdrop_auto_start"] = self.rdrop_start_step.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the automatic start's state from the checkpoint."""
+        if isinstance(self.rdrop_start_step, AutoStart) and "rdrop_auto_start" in checkpoint:
+            self.rdrop_start_step.load_state_dict(checkpoint["rdrop_auto_start"])
 
     def rdrop_batch(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor]:
         """Split a batch into the model's ``(args, kwargs)`` and the target. Default: a
@@ -142,6 +205,8 @@ class RDropLightningModule(pl.LightningModule):
 
     def rdrop_loss(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
         """The R-Drop loss of one training micro-batch at the current optimizer step."""
+        if self.rdrop_noise is None:
+            self.rdrop_noise = attach_noise(self, self.rdrop_noise_spec)
         return self.rdrop_training_step(self, args, kwargs, target, self.rdrop_decision()).out
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -149,7 +214,8 @@ class RDropLightningModule(pl.LightningModule):
         args, kwargs, target = self.rdrop_batch(batch)
         out = self.rdrop_loss(*args, target=target, **kwargs)
         step = self.rdrop_decision()
-        passes = self.rdrop_num_passes if step.active else 1
+        # CE terms in the task loss: one per pass with gradient
+        passes = self.rdrop_num_passes if step.active and not self.rdrop_stop_gradient else 1
         size = target.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
         self.log("train/task_loss", out.task_loss, batch_size=size)

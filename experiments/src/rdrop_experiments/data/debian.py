@@ -31,6 +31,7 @@ __all__ = [
     "DebianPackage",
     "cache_dir",
     "iter_stanzas",
+    "list_files",
     "load_debian_descriptions",
     "read_list_file",
     "snapshot_info",
@@ -135,7 +136,9 @@ def _long_text(lines: list[str]) -> str:
     return "\n\n".join(p for p in paras if p)
 
 
-def _list_files(lists_dir: Path, kind: str) -> list[Path]:
+def list_files(lists_dir: Path, kind: str) -> list[Path]:
+    """The apt list files of ``kind`` (``"packages"``: binary Packages lists; otherwise the
+    English Translation lists) in ``lists_dir``, sorted by name."""
     pattern = "*_Packages*" if kind == "packages" else "*_i18n_Translation-en*"
     files = [p for p in sorted(lists_dir.glob(pattern)) if not p.name.endswith(".diff_Index")]
     if kind == "packages":
@@ -173,8 +176,8 @@ def load_debian_descriptions(
         FileNotFoundError: no Packages or Translation-en lists (see ``make data``).
     """
     lists_dir = Path(lists_dir)
-    pkg_files = _list_files(lists_dir, "packages")
-    tr_files = _list_files(lists_dir, "translations")
+    pkg_files = list_files(lists_dir, "packages")
+    tr_files = list_files(lists_dir, "translations")
     if not pkg_files or not tr_files:
         raise FileNotFoundError(f"no Packages and Translation-en lists under {lists_dir}. {_HINT}")
     stat = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in pkg_files + tr_files]

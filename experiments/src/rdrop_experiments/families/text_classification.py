@@ -30,7 +30,8 @@ from rdrop_experiments.training import (
     seed_everything,
 )
 
-__all__ = ["SentenceClassifier", "TextConfig", "macro_f1", "minilm_path", "run_text"]
+__all__ = ["SentenceClassifier", "TextConfig", "macro_f1", "minilm_path", "pretrained_encoder",
+           "run_text"]
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def _data(cfg_data: tuple[Any, ...], model_path: str, max_length: int):  # type:
 
 
 @lru_cache(maxsize=1)
-def _pretrained(model_path: str, dropout: float) -> nn.Module:
+def pretrained_encoder(model_path: str, dropout: float) -> nn.Module:
     """The pre-trained encoder, loaded once per process; each run fine-tunes a deep copy."""
     from transformers import AutoModel
 
@@ -218,7 +219,7 @@ def run_text(cfg: TextConfig, ctx: ArmRun) -> RunResult:
     n_probe = min(len(y), 128)  # fixed training slice for the curves
     ctx.record_data(splits)
     generator = seed_everything(ctx.seed)
-    encoder = copy.deepcopy(_pretrained(model_path, cfg.dropout))
+    encoder = copy.deepcopy(pretrained_encoder(model_path, cfg.dropout))
     if cfg.encoder_layers:
         encoder.encoder.layer = encoder.encoder.layer[: cfg.encoder_layers]
     if cfg.freeze_embeddings:

@@ -11,11 +11,14 @@ from transformers import Seq2SeqTrainingArguments, TrainingArguments
 from rdrop.checks import (
     ALPHA,
     CHUNK_SIZE,
+    STEP_CONSISTENCIES,
     check_alpha,
     check_chunk_size,
     check_consistency,
     check_positive_int,
 )
+from rdrop.noise import parse_noise
+from rdrop.subset import check_second_pass_fraction
 
 __all__ = [
     "DEFAULTS",
@@ -29,16 +32,25 @@ __all__ = [
 # one place their defaults are named (the dataclass fields below and the trainers read them).
 DEFAULTS: dict[str, Any] = {"alpha": ALPHA, "num_passes": 2, "every_k_steps": 1,
                             "alpha_warmup_steps": 0, "consistency": None,
-                            "fused_linear": False, "chunk_size": CHUNK_SIZE}
+                            "fused_linear": False, "chunk_size": CHUNK_SIZE, "noise": "dropout",
+                            "start_step": 0, "second_pass_fraction": 1.0}
 
 
 def _check_consistency(consistency: Any) -> None:
     if consistency is not None:
         try:
-            check_consistency(consistency, name="rdrop_consistency")
+            check_consistency(consistency, name="rdrop_consistency", allowed=STEP_CONSISTENCIES)
         except ValueError as err:
-            raise ValueError(f"{err} Or None (automatic: 'mse' for regression heads, 'kl' "
-                             "otherwise).") from None
+            raise ValueError(f"{err} Or None (automatic: 'bernoulli' for a config's "
+                             "problem_type='multi_label_classification', 'mse' for regression "
+                             "heads, 'kl' otherwise).") from None
+
+
+def _check_noise(noise: Any) -> None:
+    try:
+        parse_noise(noise)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"rdrop_{err}") from None
 
 
 def _check_fused_linear(fused: Any) -> None:
@@ -61,6 +73,10 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "consistency": _check_consistency,
     "fused_linear": _check_fused_linear,
     "chunk_size": _check_chunk_size,
+    "noise": _check_noise,
+    "start_step": lambda v: check_positive_int("rdrop_start_step", v, 0),
+    "second_pass_fraction": lambda v: check_second_pass_fraction(
+        v, name="rdrop_second_pass_fraction"),
 }
 
 
@@ -80,6 +96,13 @@ def validate_rdrop_options(options: dict[str, Any], *, only: Collection[str] | N
         if only is None or key in only:
             check(options[key])
     fused, consistency = options["fused_linear"], options["consistency"]
+    fraction = options["second_pass_fraction"]
+    if fraction < 1.0 and (options["num_passes"] != 2 or fused):
+        raise ValueError(
+            f"rdrop_second_pass_fraction={fraction} compares two passes on the logits; got "
+            f"rdrop_num_passes={options['num_passes']}, rdrop_fused_linear={fused}. Use "
+            "rdrop_num_passes=2 and rdrop_fused_linear=False, or rdrop_second_pass_fraction=1.0."
+        )
     if fused and options["num_passes"] != 2:
         raise ValueError(
             f"rdrop_fused_linear=True supports rdrop_num_passes=2 only (the fused loss compares "
@@ -122,8 +145,9 @@ class RDropArgumentsMixin:
     )
     rdrop_consistency: str | None = field(
         default=DEFAULTS["consistency"],
-        metadata={"help": "'kl' (paper), 'js', 'mse', or None: 'mse' for regression heads "
-                          "(float labels), 'kl' otherwise."},
+        metadata={"help": "'kl' (paper), 'js', 'mse', 'bernoulli', or None: 'bernoulli' for "
+                          "problem_type='multi_label_classification', 'mse' for regression "
+                          "heads (float labels), 'kl' otherwise."},
     )
     rdrop_fused_linear: bool = field(
         default=DEFAULTS["fused_linear"],
@@ -134,6 +158,24 @@ class RDropArgumentsMixin:
     rdrop_chunk_size: int = field(
         default=DEFAULTS["chunk_size"],
         metadata={"help": "Rows (tokens) per chunk of the fused loss (rdrop_fused_linear)."},
+    )
+    rdrop_noise: str = field(
+        default=DEFAULTS["noise"],
+        metadata={"help": "Where the passes' randomness comes from (rdrop.noise): 'dropout' "
+                          "(the model's own), 'embedding:5' (NEFTune-style embedding noise), "
+                          "'dropout:0.1' (the model's dropout slots switched on at 0.1), "
+                          "'lora:0.1' (PEFT LoRA dropout). Training passes only."},
+    )
+    rdrop_start_step: int = field(
+        default=DEFAULTS["start_step"],
+        metadata={"help": "Plain single-pass training before this optimizer step, R-Drop from "
+                          "it on (every_k_steps and the alpha warm-up count from it). For a "
+                          "start chosen by validation use RDropAutoStartCallback."},
+    )
+    rdrop_second_pass_fraction: float = field(
+        default=DEFAULTS["second_pass_fraction"],
+        metadata={"help": "The second pass (and the consistency term) on the first "
+                          "ceil(r * batch) rows of each batch only, 0 < r <= 1 (1: all rows)."},
     )
 
     def rdrop_options(self) -> dict[str, Any]:
@@ -156,11 +198,20 @@ class RDropTrainingArguments(RDropArgumentsMixin, TrainingArguments):
         rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1: every step).
         rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
             (default 0), by :func:`rdrop.schedule.rdrop_step`.
-        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"`` or ``None`` (automatic).
+        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"``, ``"bernoulli"`` or ``None``
+            (automatic: ``"bernoulli"`` for ``problem_type="multi_label_classification"``,
+            ``"mse"`` for float labels, ``"kl"`` otherwise).
         rdrop_fused_linear: language models only: fuse the output layer into the loss so the
             full logits are never built (default False; see :class:`RDropTrainer`).
         rdrop_chunk_size: tokens per chunk of the fused loss (default 256,
             :data:`rdrop.checks.CHUNK_SIZE`).
+        rdrop_noise: the passes' randomness (default ``"dropout"``, the model's own; see
+            :mod:`rdrop.noise`: ``"embedding:5"``, ``"dropout:0.1"``, ``"lora:0.1"``).
+        rdrop_start_step: plain training before this optimizer step (default 0), by
+            :func:`rdrop.schedule.rdrop_step`; :class:`RDropAutoStartCallback` chooses it from
+            validation instead.
+        rdrop_second_pass_fraction: the second pass on the first ``ceil(r * B)`` rows of each
+            batch (default 1.0), by :func:`rdrop.subset.subset_rdrop_loss`.
         **kwargs: everything ``TrainingArguments`` takes.
 
     Raises:

@@ -86,4 +86,4 @@ def no_dropout_message(model: nn.Module, owner: str) -> str | None:
         return None
     return (f"{owner}: the model has no dropout with p > 0, so all R-Drop passes are identical, "
             "the consistency term is 0 and each step costs twice as much for nothing. "
-            + no_dropout_advice(model))
+            + no_dropout_advice(model, option="rdrop_noise"))

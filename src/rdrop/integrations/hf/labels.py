@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from rdrop.checks import IGNORE_INDEX
+from rdrop.subset import subset_size
 
 __all__ = ["IGNORE_INDEX", "align", "base_model", "count_items", "first_count",
            "shifts_labels"]
@@ -85,22 +86,28 @@ def shifts_labels(model: nn.Module, trainer_rule: bool = False) -> bool:
     return any(cls.__name__ in causal for cls in type(model).__mro__)
 
 
-def count_items(batches: list[Any], shift: bool) -> Tensor | None:
+def count_items(batches: list[Any], shift: bool, fraction: float = 1.0) -> Tensor | None:
     """Counted labels of one optimizer step's micro-batches (``None`` if a batch holds
     non-tensor labels): float labels count one per sample, class labels those
     ``!= IGNORE_INDEX`` (after the causal shift, unless the collator gave ``shift_labels``).
+    With ``fraction < 1``, only the first ``ceil(fraction * B)`` rows of each micro-batch
+    (the rows of the second pass, :func:`rdrop.subset.subset_size`).
 
     Example:
         >>> import torch
         >>> batch = {"labels": torch.tensor([[5, 6, -100], [7, -100, -100]])}
         >>> int(count_items([batch], shift=False)), int(count_items([batch], shift=True))
         (3, 1)
+        >>> int(count_items([batch], shift=False, fraction=0.5))
+        2
     """
     total = torch.zeros((), dtype=torch.long)
     for batch in batches:
         labels = batch.get("shift_labels", batch["labels"])
         if not isinstance(labels, Tensor):
             return None
+        if fraction < 1.0:
+            labels = labels[: subset_size(labels.shape[0], fraction)]
         if labels.is_floating_point():  # regression: one row per sample
             total += labels.shape[0]
             continue

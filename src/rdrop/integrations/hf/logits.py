@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from rdrop.batching import ConcatLayout, extract_logits
-from rdrop.step import LogitsLoss
+from rdrop.step import PassLoss, pass_loss
 
 from .labels import IGNORE_INDEX
 
@@ -140,13 +140,16 @@ def logits_of(outputs: Any, owner: str) -> Tensor:
         ) from err
 
 
-def logits_loss(consistency: str, label_smoothing: float) -> LogitsLoss:
+def logits_loss(consistency: str, label_smoothing: float) -> PassLoss:
     """The loss of the passes' logits with the Trainer's conventions: ``ignore_index=-100``;
-    ``consistency="mse"`` (regression heads) without label smoothing.
+    ``consistency="mse"`` (regression heads) and ``"bernoulli"`` (multi-label heads,
+    :class:`rdrop.multilabel.MultiLabelLoss`) without label smoothing.
 
     Example:
         >>> logits_loss("mse", 0.1).label_smoothing, logits_loss("kl", 0.1).label_smoothing
         (0.0, 0.1)
+        >>> type(logits_loss("bernoulli", 0.1)).__name__
+        'MultiLabelLoss'
     """
-    return LogitsLoss(consistency=consistency, ignore_index=IGNORE_INDEX,
-                      label_smoothing=0.0 if consistency == "mse" else label_smoothing)
+    smoothing = 0.0 if consistency in ("mse", "bernoulli") else label_smoothing
+    return pass_loss(consistency, ignore_index=IGNORE_INDEX, label_smoothing=smoothing)

@@ -19,10 +19,12 @@ from transformers.trainer_pt_utils import nested_gather
 
 from rdrop.batching import ConcatLayout, batch_size_of
 from rdrop.checks import check_label_smoothing
-from rdrop.schedule import rdrop_step
+from rdrop.noise import NoiseHandle, attach_noise, parse_noise
+from rdrop.schedule import RDropStep, rdrop_step
 from rdrop.step import PassLoss, TrainingStep
 
 from .arguments import DEFAULTS, validate_rdrop_options
+from .callbacks import RDropAutoStartCallback, check_auto_start
 from .fused import FusedLoss, HiddenCapture, check_fused_head, check_fused_model
 from .guards import check_checkpointing_args, check_checkpointing_model, no_dropout_message
 from .labels import align, count_items, first_count, shifts_labels
@@ -55,6 +57,9 @@ class RDropTrainerMixin:
         rdrop_consistency: str | None = None,
         rdrop_fused_linear: bool | None = None,
         rdrop_chunk_size: int | None = None,
+        rdrop_noise: str | None = None,
+        rdrop_start_step: int | None = None,
+        rdrop_second_pass_fraction: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -62,7 +67,9 @@ class RDropTrainerMixin:
                  "every_k_steps": rdrop_every_k_steps,
                  "alpha_warmup_steps": rdrop_alpha_warmup_steps,
                  "consistency": rdrop_consistency, "fused_linear": rdrop_fused_linear,
-                 "chunk_size": rdrop_chunk_size}
+                 "chunk_size": rdrop_chunk_size, "noise": rdrop_noise,
+                 "start_step": rdrop_start_step,
+                 "second_pass_fraction": rdrop_second_pass_fraction}
         # The constructor wins over the arguments dataclass (checked at its construction),
         # which wins over the defaults: only the constructor's values are checked here.
         options = {key: value if value is not None
@@ -74,7 +81,11 @@ class RDropTrainerMixin:
         for key, value in options.items():
             setattr(self, f"rdrop_{key}", value)
         self.rdrop_alpha = float(self.rdrop_alpha)
+        self.rdrop_second_pass_fraction = float(self.rdrop_second_pass_fraction)
         owner = type(self).__name__
+        if self._rdrop_auto_start() is not None:
+            check_auto_start(self.args, self.rdrop_start_step, owner)
+        self._rdrop_num_items_in_subset: Tensor | None = None
         if self.compute_loss_func is not None:
             raise ValueError(
                 f"{owner} computes the R-Drop loss itself; it cannot be combined with "
@@ -90,10 +101,24 @@ class RDropTrainerMixin:
                 UserWarning,
                 stacklevel=2,
             )
+        if parse_noise(self.rdrop_noise).kind == "embedding" and getattr(
+                self.args, "neftune_noise_alpha", None):
+            raise ValueError(
+                f"{owner}: neftune_noise_alpha={self.args.neftune_noise_alpha} and rdrop_noise="
+                f"{self.rdrop_noise!r} would both add noise to the input embeddings. Keep one: "
+                f"rdrop_noise='embedding:{self.args.neftune_noise_alpha:g}' (each R-Drop pass "
+                "draws its own, scaled by one copy's length on packed batches) and "
+                "neftune_noise_alpha=None."
+            )
+        # Where the passes' randomness comes from (rdrop.noise): attached now, so a model that
+        # cannot take it is refused here, naming its modules.
+        self._rdrop_noise: NoiseHandle | None = None
         if self.model is not None:
-            message = no_dropout_message(self.model, owner)
-            if message:
-                warnings.warn(message, UserWarning, stacklevel=2)
+            self._rdrop_noise = attach_noise(self.model, self.rdrop_noise)
+            if not self._rdrop_noise.adds_randomness:
+                message = no_dropout_message(self.model, owner)
+                if message:
+                    warnings.warn(message, UserWarning, stacklevel=2)
         if self.rdrop_fused_linear:
             plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
             check_fused_model(
@@ -127,6 +152,7 @@ class RDropTrainerMixin:
         batches, num_items = super().get_batch_samples(  # type: ignore[misc]
             epoch_iterator, num_batches, device
         )
+        self._rdrop_num_items_in_subset = None
         if batches and "labels" in batches[0]:
             shift = self._shifts_labels(self.accelerator.unwrap_model(self.model))
             labels = batches[0]["labels"]
@@ -138,6 +164,15 @@ class RDropTrainerMixin:
                     num_items = num_items.to(device)
                     if self.args.average_tokens_across_devices and self.args.world_size > 1:
                         num_items = self.accelerator.gather(num_items).sum()
+            if num_items is not None and self.rdrop_second_pass_fraction < 1.0:
+                # N_S of rdrop.subset: the counted labels of each micro-batch's subset rows,
+                # over the whole accumulated (and, as num_items, global) batch.
+                subset = count_items(batches, shift, fraction=self.rdrop_second_pass_fraction)
+                if subset is not None:
+                    subset = subset.to(device)
+                    if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                        subset = self.accelerator.gather(subset).sum()
+                self._rdrop_num_items_in_subset = subset
         return batches, num_items
 
     def _loss_scale(self) -> int:
@@ -180,7 +215,7 @@ class RDropTrainerMixin:
 
         Raises:
             ValueError: no ``labels`` in a training batch; logits whose batch dimension is not
-                ``num_passes * batch``; a multi-label classification head; checkpointing
+                ``num_passes * batch``; checkpointing
                 without the RNG state; a packed batch whose varlen metadata does not describe
                 the duplicated tokens; with ``rdrop_fused_linear``, a model whose logits are
                 not its output layer applied to the layer's input (checked at the first step).
@@ -200,27 +235,21 @@ class RDropTrainerMixin:
         labels = inputs.pop("labels")
         shift_labels = inputs.pop("shift_labels", None)
         unwrapped = self.accelerator.unwrap_model(model)
-        config = getattr(unwrapped, "config", None)
-        if getattr(config, "problem_type", None) == "multi_label_classification":
-            raise ValueError(
-                f"{owner} does not support multi-label classification (BCE heads); use "
-                "rdrop.RDrop with a custom loss."
-            )
         prepare_decoder_inputs(unwrapped, inputs, labels)
         if not self._rdrop_first_step_checked:
             check_checkpointing_model(unwrapped, owner)
 
-        schedule = rdrop_step(self.state.global_step, alpha=self.rdrop_alpha,
-                              every_k_steps=self.rdrop_every_k_steps,
-                              alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
+        schedule = self._rdrop_schedule()
         step, call = self._rdrop_training_step(model, unwrapped, inputs, labels, shift_labels,
                                                owner)
         plan = step.plan(schedule)
         m = plan.passes
         # One forward over m copies (rdrop.batching's rule: dim 0, or the tokens of a pack, with
         # cu_seq_lens_q/k offset and seq_idx renumbered), by rdrop.step like every entry point.
+        subset = self._rdrop_num_items_in_subset if num_items_in_batch is not None else None
         result = step.run(call, (), inputs, labels, plan,
-                          num_items_in_batch=first_count(num_items_in_batch), module=unwrapped)
+                          num_items_in_batch=first_count(num_items_in_batch),
+                          num_items_in_subset=first_count(subset), module=unwrapped)
         out, passes, target = result.out, result.passes, result.target
         self._rdrop_first_step_checked = True
         scale = self._loss_scale() if num_items_in_batch is not None else 1
@@ -235,6 +264,29 @@ class RDropTrainerMixin:
         if not return_outputs:
             return loss
         return loss, result.first_output()
+
+    def _rdrop_auto_start(self) -> RDropAutoStartCallback | None:
+        """The automatic-start callback among the trainer's callbacks (looked up at every step:
+        resuming from a checkpoint replaces the callback object)."""
+        handler = getattr(self, "callback_handler", None)
+        for callback in getattr(handler, "callbacks", ()):
+            if isinstance(callback, RDropAutoStartCallback):
+                return callback
+        return None
+
+    def _rdrop_schedule(self) -> RDropStep:
+        """:func:`rdrop.schedule.rdrop_step` at ``state.global_step``, from
+        ``rdrop_start_step`` or, with a :class:`RDropAutoStartCallback`, from the step it
+        switched at (plain steps until then)."""
+        start = self.rdrop_start_step
+        auto = self._rdrop_auto_start()
+        if auto is not None:
+            if auto.start_step is None:
+                return RDropStep(active=False, alpha=0.0)
+            start = auto.start_step
+        return rdrop_step(self.state.global_step, alpha=self.rdrop_alpha,
+                          every_k_steps=self.rdrop_every_k_steps,
+                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps, start_step=start)
 
     def _rdrop_training_step(self, model: nn.Module, unwrapped: nn.Module,
                              inputs: dict[str, Any], labels: Tensor,
@@ -264,14 +316,20 @@ class RDropTrainerMixin:
             call: Callable[..., Any] = capture
             logits_fn: Callable[[Any], Tensor] = capture.hidden
         else:
+            problem = getattr(getattr(unwrapped, "config", None), "problem_type", None)
             consistency = self.rdrop_consistency or (
+                "bernoulli" if problem == "multi_label_classification" else
                 "mse" if labels.is_floating_point() else "kl")
             if consistency not in self._rdrop_losses:
                 self._rdrop_losses[consistency] = logits_loss(consistency, smoothing)
             loss = self._rdrop_losses[consistency]
             call, logits_fn = model, lambda outputs: logits_of(outputs, owner)
+        if self._rdrop_noise is None:  # the model came later (model_init)
+            self._rdrop_noise = attach_noise(unwrapped, self.rdrop_noise)
         step = TrainingStep(num_passes=self.rdrop_num_passes, loss=loss, logits_fn=logits_fn,
+                            second_pass_fraction=self.rdrop_second_pass_fraction,
                             check_inputs=False, check_batch=check_batch,
+                            pass_context=self._rdrop_noise.pass_context,
                             align=lambda p, t: align(p, t, shift_labels, shift))
         return step, call
 
@@ -305,7 +363,12 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
         rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1).
         rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
             (default 0), by :func:`rdrop.schedule.rdrop_step`.
-        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"`` or ``None`` (``"mse"`` for float labels).
+        rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"``, ``"bernoulli"`` or ``None``
+            (automatic: ``"bernoulli"`` when the model's config has
+            ``problem_type="multi_label_classification"``, i.e. a sigmoid head trained with
+            BCE: both passes' BCE plus the per-label Bernoulli KL,
+            :func:`rdrop.multilabel_rdrop_loss`; ``"mse"`` for float labels; ``"kl"``
+            otherwise).
         rdrop_fused_linear: language models (causal, or encoder-decoder): compute the loss from
             the output layer's input ``h`` and its weight ``W`` and bias ``b`` with
             :func:`rdrop.fused_linear.fused_linear_rdrop_loss`, ``rdrop_chunk_size`` tokens at a
@@ -315,13 +378,29 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
             outside autocast.
         rdrop_chunk_size: tokens per chunk of the fused loss (default 256,
             :data:`rdrop.checks.CHUNK_SIZE`).
+        rdrop_noise: where the passes' randomness comes from (:mod:`rdrop.noise`; default
+            ``"dropout"``, the model's own): ``"embedding:5"`` (NEFTune-style embedding noise;
+            instead of ``neftune_noise_alpha``, which is refused beside it), ``"dropout:0.1"``
+            (the model's dropout slots switched on), ``"lora:0.1"`` (PEFT LoRA dropout).
+            Training passes only: evaluation and generation are the plain model's.
+        rdrop_start_step: plain single-pass training before this optimizer step (default 0).
+            For a start chosen on validation, pass ``callbacks=[RDropAutoStartCallback(...)]``
+            (with evaluation on): plain training until ``patience`` evaluations without
+            improvement, R-Drop from the next step on.
+        rdrop_second_pass_fraction: ``r`` in ``(0, 1]`` (default 1.0): the second pass and the
+            consistency term on the first ``ceil(r * B)`` rows of each batch
+            (:func:`rdrop.subset.subset_rdrop_loss`; one forward over ``(1 + r) B`` rows). Its
+            ``N_S`` is counted over the accumulated (and global) batch like
+            ``num_items_in_batch``. Needs 2 passes and the logits path; packed batches are
+            refused.
 
     Logs ``task_loss``, ``consistency_loss`` and ``task_loss_per_pass`` next to ``loss``
     (``loss = task_loss + alpha * consistency_loss`` on R-Drop steps; ``task_loss`` sums the
     passes, so ``loss`` is about twice ``eval_loss``: compare ``task_loss_per_pass`` with it).
 
     Raises:
-        TypeError, ValueError: invalid hyperparameters; ``compute_loss_func`` given;
+        TypeError, ValueError: invalid hyperparameters; ``compute_loss_func`` given; an
+            ``rdrop_noise`` the model cannot take (the message names its modules);
             activation checkpointing with ``preserve_rng_state=False`` (its recompute would
             draw new dropout masks: wrong gradients).
         ValueError: with ``rdrop_fused_linear``: more than 2 passes or a non-KL consistency; a
