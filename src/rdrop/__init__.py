@@ -14,7 +14,7 @@ from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss, sym
 from rdrop.loss import RDropLoss
 from rdrop.multilabel import multilabel_rdrop_loss
 from rdrop.subset import subset_rdrop_loss
-from rdrop.wrapper import RDrop
+from rdrop.wrapper import RDrop, unwrap_state_dict
 
 __all__ = [
     "AutoStart",
@@ -27,6 +27,7 @@ __all__ = [
     "rdrop_loss",
     "subset_rdrop_loss",
     "symmetric_kl",
+    "unwrap_state_dict",
 ]
 __version__ = "0.1.0"
 

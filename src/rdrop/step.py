@@ -291,8 +291,8 @@ class TrainingStep:
 
     Raises:
         TypeError, ValueError: invalid options (at construction).
-        ValueError (at :meth:`run`): a failed input check; batch size 1 with BatchNorm in
-            concat mode; logits without ``passes * B`` rows.
+        ValueError (at :meth:`run`): an empty batch on an R-Drop step; a failed input check;
+            batch size 1 with BatchNorm in concat mode; logits without ``passes * B`` rows.
         TypeError (at :meth:`run`): the output holds no logits.
 
     Example:
@@ -398,6 +398,12 @@ class TrainingStep:
         """
         args = tuple(args)
         module = module if module is not None else model  # type: ignore[assignment]
+        if plan.active and isinstance(target, Tensor) and target.dim() and not target.shape[0]:
+            raise ValueError(
+                f"the batch is empty (target of shape {tuple(target.shape)}): R-Drop compares "
+                "the passes of at least one sample. Skip empty batches before the training step "
+                "(e.g. DataLoader(..., drop_last=True) or a filter in the collator)."
+            )
         if plan.fraction < 1.0 and plan.active:
             output, passes, layout = self._subset(model, module, args, kwargs, plan)
         elif plan.concat:

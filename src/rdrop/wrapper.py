@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -17,7 +17,9 @@ from rdrop.noise import Noise, attach_noise
 from rdrop.schedule import RDropStep
 from rdrop.step import TrainingStep, eager, pass_loss
 
-__all__ = ["RDrop"]
+__all__ = ["RDrop", "unwrap_state_dict"]
+
+_PREFIX = "model."
 
 
 class RDrop(nn.Module):
@@ -90,7 +92,14 @@ class RDrop(nn.Module):
     accumulated step gets the same decision. Tell the wrapper the optimizer
     (``RDrop(..., optimizer=opt)`` or ``wrapped.attach_optimizer(opt)``; it counts
     ``opt.step()`` calls with a post-hook) or the step (``wrapped.set_step(n)``). Without either
-    it counts training calls, which is right only without gradient accumulation.
+    it counts training calls (not those under ``torch.no_grad()``), which is right only without
+    gradient accumulation.
+
+    **Checkpoints**: ``wrapped.state_dict()`` holds the model's keys prefixed ``model.`` and
+    ``_extra_state`` (the step count). Load it into the plain model with
+    ``net.load_state_dict(rdrop.unwrap_state_dict(sd))``, and a plain model's checkpoint into the
+    wrapper with ``wrapped.model.load_state_dict(sd)`` (or save ``wrapped.model.state_dict()``
+    in the first place).
 
     **Outside training**: without ``target`` the call is a plain forward returning the model's
     own output, so evaluation and generation code need no change. With ``target`` in eval mode it
@@ -323,7 +332,9 @@ class RDrop(nn.Module):
         # Outside any compiled graph: the counter is a Python int, and a guard on it would
         # recompile every step.
         decision = self.schedule()
-        if self._step_source == "calls":
+        # A call under torch.no_grad() (a loss probe, a validation pass in train mode) takes no
+        # optimizer step, so it does not advance the count.
+        if self._step_source == "calls" and torch.is_grad_enabled():
             self.num_steps += 1
         return decision
 
@@ -371,3 +382,42 @@ class RDrop(nn.Module):
         return self._step.run(self.model, args, kwargs, target, self._step.plan(decision),
                               num_items_in_batch=num_items_in_batch,
                               num_items_in_subset=num_items_in_subset).out
+
+
+def unwrap_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain model's state dict from a checkpoint of :class:`RDrop` (``RDrop(net)``):
+    the ``model.`` prefix removed, RDrop's own ``_extra_state`` (its step count) left out.
+
+    Args:
+        state_dict: ``RDrop(net).state_dict()``, or a checkpoint saved from it.
+
+    Returns:
+        A new dict that ``net.load_state_dict`` takes.
+
+    Raises:
+        ValueError: a key that is neither ``model.``-prefixed nor ``_extra_state`` (not a
+            checkpoint of ``RDrop``: load it into the model directly).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from rdrop import RDrop, unwrap_state_dict
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.1))
+        >>> sd = RDrop(net).state_dict()
+        >>> sorted(sd)
+        ['_extra_state', 'model.0.bias', 'model.0.weight']
+        >>> nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.1)).load_state_dict(unwrap_state_dict(sd))
+        <All keys matched successfully>
+    """
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if key == "_extra_state":
+            continue
+        if not key.startswith(_PREFIX):
+            raise ValueError(
+                f"unwrap_state_dict: key {key!r} is not from RDrop(model).state_dict() (whose "
+                f"keys start with {_PREFIX!r}); load a plain model's checkpoint directly, or "
+                "into the wrapper with wrapped.model.load_state_dict(sd)."
+            )
+        out[key[len(_PREFIX):]] = value
+    return out

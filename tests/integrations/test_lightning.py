@@ -173,6 +173,60 @@ def test_input_check_runs_once_in_eval_mode_and_restores_training_mode():
     assert module.training and module.drop.training
 
 
+class KeyedTagger(RDropLightningModule):
+    """(B, T) tokens -> (B, T, V) logits through keyed dropout (masks fixed by sample and pass)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(7, 8)
+        self.drop = KeyedDropout(0.3)
+        self.out = nn.Linear(8, 7)
+
+    def forward(self, input_ids, sample_id):
+        return self.out(self.drop(torch.tanh(self.emb(input_ids)), sample_id))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_accumulation_with_padded_tokens_is_the_documented_mean_of_micro_batch_means():
+    # Micro-batch 1 counts 2 + 5 tokens, micro-batch 2 counts 1 + 1: the module's docstring says
+    # the accumulated gradient is the mean of the two micro-batches' token means (Lightning's
+    # rule), which differs from the full batch's token mean.
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i, n in enumerate([2, 5, 1, 1]):
+        labels = torch.randint(0, 7, (6,), generator=g)
+        labels[n:] = -100
+        rows.append({"input_ids": torch.randint(0, 7, (6,), generator=g),
+                     "sample_id": torch.tensor(i), "labels": labels})
+    rec = fit(KeyedTagger(alpha=0.5), rows, batch_size=2, accumulate=2, max_steps=1)
+    (grads,) = rec.grads
+
+    def grad_of(loss_of_micro_batches):
+        ref = KeyedTagger(alpha=0.5)
+        loss_of_micro_batches(ref).backward()
+        return {n: p.grad for n, p in ref.named_parameters()}
+
+    def micro(ref, part):
+        ids = torch.stack([r["input_ids"] for r in part])
+        sid = torch.stack([r["sample_id"] for r in part])
+        y = torch.stack([r["labels"] for r in part])
+        logits = ref(torch.cat([ids, ids]), torch.cat([sid, sid]))
+        return logits[:len(part)], logits[len(part):], y
+
+    def mean_of_means(ref):
+        return sum(rdrop_loss(*micro(ref, rows[k:k + 2]), alpha=0.5).loss / 2 for k in (0, 2))
+
+    def full_batch(ref):
+        parts = [micro(ref, rows[k:k + 2]) for k in (0, 2)]
+        return rdrop_loss(*(torch.cat([p[i] for p in parts]) for i in range(3)), alpha=0.5).loss
+
+    documented, full = grad_of(mean_of_means), grad_of(full_batch)
+    assert max((grads[n] - documented[n]).abs().max().item() for n in grads) < 1e-6
+    assert max((grads[n] - full[n]).abs().max().item() for n in grads) > 1e-3
+
 # ------------------------------------------------------------ the cheaper schedules (issue 20)
 def test_fraction_and_stop_gradient_through_the_one_step():
     from rdrop.subset import subset_size

@@ -27,6 +27,15 @@ When R-Drop runs and with which alpha is :func:`rdrop.schedule.rdrop_step` of
 ``self.global_step``, the number of optimizer steps taken: with ``accumulate_grad_batches`` every
 micro-batch of one optimizer step gets the same decision (Lightning divides each micro-batch's
 loss by the accumulation steps, as it does for any loss).
+
+**Accumulation with padded token targets** is a mean of the micro-batches' token means, not the
+full batch's token mean (as in plain Lightning): ``training_step`` sees one micro-batch and
+Lightning weighs every micro-batch equally, so when their counts of counted tokens differ the
+accumulated gradient is not the full batch's. (For one label per sample, or equal counts, the
+two agree exactly.) rdrop cannot fix this from inside ``training_step``, which never sees the
+other micro-batches' counts. Exact alternatives: the Hugging Face trainers (they prefetch an
+optimizer step's micro-batches and pass ``num_items_in_batch``), or :class:`rdrop.RDrop` in a
+loop that passes ``num_items_in_batch`` (the count of the accumulated batch).
 """
 
 from __future__ import annotations

@@ -20,32 +20,70 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from rdrop.checks import IGNORE_INDEX
 from rdrop.subset import subset_size
 
-__all__ = ["IGNORE_INDEX", "align", "count_items", "first_count", "shifts_labels"]
+__all__ = ["IGNORE_INDEX", "align", "base_model", "count_items", "first_count",
+           "shifts_labels"]
 
 # IGNORE_INDEX (-100): the label value the Trainer, its collators and HF losses ignore.
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The model under its wrappers: ``torch.compile``'s ``OptimizedModule`` (``_orig_mod``),
+    DDP / FSDP / DataParallel (``.module``), PEFT (``get_base_model()``), in any nesting.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 2)
+        >>> base_model(torch.nn.DataParallel(net)) is net
+        True
+    """
+    seen: set[int] = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        inner = getattr(model, "_orig_mod", None)  # torch.compile
+        if inner is None and type(model).__name__ in _PARALLEL_WRAPPERS:
+            inner = getattr(model, "module", None)
+        if inner is None:
+            get_base = getattr(model, "get_base_model", None)  # PEFT
+            inner = get_base() if callable(get_base) else None
+        if not isinstance(inner, nn.Module) or inner is model:
+            break
+        model = inner
+    return model
+
+
+_PARALLEL_WRAPPERS = ("DistributedDataParallel", "FullyShardedDataParallel", "DataParallel")
 
 
 def shifts_labels(model: nn.Module, trainer_rule: bool = False) -> bool:
     """True for causal LMs: logits at position ``t`` predict label ``t + 1`` (HF shifts inside
     the model's own loss).
 
+    Decided from the model itself, not from the name of the object the trainer holds: the
+    wrappers are removed (:func:`base_model`), then the class or any of its bases must be a
+    causal LM class of transformers (``GPT2LMHeadModel``, ``LlamaForCausalLM``...), so a user
+    subclass (``class MyGPT2(GPT2LMHeadModel)``) and a compiled model count as what they are.
+
     Args:
-        model: the unwrapped model.
+        model: the model, wrapped or not.
         trainer_rule: the Trainer's own answer (``Trainer._loss_shifts_labels``, transformers 5).
 
     Example:
         >>> from transformers import GPT2Config, GPT2LMHeadModel
-        >>> shifts_labels(GPT2LMHeadModel(GPT2Config(n_embd=8, n_layer=1, n_head=2)))
+        >>> class MyGPT2(GPT2LMHeadModel):
+        ...     pass
+        >>> shifts_labels(MyGPT2(GPT2Config(n_embd=8, n_layer=1, n_head=2)))
         True
     """
+    model = base_model(model)
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         return False
     if trainer_rule:
         return True
     # The Trainer's rule misses causal LMs whose class name is not "...ForCausalLM" (e.g.
-    # GPT2LMHeadModel): their loss still shifts, so rdrop shifts and counts them too.
-    name = type(getattr(model, "get_base_model", lambda: model)()).__name__
-    return name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    # GPT2LMHeadModel) and subclasses of them: their loss still shifts, so rdrop shifts and
+    # counts them too.
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    return any(cls.__name__ in causal for cls in type(model).__mro__)
 
 
 def count_items(batches: list[Any], shift: bool, fraction: float = 1.0) -> Tensor | None:

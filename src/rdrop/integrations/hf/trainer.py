@@ -125,7 +125,9 @@ class RDropTrainerMixin:
                 self.model, is_language_model=self._is_language_model(self.model),
                 sharded=bool((getattr(self, "is_fsdp_enabled", False)
                               and not getattr(self.accelerator, "is_fsdp2", False))
-                             or getattr(plugin, "zero_stage", 0) == 3))
+                             or getattr(plugin, "zero_stage", 0) == 3),
+                compiled=bool(getattr(self.args, "torch_compile", False)
+                              or hasattr(self.model, "_orig_mod")))
         self._rdrop_first_step_checked = False  # model checks that run at the first step
         self._rdrop_window = PartsWindow()
 
