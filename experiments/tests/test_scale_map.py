@@ -95,6 +95,7 @@ def test_a_cell_whose_baseline_did_not_overfit_carries_no_verdict(tmp_path):
 
 
 def _cell(family, gap, rel):
+    family = {"a": "image", "b": "language-modeling", "c": "translation"}.get(family, family)
     nan = math.nan
     return MapCell(name=f"{family}-{gap}", family=family, source="scale", size=1, model="d",
                    metric="m", higher_is_better=True, seeds=3, chosen_baseline="",
@@ -110,6 +111,7 @@ def test_fit_line_and_the_leave_one_family_out_check_by_hand():
     # gain = 0.1 * gap exactly, in three families: the line predicts held-out families exactly
     cells = [_cell(f, g, 0.1 * g) for f, gs in (("a", (0.5, 1.0)), ("b", (2.0, 3.0)),
                                                   ("c", (4.0,))) for g in gs]
+    cells.append(_cell("unregistered", 1.0, 5.0))  # a family added later: left out of the fit
     p = fit_predictor(cells)
     assert p is not None and p.beats_constant
     assert p.a == pytest.approx(0.0, abs=1e-12) and p.b == pytest.approx(0.1)

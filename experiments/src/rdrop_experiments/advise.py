@@ -30,6 +30,12 @@ __all__ = ["AdviseError", "BaselineRun", "Predictor", "advise", "fit_line", "fit
            "predictor_markdown", "read_baseline"]
 
 
+# The families the predictor was registered on (docs/EXPERIMENTS.md, "Scale map"); families
+# added later (issue 17's) are shown in the map but do not move the registered fit.
+REGISTERED_FAMILIES = ("image", "language-modeling", "summarization", "text-classification",
+                       "translation")
+
+
 class AdviseError(ValueError):
     """A baseline file ``advise`` cannot read (the message is one line saying why)."""
 
@@ -97,12 +103,14 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | 
 
 def fit_predictor(cells: Sequence[Any]) -> Predictor | None:
     """Fit the registered predictor on ``cells`` (:class:`~rdrop_experiments.scale_map.
-    MapCell`: ``family``, ``gap``, ``rel``, ``verdict_ok``) and check it leave-one-family-out.
+    MapCell`: ``family``, ``gap``, ``rel``, ``verdict_ok``) of :data:`REGISTERED_FAMILIES`
+    and check it leave-one-family-out.
 
     Returns:
         None with fewer than two families of usable cells.
     """
-    usable = [c for c in cells if c.verdict_ok and math.isfinite(c.gap) and math.isfinite(c.rel)]
+    usable = [c for c in cells if c.verdict_ok and math.isfinite(c.gap) and math.isfinite(c.rel)
+              and c.family in REGISTERED_FAMILIES]
     families = sorted({c.family for c in usable})
     whole = fit_line([c.gap for c in usable], [c.rel for c in usable])
     if len(families) < 2 or whole is None:
