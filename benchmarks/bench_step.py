@@ -9,7 +9,12 @@ same batch of B samples:
 * ``twice``: ``rdrop.RDrop(model, mode="twice")``: two forwards of B samples;
 * ``concat+chunked`` (encoder-decoder): concat with the chunked loss (``chunk_size=512``);
 * ``stop_gradient``: ``rdrop.RDrop(model, stop_gradient=True)``: the second pass without
-  gradient, the detached target of the first (about 1.33x a baseline step, one activation graph).
+  gradient, the detached target of the first (about 1.33x a baseline step, one activation graph);
+* ``fraction0.25`` / ``fraction0.5``: ``rdrop.RDrop(model, second_pass_fraction=r)``: one forward
+  over ``(1 + r) B`` rows, the second pass on the first ``ceil(r B)`` (floor about ``1 + r``);
+* ``sg+fraction0.25``: both: the no-grad target pass on ``ceil(B / 4)`` rows.
+
+Targets (issue 20): ``fraction0.25`` <= 1.35x a baseline step, ``stop_gradient`` <= 1.45x.
 
 The physical floor of the full R-Drop / baseline ratio is about 2.0: every sample is processed
 twice forward and backward; the loss and the optimizer step add little. Times are process CPU
@@ -99,8 +104,11 @@ def _task(name: str, quick: bool, smoke: bool = False) -> tuple[nn.Module, tuple
 
 def _variants(model: nn.Module, task: str) -> dict[str, tuple[nn.Module, object]]:
     names = ["baseline", "concat", "twice"] + (["concat+chunked"] if task == "seq2seq" else [])
-    if "stop_gradient" in inspect.signature(RDrop).parameters:
+    params = inspect.signature(RDrop).parameters
+    if "stop_gradient" in params:
         names.append("stop_gradient")
+    if "second_pass_fraction" in params:
+        names += ["fraction0.25", "fraction0.5", "sg+fraction0.25"]
     out = {}
     for name in names:
         m = copy.deepcopy(model).train()
@@ -108,6 +116,9 @@ def _variants(model: nn.Module, task: str) -> dict[str, tuple[nn.Module, object]
             runner = m
         elif name == "stop_gradient":
             runner = RDrop(m, alpha=1.0, stop_gradient=True)
+        elif "fraction" in name:
+            runner = RDrop(m, alpha=1.0, stop_gradient=name.startswith("sg+"),
+                           second_pass_fraction=float(name.split("fraction")[1]))
         else:
             mode = "twice" if name == "twice" else "concat"
             chunk = 512 if name.endswith("chunked") else None

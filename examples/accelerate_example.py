@@ -1,7 +1,9 @@
 """R-Drop with Hugging Face Accelerate: wrap the model before ``accelerator.prepare``.
 
     python examples/accelerate_example.py --steps 50                       # one process
-    accelerate launch --num_processes 2 --cpu examples/accelerate_example.py --steps 50
+    accelerate launch --multi_gpu --num_processes 2 examples/accelerate_example.py --steps 50
+    # add the script's --cpu (after its name) to run the two processes on CPU with gloo;
+    # Accelerate's own --cpu before the script name starts one process
 
 ``prepare`` wraps the ``RDrop`` module in DDP when there are several processes (DDP(RDrop(net)):
 one DDP forward per step, the duplicated pair made inside it, on the rank that owns the samples).

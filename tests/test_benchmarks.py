@@ -38,3 +38,7 @@ def test_step_benchmark_smoke_rows_and_activation_ratios():
     assert ratio["classifier", "baseline"] == 1.0
     assert 1.9 <= ratio["classifier", "concat"] <= 2.1  # two activation graphs
     assert ratio["classifier", "stop_gradient"] <= 1.15  # one graph: the no-grad pass saves none
+    # second_pass_fraction r: one graph over (1 + r) B rows; with stop-gradient one over B
+    assert 1.15 <= ratio["classifier", "fraction0.25"] <= 1.35
+    assert 1.4 <= ratio["classifier", "fraction0.5"] <= 1.6
+    assert ratio["classifier", "sg+fraction0.25"] <= 1.15

@@ -137,3 +137,83 @@ def test_the_argchecks_import_path_still_gives_the_same_checks():
 
     assert argchecks.check_alpha is ac.check_alpha
     assert set(argchecks.__all__) <= set(ac.__all__)
+
+
+# ------------------------------------------------------------------------------ tensor checks
+def test_logits_whose_class_dim_is_ambiguous_warn_once_per_shape(monkeypatch):
+    import warnings
+
+    import torch
+
+    from rdrop import rdrop_loss
+
+    from reference import reference_rdrop_loss
+
+    monkeypatch.setattr(ac, "_WARNED_LAYOUTS", set())
+    g = torch.Generator().manual_seed(0)
+    l1, l2 = torch.randn(2, 4, 4, generator=g), torch.randn(2, 4, 4, generator=g)  # C == T
+    y = torch.randint(0, 4, (2, 4), generator=g)
+    with pytest.warns(UserWarning, match=r"fit two layouts.*logits.movedim\(1, -1\)"):
+        out = rdrop_loss(l1, l2, y, alpha=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rdrop_loss(l1, l2, y, alpha=1.0)  # once per shape
+    # read as classes last, as the message says
+    ref = reference_rdrop_loss([l1, l2], y, alpha=1.0)
+    torch.testing.assert_close(out.loss.double(), ref["loss"], rtol=1e-5, atol=1e-6)
+    # (B, C, H, W) with C == H == W: the same
+    with pytest.warns(UserWarning, match="fit two layouts"):
+        rdrop_loss(torch.randn(2, 3, 3, 3), torch.randn(2, 3, 3, 3),
+                   torch.zeros(2, 3, 3, dtype=torch.long), alpha=1.0)
+
+
+def test_unambiguous_layouts_do_not_warn():
+    import warnings
+
+    import torch
+
+    from rdrop import rdrop_loss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rdrop_loss(torch.randn(2, 5, 7), torch.randn(2, 5, 7),
+                   torch.zeros(2, 5, dtype=torch.long), alpha=1.0)
+    with pytest.raises(ValueError, match="movedim"):  # channels-first only: a clear error
+        rdrop_loss(torch.randn(2, 7, 5), torch.randn(2, 7, 5),
+                   torch.zeros(2, 5, dtype=torch.long), alpha=1.0)
+
+
+@pytest.mark.parametrize("path", ["plain", "chunked", "single", "mse", "fused", "wrapper"])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_num_items_smaller_than_the_batch_count_is_refused(path, as_tensor):
+    import torch
+
+    from rdrop import RDrop, rdrop_loss
+    from rdrop.functional import single_pass_loss
+    from rdrop.fused_linear import fused_linear_rdrop_loss
+
+    g = torch.Generator().manual_seed(1)
+    l1, l2 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.tensor([0, 1, 2, 3, -100, 1])  # 5 counted rows
+
+    def call(n):
+        n = torch.tensor(n) if as_tensor else n
+        if path == "plain":
+            return rdrop_loss(l1, l2, y, alpha=1.0, num_items_in_batch=n)
+        if path == "chunked":
+            return rdrop_loss(l1, l2, y, alpha=1.0, num_items_in_batch=n, chunk_size=2)
+        if path == "single":
+            return single_pass_loss(l1, y, num_items_in_batch=n)
+        if path == "mse":  # 6 samples count
+            return rdrop_loss(l1, l2, torch.randn(6, 4), alpha=1.0, consistency="mse",
+                              num_items_in_batch=n + 1)
+        if path == "fused":
+            head = torch.nn.Linear(4, 5)
+            return fused_linear_rdrop_loss(l1, l2, head, y, alpha=1.0, num_items_in_batch=n)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.2))
+        return RDrop(net, alpha=1.0)(l1, target=y, num_items_in_batch=n)
+
+    with pytest.raises(ValueError, match=r"smaller than this batch's own count of counted"):
+        call(4)
+    call(5)  # exactly this batch's count: accepted (a single-batch step)
+    call(50)  # the count of a larger accumulated batch

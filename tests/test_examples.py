@@ -199,3 +199,13 @@ def test_accelerate_launch_two_processes():
                str(EXAMPLES / "accelerate_example.py"), "--steps", "6", "--cpu"])
     assert "(2 process(es))" in out, out
     assert "max parameter difference across processes 0.00e+00" in out
+
+
+def test_accelerate_docstring_command_is_the_two_process_form_tested_above():
+    # The docstring's launch line starts the processes the test above starts (Accelerate's own
+    # --cpu before the script would start one process: the form the docstring once showed).
+    doc = (EXAMPLES / "accelerate_example.py").read_text().split('"""')[1]
+    (launch,) = [line.split() for line in doc.splitlines() if "accelerate launch" in line]
+    script = launch.index("examples/accelerate_example.py")
+    assert {"--multi_gpu", "--num_processes", "2"} <= set(launch[:script])
+    assert "--cpu" not in launch[:script]

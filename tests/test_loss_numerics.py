@@ -155,8 +155,17 @@ def test_minus_inf_with_label_smoothing_says_so():
     a = torch.tensor([[1.0, 0.0, -math.inf]])
     b = torch.tensor([[0.5, 0.2, -math.inf]])
     y = torch.tensor([0])
-    with pytest.raises(ValueError, match=r"-inf and label_smoothing=0.1 > 0.*label_smoothing=0"):
+    advice = r"-inf and label_smoothing=0.1 > 0.*use label_smoothing=0, or drop the masked classes"
+    with pytest.raises(ValueError, match=advice):
         rdrop_loss(a, b, y, alpha=1.0, label_smoothing=0.1)
+    # The message does not advise a finfo.min mask: with label smoothing it gives a huge loss,
+    # as the message says; dropping the masked class does what was meant.
+    low = torch.finfo(torch.float32).min
+    huge = rdrop_loss(a.nan_to_num(neginf=low), b.nan_to_num(neginf=low), y, alpha=1.0,
+                      label_smoothing=0.1, check_finite=False).loss
+    assert float(huge) > 1e35
+    kept = rdrop_loss(a[:, :2], b[:, :2], y, alpha=1.0, label_smoothing=0.1).loss
+    assert 0 < float(kept) < 10
     # Without label smoothing the same logits are fine (the masked class contributes 0).
     assert math.isfinite(float(rdrop_loss(a, b, y, alpha=1.0).loss))
     # check_finite=False returns the (infinite) value instead of raising.

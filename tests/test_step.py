@@ -172,3 +172,17 @@ def test_logits_loss_applies_the_step_alpha_after_a_fixed_alpha_loss():
         out = LogitsLoss(label_smoothing=0.1)([p1, p2], y, alpha)
         ref = reference_rdrop_loss([p1, p2], y, alpha=alpha, label_smoothing=0.1)
         torch.testing.assert_close(out.loss.double(), ref["loss"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"mode": "concat"}, {"mode": "twice"},
+                                     {"stop_gradient": True}])
+def test_an_empty_batch_is_refused_with_a_message_that_says_so(options):
+    net = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.2))
+    step = TrainingStep(**options)
+    with pytest.raises(ValueError, match=r"the batch is empty \(target of shape \(0,\)\)"):
+        step(net, (torch.randn(0, 3),), {}, torch.zeros(0, dtype=torch.long),
+             RDropStep(True, 1.0))
+    # a plain step of an empty batch is the plain loss of no rows: 0
+    out = step(net, (torch.randn(0, 3),), {}, torch.zeros(0, dtype=torch.long),
+               RDropStep(False, 0.0)).out
+    assert float(out.loss.detach()) == 0.0

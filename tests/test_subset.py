@@ -12,67 +12,7 @@ from torch import nn
 from rdrop import rdrop_loss
 from rdrop.subset import subset_count, subset_rdrop_loss, subset_size
 
-
-def _log_softmax(row: torch.Tensor) -> torch.Tensor:
-    row = row.to(torch.float64)
-    top = row.max()
-    return row - top - torch.log(torch.exp(row - top).sum())
-
-
-def _ce(logp: torch.Tensor, y: int, eps: float) -> torch.Tensor:
-    return (1 - eps) * -logp[y] + eps * -logp.mean()
-
-
-def _divergence(lp: torch.Tensor, lq: torch.Tensor, consistency: str) -> torch.Tensor:
-    p, q = torch.exp(lp), torch.exp(lq)
-    if consistency == "kl":
-        return 0.5 * ((p * (lp - lq)).sum() + (q * (lq - lp)).sum())
-    m = 0.5 * (p + q)
-    return 0.5 * (p * (lp - torch.log(m))).sum() + 0.5 * (q * (lq - torch.log(m))).sum()
-
-
-def reference_subset_loss(logits1, logits2, target, subset, *, alpha, label_smoothing=0.0,
-                          consistency="kl", ignore_index=-100, n_b=None, n_s=None,
-                          stop_gradient=False):
-    """Literal float64, one row (sample or token) at a time:
-
-    loss = (1/N_B) sum_{i in B} CE(P1_i) + (1/N_S) sum_{i in S} [CE(P2_i) + alpha * D(P1_i, P2_i)]
-
-    ``subset``: the batch rows (dim 0) in S; ``logits2[j]`` is the second pass of row
-    ``subset[j]``. N_B, N_S count the targets != ignore_index unless given. With
-    ``stop_gradient`` P2 is detached and CE(P2) left out.
-    """
-    c = logits1.shape[-1]
-    ce_b, ce_s, div_s = [], [], []
-    count_b = count_s = 0
-    for i in range(logits1.shape[0]):
-        rows1 = logits1[i].reshape(-1, c)
-        ys = target[i].reshape(-1)
-        for t in range(ys.shape[0]):
-            if int(ys[t]) == ignore_index:
-                continue
-            count_b += 1
-            ce_b.append(_ce(_log_softmax(rows1[t]), int(ys[t]), label_smoothing))
-    for j, i in enumerate(subset):
-        rows1 = logits1[i].reshape(-1, c)
-        rows2 = logits2[j].reshape(-1, c)
-        if stop_gradient:
-            rows2 = rows2.detach()
-        ys = target[i].reshape(-1)
-        for t in range(ys.shape[0]):
-            if int(ys[t]) == ignore_index:
-                continue
-            count_s += 1
-            lp, lq = _log_softmax(rows1[t]), _log_softmax(rows2[t])
-            if not stop_gradient:
-                ce_s.append(_ce(lq, int(ys[t]), label_smoothing))
-            div_s.append(_divergence(lp, lq, consistency))
-    n_b = n_b if n_b is not None else max(count_b, 1)
-    n_s = n_s if n_s is not None else max(count_s, 1)
-    zero = logits1.sum().to(torch.float64) * 0
-    task = sum(ce_b, zero) / n_b + sum(ce_s, zero) / n_s
-    cons = sum(div_s, zero) / n_s
-    return task + alpha * cons, task, cons
+from reference import reference_subset_loss
 
 
 def _make(shape, n, *, seed=0, dtype=torch.float64):

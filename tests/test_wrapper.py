@@ -401,3 +401,51 @@ def test_check_finite_switch_reaches_the_loss():
     out = RDrop(bad, alpha=1.0, check_inputs=False, check_dropout=False,
                 check_finite=False)(x, target=y)
     assert torch.isnan(out.loss)
+
+
+# ------------------------------------------------------------------------ checkpoints, no_grad
+def test_a_checkpoint_of_the_wrapper_loads_into_the_plain_model_and_back():
+    import rdrop
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.2), nn.Linear(6, 3))
+    wrapped = rdrop.RDrop(net, warn_batchnorm=False)
+    wrapped.set_step(7)
+    sd = wrapped.state_dict()
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # the problem the helper solves
+        nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.2),
+                      nn.Linear(6, 3)).load_state_dict(sd)
+    plain = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.2), nn.Linear(6, 3))
+    plain.load_state_dict(rdrop.unwrap_state_dict(sd))
+    for key, value in net.state_dict().items():
+        assert torch.equal(plain.state_dict()[key], value)
+    # the other way: a plain checkpoint into a fresh wrapper's model
+    fresh = rdrop.RDrop(nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.2),
+                                      nn.Linear(6, 3)), warn_batchnorm=False)
+    fresh.model.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(fresh.eval()(x), net.eval()(x))
+    # the wrapper's own checkpoint keeps the step count
+    again = rdrop.RDrop(nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.2),
+                                      nn.Linear(6, 3)), warn_batchnorm=False)
+    again.load_state_dict(sd)
+    assert again.num_steps == 7
+    with pytest.raises(ValueError, match="not from RDrop"):
+        rdrop.unwrap_state_dict(plain.state_dict())
+
+
+def test_a_training_call_under_no_grad_does_not_advance_every_k_steps():
+    import rdrop
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.3), nn.Linear(6, 3))
+    wrapped = rdrop.RDrop(net, every_k_steps=2)
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    with torch.no_grad():
+        probe = wrapped(x, target=y)
+        wrapped(x, target=y)
+    assert wrapped.num_steps == 0 and probe.consistency_loss > 0  # step 0: R-Drop, not advanced
+    first = wrapped(x, target=y)   # step 0 again, now counted
+    second = wrapped(x, target=y)  # step 1: the plain step of every_k_steps=2
+    assert wrapped.num_steps == 2
+    assert first.consistency_loss > 0 and float(second.consistency_loss) == 0.0

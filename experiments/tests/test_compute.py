@@ -93,7 +93,7 @@ class _Step:
         self.last_passes = (4, 1) if self.on else (4, 0)  # the "R-Drop" steps: + 1 no-grad row
         return _Out(nn.functional.cross_entropy(self.net(x), target))
 
-    def observe_validation(self, value: float, step: int) -> bool:
+    def observe_validation(self, value: float, step: int, higher_is_better: bool) -> bool:
         self.seen += 1
         if not self.on and self.seen == self.switch_after:
             self.on = True

@@ -228,7 +228,9 @@ def test_every_family_tunes_baseline_and_rdrop_on_grids_of_one_size(family):
     from rdrop_experiments import get_experiment
 
     exp = get_experiment(family)
-    points = {m: [s for s in exp.grid if s.get("methods") == (m,)]
+    schedules = ("auto_start_patience", "start_step", "second_pass_fraction")  # other arms
+    points = {m: [s for s in exp.grid if s.get("methods") == (m,)
+                  and not any(k in s for k in schedules)]
               for m in ("baseline", "rdrop", "rdrop_alpha0")}
     assert len(points["baseline"]) == len(points["rdrop"]) >= 2
     assert len(points["rdrop_alpha0"]) == 1

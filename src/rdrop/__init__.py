@@ -8,13 +8,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from rdrop.autostart import AutoStart
 from rdrop.ctc import ctc_rdrop_loss
 from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss, symmetric_kl
 from rdrop.loss import RDropLoss
 from rdrop.multilabel import multilabel_rdrop_loss
-from rdrop.wrapper import RDrop
+from rdrop.subset import subset_rdrop_loss
+from rdrop.wrapper import RDrop, unwrap_state_dict
 
 __all__ = [
+    "AutoStart",
     "RDrop",
     "RDropLoss",
     "RDropOutput",
@@ -22,7 +25,9 @@ __all__ = [
     "multi_pass_rdrop_loss",
     "multilabel_rdrop_loss",
     "rdrop_loss",
+    "subset_rdrop_loss",
     "symmetric_kl",
+    "unwrap_state_dict",
 ]
 __version__ = "0.1.0"
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ce_rows", "compute_dtype", "denominator", "js_rows", "log_probs", "nll_rows",
-           "reduce_rows", "sym_kl_rows", "upcast"]
+           "pair_rows", "reduce_rows", "sym_kl_rows", "upcast"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -78,6 +78,16 @@ def ce_rows(logp: Tensor, index: Tensor, keep: Tensor, label_smoothing: float) -
     """Label-smoothed CE per row; 0 where the row does not count (``keep`` False)."""
     nll = nll_rows(logp, index, label_smoothing)
     return torch.where(keep, nll, torch.zeros_like(nll))
+
+
+def pair_rows(logp1: Tensor, logp2: Tensor, index: Tensor, keep: Tensor,
+              label_smoothing: float) -> tuple[Tensor, Tensor]:
+    """Per row of two passes: the task term ``CE(P1) + CE(P2)`` and the symmetric KL, both 0
+    where the row does not count; differentiable (twice) by autograd."""
+    task = ce_rows(logp1, index, keep, label_smoothing) + ce_rows(logp2, index, keep,
+                                                                    label_smoothing)
+    cons = sym_kl_rows(logp1, logp2)
+    return task, torch.where(keep, cons, torch.zeros_like(cons))
 
 
 def reduce_rows(rows: Tensor, reduction: str, denom: Tensor | float) -> Tensor:

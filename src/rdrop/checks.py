@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -106,6 +107,12 @@ def check_alpha(alpha: float, *, name: str = "alpha") -> float:
     return float(alpha)
 
 
+def _one_of(name: str, value: str, choices: tuple[str, ...], hint: str = "") -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}{hint}.")
+    return value
+
+
 def check_reduction(reduction: str, *, name: str = "reduction") -> str:
     """Check ``reduction`` is one of :data:`REDUCTIONS` (``"mean"``, ``"sum"``, ``"none"``).
 
@@ -117,9 +124,7 @@ def check_reduction(reduction: str, *, name: str = "reduction") -> str:
         >>> check_reduction("sum")
         'sum'
     """
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"{name} must be one of {REDUCTIONS}, got {reduction!r}.")
-    return reduction
+    return _one_of(name, reduction, REDUCTIONS)
 
 
 def check_consistency(consistency: str, *, name: str = "consistency",
@@ -136,15 +141,11 @@ def check_consistency(consistency: str, *, name: str = "consistency",
         >>> check_consistency("js"), check_consistency("bernoulli", allowed=STEP_CONSISTENCIES)
         ('js', 'bernoulli')
     """
-    if not isinstance(consistency, str) or consistency not in allowed:
-        multilabel = ("; 'bernoulli' for multi-label sigmoid heads" if "bernoulli" in allowed
-                      else "; for multi-label sigmoid heads use rdrop.multilabel_rdrop_loss"
-                      if consistency == "bernoulli" else "")
-        raise ValueError(
-            f"{name} must be one of {allowed}, got {consistency!r} ('kl' is the paper's "
-            f"symmetric KL, 'js' Jensen-Shannon, 'mse' for regression heads{multilabel})."
-        )
-    return consistency
+    multilabel = ("; 'bernoulli' for multi-label sigmoid heads" if "bernoulli" in allowed
+                  else "; for multi-label sigmoid heads use rdrop.multilabel_rdrop_loss"
+                  if consistency == "bernoulli" else "")
+    return _one_of(name, consistency, allowed, " ('kl' is the paper's symmetric KL, 'js' "
+                   f"Jensen-Shannon, 'mse' for regression heads{multilabel})")
 
 
 def check_label_smoothing(label_smoothing: float, *, name: str = "label_smoothing") -> float:
@@ -367,6 +368,25 @@ def check_pair(logits1: Tensor, logits2: Tensor) -> None:
         )
 
 
+_WARNED_LAYOUTS: set[tuple[int, ...]] = set()
+
+
+def _warn_ambiguous_layout(shape: tuple[int, ...], target_shape: tuple[int, ...]) -> None:
+    """Once per logits shape: both readings of ``(B, C, ...)`` logits fit the target."""
+    if shape in _WARNED_LAYOUTS:
+        return
+    _WARNED_LAYOUTS.add(shape)
+    warnings.warn(
+        f"logits of shape {shape} with target {target_shape} fit two layouts: classes last "
+        f"({shape[-1]} classes, rdrop's reading) and classes in dim 1 ({shape[1]} classes, "
+        "F.cross_entropy's (B, C, T) / (B, C, H, W) layout), because those sizes are equal. "
+        "rdrop reads the classes last; if yours are in dim 1, pass logits.movedim(1, -1). "
+        "(Warned once per shape.)",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
 def check_class_target(logits: Tensor, target: Tensor) -> None:
     """Class-index targets of the logits' rows: integer, ``logits.shape[:-1]``, same device."""
     if not isinstance(target, Tensor):
@@ -377,6 +397,8 @@ def check_class_target(logits: Tensor, target: Tensor) -> None:
             "For regression heads use consistency='mse'."
         )
     channels_first = (logits.shape[0], *logits.shape[2:])
+    if logits.dim() >= 3 and tuple(target.shape) == channels_first == tuple(logits.shape[:-1]):
+        _warn_ambiguous_layout(tuple(logits.shape), tuple(target.shape))
     if logits.dim() >= 3 and tuple(target.shape) == channels_first != tuple(logits.shape[:-1]):
         raise ValueError(
             f"target shape {tuple(target.shape)} matches logits {tuple(logits.shape)} with the "
@@ -469,15 +491,21 @@ def check_result(
     targets: Targets | None,
     label_smoothing: float,
     values: Tensor | None = None,
+    counted: Tensor | None = None,
 ) -> None:
     """The one device sync of ``check_finite``: the reduced loss is finite, the targets that
-    count are in range, a tensor ``num_items_in_batch`` is positive; all in one fused ``bool``.
-    Only when that fails are the inputs read again, to say which of these went wrong."""
+    count are in range, a tensor ``num_items_in_batch`` is positive and (``counted``: the rows
+    that count, when ``num_items_in_batch`` was given for a mean) at least this batch's own
+    count; all in one fused ``bool``. Only when that fails are the inputs read again, to say
+    which of these went wrong."""
     ok: Tensor | None = None
     if loss is not None:
         ok = torch.isfinite(loss.detach()).all()
     if isinstance(denom, Tensor):
         ok = denom > 0 if ok is None else ok & (denom > 0)
+    if counted is not None:
+        enough = torch.as_tensor(denom, device=counted.device) >= counted.sum()
+        ok = enough if ok is None else ok & enough.to(ok.device)
     if targets is not None and targets.bad is not None:
         good = ~targets.bad.any()
         ok = good if ok is None else ok & good.to(ok.device)
@@ -487,7 +515,7 @@ def check_result(
     if ok is None or bool(ok):
         return
     _raise_diagnosis(loss, inputs, denom=denom, targets=targets,
-                     label_smoothing=label_smoothing, values=values)
+                     label_smoothing=label_smoothing, values=values, counted=counted)
 
 
 def _raise_diagnosis(
@@ -498,6 +526,7 @@ def _raise_diagnosis(
     targets: Targets | None,
     label_smoothing: float,
     values: Tensor | None = None,
+    counted: Tensor | None = None,
 ) -> None:
     # Slow path, reached only when the check failed: find the first cause the user can fix.
     if isinstance(denom, Tensor) and not bool(denom > 0):
@@ -505,6 +534,15 @@ def _raise_diagnosis(
             f"num_items_in_batch must be >= 1, got {int(denom)}. It is the number of counted "
             "(non-ignored) targets of the whole accumulated batch; pass None to use this "
             "batch's own count."
+        )
+    if counted is not None and float(denom) < int(counted.sum()):
+        raise ValueError(
+            f"num_items_in_batch={int(denom)} is smaller than this batch's own count of "
+            f"counted targets ({int(counted.sum())}), which would scale the loss up by "
+            f"{int(counted.sum()) / float(denom):.3g}x or more. It must count the targets of the "
+            "whole accumulated batch (and, under DDP, of all processes), so at least this "
+            "batch's: count targets != ignore_index (after the causal shift, for a causal LM), "
+            "or pass None to use this batch's own count."
         )
     if targets is not None and targets.bad is not None and bool(targets.bad.any()):
         found = targets.raw[targets.bad]
@@ -550,10 +588,12 @@ def _raise_diagnosis(
         if targets is not None and label_smoothing > 0:
             raise ValueError(
                 f"R-Drop loss is infinite: a logit is -inf and label_smoothing={label_smoothing}"
-                " > 0. Label smoothing gives every class some target mass, so a class with "
-                "probability 0 makes the cross-entropy infinite. Mask with a large finite "
-                "negative value (e.g. torch.finfo(logits.dtype).min) instead of -inf, or use "
-                "label_smoothing=0."
+                " > 0. Label smoothing gives every class, masked ones included, a target mass "
+                "of label_smoothing / num_classes, so a masked class adds that much times its "
+                "-log-probability: infinite for -inf, and as large as the mask for a finite "
+                "one (a mask of torch.finfo(dtype).min gives a loss near 1e36). Masked classes "
+                "and label smoothing do not mix: use label_smoothing=0, or drop the masked "
+                "classes from the logits (and remap the targets) before the loss."
             )
         if targets is not None and any(
             m.shape[-1] == targets.num_classes  # logits (not the fused path's hidden states)

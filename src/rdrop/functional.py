@@ -115,6 +115,13 @@ def mean_denominator(keep: Tensor, num_items_in_batch: int | Tensor | None) -> T
     return denominator(keep, check_num_items_in_batch(num_items_in_batch))
 
 
+def _counted(keep: Tensor, num_items_in_batch: int | Tensor | None,
+             reduction: str) -> Tensor | None:
+    """The rows a given ``num_items_in_batch`` must cover (a mean's count is at least this
+    batch's), for the one sync of :func:`rdrop.checks.check_result`."""
+    return keep if reduction == "mean" and num_items_in_batch is not None else None
+
+
 def _finish(
     task_rows: Tensor,
     cons_rows: Tensor,
@@ -127,13 +134,15 @@ def _finish(
     targets: Targets | None = None,
     label_smoothing: float = 0.0,
     values: Tensor | None = None,
+    counted: Tensor | None = None,
 ) -> RDropOutput:
     task = reduce_rows(task_rows, reduction, denom)
     cons = reduce_rows(cons_rows, reduction, denom)
     out = RDropOutput(loss=task + alpha * cons, task_loss=task, consistency_loss=cons)
     if check_finite:
         check_result(out.loss if reduction != "none" else None, inputs, denom=denom,
-                      targets=targets, label_smoothing=label_smoothing, values=values)
+                     targets=targets, label_smoothing=label_smoothing, values=values,
+                     counted=counted)
     return out
 
 
@@ -247,15 +256,22 @@ def rdrop_loss(
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-row values, 0 on ignored rows).
         consistency: ``"kl"`` (paper), ``"js"`` or ``"mse"``.
         num_items_in_batch: for ``"mean"``: divide by this count instead of the local number of
-            counted rows. Pass the number of counted rows of the whole accumulated (and, under
-            DDP, global) batch so gradient accumulation gives the full-batch gradient. A positive
-            int or integer scalar tensor; 0 is refused (it is not clamped to 1, which would
-            silently turn the mean into a sum). ``"sum"`` and ``"none"`` ignore it.
+            counted rows. Pass the number of counted rows of the whole accumulated batch, so
+            gradient accumulation gives the full-batch gradient. **Under DDP** (``W``
+            processes, which DDP's gradient all-reduce *averages*): pass the global count (the
+            sum over all processes' accumulated batches, e.g. ``all_reduce`` of the local
+            counts) and multiply the loss by ``W`` before ``backward``; the averaged gradient is
+            then the global batch's (the Hugging Face trainers do exactly this). A positive int
+            or integer scalar tensor, at least this batch's own count (a smaller one is refused
+            by ``check_finite``'s sync: it would scale the loss up); 0 is refused (it is not
+            clamped to 1, which would silently turn the mean into a sum). ``"sum"`` and
+            ``"none"`` ignore it.
         chunk_size: if set (``"kl"``, ``"mean"``/``"sum"``), compute over chunks of this many
             rows with a memory-lean autograd function: same values and gradients, no full
             ``(N, V)`` float32 intermediates. Worth it for large vocabularies.
         check_finite: one fused device sync per call that raises if the reduced loss is NaN/inf,
-            a counted target is outside ``[0, C)``, a tensor ``num_items_in_batch`` is ``< 1``,
+            a counted target is outside ``[0, C)``, a tensor ``num_items_in_batch`` is ``< 1``
+            or ``num_items_in_batch`` is smaller than this batch's count of counted rows,
             or an ignored row's logits would give a NaN gradient (NaN/+inf logits at padding:
             its loss is 0, but the NaN would reach the weights); the error says which (and why:
             NaN logits, a ``-inf`` logit with label smoothing, a ``-inf`` target class...).
@@ -381,7 +397,8 @@ def _multi_pass(passes: list[Tensor], target: Tensor, *, alpha: float, ignore_in
     if chunk_size is not None:
         return _chunked(passes, targets, alpha=alpha, label_smoothing=label_smoothing,
                         reduction=reduction, denom=denom, chunk_size=chunk_size,
-                        check_finite=check_finite)
+                        check_finite=check_finite,
+                        counted=_counted(targets.keep, num_items_in_batch, reduction))
 
     logps = [log_probs(p) for p in passes]
     task_rows = sum(ce_rows(lp, targets.index, targets.keep, label_smoothing) for lp in logps)
@@ -394,7 +411,8 @@ def _multi_pass(passes: list[Tensor], target: Tensor, *, alpha: float, ignore_in
     cons_rows = torch.where(targets.keep, cons_rows, torch.zeros_like(cons_rows))
     return _finish(task_rows, cons_rows, alpha=alpha, reduction=reduction, denom=denom,
                    check_finite=check_finite, inputs=passes, targets=targets,
-                   label_smoothing=label_smoothing)
+                   label_smoothing=label_smoothing,
+                   counted=_counted(targets.keep, num_items_in_batch, reduction))
 
 
 def _lean_by_default(passes: list[Tensor], consistency: str, reduction: str) -> bool:
@@ -418,6 +436,7 @@ def _chunked(
     denom: Tensor | float,
     chunk_size: int,
     check_finite: bool,
+    counted: Tensor | None,
 ) -> RDropOutput:
     from rdrop.kernels.chunked import chunked_rdrop_sums  # local: the plain path stays light
 
@@ -439,7 +458,7 @@ def _chunked(
     out = RDropOutput(loss=task + alpha * cons, task_loss=task, consistency_loss=cons)
     if check_finite:
         check_result(out.loss, passes, denom=denom, targets=targets,
-                      label_smoothing=label_smoothing)
+                     label_smoothing=label_smoothing, counted=counted)
     return out
 
 
@@ -472,7 +491,8 @@ def _mse_rdrop(
     keep = torch.ones(n, dtype=torch.bool, device=y.device)
     denom = denominator(keep, num_items_in_batch) if reduction == "mean" else 1.0
     return _finish(task_rows, cons_rows, alpha=alpha, reduction=reduction, denom=denom,
-                   check_finite=check_finite, inputs=passes, values=target)
+                   check_finite=check_finite, inputs=passes, values=target,
+                   counted=_counted(keep, num_items_in_batch, reduction))
 
 
 def single_pass_loss(
@@ -546,5 +566,6 @@ def _single_pass(logits: Tensor, target: Tensor, *, ignore_index: int, label_smo
         task = reduce_rows(rows, reduction, denom)
         if check_finite:
             check_result(task if reduction != "none" else None, [logits], denom=denom,
-                         targets=targets, label_smoothing=label_smoothing)
+                         targets=targets, label_smoothing=label_smoothing,
+                         counted=_counted(targets.keep, num_items_in_batch, reduction))
     return RDropOutput(loss=task, task_loss=task, consistency_loss=torch.zeros_like(task))

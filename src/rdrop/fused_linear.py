@@ -197,12 +197,14 @@ def _fused(hidden1: Tensor, hidden2: Tensor, weight: Tensor | nn.Module, target:
     denom = denominator(keep, num_items_in_batch) if reduction == "mean" else 1.0
     scale = 1.0 / torch.as_tensor(denom, dtype=cd, device=h1.device)
     loss, task, cons = FusedLinearRDrop.apply(
-        h1, h2, weight, bias, y, keep, scale, float(alpha), float(label_smoothing), chunk_size
+        h1, h2, weight, bias, y, keep, scale, float(alpha), float(label_smoothing), chunk_size,
+        torch.is_grad_enabled(),
     )
     out = RDropOutput(loss=loss, task_loss=task, consistency_loss=cons)
     if check_finite:
+        counted = keep if reduction == "mean" and num_items_in_batch is not None else None
         check_result(out.loss, [hidden1, hidden2], denom=denom, targets=targets,
-                     label_smoothing=label_smoothing)
+                     label_smoothing=label_smoothing, counted=counted)
     return out
 
 

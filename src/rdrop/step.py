@@ -32,14 +32,17 @@ One step, in three parts::
 
 Where the next options plug in
 ------------------------------
-* ``start_step`` (plain single-pass training before optimizer step ``s0``): a *when* option. It
-  belongs to :func:`rdrop.schedule.rdrop_step` (inactive for ``s < s0``); this module then runs
-  the plain step as for any inactive decision, nothing here changes.
-* ``second_pass_fraction=r`` (the extra passes on the first ``ceil(r * B)`` rows only): a *how*
-  option. :meth:`TrainingStep.plan` records the row count in the plan (a ``rows`` field of
-  :class:`PassPlan` beside ``passes``); the passes are produced by :meth:`TrainingStep._concat`
-  (duplicate only those rows of each batched input) and :meth:`TrainingStep._separate` (slice
-  them for passes ``2..m``); the loss (:meth:`TrainingStep.run`) compares the passes on those rows.
+* ``start_step`` (plain single-pass training before optimizer step ``s0``, or an automatic
+  start, :class:`rdrop.autostart.AutoStart`): a *when* option of
+  :func:`rdrop.schedule.rdrop_step` (inactive for ``s < s0``; :func:`rdrop.autostart.
+  scheduled_step` for an automatic start); this module runs the plain step as for any inactive
+  decision.
+* ``second_pass_fraction=r`` (the second pass on the first ``ceil(r * B)`` rows only): a *how*
+  option. :meth:`TrainingStep.plan` records it in the plan (:attr:`PassPlan.fraction`); the
+  passes come from :func:`rdrop.subset.subset_inputs` (one forward over ``[x; x[:n]]`` in concat
+  mode, else a second forward over ``x[:n]``, under ``torch.no_grad`` with ``stop_gradient``)
+  and the loss is the loss's ``subset`` method (:meth:`LogitsLoss.subset`,
+  :func:`rdrop.subset.subset_rdrop_loss`).
 * ``noise=`` (where each pass's randomness comes from): the ``pass_context`` hook. It is called
   as ``pass_context(passes, plan)`` and entered around each forward, with ``passes`` the
   ``range`` of pass indices that forward computes (``range(0, m)`` for the one concat forward,
@@ -72,6 +75,12 @@ from rdrop.functional import RDropOutput, _multi_pass, _single_pass
 from rdrop.inspection import batchnorm_layers
 from rdrop.multilabel import MultiLabelLoss
 from rdrop.schedule import RDropStep
+from rdrop.subset import (
+    SubsetLayout,
+    check_second_pass_fraction,
+    subset_inputs,
+    subset_rdrop_loss,
+)
 
 __all__ = ["MODES", "LogitsLoss", "PassLoss", "PassPlan", "StepResult", "TrainingStep", "eager",
            "pass_loss"]
@@ -103,12 +112,14 @@ class PassPlan:
         alpha: the consistency weight of this step (0.0 on a plain step).
         concat: one forward over the concatenated copies (True) or one forward per pass.
         detached: how many of the last passes run under ``torch.no_grad`` (stop-gradient: 1).
+        fraction: the second pass runs on the first ``ceil(fraction * B)`` rows (1.0: all).
     """
 
     passes: int
     alpha: float
     concat: bool
     detached: int = 0
+    fraction: float = 1.0
 
     @property
     def active(self) -> bool:
@@ -182,6 +193,21 @@ class LogitsLoss:
         return RDropOutput(out.task_loss + alpha * out.consistency_loss, out.task_loss,
                            out.consistency_loss)
 
+    def subset(self, first: Tensor, second: Tensor, target: Tensor, alpha: float, *,
+               stop_gradient: bool, num_items_in_batch: int | Tensor | None = None,
+               num_items_in_subset: int | Tensor | None = None) -> RDropOutput:
+        """:func:`rdrop.subset.subset_rdrop_loss` of a first pass over ``B`` rows and a second
+        over the first ``n`` (``reduction="mean"``; computed unchunked), the step's alpha
+        applied after it as in :meth:`__call__`."""
+        out = subset_rdrop_loss(first, second, target, alpha=1.0, ignore_index=self.ignore_index,
+                                label_smoothing=self.label_smoothing,
+                                consistency=self.consistency, stop_gradient=stop_gradient,
+                                num_items_in_batch=num_items_in_batch,
+                                num_items_in_subset=num_items_in_subset,
+                                check_finite=self.check_finite)
+        return RDropOutput(out.task_loss + alpha * out.consistency_loss, out.task_loss,
+                           out.consistency_loss)
+
 
 def pass_loss(consistency: str = "kl", *, ignore_index: int = IGNORE_INDEX,
               label_smoothing: float = 0.0, reduction: str = "mean",
@@ -218,14 +244,15 @@ class StepResult:
         passes: each pass's logits (after ``align``).
         target: the target the loss compared them with (after ``align``).
         output: the model's raw output of the first forward (all copies in concat mode).
-        layout: how the copies were concatenated (``None`` without a concat forward).
+        layout: how the copies were concatenated (``None`` without a concat forward; a
+            :class:`rdrop.subset.SubsetLayout` for ``[x; x[:n]]``).
     """
 
     out: RDropOutput
     passes: list[Tensor]
     target: Tensor
     output: Any
-    layout: ConcatLayout | None
+    layout: ConcatLayout | SubsetLayout | None
 
     def first_output(self) -> Any:
         """The model output of the first pass (the concat output split back to one copy)."""
@@ -245,6 +272,9 @@ class TrainingStep:
         num_passes: ``m >= 2`` passes on an R-Drop step.
         mode: ``"concat"`` (one forward over ``[x; x]``) or ``"twice"`` (``m`` forwards).
         stop_gradient: the second pass runs under ``torch.no_grad`` (always two forwards).
+        second_pass_fraction: ``r`` in ``(0, 1]``: the second pass (and the consistency term)
+            on the first ``ceil(r * B)`` rows only (:mod:`rdrop.subset`); needs two passes and
+            a loss with a ``subset`` method (:class:`LogitsLoss`).
         loss: the loss of the passes (default :class:`LogitsLoss` with its defaults).
         logits_fn: selects the logits from the model's output (default
             :func:`rdrop.batching.extract_logits`).
@@ -261,8 +291,8 @@ class TrainingStep:
 
     Raises:
         TypeError, ValueError: invalid options (at construction).
-        ValueError (at :meth:`run`): a failed input check; batch size 1 with BatchNorm in
-            concat mode; logits without ``passes * B`` rows.
+        ValueError (at :meth:`run`): an empty batch on an R-Drop step; a failed input check;
+            batch size 1 with BatchNorm in concat mode; logits without ``passes * B`` rows.
         TypeError (at :meth:`run`): the output holds no logits.
 
     Example:
@@ -281,6 +311,7 @@ class TrainingStep:
     num_passes: int = 2
     mode: str = "concat"
     stop_gradient: bool = False
+    second_pass_fraction: float = 1.0
     loss: PassLoss = field(default_factory=LogitsLoss)
     logits_fn: Callable[[Any], Tensor] = extract_logits
     batched: Collection[InputName] | None = None
@@ -306,6 +337,18 @@ class TrainingStep:
             )
         if not callable(self.logits_fn):
             raise TypeError(f"logits_fn must be callable, got {type(self.logits_fn).__name__}.")
+        self.second_pass_fraction = check_second_pass_fraction(self.second_pass_fraction)
+        if self.second_pass_fraction < 1.0 and (
+            self.num_passes != 2 or not hasattr(self.loss, "subset")
+            or getattr(self.loss, "reduction", "mean") != "mean"
+        ):
+            raise ValueError(
+                f"second_pass_fraction={self.second_pass_fraction} compares two passes with "
+                "per-row means over B and over the subset (rdrop.subset); got "
+                f"num_passes={self.num_passes}, loss {type(self.loss).__name__} with reduction "
+                f"{getattr(self.loss, 'reduction', None)!r}. Use num_passes=2, a class or "
+                "regression head and reduction='mean', or second_pass_fraction=1.0."
+            )
         if isinstance(self.loss, LogitsLoss):
             check_loss_combination(consistency=self.loss.consistency,
                                    reduction=self.loss.reduction,
@@ -318,20 +361,23 @@ class TrainingStep:
 
         Example:
             >>> TrainingStep(num_passes=3).plan(RDropStep(active=True, alpha=0.5))
-            PassPlan(passes=3, alpha=0.5, concat=True, detached=0)
+            PassPlan(passes=3, alpha=0.5, concat=True, detached=0, fraction=1.0)
             >>> TrainingStep(stop_gradient=True).plan(RDropStep(active=False, alpha=0.0))
-            PassPlan(passes=1, alpha=0.0, concat=False, detached=0)
+            PassPlan(passes=1, alpha=0.0, concat=False, detached=0, fraction=1.0)
         """
         if not decision.active:
             return PassPlan(passes=1, alpha=0.0, concat=False)
+        fraction = self.second_pass_fraction
         if self.stop_gradient:
-            return PassPlan(passes=2, alpha=decision.alpha, concat=False, detached=1)
+            return PassPlan(passes=2, alpha=decision.alpha, concat=False, detached=1,
+                            fraction=fraction)
         return PassPlan(passes=self.num_passes, alpha=decision.alpha,
-                        concat=self.mode == "concat")
+                        concat=self.mode == "concat", fraction=fraction)
 
     # ---------------------------------------------------------------------------------- run
     def run(self, model: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
             target: Tensor, plan: PassPlan, *, num_items_in_batch: int | Tensor | None = None,
+            num_items_in_subset: int | Tensor | None = None,
             module: nn.Module | None = None) -> StepResult:
         """Run ``plan``'s passes of ``model(*args, **kwargs)`` and the loss against ``target``.
 
@@ -341,6 +387,9 @@ class TrainingStep:
             target: the targets of one copy.
             plan: from :meth:`plan`.
             num_items_in_batch: the count to normalize by (gradient accumulation, DDP).
+            num_items_in_subset: with ``plan.fraction < 1``, the count of the second pass's
+                rows over the whole accumulated batch (:func:`rdrop.subset.subset_count`);
+                give it together with ``num_items_in_batch``.
             module: the ``nn.Module`` whose train/eval modes the input check switches and whose
                 BatchNorm layers are looked at (default: ``model``).
 
@@ -349,13 +398,25 @@ class TrainingStep:
         """
         args = tuple(args)
         module = module if module is not None else model  # type: ignore[assignment]
-        if plan.concat:
+        if plan.active and isinstance(target, Tensor) and target.dim() and not target.shape[0]:
+            raise ValueError(
+                f"the batch is empty (target of shape {tuple(target.shape)}): R-Drop compares "
+                "the passes of at least one sample. Skip empty batches before the training step "
+                "(e.g. DataLoader(..., drop_last=True) or a filter in the collator)."
+            )
+        if plan.fraction < 1.0 and plan.active:
+            output, passes, layout = self._subset(model, module, args, kwargs, plan)
+        elif plan.concat:
             output, passes, layout = self._concat(model, module, args, kwargs, plan)
         else:
             (output, passes), layout = self._separate(model, args, kwargs, plan), None
         if self.align is not None:
             passes, target = self.align(passes, target)
-        if plan.detached:
+        if plan.fraction < 1.0 and plan.active:
+            out = self.loss.subset(  # type: ignore[attr-defined]
+                passes[0], passes[1], target, plan.alpha, stop_gradient=bool(plan.detached),
+                num_items_in_batch=num_items_in_batch, num_items_in_subset=num_items_in_subset)
+        elif plan.detached:
             out = self._stop_gradient_loss(passes, target, plan, num_items_in_batch)
         else:  # called here, not one frame deeper: each frame adds a graph under torch.compile
             out = self.loss(passes, target, plan.alpha, num_items_in_batch)
@@ -408,6 +469,41 @@ class TrainingStep:
         with self._context(range(0, m), plan):
             output = model(*dup_args, **dup_kwargs)
         return output, layout.split(self.logits_fn(output)), layout
+
+    def _subset(self, model: Callable[..., Any], module: nn.Module, args: tuple[Any, ...],
+                kwargs: dict[str, Any], plan: PassPlan
+                ) -> tuple[Any, list[Tensor], SubsetLayout | None]:
+        """The first pass on all ``B`` rows, the second on the first ``n``: one forward over
+        ``[x; x[:n]]`` (concat), or a second forward over ``x[:n]`` (twice, stop-gradient)."""
+        if plan.passes != 2 or not hasattr(self.loss, "subset"):
+            raise ValueError(
+                "second_pass_fraction < 1 compares two passes with a loss that can take a "
+                f"subset of the rows; got {plan.passes} passes and {type(self.loss).__name__}. "
+                "Use num_passes=2 (and the logits loss), or second_pass_fraction=1.0."
+            )
+        if plan.concat:
+            if self.check_inputs and not self._inputs_checked:  # the same rule picks the rows
+                eager(TrainingStep._check_concat, self, model, module, args, kwargs, 2)
+            dup_args, dup_kwargs, layout = subset_inputs(
+                args, kwargs, plan.fraction, append=True, batched=self.batched,
+                unbatched=self.unbatched)
+            if self.check_batch is not None:
+                self.check_batch(dup_args, dup_kwargs, layout)  # type: ignore[arg-type]
+            with self._context(range(0, 2), plan):
+                output = model(*dup_args, **dup_kwargs)
+            return output, layout.split(self.logits_fn(output)), layout
+        sub_args, sub_kwargs, _ = subset_inputs(
+            args, kwargs, plan.fraction, append=False, batched=self.batched,
+            unbatched=self.unbatched)
+        if self.check_batch is not None:
+            self.check_batch(args, kwargs, None)
+        with self._context(range(0, 1), plan):
+            output = model(*args, **kwargs)
+            first = self.logits_fn(output)
+        grad = torch.no_grad() if plan.detached else contextlib.nullcontext()
+        with grad, self._context(range(1, 2), plan):
+            second = self.logits_fn(model(*sub_args, **sub_kwargs))
+        return output, [first, second], None
 
     def _find_batchnorms(self, module: nn.Module) -> None:
         names = batchnorm_layers(module) if isinstance(module, nn.Module) else []
@@ -467,7 +563,9 @@ class TrainingStep:
     def __call__(self, model: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
                  target: Tensor, decision: RDropStep, *,
                  num_items_in_batch: int | Tensor | None = None,
+                 num_items_in_subset: int | Tensor | None = None,
                  module: nn.Module | None = None) -> StepResult:
         """``run(model, args, kwargs, target, plan(decision), ...)``."""
         return self.run(model, args, kwargs, target, self.plan(decision),
-                        num_items_in_batch=num_items_in_batch, module=module)
+                        num_items_in_batch=num_items_in_batch,
+                        num_items_in_subset=num_items_in_subset, module=module)

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from rdrop.autostart import AutoStart, scheduled_step
 from rdrop.batching import InputName
 from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
 from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
 from rdrop.noise import Noise, attach_noise
-from rdrop.schedule import RDropStep, rdrop_step
+from rdrop.schedule import RDropStep
 from rdrop.step import TrainingStep, eager, pass_loss
 
-__all__ = ["RDrop"]
+__all__ = ["RDrop", "unwrap_state_dict"]
+
+_PREFIX = "model."
 
 
 class RDrop(nn.Module):
@@ -68,12 +71,35 @@ class RDrop(nn.Module):
     the no-grad one keeps no activation graph, so a step costs about 1.33x a single-pass step
     (forward + backward + one forward) instead of 2x, with the activation memory of one pass.
 
-    **Which step** (``every_k_steps``, ``alpha_warmup_steps``): the decision is
+    **Cheaper schedules.** ``second_pass_fraction=r < 1`` runs the second pass on the first
+    ``ceil(r * B)`` rows only (one forward over ``(1 + r) B`` rows in concat mode):
+
+    .. math::
+        \mathcal{L} = \frac{1}{N_B}\sum_{i \in B} CE(P^1_i, y_i)
+            + \frac{1}{N_S}\sum_{i \in S}\big[CE(P^2_i, y_i) + \alpha_s D(P^1_i, P^2_i)\big]
+
+    (:func:`rdrop.subset.subset_rdrop_loss`; with ``stop_gradient`` the second pass is a
+    detached target on ``S`` and its CE is left out). It needs two passes and
+    ``reduction="mean"``, and computes the loss unchunked. Under gradient accumulation pass
+    ``num_items_in_subset`` beside ``num_items_in_batch``. ``start_step=s`` trains plainly (one
+    pass) before optimizer step ``s``; ``start_step=AutoStart(patience)``
+    (:class:`rdrop.autostart.AutoStart`) starts R-Drop once validation stops improving: call
+    ``wrapped.start_step.update(valid_metric, step=wrapped.num_steps)`` after each validation.
+    See :mod:`rdrop.schedule` for the loss scale at the switch.
+
+    **Which step** (``start_step``, ``every_k_steps``, ``alpha_warmup_steps``): the decision is
     :func:`rdrop.schedule.rdrop_step` of the *optimizer* step, so every micro-batch of one
     accumulated step gets the same decision. Tell the wrapper the optimizer
     (``RDrop(..., optimizer=opt)`` or ``wrapped.attach_optimizer(opt)``; it counts
     ``opt.step()`` calls with a post-hook) or the step (``wrapped.set_step(n)``). Without either
-    it counts training calls, which is right only without gradient accumulation.
+    it counts training calls (not those under ``torch.no_grad()``), which is right only without
+    gradient accumulation.
+
+    **Checkpoints**: ``wrapped.state_dict()`` holds the model's keys prefixed ``model.`` and
+    ``_extra_state`` (the step count). Load it into the plain model with
+    ``net.load_state_dict(rdrop.unwrap_state_dict(sd))``, and a plain model's checkpoint into the
+    wrapper with ``wrapped.model.load_state_dict(sd)`` (or save ``wrapped.model.state_dict()``
+    in the first place).
 
     **Outside training**: without ``target`` the call is a plain forward returning the model's
     own output, so evaluation and generation code need no change. With ``target`` in eval mode it
@@ -131,6 +157,11 @@ class RDrop(nn.Module):
         logits_fn: optional callable mapping the model output to the logits tensor (a model
             returning ``(loss, logits)``: ``logits_fn=lambda out: out[1]``).
         stop_gradient: the cheaper variant above (needs ``num_passes=2``).
+        start_step: the first optimizer step with R-Drop (an int ``>= 0``; plain steps before
+            it), or an :class:`rdrop.autostart.AutoStart` (R-Drop from the step it switched at).
+            ``every_k_steps`` and the warm-up count from it.
+        second_pass_fraction: ``r`` in ``(0, 1]``, the share of each batch's rows (the first
+            ``ceil(r * B)``) that get the second pass and the consistency term (1.0: all).
         optimizer: the optimizer whose steps define the step schedule (see above).
         batched, unbatched: names of the inputs that are (only) / are not batched in concat mode:
             ``int`` for a positional input, ``str`` for a keyword input.
@@ -185,6 +216,8 @@ class RDrop(nn.Module):
         check_finite: bool = True,
         logits_fn: Callable[[Any], Tensor] | None = None,
         stop_gradient: bool = False,
+        start_step: int | AutoStart = 0,
+        second_pass_fraction: float = 1.0,
         optimizer: torch.optim.Optimizer | None = None,
         batched: Collection[InputName] | None = None,
         unbatched: Collection[InputName] | None = None,
@@ -198,6 +231,9 @@ class RDrop(nn.Module):
         self.alpha = check_alpha(alpha)
         self.every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
         self.alpha_warmup_steps = check_positive_int("alpha_warmup_steps", alpha_warmup_steps, 0)
+        if not isinstance(start_step, AutoStart):
+            start_step = check_positive_int("start_step", start_step, 0)
+        self.start_step: int | AutoStart = start_step
         # The passes and the loss: rdrop.step, the same step as every other entry point. Their
         # options are checked there, once.
         loss = pass_loss(consistency, ignore_index=ignore_index,
@@ -208,10 +244,13 @@ class RDrop(nn.Module):
         self.noise = attach_noise(model, noise)
         step_kwargs = {"logits_fn": logits_fn} if logits_fn is not None else {}
         self._step = TrainingStep(num_passes=num_passes, mode=mode,
-                                  stop_gradient=stop_gradient, loss=loss, batched=batched,
+                                  stop_gradient=stop_gradient,
+                                  second_pass_fraction=second_pass_fraction,
+                                  loss=loss, batched=batched,
                                   unbatched=unbatched, check_inputs=check_inputs,
                                   pass_context=self.noise.pass_context, **step_kwargs)
         self.num_passes, self.mode, self.stop_gradient = num_passes, mode, stop_gradient
+        self.second_pass_fraction = self._step.second_pass_fraction
         self.consistency, self.ignore_index = consistency, int(ignore_index)
         self.label_smoothing, self.reduction = float(label_smoothing), reduction
         self.chunk_size, self.check_finite = chunk_size, check_finite
@@ -279,9 +318,11 @@ class RDrop(nn.Module):
         self._step_source = "manual"
 
     def schedule(self) -> RDropStep:
-        """The decision of :func:`rdrop.schedule.rdrop_step` at the current step."""
-        return rdrop_step(self.num_steps, alpha=self.alpha, every_k_steps=self.every_k_steps,
-                          alpha_warmup_steps=self.alpha_warmup_steps)
+        """The decision of :func:`rdrop.schedule.rdrop_step` at the current step (R-Drop off
+        while an :class:`rdrop.autostart.AutoStart` has not switched)."""
+        return scheduled_step(self.num_steps, alpha=self.alpha, every_k_steps=self.every_k_steps,
+                              alpha_warmup_steps=self.alpha_warmup_steps,
+                              start_step=self.start_step)
 
     def current_alpha(self) -> float:
         """Alpha at the current step, after the linear warm-up (if any); 0.0 on an off-step."""
@@ -291,21 +332,29 @@ class RDrop(nn.Module):
         # Outside any compiled graph: the counter is a Python int, and a guard on it would
         # recompile every step.
         decision = self.schedule()
-        if self._step_source == "calls":
+        # A call under torch.no_grad() (a loss probe, a validation pass in train mode) takes no
+        # optimizer step, so it does not advance the count.
+        if self._step_source == "calls" and torch.is_grad_enabled():
             self.num_steps += 1
         return decision
 
-    def get_extra_state(self) -> dict[str, int]:
-        return {"num_steps": self.num_steps}
+    def get_extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"num_steps": self.num_steps}
+        if isinstance(self.start_step, AutoStart):
+            state["auto_start"] = self.start_step.state_dict()
+        return state
 
-    def set_extra_state(self, state: dict[str, int]) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         self.num_steps = int(state["num_steps"])
+        if isinstance(self.start_step, AutoStart) and "auto_start" in state:
+            self.start_step.load_state_dict(state["auto_start"])
 
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, mode={self.mode!r}, num_passes={self.num_passes}, "
             f"every_k_steps={self.every_k_steps}, consistency={self.consistency!r}, "
-            f"stop_gradient={self.stop_gradient}, noise={str(self.noise.noise)!r}"
+            f"stop_gradient={self.stop_gradient}, noise={str(self.noise.noise)!r}, "
+            f"start_step={self.start_step}, second_pass_fraction={self.second_pass_fraction}"
         )
 
     # ---------------------------------------------------------------------------------- forward
@@ -314,6 +363,7 @@ class RDrop(nn.Module):
         *args: Any,
         target: Tensor | None = None,
         num_items_in_batch: int | Tensor | None = None,
+        num_items_in_subset: int | Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         if target is None:
@@ -330,4 +380,44 @@ class RDrop(nn.Module):
                 )
             decision = eager(RDrop._next_decision, self)
         return self._step.run(self.model, args, kwargs, target, self._step.plan(decision),
-                              num_items_in_batch=num_items_in_batch).out
+                              num_items_in_batch=num_items_in_batch,
+                              num_items_in_subset=num_items_in_subset).out
+
+
+def unwrap_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain model's state dict from a checkpoint of :class:`RDrop` (``RDrop(net)``):
+    the ``model.`` prefix removed, RDrop's own ``_extra_state`` (its step count) left out.
+
+    Args:
+        state_dict: ``RDrop(net).state_dict()``, or a checkpoint saved from it.
+
+    Returns:
+        A new dict that ``net.load_state_dict`` takes.
+
+    Raises:
+        ValueError: a key that is neither ``model.``-prefixed nor ``_extra_state`` (not a
+            checkpoint of ``RDrop``: load it into the model directly).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from rdrop import RDrop, unwrap_state_dict
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.1))
+        >>> sd = RDrop(net).state_dict()
+        >>> sorted(sd)
+        ['_extra_state', 'model.0.bias', 'model.0.weight']
+        >>> nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.1)).load_state_dict(unwrap_state_dict(sd))
+        <All keys matched successfully>
+    """
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if key == "_extra_state":
+            continue
+        if not key.startswith(_PREFIX):
+            raise ValueError(
+                f"unwrap_state_dict: key {key!r} is not from RDrop(model).state_dict() (whose "
+                f"keys start with {_PREFIX!r}); load a plain model's checkpoint directly, or "
+                "into the wrapper with wrapped.model.load_state_dict(sd)."
+            )
+        out[key[len(_PREFIX):]] = value
+    return out

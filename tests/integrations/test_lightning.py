@@ -171,3 +171,116 @@ def test_input_check_runs_once_in_eval_mode_and_restores_training_mode():
     # The check's two eval-mode forwards record nothing (KeyedDropout records training calls).
     assert [len(s) for s in module.drop.seen] == [8, 8]
     assert module.training and module.drop.training
+
+
+class KeyedTagger(RDropLightningModule):
+    """(B, T) tokens -> (B, T, V) logits through keyed dropout (masks fixed by sample and pass)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(7, 8)
+        self.drop = KeyedDropout(0.3)
+        self.out = nn.Linear(8, 7)
+
+    def forward(self, input_ids, sample_id):
+        return self.out(self.drop(torch.tanh(self.emb(input_ids)), sample_id))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_accumulation_with_padded_tokens_is_the_documented_mean_of_micro_batch_means():
+    # Micro-batch 1 counts 2 + 5 tokens, micro-batch 2 counts 1 + 1: the module's docstring says
+    # the accumulated gradient is the mean of the two micro-batches' token means (Lightning's
+    # rule), which differs from the full batch's token mean.
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i, n in enumerate([2, 5, 1, 1]):
+        labels = torch.randint(0, 7, (6,), generator=g)
+        labels[n:] = -100
+        rows.append({"input_ids": torch.randint(0, 7, (6,), generator=g),
+                     "sample_id": torch.tensor(i), "labels": labels})
+    rec = fit(KeyedTagger(alpha=0.5), rows, batch_size=2, accumulate=2, max_steps=1)
+    (grads,) = rec.grads
+
+    def grad_of(loss_of_micro_batches):
+        ref = KeyedTagger(alpha=0.5)
+        loss_of_micro_batches(ref).backward()
+        return {n: p.grad for n, p in ref.named_parameters()}
+
+    def micro(ref, part):
+        ids = torch.stack([r["input_ids"] for r in part])
+        sid = torch.stack([r["sample_id"] for r in part])
+        y = torch.stack([r["labels"] for r in part])
+        logits = ref(torch.cat([ids, ids]), torch.cat([sid, sid]))
+        return logits[:len(part)], logits[len(part):], y
+
+    def mean_of_means(ref):
+        return sum(rdrop_loss(*micro(ref, rows[k:k + 2]), alpha=0.5).loss / 2 for k in (0, 2))
+
+    def full_batch(ref):
+        parts = [micro(ref, rows[k:k + 2]) for k in (0, 2)]
+        return rdrop_loss(*(torch.cat([p[i] for p in parts]) for i in range(3)), alpha=0.5).loss
+
+    documented, full = grad_of(mean_of_means), grad_of(full_batch)
+    assert max((grads[n] - documented[n]).abs().max().item() for n in grads) < 1e-6
+    assert max((grads[n] - full[n]).abs().max().item() for n in grads) > 1e-3
+
+# ------------------------------------------------------------ the cheaper schedules (issue 20)
+def test_fraction_and_stop_gradient_through_the_one_step():
+    from rdrop.subset import subset_size
+
+    from reference import reference_subset_loss
+
+    rows = data(8)
+    for stop_gradient in (False, True):
+        module = KeyedNet(alpha=1.5, second_pass_fraction=0.5, stop_gradient=stop_gradient)
+        rec = fit(module, rows, batch_size=8, accumulate=1, max_steps=1)
+        n = subset_size(8, 0.5)
+        seen = [len(ids) for ids in module.drop.seen]
+        assert seen == ([8, n] if stop_gradient else [8 + n])
+        ref = KeyedNet(alpha=1.5)
+        x = torch.stack([r["x"] for r in rows])
+        ids = torch.stack([r["sample_id"] for r in rows])
+        y = torch.stack([r["labels"] for r in rows])
+        first = ref(x, ids)
+        with torch.set_grad_enabled(not stop_gradient):
+            second = ref(x[:n], ids[:n])
+        loss, _, _ = reference_subset_loss(first, second, y, range(n), alpha=1.5,
+                                           stop_gradient=stop_gradient)
+        loss.backward()
+        (grads,) = rec.grads
+        for name, p in ref.named_parameters():
+            torch.testing.assert_close(grads[name], p.grad.float(), rtol=1e-5, atol=1e-6)
+        assert rec.logged[0]["train/loss"] == pytest.approx(loss.item(), rel=1e-5)
+
+
+class ValNet(KeyedNet):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", torch.tensor(1.0))  # never improves after the first epoch
+
+
+def test_start_step_and_automatic_start():
+    from rdrop import AutoStart
+
+    module = KeyedNet(start_step=2)
+    fit(module, data(8), batch_size=2, accumulate=1, max_steps=4)
+    assert [len(ids) for ids in module.drop.seen] == [2, 2, 4, 4]
+
+    auto = AutoStart(patience=1)
+    module = ValNet(start_step=auto)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=6, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, val_check_interval=2,
+                         num_sanity_val_steps=0)
+    loader = torch.utils.data.DataLoader(data(12), batch_size=2)
+    trainer.fit(module, loader, loader)
+    # validations after steps 2 and 4: the second does not improve -> R-Drop from step 4 on
+    assert auto.start_step == 4
+    assert [len(ids) for ids in module.drop.seen][:6] == [2, 2, 2, 2, 4, 4]
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    restored = ValNet(start_step=AutoStart(patience=1))
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.rdrop_start_step.start_step == 4

@@ -234,3 +234,34 @@ def test_gradient_without_dropout_is_twice_plain_sfts(tmp_path):
         (grads[name],) = rec.grads
     diff = max((grads["rdrop"][n] - 2 * g).abs().max().item() for n, g in grads["plain"].items())
     assert diff < 1e-6, diff
+
+
+# ----------------------------------------------------------- label shift from the model itself
+@pytest.mark.parametrize("compiled", [False, True])
+def test_subclass_of_a_causal_lm_is_trained_on_shifted_labels(tmp_path, compiled):
+    """A user subclass (``class MyLlama(LlamaForCausalLM)``), compiled or not, trains as the
+    class it extends: without dropout R-Drop's loss is twice plain SFT's on LlamaForCausalLM
+    itself (TRL's own shifted loss), the same weights and batch."""
+    from transformers import LlamaForCausalLM
+
+    class MyLlama(LlamaForCausalLM):
+        pass
+
+    def first_log(name, trainer_cls, args_cls, model_cls, **kw):
+        base = tiny_llama(dropout=0.0)
+        model = model_cls(base.config)
+        model.load_state_dict(base.state_dict())
+        ds = datasets.Dataset.from_dict({"text": sft_texts(4)})
+        args = sft_args(tmp_path / name, cls=args_cls, learning_rate=0.0, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # no dropout: the point of the test
+            trainer = trainer_cls(model=model, args=args, train_dataset=ds,
+                                  processing_class=tiny_tokenizer())
+        trainer.train()
+        return train_logs(trainer)[0]
+
+    plain = first_log("plain", SFTTrainer, SFTConfig, LlamaForCausalLM)
+    kw = {"torch_compile": True, "torch_compile_backend": "eager"} if compiled else {}
+    mine = first_log("rdrop", RDropSFTTrainer, RDropSFTConfig, MyLlama, **kw)
+    assert mine["loss"] == pytest.approx(2 * plain["loss"], rel=1e-5)
+    assert mine["task_loss_per_pass"] == pytest.approx(plain["loss"], rel=1e-5)

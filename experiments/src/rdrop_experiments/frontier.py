@@ -349,15 +349,14 @@ def plot_frontier(v: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = frontier_rows(v)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
     for r in rows:
         x, y = r.to_best.mean, r.quality.mean
         xerr = [[max(0.0, x - r.to_best.low)], [max(0.0, r.to_best.high - x)]] \
             if math.isfinite(r.to_best.low) else None
         yerr = [[y - r.quality.low], [r.quality.high - y]] if math.isfinite(r.quality.low) \
             else None
-        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
-                    label=f"{r.arm} ({r.chosen})")
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=r.arm)
     base = next(r for r in rows if r.arm == "baseline")
     ax.axhline(base.quality.mean, color="grey", lw=0.8, ls="--")
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
@@ -367,7 +366,8 @@ def plot_frontier(v: Any, path: Path) -> None:
     ax.set_ylabel(f"best test {v.metric}{unit} ({better} is better)", fontsize=9)
     ax.set_title(f"{v.experiment}: quality/compute frontier (mean, 95% CI over seeds)",
                  fontsize=9)
-    ax.legend(fontsize=6)
+    # below the axes, so no point is hidden (the chosen grid points are in the table)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

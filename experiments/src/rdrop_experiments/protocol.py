@@ -320,7 +320,8 @@ def train_until_patience(
             loop["test_evals"] += 1
         else:
             loop["since_best"] += 1
-        if hasattr(step_fn, "observe_validation") and step_fn.observe_validation(value, step):
+        if hasattr(step_fn, "observe_validation") and step_fn.observe_validation(
+                value, step, higher_is_better):
             loop["since_best"] = 0  # R-Drop switched on (automatic start): patience restarts
         if diverged and loop["best"] is None:  # never a valid point: the result is this one
             loop.update(best_step=step, best_passes=loop["passes"])
@@ -371,7 +372,8 @@ def train_until_patience(
                            sample_passes=loop["passes"], test_evaluations=loop["test_evals"],
                            selection_metric=f"valid_{metric}",
                            selection_higher_is_better=higher_is_better,
-                           compute=meter.record_fields())
+                           compute={**meter.record_fields(),
+                                    **getattr(step_fn, "record_fields", dict)()})
 
 
 def quality_at_compute(curves: list[Mapping[str, float]], key: str, budget: float) -> float:

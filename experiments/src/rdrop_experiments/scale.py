@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rdrop_experiments.frontier import SCHEDULE_TAGS
+
 __all__ = ["CELLS", "STOPPING", "Cell", "edge_state", "extension", "get_cell", "run_cell"]
 
 DROPOUT_STEP = 0.1
@@ -189,8 +191,11 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
     from rdrop_experiments.runner import run_experiment
 
     family = get_experiment(cell.family)
-    # the stop-gradient arm is not part of the map (its question is issue 20's frontier)
-    grid = [dict(s) for s in family.grid if "rdrop_stop_gradient" not in s.get("methods", ())]
+    # the stop-gradient arm and the cheaper schedules are not part of the map (their question
+    # is issue 20's frontier)
+    schedules = [key for key, _, _ in SCHEDULE_TAGS]
+    grid = [dict(s) for s in family.grid if "rdrop_stop_gradient" not in s.get("methods", ())
+            and not any(k in s for k in schedules)]
     key = _dropout_key(grid)
     out = Path(root) / cell.name
     done: dict[tuple[str, str], int] = {}

@@ -15,12 +15,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rdrop.autostart import AutoStart, scheduled_step
 from rdrop.batching import extract_logits
 from rdrop.functional import RDropOutput
 from rdrop.inspection import dropout_slots
 from rdrop.noise import attach_noise
-from rdrop.schedule import RDropStep, rdrop_step
+from rdrop.schedule import RDropStep
 from rdrop.step import PassPlan, TrainingStep, pass_loss
+from rdrop.subset import subset_size
+from rdrop_experiments.compute import step_passes
 from rdrop_experiments.config import METHODS, CommonConfig
 from rdrop_experiments.resume import BatchCycle
 
@@ -146,7 +149,14 @@ class TrainStep:
     ``cfg.consistency="bernoulli"`` gives every arm the multi-label loss (BCE task terms,
     :class:`rdrop.multilabel.MultiLabelLoss`).
 
-    ``logits`` of the output is the (first) pass's logits, for training metrics.
+    The cheaper schedules are the library's options, for every R-Drop arm:
+    ``second_pass_fraction`` (the step's), ``start_step`` (the schedule's) and
+    ``auto_start_patience`` (an :class:`rdrop.autostart.AutoStart` on the run's validation
+    metric, fed by the training loop through :meth:`observe_validation`).
+
+    ``logits`` of the output is the (first) pass's logits, for training metrics;
+    ``last_passes`` is ``(g, h)`` of the last call, the samples forwarded with and without a
+    backward (:func:`rdrop_experiments.compute.step_passes`), which the loop charges.
     """
 
     def __init__(
@@ -169,6 +179,8 @@ class TrainStep:
         self.logits_fn = logits_fn or extract_logits
         self.calls = 0
         self.alpha = 0.0 if method == "rdrop_alpha0" else cfg.alpha
+        self.auto: AutoStart | None = None  # made at the first validation (its direction)
+        self.last_passes: tuple[int, int] | None = None
         loss = pass_loss(cfg.consistency, ignore_index=ignore_index,
                          label_smoothing=label_smoothing, chunk_size=cfg.chunk_size,
                          # the baseline is plain cross-entropy, which checks nothing
@@ -178,6 +190,7 @@ class TrainStep:
             num_passes=cfg.num_passes,
             mode="twice" if cfg.pass_dropouts else cfg.rdrop_mode,
             stop_gradient=method == "rdrop_stop_gradient",
+            second_pass_fraction=cfg.second_pass_fraction,
             loss=loss,
             logits_fn=self.logits_fn,
             pass_context=self._pass_context,
@@ -208,13 +221,53 @@ class TrainStep:
         """This arm's schedule decision at optimizer step ``step``."""
         if self.method == "baseline":
             return RDropStep(active=False, alpha=0.0)
-        return rdrop_step(step, alpha=self.alpha, every_k_steps=self.cfg.every_k_steps,
-                          alpha_warmup_steps=self.cfg.alpha_warmup_steps)
+        start: int | AutoStart = self.cfg.start_step
+        if self.cfg.auto_start_patience:
+            if self.auto is None:  # no validation yet: plain steps
+                return RDropStep(active=False, alpha=0.0)
+            start = self.auto
+        return scheduled_step(step, alpha=self.alpha, every_k_steps=self.cfg.every_k_steps,
+                              alpha_warmup_steps=self.cfg.alpha_warmup_steps, start_step=start)
+
+    def observe_validation(self, value: float, step: int, higher_is_better: bool) -> bool:
+        """Feed the automatic start (``cfg.auto_start_patience``) one validation value after
+        ``step`` optimizer steps; ``True`` when R-Drop switches on at this call."""
+        if not self.cfg.auto_start_patience or self.method == "baseline":
+            return False
+        if self.auto is None:
+            self.auto = AutoStart(self.cfg.auto_start_patience, higher_is_better=higher_is_better)
+        return self.auto.update(value, step=step)
+
+    def record_fields(self) -> dict[str, Any]:
+        """For the run's record: the step the automatic start switched at (``None``: never)."""
+        if not self.cfg.auto_start_patience or self.method == "baseline":
+            return {}
+        return {"rdrop_start_step": None if self.auto is None else self.auto.start_step}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step's counters for a checkpoint (plain numbers)."""
+        return {"calls": self.calls,
+                "auto": None if self.auto is None else
+                {"higher_is_better": self.auto.higher_is_better, **self.auto.state_dict()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.calls = int(state["calls"])
+        auto = state.get("auto")
+        if auto is not None:
+            self.auto = AutoStart(self.cfg.auto_start_patience,
+                                  higher_is_better=bool(auto["higher_is_better"]))
+            self.auto.load_state_dict(auto)
 
     def __call__(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
         decision = self.decision(self.calls)
         self.calls += 1
-        return self.step(self.model, args, kwargs, target, decision).out
+        plan = self.step.plan(decision)
+        rows = int(target.shape[0])
+        second = subset_size(rows, plan.fraction) if plan.fraction < 1.0 else None
+        self.last_passes = step_passes(rows, active=plan.active, num_passes=plan.passes,
+                                       second_rows=second, stop_gradient=bool(plan.detached))
+        return self.step.run(self.model, args, kwargs, target, plan).out
 
 
 def make_step(model: nn.Module, cfg: CommonConfig, method: str, **kwargs: Any) -> TrainStep:

@@ -27,6 +27,15 @@ When R-Drop runs and with which alpha is :func:`rdrop.schedule.rdrop_step` of
 ``self.global_step``, the number of optimizer steps taken: with ``accumulate_grad_batches`` every
 micro-batch of one optimizer step gets the same decision (Lightning divides each micro-batch's
 loss by the accumulation steps, as it does for any loss).
+
+**Accumulation with padded token targets** is a mean of the micro-batches' token means, not the
+full batch's token mean (as in plain Lightning): ``training_step`` sees one micro-batch and
+Lightning weighs every micro-batch equally, so when their counts of counted tokens differ the
+accumulated gradient is not the full batch's. (For one label per sample, or equal counts, the
+two agree exactly.) rdrop cannot fix this from inside ``training_step``, which never sees the
+other micro-batches' counts. Exact alternatives: the Hugging Face trainers (they prefetch an
+optimizer step's micro-batches and pass ``num_items_in_batch``), or :class:`rdrop.RDrop` in a
+loop that passes ``num_items_in_batch`` (the count of the accumulated batch).
 """
 
 from __future__ import annotations
@@ -47,11 +56,12 @@ except ImportError:  # pragma: no cover - the unified package
             "rdrop.integrations.lightning needs PyTorch Lightning: pip install pytorch-lightning"
         ) from err
 
+from rdrop.autostart import AutoStart, scheduled_step
 from rdrop.batching import InputName
 from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
 from rdrop.functional import RDropOutput
 from rdrop.noise import Noise, NoiseHandle, attach_noise, parse_noise
-from rdrop.schedule import RDropStep, rdrop_step
+from rdrop.schedule import RDropStep
 from rdrop.step import TrainingStep, pass_loss
 
 __all__ = ["RDropLightningModule"]
@@ -83,6 +93,15 @@ class RDropLightningModule(pl.LightningModule):
         ignore_index, label_smoothing: as in :func:`rdrop.functional.rdrop_loss`.
         batched, unbatched, check_inputs: as in :class:`rdrop.RDrop` (which inputs carry the
             batch; the once-only check of the duplicated batch against a plain forward).
+        stop_gradient: the second pass under ``torch.no_grad``, a detached target (see
+            :class:`rdrop.RDrop`).
+        start_step: the first optimizer step with R-Drop (an int; plain steps before it), or an
+            :class:`rdrop.autostart.AutoStart`, updated from ``auto_start_metric`` at the end of
+            every validation epoch (a subclass overriding ``on_validation_epoch_end`` calls
+            ``super().on_validation_epoch_end()``); its state is saved in checkpoints.
+        second_pass_fraction: the second pass on the first ``ceil(r * B)`` rows only
+            (:func:`rdrop.subset.subset_rdrop_loss`); needs ``num_passes=2``.
+        auto_start_metric: the logged validation metric the automatic start watches.
 
     Raises:
         TypeError, ValueError: invalid hyperparameters (the message names them); at the first
@@ -109,19 +128,28 @@ class RDropLightningModule(pl.LightningModule):
                  ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
                  batched: list[InputName] | None = None,
                  unbatched: list[InputName] | None = None, check_inputs: bool = True,
-                 noise: str | Noise | None = "dropout") -> None:
+                 noise: str | Noise | None = "dropout", stop_gradient: bool = False,
+                 start_step: int | AutoStart = 0, second_pass_fraction: float = 1.0,
+                 auto_start_metric: str = "val_loss") -> None:
         super().__init__()
         self.rdrop_alpha = check_alpha(alpha)
         self.rdrop_every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
         self.rdrop_alpha_warmup_steps = check_positive_int("alpha_warmup_steps",
                                                            alpha_warmup_steps, 0)
+        if not isinstance(start_step, AutoStart):
+            start_step = check_positive_int("start_step", start_step, 0)
+        self.rdrop_start_step: int | AutoStart = start_step
+        self.rdrop_auto_start_metric = auto_start_metric
         # The step and its loss check their own options, once.
         loss = pass_loss(consistency, ignore_index=ignore_index, label_smoothing=label_smoothing)
         self.rdrop_noise_spec = parse_noise(noise)
         self.rdrop_noise: NoiseHandle | None = None  # attached at the first training step
         self.rdrop_training_step = TrainingStep(num_passes=num_passes, batched=batched,
                                                 unbatched=unbatched, check_inputs=check_inputs,
+                                                stop_gradient=stop_gradient,
+                                                second_pass_fraction=second_pass_fraction,
                                                 loss=loss, pass_context=self._rdrop_pass_context)
+        self.rdrop_stop_gradient = stop_gradient
         self.rdrop_num_passes = num_passes
         self.rdrop_consistency = consistency
         self.rdrop_loss_kwargs = {"ignore_index": int(ignore_index),
@@ -133,10 +161,38 @@ class RDropLightningModule(pl.LightningModule):
         return self.rdrop_noise.pass_context(passes, plan)
 
     def rdrop_decision(self) -> RDropStep:
-        """:func:`rdrop.schedule.rdrop_step` at the current optimizer step."""
-        return rdrop_step(self.global_step, alpha=self.rdrop_alpha,
-                          every_k_steps=self.rdrop_every_k_steps,
-                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
+        """:func:`rdrop.schedule.rdrop_step` at the current optimizer step (off while an
+        automatic start has not switched)."""
+        return scheduled_step(self.global_step, alpha=self.rdrop_alpha,
+                              every_k_steps=self.rdrop_every_k_steps,
+                              alpha_warmup_steps=self.rdrop_alpha_warmup_steps,
+                              start_step=self.rdrop_start_step)
+
+    def on_validation_epoch_end(self) -> None:
+        """Feed the automatic start (if any) the epoch's ``auto_start_metric``."""
+        auto = self.rdrop_start_step
+        trainer = self._trainer
+        if not isinstance(auto, AutoStart) or trainer is None or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        if self.rdrop_auto_start_metric not in metrics:
+            raise KeyError(
+                f"RDropLightningModule: the automatic start watches "
+                f"{self.rdrop_auto_start_metric!r}, which validation did not log (logged: "
+                f"{sorted(metrics)}). Log it with self.log in validation_step, or pass "
+                "auto_start_metric= one of those."
+            )
+        auto.update(float(metrics[self.rdrop_auto_start_metric]), step=int(self.global_step))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the automatic start's state in the checkpoint."""
+        if isinstance(self.rdrop_start_step, AutoStart):
+            checkpoint["rdrop_auto_start"] = self.rdrop_start_step.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the automatic start's state from the checkpoint."""
+        if isinstance(self.rdrop_start_step, AutoStart) and "rdrop_auto_start" in checkpoint:
+            self.rdrop_start_step.load_state_dict(checkpoint["rdrop_auto_start"])
 
     def rdrop_batch(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor]:
         """Split a batch into the model's ``(args, kwargs)`` and the target. Default: a
@@ -158,7 +214,8 @@ class RDropLightningModule(pl.LightningModule):
         args, kwargs, target = self.rdrop_batch(batch)
         out = self.rdrop_loss(*args, target=target, **kwargs)
         step = self.rdrop_decision()
-        passes = self.rdrop_num_passes if step.active else 1
+        # CE terms in the task loss: one per pass with gradient
+        passes = self.rdrop_num_passes if step.active and not self.rdrop_stop_gradient else 1
         size = target.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
         self.log("train/task_loss", out.task_loss, batch_size=size)

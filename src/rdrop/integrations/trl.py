@@ -63,7 +63,8 @@ class RDropSFTTrainer(RDropTrainerMixin, SFTTrainer):
     Args:
         *args, **kwargs: as for ``trl.SFTTrainer`` (``args`` an :class:`RDropSFTConfig`).
         rdrop_alpha, rdrop_num_passes, rdrop_every_k_steps, rdrop_alpha_warmup_steps,
-            rdrop_consistency, rdrop_fused_linear, rdrop_chunk_size: as for
+            rdrop_consistency, rdrop_fused_linear, rdrop_chunk_size, rdrop_start_step,
+            rdrop_second_pass_fraction: as for
             :class:`rdrop.integrations.hf.RDropTrainer`.
 
     Logs SFT's ``entropy``, ``mean_token_accuracy`` (of the first pass) and ``num_tokens``, and

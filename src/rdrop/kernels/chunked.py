@@ -35,12 +35,12 @@ The functions below are the eager kernels; when
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from rdrop._rows import compute_dtype
+from rdrop._rows import compute_dtype, log_probs, pair_rows
 from rdrop.kernels import compiled as _compiled
 
 __all__ = ["chunked_rdrop_sums"]
@@ -178,7 +178,6 @@ class _ChunkedRDropSums(torch.autograd.Function):
         return task, cons
 
     @staticmethod
-    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, g_task: Tensor, g_cons: Tensor
     ) -> tuple[Tensor | None, ...]:
@@ -186,6 +185,12 @@ class _ChunkedRDropSums(torch.autograd.Function):
         need1, need2 = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need1 or need2):
             return None, None, None, None, None, None
+        if torch.is_grad_enabled():  # backward(create_graph=True): the gradient is differentiated
+            grads = differentiable_grads(
+                [x1, x2], [need1, need2],
+                lambda z1, z2: pair_rows(log_probs(z1), log_probs(z2), y, keep, ctx.eps),
+                g_task, g_cons)
+            return *grads, None, None, None, None
         cd = lse1.dtype
         n = x1.shape[0]
         grad1 = torch.empty_like(x1) if need1 else None
@@ -211,6 +216,26 @@ class _ChunkedRDropSums(torch.autograd.Function):
                 if grad2 is not None:
                     grad2[s:e].copy_(g2)
         return grad1, grad2, None, None, None, None
+
+
+def differentiable_grads(
+    inputs: list[Tensor], needed: list[bool],
+    rows: Callable[..., tuple[Tensor, Tensor]], g_task: Tensor, g_cons: Tensor,
+) -> list[Tensor | None]:
+    """The gradients of ``g_task * sum(task_rows) + g_cons * sum(cons_rows)`` w.r.t. the needed
+    ``inputs``, as a graph of their own (double backward: gradient penalties, meta-learning).
+
+    ``backward(create_graph=True)`` runs a Function's backward with gradients enabled; the
+    closed-form kernels write in place and would hand back constants, silently dropping every
+    second-order term. Here the rows are recomputed by the plain formula (full ``(N, V)``
+    blocks: the memory of the unchunked loss) and differentiated by autograd, so the result is
+    exact and differentiable again.
+    """
+    task, cons = rows(*inputs)
+    total = g_task * task.sum() + g_cons * cons.sum()
+    wanted = [t for t, n in zip(inputs, needed, strict=True) if n]
+    found = iter(torch.autograd.grad(total, wanted, create_graph=True))
+    return [next(found) if n else None for n in needed]
 
 
 def _compiled_backward(

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from rdrop._rows import compute_dtype
+from rdrop._rows import compute_dtype, log_probs, pair_rows
 from rdrop.kernels import compiled as _compiled
-from rdrop.kernels.chunked import chunk_forward, chunk_grads
+from rdrop.kernels.chunked import chunk_forward, chunk_grads, differentiable_grads
 
 __all__ = ["FusedLinearRDrop", "gathered"]
 
@@ -122,9 +121,12 @@ class FusedLinearRDrop(torch.autograd.Function):
         alpha: float,
         eps: float,
         chunk_size: int,
+        grad_enabled: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         ctx.set_materialize_grads(False)
-        want = any(ctx.needs_input_grad[:4])
+        # grad_enabled: the caller's grad mode (inside forward it is always off). Under no_grad
+        # or inference_mode nothing will call backward, so no gradient is built.
+        want = grad_enabled and any(ctx.needs_input_grad[:4])
         t_sum, c_sum, grads = _fused_pass(
             h1, h2, w, b, y, keep, eps=eps, chunk_size=chunk_size,
             coef_task=scale if want else None, coef_cons=scale * alpha if want else None,
@@ -136,7 +138,6 @@ class FusedLinearRDrop(torch.autograd.Function):
         return task + alpha * cons, task, cons
 
     @staticmethod
-    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
         g_loss: Tensor | None,
@@ -147,6 +148,22 @@ class FusedLinearRDrop(torch.autograd.Function):
         need = ctx.needs_input_grad[:4]
         if g_loss is None and g_task is None and g_cons is None:
             grads: list[Tensor | None] = [None] * 4
+        elif torch.is_grad_enabled():  # backward(create_graph=True): exact, differentiable
+            zero = torch.zeros((), dtype=scale.dtype, device=scale.device)
+            gl = zero if g_loss is None else g_loss.to(scale.dtype)
+            gt = zero if g_task is None else g_task.to(scale.dtype)
+            gc = zero if g_cons is None else g_cons.to(scale.dtype)
+            inputs = [h1, h2, w, b if b is not None else w]
+            needed = [need[0], need[1], need[2], b is not None and need[3]]
+
+            def rows(a1: Tensor, a2: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, ...]:
+                bias_or_none = bias if b is not None else None
+                z1 = nn.functional.linear(a1, weight, bias_or_none)
+                z2 = nn.functional.linear(a2, weight, bias_or_none)
+                return pair_rows(log_probs(z1), log_probs(z2), y, keep, ctx.eps)
+
+            grads = differentiable_grads(inputs, needed, rows, scale * (gl + gt),
+                                         scale * (ctx.alpha * gl + gc))
         elif g_task is None and g_cons is None and ctx.grads is not None:
             grads, ctx.grads = ctx.grads, None  # consumed: scale in place
             for g in grads:
@@ -162,7 +179,7 @@ class FusedLinearRDrop(torch.autograd.Function):
                 coef_task=scale * (gl + gt), coef_cons=scale * (ctx.alpha * gl + gc),
             )
         grads = [g if n else None for g, n in zip(grads, need, strict=True)]
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 class _ScaleGrad(torch.autograd.Function):

@@ -235,6 +235,26 @@ _QUICK = {"train_tokens": 8000, "valid_blocks": 20, "test_blocks": 20, "eval_eve
           "patience": 1, "max_sample_passes": 16 * 20, "seeds": 1, "dim": 32, "ffn": 64,
           "heads": 2, "layers": 1, "block_size": 32, "warmup_steps": 2, "vocab_size": 500}
 
+# The cheaper schedules (issue 20; docs/EXPERIMENTS.md, amendment of 2026-12-04): each arm is a
+# method plus schedule options (rdrop_experiments.frontier.arm_name) on a grid of two points,
+# the size of the baseline's. AUTO_START_PATIENCE evaluations without a better validation
+# perplexity switch R-Drop on (rdrop.AutoStart; the protocol's patience of 4 restarts there);
+# the fraction arms use alpha 2.0, full R-Drop's alpha chosen on validation.
+AUTO_START_PATIENCE = 2
+FRACTIONS = (0.25, 0.5)
+CHEAPER_GRID: list[dict[str, Any]] = [  # in the registered run order
+    *({"methods": ("rdrop",), "alpha": 2.0, "second_pass_fraction": r} for r in FRACTIONS),
+    *({"methods": ("rdrop_stop_gradient",), "alpha": 2.0, "second_pass_fraction": r}
+      for r in FRACTIONS),
+    *({"methods": ("rdrop",), "alpha": a, "auto_start_patience": AUTO_START_PATIENCE}
+      for a in ALPHA_GRID),
+    *({"methods": ("rdrop",), "alpha": 2.0, "auto_start_patience": AUTO_START_PATIENCE,
+       "second_pass_fraction": r} for r in FRACTIONS),
+    *({"methods": ("rdrop_stop_gradient",), "alpha": 2.0,
+       "auto_start_patience": AUTO_START_PATIENCE, "second_pass_fraction": r}
+      for r in FRACTIONS),
+]
+
 base = register(Experiment(
     name="language-modeling",
     config=apply_overrides(LMConfig(), PROTOCOL),
@@ -249,7 +269,7 @@ base = register(Experiment(
     paper="Wikitext-103 Transformer LM test ppl 25.76 -> 24.08 (-1.68)",
     variants={"quick": _QUICK},
     grid=protocol_grid(dropout_key="dropout", dropout_grid=DROPOUT_GRID, alpha_grid=ALPHA_GRID,
-                       stop_gradient_alphas=STOP_GRADIENT_ALPHAS),
+                       stop_gradient_alphas=STOP_GRADIENT_ALPHAS) + CHEAPER_GRID,
 ))
 
 # The paper's ablations (section 5) as ONE grid under the second protocol's loop, 2 seeds, every

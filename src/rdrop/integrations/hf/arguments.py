@@ -18,6 +18,7 @@ from rdrop.checks import (
     check_positive_int,
 )
 from rdrop.noise import parse_noise
+from rdrop.subset import check_second_pass_fraction
 
 __all__ = [
     "DEFAULTS",
@@ -31,7 +32,8 @@ __all__ = [
 # one place their defaults are named (the dataclass fields below and the trainers read them).
 DEFAULTS: dict[str, Any] = {"alpha": ALPHA, "num_passes": 2, "every_k_steps": 1,
                             "alpha_warmup_steps": 0, "consistency": None,
-                            "fused_linear": False, "chunk_size": CHUNK_SIZE, "noise": "dropout"}
+                            "fused_linear": False, "chunk_size": CHUNK_SIZE, "noise": "dropout",
+                            "start_step": 0, "second_pass_fraction": 1.0}
 
 
 def _check_consistency(consistency: Any) -> None:
@@ -72,6 +74,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "fused_linear": _check_fused_linear,
     "chunk_size": _check_chunk_size,
     "noise": _check_noise,
+    "start_step": lambda v: check_positive_int("rdrop_start_step", v, 0),
+    "second_pass_fraction": lambda v: check_second_pass_fraction(
+        v, name="rdrop_second_pass_fraction"),
 }
 
 
@@ -91,6 +96,13 @@ def validate_rdrop_options(options: dict[str, Any], *, only: Collection[str] | N
         if only is None or key in only:
             check(options[key])
     fused, consistency = options["fused_linear"], options["consistency"]
+    fraction = options["second_pass_fraction"]
+    if fraction < 1.0 and (options["num_passes"] != 2 or fused):
+        raise ValueError(
+            f"rdrop_second_pass_fraction={fraction} compares two passes on the logits; got "
+            f"rdrop_num_passes={options['num_passes']}, rdrop_fused_linear={fused}. Use "
+            "rdrop_num_passes=2 and rdrop_fused_linear=False, or rdrop_second_pass_fraction=1.0."
+        )
     if fused and options["num_passes"] != 2:
         raise ValueError(
             f"rdrop_fused_linear=True supports rdrop_num_passes=2 only (the fused loss compares "
@@ -154,6 +166,17 @@ class RDropArgumentsMixin:
                           "'dropout:0.1' (the model's dropout slots switched on at 0.1), "
                           "'lora:0.1' (PEFT LoRA dropout). Training passes only."},
     )
+    rdrop_start_step: int = field(
+        default=DEFAULTS["start_step"],
+        metadata={"help": "Plain single-pass training before this optimizer step, R-Drop from "
+                          "it on (every_k_steps and the alpha warm-up count from it). For a "
+                          "start chosen by validation use RDropAutoStartCallback."},
+    )
+    rdrop_second_pass_fraction: float = field(
+        default=DEFAULTS["second_pass_fraction"],
+        metadata={"help": "The second pass (and the consistency term) on the first "
+                          "ceil(r * batch) rows of each batch only, 0 < r <= 1 (1: all rows)."},
+    )
 
     def rdrop_options(self) -> dict[str, Any]:
         """The ``rdrop_...`` fields keyed as :data:`DEFAULTS`."""
@@ -184,6 +207,11 @@ class RDropTrainingArguments(RDropArgumentsMixin, TrainingArguments):
             :data:`rdrop.checks.CHUNK_SIZE`).
         rdrop_noise: the passes' randomness (default ``"dropout"``, the model's own; see
             :mod:`rdrop.noise`: ``"embedding:5"``, ``"dropout:0.1"``, ``"lora:0.1"``).
+        rdrop_start_step: plain training before this optimizer step (default 0), by
+            :func:`rdrop.schedule.rdrop_step`; :class:`RDropAutoStartCallback` chooses it from
+            validation instead.
+        rdrop_second_pass_fraction: the second pass on the first ``ceil(r * B)`` rows of each
+            batch (default 1.0), by :func:`rdrop.subset.subset_rdrop_loss`.
         **kwargs: everything ``TrainingArguments`` takes.
 
     Raises:

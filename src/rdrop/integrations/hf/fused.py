@@ -23,7 +23,7 @@ from rdrop.checks import check_num_items_in_batch
 from rdrop.functional import RDropOutput
 from rdrop.fused_linear import _fused
 
-from .labels import IGNORE_INDEX, first_count
+from .labels import IGNORE_INDEX, base_model, first_count
 
 __all__ = ["FusedLoss", "HiddenCapture", "check_fused_head", "check_fused_model",
            "forward_hidden", "fused_loss"]
@@ -39,7 +39,8 @@ _LOGIT_TRANSFORMS = {
 }
 
 
-def check_fused_model(model: nn.Module, *, is_language_model: bool, sharded: bool) -> None:
+def check_fused_model(model: nn.Module, *, is_language_model: bool, sharded: bool,
+                      compiled: bool = False) -> None:
     """Refuse, at construction, models the fused loss cannot serve exactly.
 
     Args:
@@ -47,12 +48,23 @@ def check_fused_model(model: nn.Module, *, is_language_model: bool, sharded: boo
         is_language_model: a causal LM or an encoder-decoder LM.
         sharded: the output layer's weight is sharded in a way the fused loss cannot gather
             (FSDP version 1's flat parameters, DeepSpeed ZeRO-3); FSDP2 (DTensor) is fine.
+        compiled: the whole model runs under ``torch.compile`` (``torch_compile=True``, or a
+            compiled model passed in).
 
     Raises:
         ValueError: not a language model; no ``nn.Linear`` output layer; a config that
             transforms the logits after the layer; an encoder-decoder model without
-            ``prepare_decoder_input_ids_from_labels``; a sharded output layer.
+            ``prepare_decoder_input_ids_from_labels``; a sharded output layer; a compiled model.
     """
+    if compiled:
+        # The fused path takes the output layer's input with a forward pre-hook added at each
+        # step; a compiled graph does not guard on module hooks, so it may run without it.
+        raise ValueError(
+            "rdrop_fused_linear=True reads the output layer's input with a forward hook, which "
+            "a torch.compile-d model does not reliably run (compiled graphs do not guard on "
+            f"hooks added later). Use torch_compile=False with the fused loss, or {_OFF}"
+        )
+    model = base_model(model)
     name = type(model).__name__
     config = getattr(model, "config", None)
     if not is_language_model:

@@ -20,10 +20,11 @@ from transformers.trainer_pt_utils import nested_gather
 from rdrop.batching import ConcatLayout, batch_size_of
 from rdrop.checks import check_label_smoothing
 from rdrop.noise import NoiseHandle, attach_noise, parse_noise
-from rdrop.schedule import rdrop_step
+from rdrop.schedule import RDropStep, rdrop_step
 from rdrop.step import PassLoss, TrainingStep
 
 from .arguments import DEFAULTS, validate_rdrop_options
+from .callbacks import RDropAutoStartCallback, check_auto_start
 from .fused import FusedLoss, HiddenCapture, check_fused_head, check_fused_model
 from .guards import check_checkpointing_args, check_checkpointing_model, no_dropout_message
 from .labels import align, count_items, first_count, shifts_labels
@@ -57,6 +58,8 @@ class RDropTrainerMixin:
         rdrop_fused_linear: bool | None = None,
         rdrop_chunk_size: int | None = None,
         rdrop_noise: str | None = None,
+        rdrop_start_step: int | None = None,
+        rdrop_second_pass_fraction: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -64,7 +67,9 @@ class RDropTrainerMixin:
                  "every_k_steps": rdrop_every_k_steps,
                  "alpha_warmup_steps": rdrop_alpha_warmup_steps,
                  "consistency": rdrop_consistency, "fused_linear": rdrop_fused_linear,
-                 "chunk_size": rdrop_chunk_size, "noise": rdrop_noise}
+                 "chunk_size": rdrop_chunk_size, "noise": rdrop_noise,
+                 "start_step": rdrop_start_step,
+                 "second_pass_fraction": rdrop_second_pass_fraction}
         # The constructor wins over the arguments dataclass (checked at its construction),
         # which wins over the defaults: only the constructor's values are checked here.
         options = {key: value if value is not None
@@ -76,7 +81,11 @@ class RDropTrainerMixin:
         for key, value in options.items():
             setattr(self, f"rdrop_{key}", value)
         self.rdrop_alpha = float(self.rdrop_alpha)
+        self.rdrop_second_pass_fraction = float(self.rdrop_second_pass_fraction)
         owner = type(self).__name__
+        if self._rdrop_auto_start() is not None:
+            check_auto_start(self.args, self.rdrop_start_step, owner)
+        self._rdrop_num_items_in_subset: Tensor | None = None
         if self.compute_loss_func is not None:
             raise ValueError(
                 f"{owner} computes the R-Drop loss itself; it cannot be combined with "
@@ -116,7 +125,9 @@ class RDropTrainerMixin:
                 self.model, is_language_model=self._is_language_model(self.model),
                 sharded=bool((getattr(self, "is_fsdp_enabled", False)
                               and not getattr(self.accelerator, "is_fsdp2", False))
-                             or getattr(plugin, "zero_stage", 0) == 3))
+                             or getattr(plugin, "zero_stage", 0) == 3),
+                compiled=bool(getattr(self.args, "torch_compile", False)
+                              or hasattr(self.model, "_orig_mod")))
         self._rdrop_first_step_checked = False  # model checks that run at the first step
         self._rdrop_window = PartsWindow()
 
@@ -141,6 +152,7 @@ class RDropTrainerMixin:
         batches, num_items = super().get_batch_samples(  # type: ignore[misc]
             epoch_iterator, num_batches, device
         )
+        self._rdrop_num_items_in_subset = None
         if batches and "labels" in batches[0]:
             shift = self._shifts_labels(self.accelerator.unwrap_model(self.model))
             labels = batches[0]["labels"]
@@ -152,6 +164,15 @@ class RDropTrainerMixin:
                     num_items = num_items.to(device)
                     if self.args.average_tokens_across_devices and self.args.world_size > 1:
                         num_items = self.accelerator.gather(num_items).sum()
+            if num_items is not None and self.rdrop_second_pass_fraction < 1.0:
+                # N_S of rdrop.subset: the counted labels of each micro-batch's subset rows,
+                # over the whole accumulated (and, as num_items, global) batch.
+                subset = count_items(batches, shift, fraction=self.rdrop_second_pass_fraction)
+                if subset is not None:
+                    subset = subset.to(device)
+                    if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                        subset = self.accelerator.gather(subset).sum()
+                self._rdrop_num_items_in_subset = subset
         return batches, num_items
 
     def _loss_scale(self) -> int:
@@ -218,17 +239,17 @@ class RDropTrainerMixin:
         if not self._rdrop_first_step_checked:
             check_checkpointing_model(unwrapped, owner)
 
-        schedule = rdrop_step(self.state.global_step, alpha=self.rdrop_alpha,
-                              every_k_steps=self.rdrop_every_k_steps,
-                              alpha_warmup_steps=self.rdrop_alpha_warmup_steps)
+        schedule = self._rdrop_schedule()
         step, call = self._rdrop_training_step(model, unwrapped, inputs, labels, shift_labels,
                                                owner)
         plan = step.plan(schedule)
         m = plan.passes
         # One forward over m copies (rdrop.batching's rule: dim 0, or the tokens of a pack, with
         # cu_seq_lens_q/k offset and seq_idx renumbered), by rdrop.step like every entry point.
+        subset = self._rdrop_num_items_in_subset if num_items_in_batch is not None else None
         result = step.run(call, (), inputs, labels, plan,
-                          num_items_in_batch=first_count(num_items_in_batch), module=unwrapped)
+                          num_items_in_batch=first_count(num_items_in_batch),
+                          num_items_in_subset=first_count(subset), module=unwrapped)
         out, passes, target = result.out, result.passes, result.target
         self._rdrop_first_step_checked = True
         scale = self._loss_scale() if num_items_in_batch is not None else 1
@@ -243,6 +264,29 @@ class RDropTrainerMixin:
         if not return_outputs:
             return loss
         return loss, result.first_output()
+
+    def _rdrop_auto_start(self) -> RDropAutoStartCallback | None:
+        """The automatic-start callback among the trainer's callbacks (looked up at every step:
+        resuming from a checkpoint replaces the callback object)."""
+        handler = getattr(self, "callback_handler", None)
+        for callback in getattr(handler, "callbacks", ()):
+            if isinstance(callback, RDropAutoStartCallback):
+                return callback
+        return None
+
+    def _rdrop_schedule(self) -> RDropStep:
+        """:func:`rdrop.schedule.rdrop_step` at ``state.global_step``, from
+        ``rdrop_start_step`` or, with a :class:`RDropAutoStartCallback`, from the step it
+        switched at (plain steps until then)."""
+        start = self.rdrop_start_step
+        auto = self._rdrop_auto_start()
+        if auto is not None:
+            if auto.start_step is None:
+                return RDropStep(active=False, alpha=0.0)
+            start = auto.start_step
+        return rdrop_step(self.state.global_step, alpha=self.rdrop_alpha,
+                          every_k_steps=self.rdrop_every_k_steps,
+                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps, start_step=start)
 
     def _rdrop_training_step(self, model: nn.Module, unwrapped: nn.Module,
                              inputs: dict[str, Any], labels: Tensor,
@@ -283,6 +327,7 @@ class RDropTrainerMixin:
         if self._rdrop_noise is None:  # the model came later (model_init)
             self._rdrop_noise = attach_noise(unwrapped, self.rdrop_noise)
         step = TrainingStep(num_passes=self.rdrop_num_passes, loss=loss, logits_fn=logits_fn,
+                            second_pass_fraction=self.rdrop_second_pass_fraction,
                             check_inputs=False, check_batch=check_batch,
                             pass_context=self._rdrop_noise.pass_context,
                             align=lambda p, t: align(p, t, shift_labels, shift))
@@ -338,6 +383,16 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
             instead of ``neftune_noise_alpha``, which is refused beside it), ``"dropout:0.1"``
             (the model's dropout slots switched on), ``"lora:0.1"`` (PEFT LoRA dropout).
             Training passes only: evaluation and generation are the plain model's.
+        rdrop_start_step: plain single-pass training before this optimizer step (default 0).
+            For a start chosen on validation, pass ``callbacks=[RDropAutoStartCallback(...)]``
+            (with evaluation on): plain training until ``patience`` evaluations without
+            improvement, R-Drop from the next step on.
+        rdrop_second_pass_fraction: ``r`` in ``(0, 1]`` (default 1.0): the second pass and the
+            consistency term on the first ``ceil(r * B)`` rows of each batch
+            (:func:`rdrop.subset.subset_rdrop_loss`; one forward over ``(1 + r) B`` rows). Its
+            ``N_S`` is counted over the accumulated (and global) batch like
+            ``num_items_in_batch``. Needs 2 passes and the logits path; packed batches are
+            refused.
 
     Logs ``task_loss``, ``consistency_loss`` and ``task_loss_per_pass`` next to ``loss``
     (``loss = task_loss + alpha * consistency_loss`` on R-Drop steps; ``task_loss`` sums the
