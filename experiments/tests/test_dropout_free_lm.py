@@ -10,6 +10,7 @@ from rdrop_experiments.config import apply_overrides
 from rdrop_experiments.frontier import arm_name
 from rdrop_experiments.models.causal_lm import CausalTransformerLM
 from rdrop_experiments.training import make_step
+from rdrop_experiments.verdict import build_verdicts, verdict_line
 
 
 def lm() -> CausalTransformerLM:
@@ -45,3 +46,10 @@ def test_quick_run_names_four_arms_of_two_points(tmp_path):
         arms[arm_name(r)] = arms.get(arm_name(r), 0) + 1
     assert arms == {"baseline": 2, "baseline+embedding": 2, "rdrop+embedding": 2,
                     "rdrop+dropout": 2}
+    (verdict,) = build_verdicts(recs)
+    assert {c.name for c in verdict.comparisons} == {
+        f"{arm} - baseline, {kind}" for arm in ("baseline+embedding", "rdrop+embedding",
+                                                 "rdrop+dropout")
+        for kind in ("best", "equal compute")} | {"rdrop+embedding - baseline+embedding, best"}
+    line = verdict_line(verdict)
+    assert "R-Drop+dropout (" in line and "R-Drop+embedding (" in line

@@ -136,12 +136,31 @@ def test_multilabel_head_trains_on_the_bernoulli_consistency(tmp_path):
     assert len(logs) == 2 and all(h["consistency_loss"] > 0 for h in logs)
 
 
-def test_trl_config_takes_rdrop_noise_and_refuses_it_beside_neftune(tmp_path):
+def test_trl_packed_sft_with_embedding_noise_and_neftune_refused(tmp_path):
+    """TRL SFT with packing (padding-free rows, copies laid along the tokens) on a dropout-free
+    Llama: with rdrop_noise the two copies differ (consistency > 0); SFTConfig's own
+    neftune_noise_alpha beside it is refused; a bad option names rdrop_noise."""
     pytest.importorskip("trl")
-    from rdrop.integrations.trl import RDropSFTConfig
+    datasets = pytest.importorskip("datasets")
+    from tiny_models import sft_texts, tiny_tokenizer
 
-    args = RDropSFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none",
-                          rdrop_noise="embedding:5")
-    assert args.rdrop_noise == "embedding:5"
+    from rdrop.integrations.trl import RDropSFTConfig, RDropSFTTrainer
+
+    def config(**kw):
+        return RDropSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                              save_strategy="no", logging_steps=1, per_device_train_batch_size=4,
+                              disable_tqdm=True, seed=0, bf16=False, max_steps=1,
+                              dataset_num_proc=None, packing=True, max_length=24, **kw)
+
+    ds = datasets.Dataset.from_dict({"text": sft_texts(8)})
+    trainer = RDropSFTTrainer(model=tiny_llama(dropout=0.0), args=config(
+        rdrop_noise="embedding:5"), train_dataset=ds, processing_class=tiny_tokenizer())
+    trainer.train()
+    (log,) = [h for h in trainer.state.log_history if "loss" in h]
+    assert log["consistency_loss"] > 0
+    with pytest.raises(ValueError, match="would both add noise"):
+        RDropSFTTrainer(model=tiny_llama(dropout=0.0), args=config(
+            rdrop_noise="embedding:5", neftune_noise_alpha=5.0), train_dataset=ds,
+            processing_class=tiny_tokenizer())
     with pytest.raises(ValueError, match=r"rdrop_noise kind must be one of"):
-        RDropSFTConfig(output_dir=str(tmp_path), use_cpu=True, rdrop_noise="gauss")
+        config(rdrop_noise="gauss")

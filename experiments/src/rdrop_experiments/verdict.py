@@ -253,24 +253,31 @@ def _p(x: float) -> str:
 
 
 def verdict_line(v: FamilyVerdict) -> str:
-    """One sentence per family: best-quality and equal-compute change, compute to the best."""
+    """One sentence per family: best-quality and equal-compute change, compute to the best, of
+    R-Drop (or, in a family whose R-Drop arms name their noise source, of each of them)."""
     cmp = {c.name: c for c in v.comparisons}
-    best = cmp.get("rdrop - baseline, best")
-    equal = cmp.get("rdrop - baseline, equal compute")
-    if best is None:
+    arms = ["rdrop"] if "rdrop" in v.arms else [m for m in v.arms if m.startswith("rdrop+")]
+    clauses = []
+    for arm in arms:
+        best = cmp.get(f"{arm} - baseline, best")
+        equal = cmp.get(f"{arm} - baseline, equal compute")
+        if best is None:
+            continue
+        d = best.diff
+        name = "R-Drop" if arm == "rdrop" else f"R-Drop{arm[len('rdrop'):]}"
+        text = (f"{name} ({v.arms[arm].chosen}, chosen on validation) changes the best test "
+                f"{v.metric} by {_f(d.mean)} [{_f(d.low)}, {_f(d.high)}] (Holm p "
+                f"{_p(best.p_holm)}, {d.n} seeds) and needs {_v(v.compute_to_best[arm])}x the "
+                "baseline's compute (forward+backward equivalents) to reach its best")
+        if equal is not None:
+            e = equal.diff
+            text += (f"; at the baseline's compute it is {_f(e.mean)} [{_f(e.low)}, "
+                     f"{_f(e.high)}] (Holm p {_p(equal.p_holm)})")
+        clauses.append(text)
+    if not clauses:
         return f"{v.experiment}: R-Drop not run."
-    d = best.diff
-    point = v.arms["rdrop"].chosen
-    text = (f"{v.experiment}: R-Drop ({point}, chosen on validation) changes the best test "
-            f"{v.metric} by {_f(d.mean)} [{_f(d.low)}, {_f(d.high)}] (Holm p {_p(best.p_holm)}, "
-            f"{d.n} seeds) and needs {_v(v.compute_to_best['rdrop'])}x the baseline's compute "
-            f"(forward+backward equivalents) to reach its best")
-    if equal is not None:
-        e = equal.diff
-        text += (f"; at the baseline's compute it is {_f(e.mean)} [{_f(e.low)}, {_f(e.high)}] "
-                 f"(Holm p {_p(equal.p_holm)})")
     direction = "higher" if v.higher_is_better else "lower"
-    return text + f" ({direction} is better)."
+    return f"{v.experiment}: " + "; ".join(clauses) + f" ({direction} is better)."
 
 
 def _rows(v: FamilyVerdict) -> list[dict[str, Any]]:
