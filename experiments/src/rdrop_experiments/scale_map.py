@@ -234,11 +234,28 @@ def map_markdown(cells: Sequence[MapCell]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot_family(family: str, cells: Sequence[MapCell], path: Path) -> None:
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Lay out, write (creating the folder) and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_family(family: str, cells: Sequence[MapCell], path: Path) -> None:
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     by_model: dict[str, list[MapCell]] = defaultdict(list)
@@ -266,20 +283,14 @@ def _plot_family(family: str, cells: Sequence[MapCell], path: Path) -> None:
         ax.set_title(f"{family}: {title} (95% CI)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_baseline_curves(family: str, cells: Sequence[MapCell],
                           records: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """The chosen baseline's validation metric against epochs, relative to its best, one line
     per seed and a colour per cell: the evidence that each baseline passed its optimum."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from rdrop_experiments.verdict import build_verdicts
     from rdrop_experiments.verdict import field as rfield
@@ -302,17 +313,11 @@ def _plot_baseline_curves(family: str, cells: Sequence[MapCell],
     ax.set_title(f"{family}: did the tuned baseline pass its optimum?", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_gap(cells: Sequence[MapCell], path: Path, line: tuple[float, float] | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for family in sorted({c.family for c in cells}):
@@ -331,10 +336,7 @@ def _plot_gap(cells: Sequence[MapCell], path: Path, line: tuple[float, float] | 
     ax.set_title("R-Drop's gain against the baseline's overfitting (every cell)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_map(root: str | Path = "results", out: str | Path | None = None, *,
