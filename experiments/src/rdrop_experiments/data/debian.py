@@ -28,11 +28,14 @@ from rdrop_experiments.data.common import cache_dir  # re-exported: its old home
 
 __all__ = [
     "APT_LISTS_DIR",
+    "TEXT_FIELDS",
     "DebianPackage",
     "cache_dir",
+    "check_text_field",
     "iter_stanzas",
     "list_files",
     "load_debian_descriptions",
+    "package_text",
     "read_list_file",
     "snapshot_info",
 ]
@@ -215,3 +218,31 @@ def load_debian_descriptions(
         tmp.write_text(json.dumps({"meta": meta, "packages": [asdict(p) for p in result]}))
         os.replace(tmp, cache)
     return result, meta
+
+
+TEXT_FIELDS = ("synopsis", "long", "synopsis+long")
+
+
+def check_text_field(text_field: str) -> None:
+    """Raise ``ValueError`` unless ``text_field`` is one of :data:`TEXT_FIELDS`."""
+    if text_field not in TEXT_FIELDS:
+        raise ValueError(f"text_field must be synopsis, long or synopsis+long, got {text_field!r}.")
+
+
+def package_text(package: DebianPackage, text_field: str) -> str:
+    """A package's text for a classifier: its ``synopsis``, its ``long`` description (the
+    synopsis when it has none), or ``synopsis+long`` (``"<synopsis>. <long>"``); ``text_field``
+    checked by :func:`check_text_field`.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> p = SimpleNamespace(synopsis="a tool", long="It does things.")
+        >>> package_text(p, "synopsis+long"), package_text(SimpleNamespace(synopsis="s", long=""),
+        ...                                                  "long")
+        ('a tool. It does things.', 's')
+    """
+    if text_field == "synopsis":
+        return package.synopsis
+    if text_field == "long":
+        return package.long or package.synopsis
+    return f"{package.synopsis}. {package.long}".strip()

@@ -90,11 +90,15 @@ def load_debtags(
         FileNotFoundError: no apt lists with English descriptions.
         ValueError: bad ``text_field``, ``num_tags < 1``, or no tagged package found.
     """
-    from rdrop_experiments.data.debian import APT_LISTS_DIR, load_debian_descriptions
+    from rdrop_experiments.data.debian import (
+        APT_LISTS_DIR,
+        check_text_field,
+        load_debian_descriptions,
+        package_text,
+    )
     from rdrop_experiments.data.text_classification import hash_split
 
-    if text_field not in ("synopsis", "long", "synopsis+long"):
-        raise ValueError(f"text_field must be synopsis, long or synopsis+long, got {text_field!r}.")
+    check_text_field(text_field)
     if num_tags < 1:
         raise ValueError(f"num_tags must be >= 1, got {num_tags}.")
     lists_dir = lists_dir or APT_LISTS_DIR
@@ -104,17 +108,10 @@ def load_debtags(
         raise ValueError(f"no package in the Packages lists of {lists_dir} carries a Tag: field "
                          "(debtags); a Debian main suite has about 30k tagged packages.")
 
-    def text_of(p: Any) -> str:
-        if text_field == "synopsis":
-            return p.synopsis
-        if text_field == "long":
-            return p.long or p.synopsis
-        return f"{p.synopsis}. {p.long}".strip()
-
     seen: set[str] = set()
     rows = []
     for p in packages:  # identical texts (arch variants, transitional copies) count once
-        t = text_of(p)
+        t = package_text(p, text_field)
         if t and t not in seen and p.package in tags:
             seen.add(t)
             rows.append((p, t, tags[p.package]))

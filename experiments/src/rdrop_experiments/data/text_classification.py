@@ -97,23 +97,20 @@ def load_debian_sections(
         FileNotFoundError: no apt lists with English descriptions.
         ValueError: bad ``text_field`` or unknown section names.
     """
-    from rdrop_experiments.data.debian import APT_LISTS_DIR, load_debian_descriptions
+    from rdrop_experiments.data.debian import (
+        APT_LISTS_DIR,
+        check_text_field,
+        load_debian_descriptions,
+        package_text,
+    )
 
-    if text_field not in ("synopsis", "long", "synopsis+long"):
-        raise ValueError(f"text_field must be synopsis, long or synopsis+long, got {text_field!r}.")
+    check_text_field(text_field)
     packages, meta = load_debian_descriptions(lists_dir or APT_LISTS_DIR)
-
-    def text_of(p: Any) -> str:
-        if text_field == "synopsis":
-            return p.synopsis
-        if text_field == "long":
-            return p.long or p.synopsis
-        return f"{p.synopsis}. {p.long}".strip()
 
     seen: set[str] = set()
     rows = []
     for p in packages:  # identical texts (arch variants, transitional copies) count once
-        t = text_of(p)
+        t = package_text(p, text_field)
         if t and t not in seen:
             seen.add(t)
             rows.append((p, t))

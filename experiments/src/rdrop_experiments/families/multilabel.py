@@ -10,7 +10,6 @@ metric that selects the checkpoint) and macro-F1 at a 0.5 sigmoid threshold.
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,11 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rdrop_experiments.config import CommonConfig, ConfigError, apply_overrides, check_rates
-from rdrop_experiments.families.text_classification import (
-    SentenceClassifier,
-    minilm_path,
-    pretrained_encoder,
-)
+from rdrop_experiments.families.text_classification import encoder_classifier, minilm_path
 from rdrop_experiments.protocol import protocol_grid, train_until_patience
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.training import (
@@ -197,13 +192,7 @@ def run_multilabel(cfg: MultiLabelConfig, ctx: ArmRun) -> RunResult:
     n_probe = min(len(y), 128)  # fixed training slice for the curves
     ctx.record_data(splits)
     generator = seed_everything(ctx.seed)
-    encoder = copy.deepcopy(pretrained_encoder(model_path, cfg.dropout))
-    if cfg.encoder_layers:
-        encoder.encoder.layer = encoder.encoder.layer[: cfg.encoder_layers]
-    if cfg.freeze_embeddings:
-        encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-    model = SentenceClassifier(encoder, encoder.config.hidden_size, len(data.labels),
-                               pooling=cfg.pooling, head_dropout=cfg.head_dropout).to(device)
+    model = encoder_classifier(cfg, model_path, len(data.labels)).to(device)
     step_fn = make_step(model, cfg, ctx.method)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -30,8 +30,8 @@ from rdrop_experiments.training import (
     seed_everything,
 )
 
-__all__ = ["SentenceClassifier", "TextConfig", "macro_f1", "minilm_path", "pretrained_encoder",
-           "run_text"]
+__all__ = ["SentenceClassifier", "TextConfig", "encoder_classifier", "macro_f1", "minilm_path",
+           "pretrained_encoder", "run_text"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,20 @@ def pretrained_encoder(model_path: str, dropout: float) -> nn.Module:
 
 
 @torch.no_grad()
+def encoder_classifier(cfg: Any, model_path: str, num_outputs: int) -> SentenceClassifier:
+    """A fresh copy of the pretrained encoder (the config's ``dropout``, the first
+    ``encoder_layers`` layers when set, word embeddings frozen with ``freeze_embeddings``) under
+    a new head of ``num_outputs`` (``pooling``, ``head_dropout``): the model of every
+    encoder-fine-tuning family."""
+    encoder = copy.deepcopy(pretrained_encoder(model_path, cfg.dropout))
+    if cfg.encoder_layers:
+        encoder.encoder.layer = encoder.encoder.layer[: cfg.encoder_layers]
+    if cfg.freeze_embeddings:
+        encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    return SentenceClassifier(encoder, encoder.config.hidden_size, num_outputs,
+                              pooling=cfg.pooling, head_dropout=cfg.head_dropout)
+
+
 def _evaluate(model: nn.Module, split: tuple[Tensor, Tensor, Tensor], batch_size: int,
               num_classes: int) -> dict[str, float]:
     model.eval()
@@ -219,13 +233,7 @@ def run_text(cfg: TextConfig, ctx: ArmRun) -> RunResult:
     n_probe = min(len(y), 128)  # fixed training slice for the curves
     ctx.record_data(splits)
     generator = seed_everything(ctx.seed)
-    encoder = copy.deepcopy(pretrained_encoder(model_path, cfg.dropout))
-    if cfg.encoder_layers:
-        encoder.encoder.layer = encoder.encoder.layer[: cfg.encoder_layers]
-    if cfg.freeze_embeddings:
-        encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-    model = SentenceClassifier(encoder, encoder.config.hidden_size, num_classes,
-                               pooling=cfg.pooling, head_dropout=cfg.head_dropout).to(device)
+    model = encoder_classifier(cfg, model_path, num_classes).to(device)
     step_fn = make_step(model, cfg, ctx.method)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
