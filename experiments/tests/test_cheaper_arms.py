@@ -101,3 +101,34 @@ def test_quick_language_modeling_run_of_a_combined_arm(tmp_path):
     assert rec["config"]["second_pass_fraction"] == 0.5
     assert math.isfinite(rec["value"])
     assert replace(exp.config, seeds=1).second_pass_fraction == 1.0  # the family's default
+
+
+@pytest.mark.parametrize(("family", "alpha", "auto_alphas"), [
+    ("language-modeling", 2.0, (0.5, 2.0)), ("image", 1.0, (0.3, 1.0)),
+    ("text-classification", 1.0, (0.3, 1.0)), ("translation", 3.0, (0.5, 3.0))])
+def test_each_registered_family_carries_the_ten_cheaper_arms_at_its_chosen_alpha(
+        family, alpha, auto_alphas):
+    from rdrop_experiments.frontier import arm_name
+    from rdrop_experiments.registry import get_experiment
+
+    cheaper = [s for s in get_experiment(family).grid
+               if "second_pass_fraction" in s or "auto_start_patience" in s]
+    arms = {}
+    for s in cheaper:
+        name = arm_name({"method": s["methods"][0], "config": s})
+        arms.setdefault(name, []).append(s)
+    assert sorted(arms) == ["rdrop+auto_start", "rdrop+auto_start+fraction", "rdrop+fraction",
+                            "rdrop_stop_gradient+auto_start+fraction",
+                            "rdrop_stop_gradient+fraction"]
+    assert all(len(points) == 2 for points in arms.values())  # the baseline's grid size
+    assert tuple(s["alpha"] for s in arms["rdrop+auto_start"]) == auto_alphas
+    assert {s["alpha"] for n, p in arms.items() if n != "rdrop+auto_start" for s in p} == {alpha}
+    assert [s["second_pass_fraction"] for s in arms["rdrop+fraction"]] == [0.25, 0.5]
+
+
+def test_the_unrun_full_translation_cell_keeps_only_its_registered_protocol_grid():
+    from rdrop_experiments.registry import get_experiment
+
+    grid = get_experiment("translation-full").grid
+    assert not any("second_pass_fraction" in s or "auto_start_patience" in s for s in grid)
+    assert len(grid) == 5

@@ -36,7 +36,7 @@ from torch import nn
 from rdrop.schedule import rdrop_step
 from rdrop_experiments.compute import ComputeMeter, step_passes_of
 
-__all__ = ["ProtocolOutcome", "is_better", "passed_optimum", "protocol_grid",
+__all__ = ["ProtocolOutcome", "cheaper_grid", "is_better", "passed_optimum", "protocol_grid",
            "quality_at_compute", "step_cost", "stopping_schedule", "train_until_patience"]
 
 TWO_PASS_METHODS = ("rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
@@ -426,4 +426,46 @@ def protocol_grid(
         *({"methods": ("rdrop",), "alpha": a} for a in alpha_grid),
         {"methods": ("rdrop_alpha0",)},
         *({"methods": ("rdrop_stop_gradient",), "alpha": a} for a in stop_gradient_alphas),
+    ]
+
+
+def cheaper_grid(
+    *,
+    alpha: float,
+    alpha_grid: tuple[float, ...],
+    fractions: tuple[float, ...] = (0.25, 0.5),
+    auto_start_patience: int = 2,
+) -> list[dict[str, Any]]:
+    r"""The cheaper-schedule arms of issue 20 as registry grid settings, in the registered order.
+
+    Each arm is a method plus schedule options (:func:`rdrop_experiments.frontier.arm_name`)
+    on a grid of two points, the size of the baseline's: ``rdrop+fraction`` and
+    ``rdrop_stop_gradient+fraction`` at each rate of ``fractions`` (second pass on
+    :math:`\lceil rB \rceil` rows; alpha ``alpha``, full R-Drop's alpha chosen on
+    validation), ``rdrop+auto_start`` at each alpha of ``alpha_grid``
+    (:class:`rdrop.autostart.AutoStart` with ``auto_start_patience``), then
+    ``rdrop+auto_start+fraction`` and ``rdrop_stop_gradient+auto_start+fraction`` at each rate.
+
+    Args:
+        alpha: the consistency weight of the fraction and combined arms.
+        alpha_grid: the two alphas of the automatic-start arm.
+        fractions: the grid of ``second_pass_fraction``.
+        auto_start_patience: evaluations without a better validation value before R-Drop
+            switches on.
+
+    Example:
+        >>> grid = cheaper_grid(alpha=1.0, alpha_grid=(0.3, 1.0))
+        >>> len(grid), grid[0]
+        (10, {'methods': ('rdrop',), 'alpha': 1.0, 'second_pass_fraction': 0.25})
+    """
+    auto = {"auto_start_patience": auto_start_patience}
+    return [
+        *({"methods": ("rdrop",), "alpha": alpha, "second_pass_fraction": r} for r in fractions),
+        *({"methods": ("rdrop_stop_gradient",), "alpha": alpha, "second_pass_fraction": r}
+          for r in fractions),
+        *({"methods": ("rdrop",), "alpha": a, **auto} for a in alpha_grid),
+        *({"methods": ("rdrop",), "alpha": alpha, **auto, "second_pass_fraction": r}
+          for r in fractions),
+        *({"methods": ("rdrop_stop_gradient",), "alpha": alpha, **auto,
+           "second_pass_fraction": r} for r in fractions),
     ]

@@ -27,7 +27,7 @@ from rdrop_experiments.config import (
     check_rates,
     check_vocab_size,
 )
-from rdrop_experiments.protocol import protocol_grid, train_until_patience
+from rdrop_experiments.protocol import cheaper_grid, protocol_grid, train_until_patience
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.training import (
     cycle_batches,
@@ -242,18 +242,8 @@ _QUICK = {"train_tokens": 8000, "valid_blocks": 20, "test_blocks": 20, "eval_eve
 # the fraction arms use alpha 2.0, full R-Drop's alpha chosen on validation.
 AUTO_START_PATIENCE = 2
 FRACTIONS = (0.25, 0.5)
-CHEAPER_GRID: list[dict[str, Any]] = [  # in the registered run order
-    *({"methods": ("rdrop",), "alpha": 2.0, "second_pass_fraction": r} for r in FRACTIONS),
-    *({"methods": ("rdrop_stop_gradient",), "alpha": 2.0, "second_pass_fraction": r}
-      for r in FRACTIONS),
-    *({"methods": ("rdrop",), "alpha": a, "auto_start_patience": AUTO_START_PATIENCE}
-      for a in ALPHA_GRID),
-    *({"methods": ("rdrop",), "alpha": 2.0, "auto_start_patience": AUTO_START_PATIENCE,
-       "second_pass_fraction": r} for r in FRACTIONS),
-    *({"methods": ("rdrop_stop_gradient",), "alpha": 2.0,
-       "auto_start_patience": AUTO_START_PATIENCE, "second_pass_fraction": r}
-      for r in FRACTIONS),
-]
+CHEAPER_GRID = cheaper_grid(alpha=2.0, alpha_grid=ALPHA_GRID, fractions=FRACTIONS,
+                            auto_start_patience=AUTO_START_PATIENCE)
 
 base = register(Experiment(
     name="language-modeling",
