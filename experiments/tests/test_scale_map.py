@@ -204,3 +204,51 @@ def test_two_records_of_one_run_in_a_cell_are_refused(tmp_path):
     (folder / "copy.json").write_text((folder / "r0.json").read_text())
     with pytest.raises(DuplicateRunError, match=r"copy\.json"):
         map_cells(tmp_path)
+
+
+def test_cheaper_settings_take_the_alpha_the_cell_chose_on_validation():
+    from rdrop_experiments.scale import cheaper_settings
+
+    # validation prefers alpha 0.3 (0.82 > 0.79): the fraction arms must use it
+    recs = _cell_records(rdrop_valid=(0.82, 0.79))
+    assert cheaper_settings(recs, "dropout") == [
+        {"methods": ("rdrop",), "alpha": 0.3, "second_pass_fraction": 0.25},
+        {"methods": ("rdrop",), "alpha": 0.3, "second_pass_fraction": 0.5},
+        {"methods": ("rdrop_stop_gradient",), "alpha": 0.3, "second_pass_fraction": 0.25},
+        {"methods": ("rdrop_stop_gradient",), "alpha": 0.3, "second_pass_fraction": 0.5},
+    ]
+    only_baseline = [r for r in recs if r["method"] == "baseline"]
+    with pytest.raises(ValueError, match="run `rdrop scale CELL` first"):
+        cheaper_settings(only_baseline, "dropout")
+
+
+def test_scale_cheaper_on_a_cell_not_yet_run_is_one_clear_line(tmp_path, capsys):
+    from rdrop_experiments.cli import main
+
+    assert main(["scale", "image-500-vit-d32", "--cheaper", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no R-Drop arm yet" in err and err.count("\n") == 1
+
+
+def test_cheaper_arms_in_a_cell_leave_its_map_row_alone_and_get_a_frontier(tmp_path):
+    from rdrop_experiments.scale_map import write_map
+
+    _write_map(tmp_path)
+    before = {c.name: c for c in map_cells(tmp_path)}
+    folder = tmp_path / "scale" / "image-500-vit-d32" / "image"
+    for seed in range(3):
+        for r, valid in ((0.25, 0.80), (0.5, 0.82)):
+            rec = _record("rdrop", seed, value=0.75 + 0.01 * seed, valid=valid,
+                          knob={"alpha": 1.0, "second_pass_fraction": r})
+            rec["config"]["second_pass_fraction"] = r
+            (folder / f"fraction-{r}-{seed}.json").write_text(json.dumps(rec))
+    after = {c.name: c for c in map_cells(tmp_path)}
+    assert after == before  # the row's arms and its Holm p values do not move
+    text = write_map(tmp_path)
+    section = text.split("## Cheaper schedules in scale cells: image-500-vit-d32")[1]
+    assert "image-2000-vit-d32" not in section.split("![")[0]  # no cheaper arms there
+    # r = 0.5 chosen on validation (0.82 > 0.80): 75/76/77%, +5 points over the baseline
+    # (70/71/72%) in every seed
+    assert "| rdrop+fraction | alpha=1.0,second_pass_fraction=0.5 | 76.00 [" in section
+    assert "| +5.00 [+5.00, +5.00], <0.001 |" in section
+    assert (tmp_path / "plots" / "frontier-image-500-vit-d32.png").stat().st_size > 1000

@@ -90,7 +90,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:
-    from rdrop_experiments.scale import CELLS, get_cell, run_cell
+    from rdrop_experiments.scale import CELLS, get_cell, run_cell, run_cheaper
 
     if args.list or not (args.cells or args.all):
         for cell in CELLS:
@@ -98,7 +98,14 @@ def _cmd_scale(args: argparse.Namespace) -> int:
         return 0
     cells = list(CELLS) if args.all else [get_cell(n) for n in args.cells]
     for cell in cells:
-        run_cell(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run)
+        if args.cheaper:
+            try:
+                run_cheaper(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run)
+            except ValueError as exc:
+                print(f"rdrop scale {cell.name} --cheaper: {exc}", file=sys.stderr)
+                return 2
+        else:
+            run_cell(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run)
     return 0
 
 
@@ -186,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_sc.add_argument("--all", action="store_true", help="every registered cell, in order")
     p_sc.add_argument("--list", action="store_true", help="list the cells and exit")
     p_sc.add_argument("--out", default="results/scale", help="root folder (default results/scale)")
+    p_sc.add_argument("--cheaper", action="store_true",
+                      help="in finished cells, the fraction arms of issue 20 at the cell's "
+                           "chosen alpha (docs/EXPERIMENTS.md)")
     p_sc.add_argument("--dry-run", action="store_true", help="plan the first grid only")
     p_sc.add_argument("--no-progress", action="store_true", help="no progress bars")
     p_sc.set_defaults(func=_cmd_scale)

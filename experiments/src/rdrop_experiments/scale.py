@@ -30,7 +30,8 @@ from typing import Any
 
 from rdrop_experiments.frontier import SCHEDULE_TAGS
 
-__all__ = ["CELLS", "STOPPING", "Cell", "edge_state", "extension", "get_cell", "run_cell"]
+__all__ = ["CELLS", "STOPPING", "Cell", "cheaper_settings", "edge_state", "extension", "get_cell",
+           "run_cell", "run_cheaper"]
 
 DROPOUT_STEP = 0.1
 DROPOUT_MAX = 0.7
@@ -220,3 +221,57 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
             added = True
         if not added:
             return records
+
+
+def cheaper_settings(records: Sequence[dict[str, Any]], dropout_key: str,
+                     fractions: tuple[float, ...] = (0.25, 0.5)) -> list[dict[str, Any]]:
+    """The fraction arms of issue 20 for a finished cell: ``rdrop+fraction`` and
+    ``rdrop_stop_gradient+fraction`` at each rate of ``fractions``, at the cell's R-Drop alpha
+    chosen on validation (docs/EXPERIMENTS.md, "Cheaper schedules at a larger cell").
+
+    Args:
+        records: the cell's records (its R-Drop arm among them).
+        dropout_key: the config field of the baseline's dropout grid.
+        fractions: the grid of ``second_pass_fraction``.
+
+    Raises:
+        ValueError: the records hold no R-Drop arm to take the alpha from.
+
+    Example:
+        >>> try:
+        ...     cheaper_settings([], "dropout")
+        ... except ValueError as exc:
+        ...     print(str(exc).split(";")[0])
+        the cell has no R-Drop arm yet: run `rdrop scale CELL` first
+    """
+    from rdrop_experiments.protocol import cheaper_grid
+
+    state = edge_state(records, dropout_key)
+    if "rdrop" not in state:
+        raise ValueError("the cell has no R-Drop arm yet: run `rdrop scale CELL` first; the "
+                         "cheaper arms take its alpha chosen on validation.")
+    alpha = state["rdrop"]["chosen"]
+    return [s for s in cheaper_grid(alpha=alpha, alpha_grid=(alpha,), fractions=fractions)
+            if "auto_start_patience" not in s]
+
+
+def run_cheaper(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
+                dry_run: bool = False) -> list[dict[str, Any]]:
+    """Run (or resume) the fraction arms of :func:`cheaper_settings` in a finished ``cell``,
+    under the cell's overrides, into the cell's folder.
+
+    Raises:
+        ValueError: the cell has not been run (no R-Drop arm in its folder).
+    """
+    from rdrop_experiments.registry import get_experiment
+    from rdrop_experiments.runner import run_experiment
+    from rdrop_experiments.storage import load_results
+
+    family = get_experiment(cell.family)
+    out = Path(root) / cell.name
+    records = load_results(out) if out.is_dir() else []
+    grid = cheaper_settings(records, _dropout_key([dict(s) for s in family.grid]))
+    print(f"{cell.name}: the fraction arms at alpha={grid[0]['alpha']:g} (the cell's choice on "
+          f"validation), {len(grid)} settings x {cell.seeds} seeds")
+    return run_experiment(cell.family, cell.config_overrides(), out=out, progress=progress,
+                          dry_run=dry_run, experiment=replace(family, grid=grid))

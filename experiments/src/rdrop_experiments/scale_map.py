@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,12 +192,42 @@ def _cells_and_records(
             recs = load_results(folder)
             check_one_record_per_run(recs, where=str(folder))
             model = folder.name.rsplit("-", 1)[-1]
-            cell = cell_from_records(recs, name=folder.name, source="scale", model=model)
+            # the map row keeps the cell's registered comparisons: arms with a schedule option
+            # (issue 20's cheaper arms) are read in their own frontier table
+            cell = cell_from_records(_unscheduled(recs), name=folder.name, source="scale",
+                                     model=model)
             if cell is not None:
                 cells.append(cell)
                 by_cell[folder.name] = recs
     cells.sort(key=lambda c: (c.family, c.source != "scale", c.model, c.size))
     return cells, by_cell
+
+
+def _unscheduled(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    from rdrop_experiments.frontier import arm_name
+
+    return [r for r in records if arm_name(r) == r["method"]]
+
+
+def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
+                     plots: Path | None = None) -> str:
+    """The frontier table of each scale cell that holds arms with a schedule option (issue 20's
+    cheaper arms), every arm of the cell chosen on validation, Holm over that table ('' when
+    no cell has such arms); with ``plots``, ``frontier-<cell>.png`` there."""
+    from rdrop_experiments.frontier import frontier_markdown, plot_frontier
+    from rdrop_experiments.verdict import build_verdicts
+
+    text = ""
+    for name, recs in sorted(by_cell.items()):
+        if len(_unscheduled(recs)) == len(recs):
+            continue
+        verdicts = build_verdicts(recs)
+        text += (f"\n## Cheaper schedules in scale cells: {name}\n\n"
+                 + frontier_markdown(verdicts).replace("### ", "#### ", 1))
+        if plots is not None and verdicts:
+            plot_frontier(verdicts[0], plots / f"frontier-{name}.png")
+            text += f"\n![{name} frontier](../plots/frontier-{name}.png)\n"
+    return text
 
 
 def _f(x: float, digits: int = 2) -> str:
@@ -372,6 +402,7 @@ def write_map(root: str | Path = "results", out: str | Path | None = None, *,
         _plot_gap(cells, out / "plots" / "scale-gap.png",
                   (predictor.a, predictor.b) if predictor else None)
         text += "\n![gain against overfitting](../plots/scale-gap.png)\n"
+    text += cheaper_markdown(by_cell, out / "plots" if plots else None)
     (out / "scale" / "map.md").write_text(text)
     rows = [{k: (";".join(v) if isinstance(v, list) else v) for k, v in asdict(c).items()}
             for c in cells]
