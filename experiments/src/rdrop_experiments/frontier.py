@@ -303,10 +303,11 @@ def _p(x: float) -> str:
     return "n/a" if not math.isfinite(x) else (f"{x:.3f}" if x >= 0.001 else "<0.001")
 
 
-def frontier_markdown(verdicts: Sequence[Any]) -> str:
-    """Per family: the frontier table, the recommendation and the plot's link."""
-    lines = ["### Quality/compute frontier (fb_equivalents; each arm at its point chosen on "
-             "validation)", "",
+def frontier_markdown(verdicts: Sequence[Any], *, level: int = 3) -> str:
+    """Per family: the frontier table, the recommendation and the plot's link, under a
+    heading of markdown ``level``."""
+    lines = [f"{'#' * level} Quality/compute frontier (fb_equivalents; each arm at its point "
+             "chosen on validation)", "",
              "Compute in forward+backward equivalents (a forward without backward = the "
              "measured ratio f). Ratios are per seed over the baseline's compute to its best "
              "(geometric mean [95% CI]); quality at the baseline's compute is arm - baseline "

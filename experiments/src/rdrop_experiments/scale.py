@@ -269,8 +269,7 @@ def run_cheaper(cell: Cell, root: str | Path = "results/scale", *, progress: boo
 
     family = get_experiment(cell.family)
     out = Path(root) / cell.name
-    records = load_results(out) if out.is_dir() else []
-    grid = cheaper_settings(records, _dropout_key([dict(s) for s in family.grid]))
+    grid = cheaper_settings(load_results(out), _dropout_key(family.grid))
     print(f"{cell.name}: the fraction arms at alpha={grid[0]['alpha']:g} (the cell's choice on "
           f"validation), {len(grid)} settings x {cell.seeds} seeds")
     return run_experiment(cell.family, cell.config_overrides(), out=out, progress=progress,

@@ -140,7 +140,7 @@ def cell_from_records(records: Sequence[dict[str, Any]], *, name: str, source: s
     try:
         from rdrop_experiments.registry import get_experiment
 
-        key = _dropout_key([dict(s) for s in get_experiment(v.experiment).grid])
+        key = _dropout_key(get_experiment(v.experiment).grid)
         state = edge_state(records, key)
         edges = [f"{m} {s['knob']}={s['chosen']:g}" for m, s in state.items() if s["at_edge"]]
     except (ValueError, KeyError):
@@ -223,7 +223,7 @@ def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
             continue
         verdicts = build_verdicts(recs)
         text += (f"\n## Cheaper schedules in scale cells: {name}\n\n"
-                 + frontier_markdown(verdicts).replace("### ", "#### ", 1))
+                 + frontier_markdown(verdicts, level=4))
         if plots is not None and verdicts:
             plot_frontier(verdicts[0], plots / f"frontier-{name}.png")
             text += f"\n![{name} frontier](../plots/frontier-{name}.png)\n"
