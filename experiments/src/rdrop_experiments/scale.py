@@ -51,6 +51,8 @@ STOPPING: dict[str, dict[str, Any]] = {
     "text-classification": {"eval_every_epochs": 1.0, "patience_epochs": 3.0,
                             "stop_margin": 0.005, "max_sample_pass_epochs": 40.0,
                             "max_steps": 1_000_000},
+    "summarization": {"eval_every_epochs": 1.0, "patience_epochs": 3.0, "stop_margin": 0.005,
+                      "max_sample_pass_epochs": 64.0, "max_steps": 1_000_000},
 }
 
 D64 = {"dim": 64, "ffn": 128, "heads": 2}
@@ -101,6 +103,14 @@ CELLS: tuple[Cell, ...] = (
     Cell("image", 500, "vit-d32", 5),
     Cell("image", 2000, "vit-d32", 3),
     Cell("image", 8000, "vit-d32", 3),
+    # registered 2026-12-04 (docs/EXPERIMENTS.md, "Scale map: text classification and
+    # summarization axes"), before any of their runs
+    Cell("text-classification", 240, "minilm-l2", 5),
+    Cell("text-classification", 1000, "minilm-l2", 3),
+    Cell("text-classification", 4000, "minilm-l2", 3),
+    Cell("summarization", 1500, "d64", 5),
+    Cell("summarization", 6000, "d64", 3),
+    Cell("summarization", 24000, "d64", 3),
 )
 
 
