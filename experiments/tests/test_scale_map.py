@@ -37,9 +37,11 @@ def _record(method, seed, *, value, valid, knob, train_loss=1.0, valid_loss=1.5,
 
 
 def _cell_records(*, base_valid=(0.80, 0.78), rdrop_valid=(0.79, 0.81), gain=0.02,
-                  stop="patience", size=500):
+                  stop="patience", size=500, seeds=3):
+    """Every run of a cell's first grid: baseline 0.1/0.3, alpha 0.3/1.0, `rdrop_alpha0`."""
     recs = []
-    for seed in range(3):
+    for seed in range(seeds):
+        recs.append(_record("rdrop_alpha0", seed, value=0.70, valid=0.75, knob={}, size=size))
         for p, v in zip((0.1, 0.3), base_valid, strict=True):
             recs.append(_record("baseline", seed, value=0.70 + 0.01 * seed, valid=v,
                                 knob={"dropout": p}, stop=stop, size=size))
@@ -128,10 +130,10 @@ def test_fit_line_and_the_leave_one_family_out_check_by_hand():
 
 
 def _write_map(tmp_path):
-    for name, gain in (("image-500-vit-d32", 0.03), ("image-2000-vit-d32", 0.0)):
+    for name, gain, seeds in (("image-500-vit-d32", 0.03, 5), ("image-2000-vit-d32", 0.0, 3)):
         folder = tmp_path / "scale" / name / "image"
         folder.mkdir(parents=True)
-        for i, rec in enumerate(_cell_records(gain=gain)):
+        for i, rec in enumerate(_cell_records(gain=gain, seeds=seeds)):
             (folder / f"r{i}.json").write_text(json.dumps(rec))
 
 
@@ -252,3 +254,57 @@ def test_cheaper_arms_in_a_cell_leave_its_map_row_alone_and_get_a_frontier(tmp_p
     assert "| rdrop+fraction | alpha=1.0,second_pass_fraction=0.5 | 76.00 [" in section
     assert "| +5.00 [+5.00, +5.00], <0.001 |" in section
     assert (tmp_path / "plots" / "frontier-image-500-vit-d32.png").stat().st_size > 1000
+
+
+def test_a_registered_cell_with_runs_to_go_is_incomplete_and_carries_no_verdict(tmp_path):
+    from rdrop_experiments.scale_map import map_markdown
+
+    folder = tmp_path / "scale" / "image-2000-vit-d32" / "image"  # registered: 3 seeds
+    folder.mkdir(parents=True)
+    recs = [r for r in _cell_records(size=2000) if r["method"] != "rdrop_alpha0"]
+    # an arm of issue 20 at a grid point does not stand in for the registered arm
+    recs.append({**_record("rdrop", 0, value=0.7, valid=0.8, knob={"alpha": 1.0}, size=2000),
+                 "key": "fraction"})
+    recs[-1]["config"]["second_pass_fraction"] = 0.5
+    for i, rec in enumerate(recs):
+        (folder / f"r{i}.json").write_text(json.dumps(rec))
+    (cell,) = map_cells(tmp_path)
+    # the registered first grid also holds `rdrop_alpha0`: its 3 seeds are still to go
+    assert cell.missing_runs == 3 and cell.overfit and not cell.verdict_ok
+    assert "INCOMPLETE: 3 runs to go" in map_markdown([cell])
+    for seed in range(2):
+        rec = _record("rdrop_alpha0", seed, value=0.7, valid=0.79, knob={}, size=2000)
+        (folder / f"a{seed}.json").write_text(json.dumps(rec))
+    assert map_cells(tmp_path)[0].missing_runs == 1
+    rec = _record("rdrop_alpha0", 2, value=0.7, valid=0.79, knob={}, size=2000)
+    (folder / "a2.json").write_text(json.dumps(rec))
+    (cell,) = map_cells(tmp_path)
+    assert cell.missing_runs == 0 and cell.verdict_ok
+    assert "INCOMPLETE" not in map_markdown([cell])
+
+
+@pytest.mark.parametrize("cell", __import__("rdrop_experiments.scale").scale.CELLS,
+                         ids=lambda c: c.name)
+def test_every_registered_cell_can_run(cell):
+    from rdrop_experiments.registry import get_experiment
+    from rdrop_experiments.scale import STOPPING, _dropout_key, map_grid, missing_runs
+
+    grid = map_grid(get_experiment(cell.family).grid)
+    methods = {s["methods"][0] for s in grid}
+    assert methods == {"baseline", "rdrop", "rdrop_alpha0"}
+    assert _dropout_key(grid)  # the baseline's dropout knob, for the edge extensions
+    overrides = cell.config_overrides()
+    assert overrides[cell.size_key] == cell.size and overrides["seeds"] == cell.seeds
+    assert STOPPING[cell.family]["eval_every_epochs"] > 0
+    assert missing_runs(cell, []) == len(grid) * cell.seeds
+
+
+def test_the_map_reports_the_examples_a_run_trained_on_not_its_cap(tmp_path):
+    # a seq2seq family caps its raw pairs with train_size and then drops pairs over its length
+    # limits: the record's extra.sizes holds what was kept
+    folder = tmp_path / "scale" / "image-2000-vit-d32" / "image"
+    folder.mkdir(parents=True)
+    for i, rec in enumerate(_cell_records(size=2000)):
+        rec["extra"] = {"sizes": {"train": 1234, "valid": 100}}
+        (folder / f"r{i}.json").write_text(json.dumps(rec))
+    assert map_cells(tmp_path)[0].size == 1234

@@ -31,7 +31,7 @@ from typing import Any
 from rdrop_experiments.frontier import SCHEDULE_TAGS
 
 __all__ = ["CELLS", "STOPPING", "Cell", "cheaper_settings", "edge_state", "extension", "get_cell",
-           "run_cell", "run_cheaper"]
+           "map_grid", "missing_runs", "run_cell", "run_cheaper"]
 
 DROPOUT_STEP = 0.1
 DROPOUT_MAX = 0.7
@@ -155,6 +155,52 @@ def extension(knob: str, values: Sequence[float], chosen: float,
     return round(nxt, 3)
 
 
+def map_grid(grid: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A cell's first grid: the family's grid without the stop-gradient arm and the cheaper
+    schedules (their question is issue 20's frontier, run by :func:`run_cheaper`).
+
+    Example:
+        >>> map_grid([{"methods": ("baseline",), "dropout": 0.1},
+        ...           {"methods": ("rdrop_stop_gradient",), "alpha": 1.0},
+        ...           {"methods": ("rdrop",), "alpha": 1.0, "second_pass_fraction": 0.5}])
+        [{'methods': ('baseline',), 'dropout': 0.1}]
+    """
+    schedules = [key for key, _, _ in SCHEDULE_TAGS]
+    return [dict(s) for s in grid if "rdrop_stop_gradient" not in s.get("methods", ())
+            and not any(k in s for k in schedules)]
+
+
+def missing_runs(cell: Cell, records: Sequence[dict[str, Any]]) -> int:
+    """Runs ``cell`` still lacks: for every grid point of its first grid and every point its
+    records hold (extensions included), ``cell.seeds`` minus the distinct seeds finished there.
+    Records of other arms (the cheaper schedules) are not counted.
+
+    Example:
+        >>> cell = Cell("image", 500, "vit-d32", 2)
+        >>> rec = {"method": "baseline", "seed": 0, "config": {"dropout": 0.1}}
+        >>> missing_runs(cell, [rec])  # 5 first-grid points x 2 seeds, one finished
+        9
+    """
+    from rdrop_experiments.frontier import arm_name
+    from rdrop_experiments.registry import get_experiment
+
+    grid = map_grid(get_experiment(cell.family).grid)
+    key = _dropout_key(grid)
+    knobs = {"baseline": key, "rdrop": "alpha"}
+
+    def point(method: str, values: Mapping[str, Any]) -> tuple[str, float | None]:
+        knob = knobs.get(method)
+        return method, (round(float(values[knob]), 6) if knob else None)
+
+    seeds: dict[tuple[str, float | None], set[int]] = {
+        point(s["methods"][0], s): set() for s in grid}
+    for rec in records:
+        method = rec["method"]
+        if method in ("baseline", "rdrop", "rdrop_alpha0") and arm_name(rec) == method:
+            seeds.setdefault(point(rec["method"], rec["config"]), set()).add(int(rec["seed"]))
+    return sum(max(0, cell.seeds - len(s)) for s in seeds.values())
+
+
 def _dropout_key(grid: Sequence[Mapping[str, Any]]) -> str:
     for setting in grid:
         if tuple(setting.get("methods", ())) == ("baseline",):
@@ -202,11 +248,7 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
     from rdrop_experiments.runner import run_experiment
 
     family = get_experiment(cell.family)
-    # the stop-gradient arm and the cheaper schedules are not part of the map (their question
-    # is issue 20's frontier)
-    schedules = [key for key, _, _ in SCHEDULE_TAGS]
-    grid = [dict(s) for s in family.grid if "rdrop_stop_gradient" not in s.get("methods", ())
-            and not any(k in s for k in schedules)]
+    grid = map_grid(family.grid)
     key = _dropout_key(grid)
     out = Path(root) / cell.name
     done: dict[tuple[str, str], int] = {}

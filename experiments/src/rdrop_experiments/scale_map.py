@@ -14,7 +14,10 @@ family cells under ``results/<family>/`` and the scale map's cells under
   step, mean over seeds; and how far its validation metric moved after that best point
   (``after_best``: relative change from the best to the last evaluation, positive = worse);
 * whether the chosen baseline overfit: it stopped on patience (past its optimum) in a majority
-  of seeds. A cell where it did not is reported as such, not as a verdict.
+  of seeds. A cell where it did not is reported as such, not as a verdict;
+* whether every registered run of a scale cell has finished (:func:`rdrop_experiments.scale.
+  missing_runs`): a cell with runs still to go is marked incomplete, carries no verdict and
+  stays out of the predictor's fit.
 """
 
 from __future__ import annotations
@@ -64,19 +67,29 @@ class MapCell:
     stopped_past_optimum: str
     at_edge: list[str] = field(default_factory=list)
     alpha: float = math.nan
+    missing_runs: int = 0
 
     @property
     def verdict_ok(self) -> bool:
-        """Whether the cell can carry a verdict (its baseline passed its optimum)."""
-        return self.overfit
+        """Whether the cell can carry a verdict (every registered run finished, and its
+        baseline passed its optimum)."""
+        return self.overfit and self.missing_runs == 0
 
 
 def _size(rec: dict[str, Any]) -> int:
+    """The training set's actual size: tokens for language modeling; otherwise the examples
+    the run trained on (``extra.sizes.train``: a seq2seq family caps its raw pairs with
+    ``train_size`` and then drops pairs over its length limits), else the config's count."""
     cfg = rec.get("config", {})
+    extra = rec.get("extra", {})
+    if cfg.get("train_tokens"):
+        return int(cfg["train_tokens"])
+    sizes = extra.get("sizes") or {}
+    if sizes.get("train"):
+        return int(sizes["train"])
     for key in SIZE_KEYS:
         if cfg.get(key):
             return int(cfg[key])
-    extra = rec.get("extra", {})
     for key in ("n_train", "train_examples"):
         if key in extra:
             return int(extra[key])
@@ -197,10 +210,21 @@ def _cells_and_records(
             cell = cell_from_records(_unscheduled(recs), name=folder.name, source="scale",
                                      model=model)
             if cell is not None:
+                cell.missing_runs = _missing(folder.name, recs)
                 cells.append(cell)
                 by_cell[folder.name] = recs
     cells.sort(key=lambda c: (c.family, c.source != "scale", c.model, c.size))
     return cells, by_cell
+
+
+def _missing(name: str, records: Sequence[dict[str, Any]]) -> int:
+    """Runs a registered cell still lacks (0 for a folder that is not a registered cell)."""
+    from rdrop_experiments.scale import get_cell, missing_runs
+
+    try:
+        return missing_runs(get_cell(name), records)
+    except KeyError:
+        return 0
 
 
 def _unscheduled(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -252,8 +276,10 @@ def map_markdown(cells: Sequence[MapCell]) -> str:
              "rel | gap | after best | overfit | still at a grid edge |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
+        name = c.name + (f" (INCOMPLETE: {c.missing_runs} runs to go, no verdict)"
+                         if c.missing_runs else "")
         lines.append(
-            f"| {c.name} | {c.size} | {c.model} | {c.seeds} | {c.chosen_baseline}; "
+            f"| {name} | {c.size} | {c.model} | {c.seeds} | {c.chosen_baseline}; "
             f"{c.chosen_rdrop} | {c.baseline:.2f} | {c.rdrop:.2f} | {_f(c.best)} "
             f"[{_f(c.best_low)}, {_f(c.best_high)}], {_p(c.best_holm)} | {_f(c.equal)} "
             f"[{_f(c.equal_low)}, {_f(c.equal_high)}], {_p(c.equal_holm)} | "
@@ -301,8 +327,9 @@ def _plot_family(family: str, cells: Sequence[MapCell], path: Path) -> None:
                    [getattr(c, hi) - y for c, y in zip(cs, ys, strict=True)]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"model {model}")
             for c, y in zip(cs, ys, strict=True):
-                if not c.overfit:
-                    ax.annotate("no overfit", (c.size, y), fontsize=7)
+                if not c.verdict_ok:
+                    ax.annotate("incomplete" if c.missing_runs else "no overfit", (c.size, y),
+                                fontsize=7)
     unit = f"{cells[0].metric}" + (" (points)" if cells[0].metric != "perplexity" else "")
     better = "higher" if cells[0].higher_is_better else "lower"
     for ax, title in zip(axes, ("best quality", "at the baseline's compute"), strict=True):
