@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -308,3 +309,23 @@ def test_the_map_reports_the_examples_a_run_trained_on_not_its_cap(tmp_path):
         rec["extra"] = {"sizes": {"train": 1234, "valid": 100}}
         (folder / f"r{i}.json").write_text(json.dumps(rec))
     assert map_cells(tmp_path)[0].size == 1234
+
+
+def test_busy_runs_are_the_records_a_live_process_holds(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from rdrop_experiments.scale import busy_runs
+
+    folder = tmp_path / "image"
+    folder.mkdir()
+    live, dead = folder / "baseline-seed0-a.json", folder / "rdrop-seed0-b.json"
+    (folder / "done-seed0-c.json").write_text("{}")  # a finished record holds no lock
+    host = socket.gethostname()
+    Path(f"{live}.lock").write_text(f"{host} {os.getpid()}")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(f"{dead}.lock").write_text(f"{host} {gone}")  # its process has exited: stale
+    assert busy_runs(tmp_path) == [live]

@@ -23,6 +23,7 @@ killed cell is continued by running the same command again.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,8 +31,8 @@ from typing import Any
 
 from rdrop_experiments.frontier import SCHEDULE_TAGS
 
-__all__ = ["CELLS", "STOPPING", "Cell", "cheaper_settings", "edge_state", "extension", "get_cell",
-           "map_grid", "missing_runs", "run_cell", "run_cheaper"]
+__all__ = ["CELLS", "STOPPING", "Cell", "busy_runs", "cheaper_settings", "edge_state", "extension",
+           "get_cell", "map_grid", "missing_runs", "run_cell", "run_cheaper"]
 
 DROPOUT_STEP = 0.1
 DROPOUT_MAX = 0.7
@@ -237,9 +238,28 @@ def edge_state(records: Sequence[dict[str, Any]], dropout_key: str) -> dict[str,
     return out
 
 
+def busy_runs(folder: str | Path) -> list[Path]:
+    """Records under ``folder`` that a live process is training now (their lock is held and
+    not stale).
+
+    Example:
+        >>> import tempfile
+        >>> busy_runs(tempfile.mkdtemp())
+        []
+    """
+    from rdrop_experiments.storage import RecordLock
+
+    return [lock.with_suffix("") for lock in sorted(Path(folder).rglob("*.json.lock"))
+            if not RecordLock(lock.with_suffix("")).is_stale()]
+
+
 def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
-             dry_run: bool = False) -> list[dict[str, Any]]:
+             dry_run: bool = False, wait_s: float = 20.0) -> list[dict[str, Any]]:
     """Run (or resume) every run of ``cell``, extending an edge choice until it is interior.
+
+    Two runners may share a cell (``rdrop scale CELL`` twice): each skips the runs the other
+    holds, and decides an extension only once no run of the cell is in training anywhere
+    (polling every ``wait_s`` seconds), so both decide on the same finished records.
 
     Returns:
         The cell's records.
@@ -258,6 +278,9 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
                                  progress=progress, dry_run=dry_run, experiment=experiment)
         if dry_run:
             return records
+        if busy_runs(out):  # another runner on this cell: decide on its finished runs too
+            time.sleep(wait_s)
+            continue
         state = edge_state(records, key)
         added = False
         for method, s in state.items():
