@@ -329,3 +329,13 @@ def test_busy_runs_are_the_records_a_live_process_holds(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(f"{dead}.lock").write_text(f"{host} {gone}")  # its process has exited: stale
     assert busy_runs(tmp_path) == [live]
+
+
+def test_advise_leaves_out_a_cell_with_runs_to_go(tmp_path):
+    _write_map(tmp_path)
+    # image-2000 loses one run: it is no evidence until its cell is complete
+    next((tmp_path / "scale" / "image-2000-vit-d32" / "image").glob("r*.json")).unlink()
+    rec = _record("baseline", 0, value=0.7, valid=0.8, knob={"dropout": 0.1})
+    (tmp_path / "run.json").write_text(json.dumps(rec))
+    text = advise(tmp_path / "run.json", tmp_path)
+    assert "image-500-vit-d32" in text and "image-2000-vit-d32" not in text

@@ -215,7 +215,8 @@ def advise(path: str | Path, results: str | Path = "results") -> str:
     from rdrop_experiments.scale_map import map_cells
 
     run = read_baseline(path)
-    cells = [c for c in map_cells(results) if math.isfinite(c.gap)]
+    # a cell with registered runs still to go is no evidence yet
+    cells = [c for c in map_cells(results) if math.isfinite(c.gap) and not c.missing_runs]
     if not cells:
         raise AdviseError(f"no map cells under {results}: run `rdrop scale` (or point "
                           "--results at a folder with records).")
