@@ -204,11 +204,9 @@ def _cells_and_records(
         for folder in sorted(p for p in scale_root.iterdir() if p.is_dir()):
             recs = load_results(folder)
             check_one_record_per_run(recs, where=str(folder))
-            model = folder.name.rsplit("-", 1)[-1]
             # the map row keeps the cell's registered comparisons: arms with a schedule option
             # (issue 20's cheaper arms) are read in their own frontier table
-            cell = cell_from_records(_unscheduled(recs), name=folder.name, source="scale",
-                                     model=model)
+            cell = cell_from_records(_unscheduled(recs), name=folder.name, source="scale")
             if cell is not None:
                 cell.missing_runs = _missing(folder.name, recs)
                 cells.append(cell)
