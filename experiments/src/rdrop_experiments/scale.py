@@ -198,7 +198,7 @@ def missing_runs(cell: Cell, records: Sequence[dict[str, Any]]) -> int:
     for rec in records:
         method = rec["method"]
         if method in ("baseline", "rdrop", "rdrop_alpha0") and arm_name(rec) == method:
-            seeds.setdefault(point(rec["method"], rec["config"]), set()).add(int(rec["seed"]))
+            seeds.setdefault(point(method, rec["config"]), set()).add(int(rec["seed"]))
     return sum(max(0, cell.seeds - len(s)) for s in seeds.values())
 
 
