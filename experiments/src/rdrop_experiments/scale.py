@@ -54,8 +54,13 @@ STOPPING: dict[str, dict[str, Any]] = {
                             "max_steps": 1_000_000},
     "summarization": {"eval_every_epochs": 1.0, "patience_epochs": 3.0, "stop_margin": 0.005,
                       "max_sample_pass_epochs": 64.0, "max_steps": 1_000_000},
+    # patience 5 (R-Drop's validation NLL at alpha 3 still improved after ~100 epochs in the
+    # 637-pair second-protocol cell; its smallest cell has 8 steps an epoch), cap 100 epochs
+    "translation": {"eval_every_epochs": 1.0, "patience_epochs": 5.0, "stop_margin": 0.005,
+                    "max_sample_pass_epochs": 100.0, "max_steps": 1_000_000},
 }
 
+D32 = {"dim": 32, "ffn": 64, "heads": 2}
 D64 = {"dim": 64, "ffn": 128, "heads": 2}
 D128 = {"dim": 128, "ffn": 256, "heads": 4}
 
@@ -112,6 +117,13 @@ CELLS: tuple[Cell, ...] = (
     Cell("summarization", 1500, "d64", 5),
     Cell("summarization", 6000, "d64", 3),
     Cell("summarization", 24000, "d64", 3),
+    # registered 2026-12-04 (docs/EXPERIMENTS.md, "Scale map: translation axis"), before any of
+    # their runs; 28714 = every raw training pair (4,600 kept by the 24-subword filter)
+    Cell("translation", 1500, "d64", 5, D64),
+    Cell("translation", 6000, "d64", 3, D64),
+    Cell("translation", 28714, "d64", 3, D64),
+    Cell("translation", 1500, "d32", 3, D32),
+    Cell("translation", 6000, "d32", 3, D32),
 )
 
 
