@@ -154,3 +154,35 @@ def test_the_verdict_markdown_names_the_diverged_runs(tmp_path):
             "in any mean, comparison or selection below, which use the remaining seeds): "
             "fam rdrop [alpha=1.0] seed 2.") in text
     assert "| fam | dropout=0.3; alpha=1.0 | accuracy (%) | 81.00 ± 1.00 | 84.00 ± 1.41 |" in text
+
+
+def _tied_arm(experiment, labels):
+    """Baseline records at ``labels`` (in this order), every point with the same validation."""
+    recs = []
+    for label in labels:
+        for s in range(2):
+            rec = _rec("baseline", s, label, valid=0.8, test=0.5, best_passes=10, stop_passes=20)
+            recs.append({**rec, "experiment": experiment})
+    return recs
+
+
+@pytest.mark.parametrize("labels", [["dropout=0.0", "dropout=0.3", "dropout=0.1"],
+                                    ["dropout=0.1", "dropout=0.0", "dropout=0.3"],
+                                    ["dropout=0.3", "dropout=0.1", "dropout=0.0"]])
+def test_a_tie_goes_to_the_first_point_of_the_registered_grid_whatever_the_record_order(labels):
+    # image's registered baseline grid is dropout 0.1, 0.3; 0.0 is a scale cell's extension
+    (v,) = build_verdicts(_tied_arm("image", labels))
+    assert v.arms["baseline"].chosen == "dropout=0.1"
+    # a strictly better point still wins over the grid's first, wherever it is read
+    recs = _tied_arm("image", labels)
+    for rec in recs:
+        if rec["setting"].endswith("dropout=0.0"):
+            rec["extra"] = {**rec["extra"], "best_valid": 0.81}
+    (v,) = build_verdicts(recs)
+    assert v.arms["baseline"].chosen == "dropout=0.0"
+
+
+def test_a_tie_outside_any_registered_grid_goes_to_the_first_label():
+    for labels in (["dropout=0.5", "dropout=0.2"], ["dropout=0.2", "dropout=0.5"]):
+        (v,) = build_verdicts(_tied_arm("not-registered", labels))
+        assert v.arms["baseline"].chosen == "dropout=0.2"

@@ -61,6 +61,7 @@ __all__ = [
     "resolve_configs",
     "run_experiment",
     "run_name",
+    "setting_label",
 ]
 
 # Where `rdrop run` writes by default: ignored by git, never the committed results/ folder.
@@ -85,7 +86,14 @@ class PlannedRun:
     label: str = ""  # the experiment's name with its data set where a variant swaps it
 
 
-def _setting_label(setting: Mapping[str, Any]) -> str:
+def setting_label(setting: Mapping[str, Any]) -> str:
+    """A grid setting as the ``setting`` label of its records (``key=value``, comma-joined;
+    tuples joined by ``/``; ``default`` when empty).
+
+    Example:
+        >>> setting_label({"methods": ("rdrop",), "alpha": 0.5})
+        'methods=rdrop,alpha=0.5'
+    """
     if not setting:
         return "default"
     return ",".join(f"{k}={_fmt(v)}" for k, v in setting.items())
@@ -166,7 +174,7 @@ def resolve_configs(
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     settings = _grid_settings(experiment, overrides or {}, variant=variant, grid=grid)
-    return [(_setting_label(s), apply_overrides(cfg, s)) for s in settings]
+    return [(setting_label(s), apply_overrides(cfg, s)) for s in settings]
 
 
 def plan_runs(

@@ -4,7 +4,8 @@ equal compute against the baseline, paired by seed, Holm-corrected per family.
 The questions, pre-registered in ``docs/EXPERIMENTS.md`` ("Second protocol"):
 
 1. *Selection (validation only).* For each arm, the grid point with the best mean (over seeds)
-   best-validation metric is chosen; ties go to the first point of the grid.
+   best-validation metric is chosen; ties go to the first point of the registered grid
+   (points outside it, a scale cell's extensions, after it by label).
 2. *Best quality.* Test metric at each run's best-validation checkpoint, chosen point of each
    arm, paired by seed: ``rdrop - baseline`` (primary), ``rdrop_alpha0 - baseline``,
    ``rdrop - rdrop_alpha0`` and ``rdrop_stop_gradient - baseline`` where run.
@@ -60,7 +61,7 @@ from rdrop_experiments.stats import (
 )
 
 __all__ = ["Arm", "Comparison", "FamilyVerdict", "build_verdicts", "describe_run", "field",
-           "is_diverged", "is_protocol_record", "verdict_report"]
+           "grid_order", "is_diverged", "is_protocol_record", "verdict_report"]
 
 ARMS = ("baseline", "rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
 # (name, arm, reference arm, kind): the comparisons of a family, primary first.
@@ -162,6 +163,31 @@ class FamilyVerdict:
     forward_ratio_measured: bool = False
 
 
+def grid_order(experiment: str) -> list[str]:
+    """Point labels of ``experiment``'s registered grid, in grid order (``[]`` for an
+    experiment that is not registered). A tie on validation goes to the earliest of them.
+
+    Example:
+        >>> grid_order("image")[:2]
+        ['dropout=0.1', 'dropout=0.3']
+    """
+    from rdrop_experiments.config import ConfigError
+    from rdrop_experiments.registry import get_experiment
+    from rdrop_experiments.runner import setting_label
+
+    try:
+        grid = get_experiment(experiment).grid
+    except ConfigError:
+        return []
+    return [_point({"setting": setting_label(s)}) for s in grid]
+
+
+def _rank(label: str, order: list[str]) -> tuple[int, str]:
+    """Grid points first, in grid order; points outside the grid (a scale cell's extensions)
+    after them, by label: the choice never depends on the order records were read in."""
+    return (order.index(label) if label in order else len(order), label)
+
+
 def _choose(method: str, records: list[dict[str, Any]]) -> Arm:
     """The grid point with the best mean best-validation value (in the direction of the
     metric that selected the checkpoints, e.g. validation NLL for ``select_on=loss``)."""
@@ -172,8 +198,10 @@ def _choose(method: str, records: list[dict[str, Any]]) -> Arm:
         points[_point(rec)][int(rec["seed"])] = rec
     valid = {label: summarize([float(field(r, "best_valid")) for r in runs.values()]).mean
              for label, runs in points.items()}
+    order = grid_order(str(records[0]["experiment"]))
     best = None
-    for label, v in valid.items():  # grid order is record order; strict improvement wins
+    for label in sorted(valid, key=lambda lb: _rank(lb, order)):  # strict improvement wins
+        v = valid[label]
         if best is None or (v > valid[best] if higher else v < valid[best]):
             best = label
     assert best is not None
