@@ -339,3 +339,24 @@ def test_advise_leaves_out_a_cell_with_runs_to_go(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(rec))
     text = advise(tmp_path / "run.json", tmp_path)
     assert "image-500-vit-d32" in text and "image-2000-vit-d32" not in text
+
+
+def test_run_cell_waits_for_the_other_runner_once_then_decides(tmp_path, monkeypatch, capsys):
+    import rdrop_experiments.runner as runner
+    import rdrop_experiments.scale as scale
+
+    # both baseline points and both alphas run, interior choices: no extension to decide
+    recs = [_record("baseline", s, value=0.8, valid=v, knob={"dropout": d})
+            for s in range(2) for d, v in ((0.1, 0.7), (0.3, 0.8), (0.5, 0.75))]
+    recs += [_record("rdrop", s, value=0.8, valid=v, knob={"alpha": a})
+             for s in range(2) for a, v in ((0.3, 0.7), (1.0, 0.8), (3.0, 0.75))]
+    calls = []
+    monkeypatch.setattr(runner, "run_experiment", lambda *a, **k: calls.append(1) or recs)
+    busy = iter([["x"], ["x"], ["x"], [], []])  # the other runner finishes after three polls
+    monkeypatch.setattr(scale, "busy_runs", lambda out: next(busy))
+    monkeypatch.setattr(scale.time, "sleep", lambda s: None)
+    cell = scale.Cell("image", 500, "vit-d32", 2)
+    assert scale.run_cell(cell, tmp_path, progress=False) == recs
+    # one pass before the wait, one after it (not one per poll), and one waiting line
+    assert len(calls) == 2
+    assert capsys.readouterr().out.count("waiting for 1 run(s) another runner") == 1

@@ -290,8 +290,12 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
                                  progress=progress, dry_run=dry_run, experiment=experiment)
         if dry_run:
             return records
-        if busy_runs(out):  # another runner on this cell: decide on its finished runs too
-            time.sleep(wait_s)
+        busy = busy_runs(out)
+        if busy:  # another runner on this cell: decide on its finished runs too
+            print(f"{cell.name}: waiting for {len(busy)} run(s) another runner is training "
+                  "before deciding on the grid's edges")
+            while busy_runs(out):
+                time.sleep(wait_s)
             continue
         state = edge_state(records, key)
         added = False
