@@ -29,10 +29,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rdrop_experiments.frontier import SCHEDULE_TAGS
+from rdrop_experiments.frontier import SCHEDULE_TAGS, arm_name
 
 __all__ = ["CELLS", "STOPPING", "Cell", "busy_runs", "cheaper_settings", "edge_state", "extension",
-           "get_cell", "map_grid", "missing_runs", "run_cell", "run_cheaper"]
+           "get_cell", "map_grid", "missing_runs", "run_cell", "run_cheaper", "unscheduled"]
 
 DROPOUT_STEP = 0.1
 DROPOUT_MAX = 0.7
@@ -183,6 +183,18 @@ def map_grid(grid: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             and not any(k in s for k in schedules)]
 
 
+def unscheduled(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of arms without a schedule option (issue 20's cheaper arms, read in their
+    own frontier table, are left out): what the map's rows and a cell's completeness count.
+
+    Example:
+        >>> rec = {"method": "rdrop", "setting": "methods=rdrop,alpha=1.0", "config": {}}
+        >>> len(unscheduled([rec]))
+        1
+    """
+    return [r for r in records if arm_name(r) == r["method"]]
+
+
 def missing_runs(cell: Cell, records: Sequence[dict[str, Any]]) -> int:
     """Runs ``cell`` still lacks: for every grid point of its first grid and every point its
     records hold (extensions included), ``cell.seeds`` minus the distinct seeds finished there.
@@ -194,7 +206,6 @@ def missing_runs(cell: Cell, records: Sequence[dict[str, Any]]) -> int:
         >>> missing_runs(cell, [rec])  # 5 first-grid points x 2 seeds, one finished
         9
     """
-    from rdrop_experiments.frontier import arm_name
     from rdrop_experiments.registry import get_experiment
 
     grid = map_grid(get_experiment(cell.family).grid)
@@ -207,9 +218,9 @@ def missing_runs(cell: Cell, records: Sequence[dict[str, Any]]) -> int:
 
     seeds: dict[tuple[str, float | None], set[int]] = {
         point(s["methods"][0], s): set() for s in grid}
-    for rec in records:
+    for rec in unscheduled(records):
         method = rec["method"]
-        if method in ("baseline", "rdrop", "rdrop_alpha0") and arm_name(rec) == method:
+        if method in ("baseline", "rdrop", "rdrop_alpha0"):
             seeds.setdefault(point(method, rec["config"]), set()).add(int(rec["seed"]))
     return sum(max(0, cell.seeds - len(s)) for s in seeds.values())
 

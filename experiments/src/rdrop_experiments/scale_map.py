@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rdrop_experiments.scale import unscheduled
+
 __all__ = ["MapCell", "cell_from_records", "map_cells", "map_markdown", "write_map"]
 
 SIZE_KEYS = ("train_tokens", "train_size")
@@ -206,7 +208,7 @@ def _cells_and_records(
             check_one_record_per_run(recs, where=str(folder))
             # the map row keeps the cell's registered comparisons: arms with a schedule option
             # (issue 20's cheaper arms) are read in their own frontier table
-            cell = cell_from_records(_unscheduled(recs), name=folder.name, source="scale")
+            cell = cell_from_records(unscheduled(recs), name=folder.name, source="scale")
             if cell is not None:
                 cell.missing_runs = _missing(folder.name, recs)
                 cells.append(cell)
@@ -225,12 +227,6 @@ def _missing(name: str, records: Sequence[dict[str, Any]]) -> int:
         return 0
 
 
-def _unscheduled(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    from rdrop_experiments.frontier import arm_name
-
-    return [r for r in records if arm_name(r) == r["method"]]
-
-
 def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
                      plots: Path | None = None) -> str:
     """The frontier table of each scale cell that holds arms with a schedule option (issue 20's
@@ -241,7 +237,7 @@ def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
 
     text = ""
     for name, recs in sorted(by_cell.items()):
-        if len(_unscheduled(recs)) == len(recs):
+        if len(unscheduled(recs)) == len(recs):
             continue
         verdicts = build_verdicts(recs)
         text += (f"\n## Cheaper schedules in scale cells: {name}\n\n"
