@@ -117,13 +117,14 @@ CELLS: tuple[Cell, ...] = (
     Cell("summarization", 1500, "d64", 5),
     Cell("summarization", 6000, "d64", 3),
     Cell("summarization", 24000, "d64", 3),
-    # registered 2026-12-04 (docs/EXPERIMENTS.md, "Scale map: translation axis"), before any of
-    # their runs; 28714 = every raw training pair (4,600 kept by the 24-subword filter)
-    Cell("translation", 1500, "d64", 5, D64),
-    Cell("translation", 6000, "d64", 3, D64),
+    # registered 2026-12-04 (docs/EXPERIMENTS.md, "Scale map: translation axis", and its
+    # amendment of 20:25 UTC), before any of their runs; 28714 = every raw training pair
+    # (4,000 / 12,000 / 28,714 raw -> 637 / 1,916 / 4,600 kept by the 24-subword filter)
+    Cell("translation", 4000, "d64", 5, D64),
+    Cell("translation", 12000, "d64", 3, D64),
     Cell("translation", 28714, "d64", 3, D64),
-    Cell("translation", 1500, "d32", 3, D32),
-    Cell("translation", 6000, "d32", 3, D32),
+    Cell("translation", 4000, "d32", 3, D32),
+    Cell("translation", 12000, "d32", 3, D32),
 )
 
 
