@@ -360,3 +360,22 @@ def test_run_cell_waits_for_the_other_runner_once_then_decides(tmp_path, monkeyp
     # one pass before the wait, one after it (not one per poll), and one waiting line
     assert len(calls) == 2
     assert capsys.readouterr().out.count("waiting for 1 run(s) another runner") == 1
+
+
+def test_the_span_of_each_family_axis_is_reported_against_16x(tmp_path):
+    from dataclasses import replace
+
+    from rdrop_experiments.scale_map import span_markdown
+
+    _write_map(tmp_path)
+    cells = map_cells(tmp_path)
+    image = next(c for c in cells if c.family == "image" and c.source == "scale")
+    wide = [replace(image, size=500), replace(image, size=8000),
+            replace(image, size=1000, model="d64")]
+    narrow = [replace(image, family="translation", size=637),
+              replace(image, family="translation", size=4600),
+              replace(image, family="translation", size=4000, source="protocol")]
+    lines = span_markdown(wide + narrow).splitlines()
+    assert f"| image | d32: 500, 8000; d64: 1000 | {8000 / 500:.1f}x |" in lines
+    # the second protocol's cell is not part of the axis: 4600 / 637, below the target
+    assert f"| translation | d32: 637, 4600 | {4600 / 637:.1f}x (below 16x) |" in lines

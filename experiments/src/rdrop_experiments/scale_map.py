@@ -32,7 +32,8 @@ from typing import Any
 
 from rdrop_experiments.scale import unscheduled
 
-__all__ = ["MapCell", "cell_from_records", "map_cells", "map_markdown", "write_map"]
+__all__ = ["MapCell", "cell_from_records", "map_cells", "map_markdown", "span_markdown",
+           "write_map"]
 
 SIZE_KEYS = ("train_tokens", "train_size")
 
@@ -284,6 +285,32 @@ def map_markdown(cells: Sequence[MapCell]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def span_markdown(cells: Sequence[MapCell], target: float = 16.0) -> str:
+    """Per family, the training-set sizes of its scale cells (kept examples or tokens) per
+    model, and the span of its axis, largest / smallest size, against ``target`` (the
+    issue's 16x). Cells of the second protocol are not part of an axis.
+
+    Example:
+        >>> print(span_markdown([]).splitlines()[0])
+        ## Span of each family's axis (the issue asks >= 16x)
+    """
+    by_family: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        if c.source == "scale":
+            by_family[c.family][c.model].append(c.size)
+    lines = [f"## Span of each family's axis (the issue asks >= {target:g}x)", "",
+             "| family | sizes per model (kept examples; tokens for language modeling) | "
+             "span |", "|---|---|---|"]
+    for family, models in sorted(by_family.items()):
+        sizes = [n for ns in models.values() for n in ns]
+        span = max(sizes) / min(sizes) if min(sizes) > 0 else math.nan
+        note = "" if span >= target else f" (below {target:g}x)"
+        per_model = "; ".join(f"{m}: {', '.join(str(n) for n in sorted(ns))}"
+                              for m, ns in sorted(models.items()))
+        lines.append(f"| {family} | {per_model} | {span:.1f}x{note} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
@@ -408,7 +435,8 @@ def write_map(root: str | Path = "results", out: str | Path | None = None, *,
     out = Path(out or root)
     (out / "scale").mkdir(parents=True, exist_ok=True)
     predictor = fit_predictor(cells)
-    text = map_markdown(cells) + "\n" + predictor_markdown(predictor)
+    text = (map_markdown(cells) + "\n" + span_markdown(cells) + "\n"
+            + predictor_markdown(predictor))
     if plots:
         for family in sorted({c.family for c in cells}):
             fam = [c for c in cells if c.family == family]
