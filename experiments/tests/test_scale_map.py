@@ -38,8 +38,10 @@ def _record(method, seed, *, value, valid, knob, train_loss=1.0, valid_loss=1.5,
 
 
 def _cell_records(*, base_valid=(0.80, 0.78), rdrop_valid=(0.79, 0.81), gain=0.02,
-                  stop="patience", size=500, seeds=3):
-    """Every run of a cell's first grid: baseline 0.1/0.3, alpha 0.3/1.0, `rdrop_alpha0`."""
+                  stop="patience", size=500, seeds=3, extended=True):
+    """Every run of a cell's first grid: baseline 0.1/0.3, alpha 0.3/1.0, `rdrop_alpha0`;
+    with ``extended``, also the extensions past each edge choice (baseline dropout 0.0 and
+    alpha 3.0, each worse on validation), so that the cell is complete."""
     recs = []
     for seed in range(seeds):
         recs.append(_record("rdrop_alpha0", seed, value=0.70, valid=0.75, knob={}, size=size))
@@ -49,6 +51,11 @@ def _cell_records(*, base_valid=(0.80, 0.78), rdrop_valid=(0.79, 0.81), gain=0.0
         for a, v in zip((0.3, 1.0), rdrop_valid, strict=True):
             recs.append(_record("rdrop", seed, value=0.70 + 0.01 * seed + gain, valid=v,
                                 knob={"alpha": a}, size=size))
+        if extended:
+            recs.append(_record("baseline", seed, value=0.5, valid=min(base_valid) - 0.1,
+                                knob={"dropout": 0.0}, stop=stop, size=size))
+            recs.append(_record("rdrop", seed, value=0.5, valid=min(rdrop_valid) - 0.1,
+                                knob={"alpha": 3.0}, size=size))
     return recs
 
 
@@ -64,7 +71,7 @@ def test_extension_walks_each_knob_to_its_range_end():
 
 
 def test_edge_state_reads_the_choice_on_validation():
-    state = edge_state(_cell_records(), "dropout")
+    state = edge_state(_cell_records(extended=False), "dropout")
     assert state["baseline"] == {"knob": "dropout", "values": [0.1, 0.3], "chosen": 0.1,
                                  "at_edge": True}
     assert state["rdrop"]["chosen"] == 1.0 and state["rdrop"]["at_edge"]
@@ -85,7 +92,26 @@ def test_map_cell_values_against_a_hand_computation(tmp_path):
     # after the best (0.80), the last evaluation is 0.78: 2.5% worse
     assert math.isclose(cell.after_best, 0.02 / 0.80)
     assert cell.overfit and cell.stopped_past_optimum == "3/3"
-    assert "baseline dropout=0.1" in cell.at_edge
+    assert cell.at_edge == [] and cell.missing_runs == 0  # both choices interior
+
+
+def test_a_choice_still_at_an_extendable_edge_leaves_the_cell_incomplete(tmp_path):
+    from rdrop_experiments.scale import get_cell, missing_runs
+
+    cell = get_cell("image-2000-vit-d32")  # 3 seeds
+    recs = _cell_records(size=2000, extended=False)
+    # every first-grid run finished, but both choices sit at an edge the rules extend
+    assert missing_runs(cell, recs) == 2 * 3
+    folder = tmp_path / "scale" / cell.name / "image"
+    folder.mkdir(parents=True)
+    for i, rec in enumerate(recs):
+        (folder / f"r{i}.json").write_text(json.dumps(rec))
+    (mc,) = map_cells(tmp_path)
+    assert "baseline dropout=0.1" in mc.at_edge and not mc.verdict_ok
+    # the baseline's extension runs; dropout 0.0 ends its range even if it wins
+    recs += [_record("baseline", s, value=0.7, valid=0.9, knob={"dropout": 0.0}, size=2000)
+             for s in range(3)]
+    assert missing_runs(cell, recs) == 3  # the alpha extension is still to go
 
 
 def test_a_cell_whose_baseline_did_not_overfit_carries_no_verdict(tmp_path):

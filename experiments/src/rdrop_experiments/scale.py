@@ -32,7 +32,8 @@ from typing import Any
 from rdrop_experiments.frontier import SCHEDULE_TAGS, arm_name
 
 __all__ = ["CELLS", "STOPPING", "Cell", "busy_runs", "cheaper_settings", "edge_state", "extension",
-           "get_cell", "map_grid", "missing_runs", "run_cell", "run_cheaper", "unscheduled"]
+           "get_cell", "map_grid", "missing_runs", "pending_extensions", "run_cell", "run_cheaper",
+           "unscheduled"]
 
 DROPOUT_STEP = 0.1
 DROPOUT_MAX = 0.7
@@ -223,7 +224,36 @@ def missing_runs(cell: Cell, records: Sequence[dict[str, Any]]) -> int:
         method = rec["method"]
         if method in ("baseline", "rdrop", "rdrop_alpha0"):
             seeds.setdefault(point(method, rec["config"]), set()).add(int(rec["seed"]))
-    return sum(max(0, cell.seeds - len(s)) for s in seeds.values())
+    missing = sum(max(0, cell.seeds - len(s)) for s in seeds.values())
+    # a choice still at an edge that the rules extend: the next point's runs are to go too
+    return missing + cell.seeds * len(pending_extensions(grid, unscheduled(records), key))
+
+
+def pending_extensions(first_grid: Sequence[Mapping[str, Any]],
+                       records: Sequence[dict[str, Any]], dropout_key: str
+                       ) -> list[dict[str, Any]]:
+    """The grid settings the extension rule adds next: for each arm whose choice on validation
+    is at an edge of the values its records hold, :func:`extension` in that direction, counting
+    the extensions already made as the values beyond ``first_grid``'s range (alpha never
+    extends down to 0). Empty once every choice is interior or its range has ended.
+
+    Example:
+        >>> pending_extensions([], [], "dropout")
+        []
+    """
+    out = []
+    for method, s in edge_state(records, dropout_key).items():
+        first = [float(g[s["knob"]]) for g in first_grid
+                 if tuple(g.get("methods", ())) == (method,) and s["knob"] in g]
+        up = s["chosen"] == s["values"][-1]
+        made = sum(1 for v in s["values"]
+                   if first and (v > max(first) if up else v < min(first)))
+        nxt = extension("dropout" if method == "baseline" else "alpha", s["values"],
+                        s["chosen"], made)
+        if nxt is None or (math.isclose(nxt, 0.0) and method == "rdrop"):
+            continue
+        out.append({"methods": (method,), s["knob"]: nxt})
+    return out
 
 
 def _dropout_key(grid: Sequence[Mapping[str, Any]]) -> str:
@@ -293,9 +323,9 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
 
     family = get_experiment(cell.family)
     grid = map_grid(family.grid)
+    first = list(grid)
     key = _dropout_key(grid)
     out = Path(root) / cell.name
-    done: dict[tuple[str, str], int] = {}
     while True:
         experiment = replace(family, grid=grid)
         records = run_experiment(cell.family, cell.config_overrides(), out=out,
@@ -310,18 +340,13 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
                 time.sleep(wait_s)
             continue
         state = edge_state(records, key)
-        added = False
-        for method, s in state.items():
-            direction = "up" if s["chosen"] == s["values"][-1] else "down"
-            nxt = extension("dropout" if method == "baseline" else "alpha", s["values"],
-                            s["chosen"], done.get((method, direction), 0))
-            if nxt is None or (math.isclose(nxt, 0.0) and method == "rdrop"):
-                continue
-            done[(method, direction)] = done.get((method, direction), 0) + 1
-            grid.append({"methods": (method,), s["knob"]: nxt})
-            print(f"{cell.name}: {method} chose {s['knob']}={s['chosen']} at the edge of "
-                  f"{s['values']}; extending with {s['knob']}={nxt}")
-            added = True
+        added = pending_extensions(first, unscheduled(records), key)
+        for setting in added:
+            method = setting["methods"][0]
+            knob = state[method]["knob"]
+            grid.append(setting)
+            print(f"{cell.name}: {method} chose {knob}={state[method]['chosen']} at the edge of "
+                  f"{state[method]['values']}; extending with {knob}={setting[knob]}")
         if not added:
             return records
 
