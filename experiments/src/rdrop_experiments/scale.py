@@ -220,29 +220,31 @@ def missing_runs(cell: Cell, records: Sequence[dict[str, Any]]) -> int:
 
     seeds: dict[tuple[str, float | None], set[int]] = {
         point(s["methods"][0], s): set() for s in grid}
-    for rec in unscheduled(records):
+    mapped = unscheduled(records)
+    for rec in mapped:
         method = rec["method"]
         if method in ("baseline", "rdrop", "rdrop_alpha0"):
             seeds.setdefault(point(method, rec["config"]), set()).add(int(rec["seed"]))
     missing = sum(max(0, cell.seeds - len(s)) for s in seeds.values())
     # a choice still at an edge that the rules extend: the next point's runs are to go too
-    return missing + cell.seeds * len(pending_extensions(grid, unscheduled(records), key))
+    state = edge_state(mapped, key)
+    return missing + cell.seeds * len(pending_extensions(grid, state))
 
 
 def pending_extensions(first_grid: Sequence[Mapping[str, Any]],
-                       records: Sequence[dict[str, Any]], dropout_key: str
-                       ) -> list[dict[str, Any]]:
-    """The grid settings the extension rule adds next: for each arm whose choice on validation
-    is at an edge of the values its records hold, :func:`extension` in that direction, counting
-    the extensions already made as the values beyond ``first_grid``'s range (alpha never
-    extends down to 0). Empty once every choice is interior or its range has ended.
+                       state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The grid settings the extension rule adds next: for each arm of ``state`` (what
+    :func:`edge_state` read from the cell's records) whose choice on validation is at an edge
+    of its values, :func:`extension` in that direction, counting the extensions already made as
+    the values beyond ``first_grid``'s range (alpha never extends down to 0). Empty once every
+    choice is interior or its range has ended.
 
     Example:
-        >>> pending_extensions([], [], "dropout")
+        >>> pending_extensions([], {})
         []
     """
     out = []
-    for method, s in edge_state(records, dropout_key).items():
+    for method, s in state.items():
         first = [float(g[s["knob"]]) for g in first_grid
                  if tuple(g.get("methods", ())) == (method,) and s["knob"] in g]
         up = s["chosen"] == s["values"][-1]
@@ -339,8 +341,8 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
             while busy_runs(out):
                 time.sleep(wait_s)
             continue
-        state = edge_state(records, key)
-        added = pending_extensions(first, unscheduled(records), key)
+        state = edge_state(unscheduled(records), key)
+        added = pending_extensions(first, state)
         for setting in added:
             method = setting["methods"][0]
             knob = state[method]["knob"]
