@@ -405,3 +405,41 @@ def test_the_span_of_each_family_axis_is_reported_against_16x(tmp_path):
     assert f"| image | d32: 500, 8000; d64: 1000 | {8000 / 500:.1f}x |" in lines
     # the second protocol's cell is not part of the axis: 4600 / 637, below the target
     assert f"| translation | d32: 637, 4600 | {4600 / 637:.1f}x (below 16x) |" in lines
+
+
+def test_a_runner_shares_an_extension_the_other_runner_is_training(tmp_path, monkeypatch,
+                                                                   capsys):
+    import rdrop_experiments.runner as runner
+    import rdrop_experiments.scale as scale
+    import rdrop_experiments.storage as storage
+
+    # the first grid is finished (2 seeds): both arms chose their upper edge
+    first = [_record(m, s, value=0.8, valid=v, knob=k) for s in range(2) for m, k, v in (
+        ("baseline", {"dropout": 0.1}, 0.70), ("baseline", {"dropout": 0.3}, 0.80),
+        ("rdrop", {"alpha": 0.3}, 0.70), ("rdrop", {"alpha": 1.0}, 0.80))]
+    first += [_record("rdrop_alpha0", s, value=0.8, valid=0.7, knob={}) for s in range(2)]
+    # the extension's runs, worse than the choices: both choices interior after them
+    ext = [_record(m, s, value=0.8, valid=0.75, knob=k) for s in range(2) for m, k in (
+        ("baseline", {"dropout": 0.4}), ("rdrop", {"alpha": 3.0}))]
+    grids, finished = [], []
+
+    def run_experiment(*a, experiment, **k):
+        grids.append([dict(s) for s in experiment.grid])
+        finished[:] = first if len(grids) == 1 else first + ext
+        return list(finished)
+
+    monkeypatch.setattr(runner, "run_experiment", run_experiment)
+    monkeypatch.setattr(storage, "load_results", lambda folder: list(finished))
+    # the other runner trains a run of the extension it decided on the same finished grid
+    polls = iter([["x"]] * 5 + [[]] * 100)
+    monkeypatch.setattr(scale, "busy_runs", lambda out: next(polls))
+    monkeypatch.setattr(scale.time, "sleep", lambda s: None)
+    cell = scale.Cell("image", 500, "vit-d32", 2)
+    scale.run_cell(cell, tmp_path, progress=False)
+    out = capsys.readouterr().out
+    # no wait for the other runner's extension run: this runner decides the same extension
+    # at once and runs (shares) its runs
+    assert "waiting" not in out
+    assert len(grids) == 2
+    assert {"methods": ("baseline",), "dropout": 0.4} in grids[1]
+    assert {"methods": ("rdrop",), "alpha": 3.0} in grids[1]

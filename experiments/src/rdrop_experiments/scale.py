@@ -309,13 +309,33 @@ def busy_runs(folder: str | Path) -> list[Path]:
             if not RecordLock(lock.with_suffix("")).is_stale()]
 
 
+def grid_finished(folder: str | Path, grid: Sequence[Mapping[str, Any]], seeds: int) -> bool:
+    """Whether every setting of ``grid`` has a finished record under ``folder`` for each of
+    ``seeds`` seeds (seeds 0 .. seeds - 1).
+
+    Example:
+        >>> import tempfile
+        >>> grid_finished(tempfile.mkdtemp(), [{"methods": ("baseline",), "dropout": 0.1}], 2)
+        False
+    """
+    from rdrop_experiments.runner import setting_label
+    from rdrop_experiments.storage import load_results
+
+    labels = {setting_label(s) for s in grid}
+    done = {(r["setting"], int(r["seed"])) for r in load_results(folder)
+            if r["setting"] in labels and int(r["seed"]) < seeds}
+    return len(done) >= len(labels) * seeds
+
+
 def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
              dry_run: bool = False, wait_s: float = 20.0) -> list[dict[str, Any]]:
     """Run (or resume) every run of ``cell``, extending an edge choice until it is interior.
 
     Two runners may share a cell (``rdrop scale CELL`` twice): each skips the runs the other
-    holds, and decides an extension only once no run of the cell is in training anywhere
-    (polling every ``wait_s`` seconds), so both decide on the same finished records.
+    holds, and decides an extension only once every run of its grid has finished (polling
+    every ``wait_s`` seconds while the other runner trains one), so both decide on the same
+    finished records; a runner then shares the runs of an extension the other one is already
+    training instead of waiting for all of them.
 
     Returns:
         The cell's records.
@@ -335,10 +355,13 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
         if dry_run:
             return records
         busy = busy_runs(out)
-        if busy:  # another runner on this cell: decide on its finished runs too
+        # another runner training a run of this grid: decide on its finished runs too. Its
+        # runs beyond this grid are an extension it decided on these same finished records
+        # (the one rule), so this runner decides it as well and shares its runs.
+        if busy and not grid_finished(out, grid, cell.seeds):
             print(f"{cell.name}: waiting for {len(busy)} run(s) another runner is training "
                   "before deciding on the grid's edges")
-            while busy_runs(out):
+            while busy_runs(out) and not grid_finished(out, grid, cell.seeds):
                 time.sleep(wait_s)
             continue
         state = edge_state(unscheduled(records), key)
