@@ -44,6 +44,7 @@ def test_parse_errors(item, match):
     ({"methods": ("dropout",)}, "methods must be"),
     ({"num_passes": 3, "pass_dropouts": (0.1, 0.2)}, "one rate per pass"),
     ({"consistency": "l2"}, "consistency"),
+    ({"arm_tag": "tuned dropout"}, "arm_tag must be letters"),
 ])
 def test_validation_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -61,6 +62,11 @@ def test_config_key_shares_baseline_across_rdrop_fields():
     assert config_key(a, "rdrop") != config_key(b, "rdrop")
     assert config_key(a, "rdrop") == config_key(dataclasses.replace(a, seeds=9), "rdrop")
     assert config_key(a, "baseline") != config_key(CommonConfig(lr=0.1), "baseline")
+
+
+def test_an_arm_tag_makes_its_own_run():
+    tagged = CommonConfig(arm_tag="tuned_dropout")
+    assert config_key(tagged, "rdrop") != config_key(CommonConfig(), "rdrop")
 
 
 FAMILIES = ["image", "text-classification", "translation", "summarization", "language-modeling"]

@@ -259,6 +259,50 @@ def test_scale_cheaper_on_a_cell_not_yet_run_is_one_clear_line(tmp_path, capsys)
     assert "no R-Drop arm yet" in err and err.count("\n") == 1
 
 
+def test_tuned_dropout_arm_takes_both_choices_on_validation_and_refuses_what_it_cannot_be():
+    from rdrop_experiments.scale import tuned_dropout_settings
+
+    # validation prefers baseline dropout 0.3 (0.80 > 0.78) and alpha 1.0 (0.81 > 0.79); the
+    # registered R-Drop arm runs at 0.1 (the records' config), so the arm differs from it
+    recs = _cell_records(base_valid=(0.78, 0.80), rdrop_valid=(0.79, 0.81))
+    assert tuned_dropout_settings(recs, "dropout") == [
+        {"methods": ("rdrop",), "alpha": 1.0, "dropout": 0.3, "arm_tag": "tuned_dropout"}]
+    # a baseline that chose the rate R-Drop already runs at: nothing to add
+    same = _cell_records(base_valid=(0.80, 0.78))
+    with pytest.raises(ValueError, match="already runs at"):
+        tuned_dropout_settings(same, "dropout")
+    with pytest.raises(ValueError, match="run `rdrop scale CELL` first"):
+        tuned_dropout_settings([r for r in same if r["method"] == "baseline"], "dropout")
+
+
+def test_scale_tuned_dropout_on_a_cell_not_yet_run_is_one_clear_line(tmp_path, capsys):
+    from rdrop_experiments.cli import main
+
+    assert main(["scale", "image-500-vit-d32", "--tuned-dropout", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--tuned-dropout" in err and "no baseline and R-Drop arms" in err
+    assert err.count("\n") == 1
+
+
+def test_the_tuned_dropout_arm_leaves_the_map_row_alone_and_gets_a_frontier_row(tmp_path):
+    from rdrop_experiments.scale_map import write_map
+
+    _write_map(tmp_path)
+    before = {c.name: c for c in map_cells(tmp_path)}
+    folder = tmp_path / "scale" / "image-2000-vit-d32" / "image"
+    for seed in range(3):
+        rec = _record("rdrop", seed, value=0.68 + 0.01 * seed, valid=0.79,
+                      knob={"alpha": 1.0, "dropout": 0.3, "arm_tag": "tuned_dropout"})
+        rec["config"]["arm_tag"] = "tuned_dropout"
+        (folder / f"tuned-{seed}.json").write_text(json.dumps(rec))
+    assert {c.name: c for c in map_cells(tmp_path)} == before
+    section = write_map(tmp_path).split("## Extra arms in scale cells: image-2000")[1]
+    # 68/69/70% against the chosen baseline's 70/71/72%: -2 points in every seed
+    assert "| rdrop+tuned_dropout | alpha=1.0,dropout=0.3,arm_tag=tuned_dropout | 69.00 [" \
+        in section
+    assert "| -2.00 [-2.00, -2.00]," in section
+
+
 def test_cheaper_arms_in_a_cell_leave_its_map_row_alone_and_get_a_frontier(tmp_path):
     from rdrop_experiments.scale_map import write_map
 
@@ -274,7 +318,7 @@ def test_cheaper_arms_in_a_cell_leave_its_map_row_alone_and_get_a_frontier(tmp_p
     after = {c.name: c for c in map_cells(tmp_path)}
     assert after == before  # the row's arms and its Holm p values do not move
     text = write_map(tmp_path)
-    section = text.split("## Cheaper schedules in scale cells: image-500-vit-d32")[1]
+    section = text.split("## Extra arms in scale cells: image-500-vit-d32")[1]
     assert "image-2000-vit-d32" not in section.split("![")[0]  # no cheaper arms there
     # r = 0.5 chosen on validation (0.82 > 0.80): 75/76/77%, +5 points over the baseline
     # (70/71/72%) in every seed

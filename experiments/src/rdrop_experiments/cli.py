@@ -98,11 +98,14 @@ def _cmd_scale(args: argparse.Namespace) -> int:
         return 0
     cells = list(CELLS) if args.all else [get_cell(n) for n in args.cells]
     for cell in cells:
-        if args.cheaper:
+        extra = "cheaper" if args.cheaper else "tuned_dropout" if args.tuned_dropout else None
+        if extra:
             try:
-                run_cheaper(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run)
+                run_cheaper(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run,
+                            arms=extra)
             except ValueError as exc:
-                print(f"rdrop scale {cell.name} --cheaper: {exc}", file=sys.stderr)
+                flag = extra.replace("_", "-")
+                print(f"rdrop scale {cell.name} --{flag}: {exc}", file=sys.stderr)
                 return 2
         else:
             run_cell(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run)
@@ -196,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_sc.add_argument("--cheaper", action="store_true",
                       help="in finished cells, the fraction arms of issue 20 at the cell's "
                            "chosen alpha (docs/EXPERIMENTS.md)")
+    p_sc.add_argument("--tuned-dropout", action="store_true",
+                      help="in finished cells, R-Drop at the dropout the baseline chose and the "
+                           "alpha R-Drop chose, both on validation (docs/EXPERIMENTS.md)")
     p_sc.add_argument("--dry-run", action="store_true", help="plan the first grid only")
     p_sc.add_argument("--no-progress", action="store_true", help="no progress bars")
     p_sc.set_defaults(func=_cmd_scale)

@@ -57,7 +57,7 @@ NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress"
 # default, so every earlier record keeps its key (a test recomputes the keys of results/). A new
 # field that changes how a run goes is appended here.
 LATE_FIELDS = ("eval_every_epochs", "patience_epochs", "stop_margin", "max_sample_pass_epochs",
-               "second_pass_fraction", "start_step", "auto_start_patience", "noise")
+               "second_pass_fraction", "start_step", "auto_start_patience", "noise", "arm_tag")
 
 C = TypeVar("C", bound="CommonConfig")
 
@@ -88,6 +88,10 @@ class CommonConfig:
             (the baseline's one pass too): ``dropout`` (the model's own), ``embedding:ALPHA``
             (NEFTune-style embedding noise), ``dropout:P`` (every dropout slot at ``P``),
             ``lora:P``.
+        arm_tag: a name that sets these runs apart as their own arm in the report
+            (``<method>+<arm_tag>``, :func:`rdrop_experiments.frontier.arm_name`) when the rule
+            that chose their settings differs from the grid's, e.g. ``tuned_dropout`` (R-Drop
+            at the dropout the baseline chose); no effect on training. ``""`` = none.
         rdrop_mode: ``"concat"`` (one forward over ``[x; x]``) or ``"twice"``.
         alpha_warmup_steps: linear alpha warm-up for the R-Drop arm (0 = none).
         second_pass_fraction: the second pass (and the consistency term) on the first
@@ -148,6 +152,7 @@ class CommonConfig:
     auto_start_patience: int = 0
     chunk_size: int | None = None
     noise: str = "dropout"
+    arm_tag: str = ""
     max_steps: int = 1000
     eval_every: int = 100
     patience: int = 0
@@ -222,6 +227,9 @@ class CommonConfig:
         if self.pass_dropouts and noise.kind == "dropout" and noise.rate is not None:
             raise ConfigError(f"pass_dropouts sets each pass's dropout rate; noise={self.noise} "
                               "sets one rate for all passes. Use one of them.")
+        if self.arm_tag and not self.arm_tag.replace("_", "").isalnum():
+            raise ConfigError(f"arm_tag must be letters, digits and '_' (it names an arm in "
+                              f"the report, e.g. tuned_dropout), got {self.arm_tag!r}.")
         if self.rdrop_mode not in ("concat", "twice"):
             raise ConfigError(f"rdrop_mode must be concat or twice, got {self.rdrop_mode!r}.")
         if self.chunk_size is not None and self.chunk_size < 1:

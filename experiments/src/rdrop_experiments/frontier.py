@@ -50,7 +50,8 @@ GAIN_KEPT = 0.8
 def arm_name(rec: Mapping[str, Any]) -> str:
     """The arm of a record: its method, plus ``+tag`` for each schedule option it sets, and
     ``+<kind>`` for a noise source other than the model's own dropout (``noise=embedding:5``
-    -> ``+embedding``, ``dropout:0.1`` -> ``+dropout``, ``lora:0.1`` -> ``+lora``).
+    -> ``+embedding``, ``dropout:0.1`` -> ``+dropout``, ``lora:0.1`` -> ``+lora``), and
+    ``+<arm_tag>`` when the config names one.
 
     Example:
         >>> arm_name({"method": "rdrop", "config": {"second_pass_fraction": 0.25}})
@@ -62,12 +63,16 @@ def arm_name(rec: Mapping[str, Any]) -> str:
         'baseline'
         >>> arm_name({"method": "baseline", "config": {"noise": "embedding:5"}})
         'baseline+embedding'
+        >>> arm_name({"method": "rdrop", "config": {"arm_tag": "tuned_dropout"}})
+        'rdrop+tuned_dropout'
     """
     config = rec.get("config", {})
     tags = [tag for key, default, tag in SCHEDULE_TAGS if config.get(key, default) != default]
     noise = str(config.get("noise", "dropout"))
     if noise != "dropout":
         tags.append(noise.split(":")[0])
+    if config.get("arm_tag"):
+        tags.append(str(config["arm_tag"]))
     return "+".join([str(rec["method"]), *tags])
 
 

@@ -33,7 +33,7 @@ from rdrop_experiments.frontier import SCHEDULE_TAGS, arm_name
 
 __all__ = ["CELLS", "STOPPING", "Cell", "busy_runs", "cheaper_settings", "edge_state", "extension",
            "get_cell", "map_grid", "missing_runs", "pending_extensions", "run_cell", "run_cheaper",
-           "unscheduled"]
+           "tuned_dropout_settings", "unscheduled"]
 
 DROPOUT_STEP = 0.1
 DROPOUT_MAX = 0.7
@@ -408,13 +408,57 @@ def cheaper_settings(records: Sequence[dict[str, Any]], dropout_key: str,
             if "auto_start_patience" not in s]
 
 
-def run_cheaper(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
-                dry_run: bool = False) -> list[dict[str, Any]]:
-    """Run (or resume) the fraction arms of :func:`cheaper_settings` in a finished ``cell``,
-    under the cell's overrides, into the cell's folder.
+def tuned_dropout_settings(records: Sequence[dict[str, Any]],
+                           dropout_key: str) -> list[dict[str, Any]]:
+    """The arm "R-Drop at the tuned baseline's dropout" (``rdrop+tuned_dropout``) for a
+    finished cell: R-Drop at the cell's alpha chosen on validation, with the baseline's dropout
+    field (``dropout_key``) at the rate the baseline chose on validation, every other field as
+    the cell's. The registered R-Drop arm runs at the family's dropout; a user who adds R-Drop
+    to a run they tuned keeps their own (docs/EXPERIMENTS.md, "R-Drop at the tuned baseline's
+    dropout").
+
+    Args:
+        records: the cell's registered records (both arms among them).
+        dropout_key: the config field of the baseline's dropout grid.
 
     Raises:
-        ValueError: the cell has not been run (no R-Drop arm in its folder).
+        ValueError: the records hold no baseline or no R-Drop arm yet, or R-Drop already runs
+            at the rate the baseline chose (its registered arm is then this comparison).
+
+    Example:
+        >>> try:
+        ...     tuned_dropout_settings([], "dropout")
+        ... except ValueError as exc:
+        ...     print(str(exc).split(";")[0])
+        the cell has no baseline and R-Drop arms yet: run `rdrop scale CELL` first
+    """
+    state = edge_state(records, dropout_key)
+    if not {"baseline", "rdrop"} <= set(state):
+        raise ValueError("the cell has no baseline and R-Drop arms yet: run `rdrop scale CELL` "
+                         "first; this arm takes both choices on validation.")
+    rate, alpha = state["baseline"]["chosen"], state["rdrop"]["chosen"]
+    rdrop_rate = next(float(r["config"][dropout_key]) for r in records if r["method"] == "rdrop")
+    if math.isclose(rdrop_rate, rate):
+        raise ValueError(f"R-Drop already runs at the baseline's chosen {dropout_key}={rate:g}; "
+                         "its registered arm is this comparison.")
+    return [{"methods": ("rdrop",), "alpha": alpha, dropout_key: rate,
+             "arm_tag": "tuned_dropout"}]
+
+
+EXTRA_ARMS = {"cheaper": ("the fraction arms", cheaper_settings),
+              "tuned_dropout": ("R-Drop at the tuned baseline's dropout", tuned_dropout_settings)}
+
+
+def run_cheaper(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
+                dry_run: bool = False, arms: str = "cheaper") -> list[dict[str, Any]]:
+    """Run (or resume) the extra arms of a finished ``cell`` under the cell's overrides, into
+    the cell's folder: ``arms="cheaper"``, the fraction arms of :func:`cheaper_settings`;
+    ``"tuned_dropout"``, the arm of :func:`tuned_dropout_settings`. Both are read in the cell's
+    own frontier table, never in its map row.
+
+    Raises:
+        ValueError: the settings function refuses the cell (not run yet, ...).
+        KeyError: ``arms`` is not a key of :data:`EXTRA_ARMS`.
     """
     from rdrop_experiments.registry import get_experiment
     from rdrop_experiments.runner import run_experiment
@@ -422,8 +466,9 @@ def run_cheaper(cell: Cell, root: str | Path = "results/scale", *, progress: boo
 
     family = get_experiment(cell.family)
     out = Path(root) / cell.name
-    grid = cheaper_settings(load_results(out), _dropout_key(family.grid))
-    print(f"{cell.name}: the fraction arms at alpha={grid[0]['alpha']:g} (the cell's choice on "
-          f"validation), {len(grid)} settings x {cell.seeds} seeds")
+    what, settings = EXTRA_ARMS[arms]
+    grid = settings(unscheduled(load_results(out)), _dropout_key(family.grid))
+    print(f"{cell.name}: {what} at alpha={grid[0]['alpha']:g} (the cell's choice on "
+          f"validation), {len(grid)} setting(s) x {cell.seeds} seeds")
     return run_experiment(cell.family, cell.config_overrides(), out=out, progress=progress,
                           dry_run=dry_run, experiment=replace(family, grid=grid))

@@ -230,9 +230,10 @@ def _missing(name: str, records: Sequence[dict[str, Any]]) -> int:
 
 def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
                      plots: Path | None = None) -> str:
-    """The frontier table of each scale cell that holds arms with a schedule option (issue 20's
-    cheaper arms), every arm of the cell chosen on validation, Holm over that table ('' when
-    no cell has such arms); with ``plots``, ``frontier-<cell>.png`` there."""
+    """The frontier table of each scale cell that holds arms beyond its map row (issue 20's
+    cheaper schedules, R-Drop at the tuned baseline's dropout: ``scale.run_cheaper``), every
+    arm of the cell chosen on validation, Holm over that table ('' when no cell has such arms);
+    with ``plots``, ``frontier-<cell>.png`` there."""
     from rdrop_experiments.frontier import frontier_markdown, plot_frontier
     from rdrop_experiments.verdict import build_verdicts
 
@@ -241,7 +242,7 @@ def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
         if len(unscheduled(recs)) == len(recs):
             continue
         verdicts = build_verdicts(recs)
-        text += (f"\n## Cheaper schedules in scale cells: {name}\n\n"
+        text += (f"\n## Extra arms in scale cells: {name}\n\n"
                  + frontier_markdown(verdicts, level=4))
         if plots is not None and verdicts:
             plot_frontier(verdicts[0], plots / f"frontier-{name}.png")
