@@ -90,7 +90,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:
-    from rdrop_experiments.scale import CELLS, get_cell, run_cell, run_cheaper
+    from rdrop_experiments.scale import CELLS, get_cell, run_cell, run_extra_arms
 
     if args.list or not (args.cells or args.all):
         for cell in CELLS:
@@ -101,7 +101,7 @@ def _cmd_scale(args: argparse.Namespace) -> int:
         extra = "cheaper" if args.cheaper else "tuned_dropout" if args.tuned_dropout else None
         if extra:
             try:
-                run_cheaper(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run,
+                run_extra_arms(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run,
                             arms=extra)
             except ValueError as exc:
                 flag = extra.replace("_", "-")

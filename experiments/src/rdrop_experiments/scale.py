@@ -32,8 +32,8 @@ from typing import Any
 from rdrop_experiments.frontier import SCHEDULE_TAGS, arm_name
 
 __all__ = ["CELLS", "STOPPING", "Cell", "busy_runs", "cheaper_settings", "edge_state", "extension",
-           "get_cell", "map_grid", "missing_runs", "pending_extensions", "run_cell", "run_cheaper",
-           "tuned_dropout_settings", "unscheduled"]
+           "get_cell", "map_grid", "missing_runs", "pending_extensions", "run_cell",
+           "run_extra_arms", "tuned_dropout_settings", "unscheduled"]
 
 DROPOUT_STEP = 0.1
 DROPOUT_MAX = 0.7
@@ -172,7 +172,7 @@ def extension(knob: str, values: Sequence[float], chosen: float,
 
 def map_grid(grid: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """A cell's first grid: the family's grid without the stop-gradient arm and the cheaper
-    schedules (their question is issue 20's frontier, run by :func:`run_cheaper`).
+    schedules (their question is issue 20's frontier, run by :func:`run_extra_arms`).
 
     Example:
         >>> map_grid([{"methods": ("baseline",), "dropout": 0.1},
@@ -449,7 +449,7 @@ EXTRA_ARMS = {"cheaper": ("the fraction arms", cheaper_settings),
               "tuned_dropout": ("R-Drop at the tuned baseline's dropout", tuned_dropout_settings)}
 
 
-def run_cheaper(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
+def run_extra_arms(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
                 dry_run: bool = False, arms: str = "cheaper") -> list[dict[str, Any]]:
     """Run (or resume) the extra arms of a finished ``cell`` under the cell's overrides, into
     the cell's folder: ``arms="cheaper"``, the fraction arms of :func:`cheaper_settings`;

@@ -231,7 +231,7 @@ def _missing(name: str, records: Sequence[dict[str, Any]]) -> int:
 def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
                      plots: Path | None = None) -> str:
     """The frontier table of each scale cell that holds arms beyond its map row (issue 20's
-    cheaper schedules, R-Drop at the tuned baseline's dropout: ``scale.run_cheaper``), every
+    cheaper schedules, R-Drop at the tuned baseline's dropout: ``scale.run_extra_arms``), every
     arm of the cell chosen on validation, Holm over that table ('' when no cell has such arms);
     with ``plots``, ``frontier-<cell>.png`` there."""
     from rdrop_experiments.frontier import frontier_markdown, plot_frontier
