@@ -274,3 +274,18 @@ def test_a_lock_is_never_seen_empty_and_broken_by_a_racing_thread(tmp_path):
         t.join()
     assert [len(w) for w in wins] == [1] * rounds
     assert list(tmp_path.iterdir()) == []  # no lock and no filled temporary left behind
+
+
+def test_a_resumed_run_counts_the_training_time_before_the_kill(tmp_path, calls):
+    from rdrop_experiments.resume import save_checkpoint
+    from rdrop_experiments.runner import checkpoint_path
+
+    plan = plan_runs(get_experiment("toy"), tmp_path, {"seeds": 1})
+    victim = next(run for run in plan if run.method == "rdrop")
+    # what a killed process left: 100 s of training loop (the toy recipe trains afresh)
+    save_checkpoint(checkpoint_path(victim.path), {"loop": {"elapsed": 100.0}})
+    recs = run_experiment("toy", ["seeds=1"], out=tmp_path, progress=False)
+    walls = {r["method"]: r["wall_time_s"] for r in recs}
+    assert 100.0 <= walls["rdrop"] < 100.0 + 60.0
+    assert walls["baseline"] < 60.0  # no checkpoint: this process's time only
+    assert not checkpoint_path(victim.path).exists()

@@ -139,3 +139,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resumed_elapsed(path: str | os.PathLike[str]) -> float:
+    """Seconds of training loop the checkpoint at ``path`` already holds (0.0 without one):
+    what the earlier processes of a killed run spent training. A record's ``wall_time_s`` adds
+    it to the time of the process that finishes the run (their set-up is not counted).
+
+    Example:
+        >>> resumed_elapsed("no-such-run.ckpt.pt")
+        0.0
+    """
+    saved = load_checkpoint(path)
+    return float(saved["loop"].get("elapsed", 0.0)) if saved is not None else 0.0

@@ -445,6 +445,8 @@ def execute_plan(
     ``variant``, ``overrides`` and ``grid`` are those the plan was made with; they go into each
     record (``overrides``, and ``command``, which reproduces the run).
     """
+    from rdrop_experiments.resume import resumed_elapsed
+
     name = experiment.name
     folder = Path(out) / name
     clean_stale_tmp(folder)
@@ -472,9 +474,11 @@ def execute_plan(
                           f"starting ({_budget(run.config)})")
             if force:  # a forced rerun starts afresh, not from an earlier run's checkpoint
                 checkpoint_path(run.path).unlink(missing_ok=True)
+            # a resumed run: the training time of the processes before the kill counts too
+            before = resumed_elapsed(checkpoint_path(run.path))
             start = time.perf_counter()
             result, arm = _execute(experiment, run, progress=progress and run.config.progress)
-            wall = time.perf_counter() - start
+            wall = time.perf_counter() - start + before
             write_json_atomic(run.path, _record(experiment, run, result, arm, wall=wall,
                                                 variant=variant, overrides=overrides,
                                                 command=command, versions=versions, git=git))
