@@ -301,6 +301,10 @@ def test_the_tuned_dropout_arm_leaves_the_map_row_alone_and_gets_a_frontier_row(
     assert "| rdrop+tuned_dropout | alpha=1.0,dropout=0.3,arm_tag=tuned_dropout | 69.00 [" \
         in section
     assert "| -2.00 [-2.00, -2.00]," in section
+    # at each one's best: 69 - 71 in every seed, paired; the registered R-Drop arm's line too
+    assert "- rdrop+tuned_dropout - baseline at each one's best: -2.00 [-2.00, -2.00]" \
+        in section
+    assert "- rdrop - baseline at each one's best: +0.00" in section
 
 
 def test_cheaper_arms_in_a_cell_leave_its_map_row_alone_and_get_a_frontier(tmp_path):

@@ -243,11 +243,24 @@ def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
             continue
         verdicts = build_verdicts(recs)
         text += (f"\n## Extra arms in scale cells: {name}\n\n"
-                 + frontier_markdown(verdicts, level=4))
+                 + frontier_markdown(verdicts, level=4) + _best_deltas(verdicts))
         if plots is not None and verdicts:
             plot_frontier(verdicts[0], plots / f"frontier-{name}.png")
             text += f"\n![{name} frontier](../plots/frontier-{name}.png)\n"
     return text
+
+
+def _best_deltas(verdicts: Sequence[Any]) -> str:
+    """Each arm's best-quality Δ against the tuned baseline, paired by seed, with the Holm p
+    of the verdict the frontier table was read from (its equal-compute Δ is in the table)."""
+    lines = [f"- {c.name.split(' - ')[0]} - baseline at each one's best: {_f(c.diff.mean)} "
+             f"[{_f(c.diff.low)}, {_f(c.diff.high)}], Holm p {_p(c.p_holm)}"
+             for v in verdicts for c in v.comparisons
+             if c.kind == "best" and c.name.endswith(" - baseline, best")]
+    if not lines:
+        return ""
+    return ("\n**Best-quality Δ against the tuned baseline** (paired by seed, 95% t interval, "
+            "Holm over the cell's comparisons):\n\n" + "\n".join(lines) + "\n")
 
 
 def _f(x: float, digits: int = 2) -> str:
