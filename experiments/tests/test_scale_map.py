@@ -267,6 +267,13 @@ def test_tuned_dropout_arm_takes_both_choices_on_validation_and_refuses_what_it_
     recs = _cell_records(base_valid=(0.78, 0.80), rdrop_valid=(0.79, 0.81))
     assert tuned_dropout_settings(recs, "dropout") == [
         {"methods": ("rdrop",), "alpha": 1.0, "dropout": 0.3, "arm_tag": "tuned_dropout"}]
+    # a baseline that chose no dropout: R-Drop's passes would not differ through that field
+    zero = _cell_records(base_valid=(0.78, 0.80))
+    for r in zero:
+        if r["method"] == "baseline" and r["config"]["dropout"] == 0.0:
+            r["best_valid"] = 0.9
+    with pytest.raises(ValueError, match="chose dropout=0"):
+        tuned_dropout_settings(zero, "dropout")
     # a baseline that chose the rate R-Drop already runs at: nothing to add
     same = _cell_records(base_valid=(0.80, 0.78))
     with pytest.raises(ValueError, match="already runs at"):

@@ -422,8 +422,9 @@ def tuned_dropout_settings(records: Sequence[dict[str, Any]],
         dropout_key: the config field of the baseline's dropout grid.
 
     Raises:
-        ValueError: the records hold no baseline or no R-Drop arm yet, or R-Drop already runs
-            at the rate the baseline chose (its registered arm is then this comparison).
+        ValueError: the records hold no baseline or no R-Drop arm yet; the baseline chose
+            dropout 0; or R-Drop already runs at the rate the baseline chose (its registered
+            arm is then this comparison).
 
     Example:
         >>> try:
@@ -437,6 +438,10 @@ def tuned_dropout_settings(records: Sequence[dict[str, Any]],
         raise ValueError("the cell has no baseline and R-Drop arms yet: run `rdrop scale CELL` "
                          "first; this arm takes both choices on validation.")
     rate, alpha = state["baseline"]["chosen"], state["rdrop"]["chosen"]
+    if rate == 0.0:
+        raise ValueError(f"the baseline chose {dropout_key}=0: R-Drop there would compare "
+                         "passes that differ only through the model's other dropout slots, if "
+                         "any; this arm is not defined for it.")
     rdrop_rate = next(float(r["config"][dropout_key]) for r in records if r["method"] == "rdrop")
     if math.isclose(rdrop_rate, rate):
         raise ValueError(f"R-Drop already runs at the baseline's chosen {dropout_key}={rate:g}; "
