@@ -314,6 +314,20 @@ def test_the_tuned_dropout_arm_leaves_the_map_row_alone_and_gets_a_frontier_row(
     assert "- rdrop - baseline at each one's best: +0.00" in section
 
 
+def test_extra_arms_wait_until_the_cell_is_finished(tmp_path, capsys):
+    from rdrop_experiments.cli import main
+
+    folder = tmp_path / "image-500-vit-d32" / "image"  # registered: 5 seeds
+    folder.mkdir(parents=True)
+    recs = _cell_records(base_valid=(0.78, 0.80), seeds=5, extended=False)
+    for i, rec in enumerate(recs):
+        (folder / f"r{i}.json").write_text(json.dumps(rec))
+    # both choices sit at an edge with no extension run yet: 10 runs to go
+    assert main(["scale", "image-500-vit-d32", "--tuned-dropout", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not finished (10 registered runs to go)" in err and err.count("\n") == 1
+
+
 def test_cheaper_arms_in_a_cell_leave_its_map_row_alone_and_get_a_frontier(tmp_path):
     from rdrop_experiments.scale_map import write_map
 

@@ -455,14 +455,15 @@ EXTRA_ARMS = {"cheaper": ("the fraction arms", cheaper_settings),
 
 
 def run_extra_arms(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
-                dry_run: bool = False, arms: str = "cheaper") -> list[dict[str, Any]]:
+                   dry_run: bool = False, arms: str = "cheaper") -> list[dict[str, Any]]:
     """Run (or resume) the extra arms of a finished ``cell`` under the cell's overrides, into
     the cell's folder: ``arms="cheaper"``, the fraction arms of :func:`cheaper_settings`;
     ``"tuned_dropout"``, the arm of :func:`tuned_dropout_settings`. Both are read in the cell's
     own frontier table, never in its map row.
 
     Raises:
-        ValueError: the settings function refuses the cell (not run yet, ...).
+        ValueError: the settings function refuses the cell (not run yet, ...), or the cell
+            still has registered runs to go (its choices on validation may still move).
         KeyError: ``arms`` is not a key of :data:`EXTRA_ARMS`.
     """
     from rdrop_experiments.registry import get_experiment
@@ -472,7 +473,11 @@ def run_extra_arms(cell: Cell, root: str | Path = "results/scale", *, progress: 
     family = get_experiment(cell.family)
     out = Path(root) / cell.name
     what, settings = EXTRA_ARMS[arms]
-    grid = settings(unscheduled(load_results(out)), _dropout_key(family.grid))
+    records = unscheduled(load_results(out))
+    grid = settings(records, _dropout_key(family.grid))
+    if (missing := missing_runs(cell, records)) > 0:
+        raise ValueError(f"the cell is not finished ({missing} registered runs to go): run "
+                         f"`rdrop scale {cell.name}` first; its choices may still move.")
     print(f"{cell.name}: {what} at alpha={grid[0]['alpha']:g} (the cell's choice on "
           f"validation), {len(grid)} setting(s) x {cell.seeds} seeds")
     return run_experiment(cell.family, cell.config_overrides(), out=out, progress=progress,
