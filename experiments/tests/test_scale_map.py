@@ -314,6 +314,32 @@ def test_the_tuned_dropout_arm_leaves_the_map_row_alone_and_gets_a_frontier_row(
     assert "- rdrop - baseline at each one's best: +0.00" in section
 
 
+@pytest.mark.parametrize("shift, beats", [(-0.02, "no"), (0.02, "yes")])
+def test_the_tuned_dropout_arm_gets_one_row_across_cells(tmp_path, shift, beats):
+    from rdrop_experiments.scale_map import write_map
+
+    _write_map(tmp_path)
+    folder = tmp_path / "scale" / "image-2000-vit-d32" / "image"
+    for seed in range(3):
+        rec = _record("rdrop", seed, value=0.70 + 0.01 * seed + shift, valid=0.79,
+                      knob={"alpha": 1.0, "dropout": 0.3, "arm_tag": "tuned_dropout"})
+        rec["config"]["arm_tag"] = "tuned_dropout"
+        (folder / f"tuned-{seed}.json").write_text(json.dumps(rec))
+    text = write_map(tmp_path, plots=False)
+    table = text.split("## R-Drop at the tuned baseline's dropout, across cells")[1]
+    rows = [r for r in table.split("\n## ")[0].splitlines() if r.startswith("| image")]
+    # one cell holds the arm; baseline chose dropout 0.1 (valid 0.80 over 0.78), R-Drop ran at
+    # 0.1 and chose alpha 1.0 (0.81 over 0.79), the arm ran at 0.3: baseline 70/71/72%, the arm
+    # shift points off in every seed, its validation 0.79
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:6] == ["image-2000-vit-d32", "dropout=0.1", "0.1; alpha=1.0", "0.3", "3",
+                         "71.00"]
+    d = f"{100 * shift:+.2f}"
+    assert cells[7].startswith(f"{d} [{d}, {d}],")
+    assert cells[10] == "0.800 / 0.810 / 0.790" and cells[11] == beats
+
+
 def test_extra_arms_wait_until_the_cell_is_finished(tmp_path, capsys):
     from rdrop_experiments.cli import main
 

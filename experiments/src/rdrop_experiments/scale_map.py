@@ -33,6 +33,7 @@ from typing import Any
 from rdrop_experiments.scale import unscheduled
 
 __all__ = ["MapCell", "cell_from_records", "map_cells", "map_markdown", "span_markdown",
+           "tuned_dropout_markdown",
            "write_map"]
 
 SIZE_KEYS = ("train_tokens", "train_size")
@@ -250,6 +251,60 @@ def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
     return text
 
 
+TUNED = "rdrop+tuned_dropout"
+
+
+def tuned_dropout_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]]) -> str:
+    """One row per scale cell that holds the arm "R-Drop at the tuned baseline's dropout"
+    (``rdrop+tuned_dropout``, ``scale.tuned_dropout_settings``): the dropout each arm ran at,
+    the registered R-Drop arm's and the tuned-dropout arm's best-quality Δ against the tuned
+    baseline (paired by seed, 95% t interval, Holm over the cell's comparisons, as in the
+    cell's own section), the arm's Δ at the baseline's compute, its compute to best and each
+    arm's mean best-validation metric. '' when no cell holds the arm.
+
+    The reading rule registered with the arm (docs/EXPERIMENTS.md): it pays in a cell only if
+    it beats the tuned baseline after Holm (last column).
+    """
+    from rdrop_experiments.verdict import build_verdicts
+
+    rows = []
+    for name, recs in sorted(by_cell.items()):
+        for v in build_verdicts(recs):
+            if TUNED not in v.arms or "rdrop" not in v.arms:
+                continue
+            base, reg, tuned = v.arms["baseline"], v.arms["rdrop"], v.arms[TUNED]
+            knob = base.chosen.split("=")[0]
+            cmp = {c.name: c for c in v.comparisons}
+            best, reg_best = cmp[f"{TUNED} - baseline, best"], cmp["rdrop - baseline, best"]
+            equal = cmp[f"{TUNED} - baseline, equal compute"]
+            better = (best.diff.mean > 0) == v.higher_is_better and best.p_holm < 0.05
+            values = [v.scale * float(r["value"]) for r in base.runs.values()]
+            rows.append(
+                f"| {name} | {base.chosen} | "
+                f"{next(iter(reg.runs.values()))['config'].get(knob)}; {reg.chosen} | "
+                f"{next(iter(tuned.runs.values()))['config'].get(knob)} | {len(tuned.runs)} | "
+                f"{sum(values) / len(values):.2f} | {_delta(reg_best)} | {_delta(best)} | "
+                f"{_delta(equal)} | {v.compute_to_best[TUNED]:.2f}x | "
+                f"{base.valid[base.chosen]:.3f} / {reg.valid[reg.chosen]:.3f} / "
+                f"{tuned.valid[tuned.chosen]:.3f} | {'yes' if better else 'no'} |")
+    if not rows:
+        return ""
+    return ("\n## R-Drop at the tuned baseline's dropout, across cells\n\n"
+            "Δ = arm − tuned baseline (paired by seed, 95% t interval, Holm p over the cell's "
+            "comparisons, as in each cell's section below); the tuned-dropout arm runs at the "
+            "alpha R-Drop chose on validation at its registered dropout, not retuned.\n\n"
+            "| cell | baseline's choice | R-Drop's dropout; alpha (registered) | "
+            f"{TUNED}'s dropout | seeds | baseline | registered R-Drop: Δ best, Holm p | "
+            f"{TUNED}: Δ best, Holm p | {TUNED}: Δ at baseline's compute, Holm p | "
+            f"{TUNED}: compute to best | best validation (baseline / R-Drop / {TUNED}) | "
+            "beats the tuned baseline after Holm |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def _delta(c: Any) -> str:
+    return f"{_f(c.diff.mean)} [{_f(c.diff.low)}, {_f(c.diff.high)}], {_p(c.p_holm)}"
+
+
 def _best_deltas(verdicts: Sequence[Any]) -> str:
     """Each arm's best-quality Δ against the tuned baseline, paired by seed, with the Holm p
     of the verdict the frontier table was read from (its equal-compute Δ is in the table)."""
@@ -465,6 +520,7 @@ def write_map(root: str | Path = "results", out: str | Path | None = None, *,
         _plot_gap(cells, out / "plots" / "scale-gap.png",
                   (predictor.a, predictor.b) if predictor else None)
         text += "\n![gain against overfitting](../plots/scale-gap.png)\n"
+    text += tuned_dropout_markdown(by_cell)
     text += cheaper_markdown(by_cell, out / "plots" if plots else None)
     (out / "scale" / "map.md").write_text(text)
     rows = [{k: (";".join(v) if isinstance(v, list) else v) for k, v in asdict(c).items()}
