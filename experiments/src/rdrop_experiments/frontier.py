@@ -38,8 +38,8 @@ from rdrop_experiments.compute import fb_of_point
 from rdrop_experiments.stats import t_quantile
 
 __all__ = ["FrontierRow", "arm_name", "compute_to_reach", "family_forward_ratio",
-           "fb_at_best", "fb_used", "frontier_markdown", "frontier_rows", "plot_frontier",
-           "quality_at_fb", "recommendation"]
+           "fb_at_best", "fb_used", "frontier_markdown", "frontier_rows", "improves",
+           "plot_frontier", "quality_at_fb", "recommendation"]
 
 # (config field, its default, the tag an arm gets when the field differs from it)
 SCHEDULE_TAGS = (("auto_start_patience", 0, "auto_start"), ("start_step", 0, "start"),
@@ -219,7 +219,7 @@ def frontier_rows(v: Any) -> list[FrontierRow]:
     full = v.arms.get("rdrop")
     full_gain = (sum(float(r["value"]) for r in full.runs.values()) / len(full.runs) - mean_base
                  if full is not None else math.nan)
-    if not _improves(full_gain, v.higher_is_better):
+    if not improves(full_gain, v.higher_is_better):
         full_gain = math.nan  # no gain to keep: the share is undefined
     rows = []
     for name, arm in v.arms.items():
@@ -255,7 +255,7 @@ def recommendation(v: Any, rows: Sequence[FrontierRow] | None = None) -> str:
     gain = full.quality.mean - by["baseline"].quality.mean
     text = [f"{v.experiment} ({v.metric}, {better} is better): full R-Drop's gain is "
             f"{_d(gain)} at {_x(full.to_best.mean)} the baseline's compute to best."]
-    if not _improves(gain, v.higher_is_better):
+    if not improves(gain, v.higher_is_better):
         text.append("Full R-Drop does not improve on the tuned baseline here, so there is no "
                     "gain to keep.")
     elif keep:
@@ -288,7 +288,8 @@ def recommendation(v: Any, rows: Sequence[FrontierRow] | None = None) -> str:
     return " ".join(text)
 
 
-def _improves(diff: float, higher_is_better: bool) -> bool:
+def improves(diff: float, higher_is_better: bool) -> bool:
+    """Whether a finite difference (arm - reference) is an improvement in the metric's direction."""
     return math.isfinite(diff) and (diff > 0 if higher_is_better else diff < 0)
 
 

@@ -32,9 +32,8 @@ from typing import Any
 
 from rdrop_experiments.scale import unscheduled
 
-__all__ = ["MapCell", "cell_from_records", "map_cells", "map_markdown", "span_markdown",
-           "tuned_dropout_markdown",
-           "write_map"]
+__all__ = ["MapCell", "cell_from_records", "extra_verdicts", "map_cells", "map_markdown",
+           "span_markdown", "tuned_dropout_markdown", "write_map"]
 
 SIZE_KEYS = ("train_tokens", "train_size")
 
@@ -229,20 +228,16 @@ def _missing(name: str, records: Sequence[dict[str, Any]]) -> int:
         return 0
 
 
-def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
+def cheaper_markdown(verdicts_by_cell: Mapping[str, Sequence[Any]],
                      plots: Path | None = None) -> str:
     """The frontier table of each scale cell that holds arms beyond its map row (issue 20's
     cheaper schedules, R-Drop at the tuned baseline's dropout: ``scale.run_extra_arms``), every
     arm of the cell chosen on validation, Holm over that table ('' when no cell has such arms);
-    with ``plots``, ``frontier-<cell>.png`` there."""
+    with ``plots``, ``frontier-<cell>.png`` there. ``verdicts_by_cell``: :func:`extra_verdicts`."""
     from rdrop_experiments.frontier import frontier_markdown, plot_frontier
-    from rdrop_experiments.verdict import build_verdicts
 
     text = ""
-    for name, recs in sorted(by_cell.items()):
-        if len(unscheduled(recs)) == len(recs):
-            continue
-        verdicts = build_verdicts(recs)
+    for name, verdicts in sorted(verdicts_by_cell.items()):
         text += (f"\n## Extra arms in scale cells: {name}\n\n"
                  + frontier_markdown(verdicts, level=4) + _best_deltas(verdicts))
         if plots is not None and verdicts:
@@ -251,10 +246,19 @@ def cheaper_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]],
     return text
 
 
+def extra_verdicts(by_cell: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, list[Any]]:
+    """The verdicts (all arms, Holm over each cell's comparisons) of each scale cell that holds
+    arms beyond its map row; built once for the report's extra-arms sections."""
+    from rdrop_experiments.verdict import build_verdicts
+
+    return {name: build_verdicts(recs) for name, recs in by_cell.items()
+            if len(unscheduled(recs)) != len(recs)}
+
+
 TUNED = "rdrop+tuned_dropout"
 
 
-def tuned_dropout_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]]) -> str:
+def tuned_dropout_markdown(verdicts_by_cell: Mapping[str, Sequence[Any]]) -> str:
     """One row per scale cell that holds the arm "R-Drop at the tuned baseline's dropout"
     (``rdrop+tuned_dropout``, ``scale.tuned_dropout_settings``): the dropout each arm ran at,
     the registered R-Drop arm's and the tuned-dropout arm's best-quality Δ against the tuned
@@ -263,13 +267,14 @@ def tuned_dropout_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]]) -> s
     arm's mean best-validation metric. '' when no cell holds the arm.
 
     The reading rule registered with the arm (docs/EXPERIMENTS.md): it pays in a cell only if
-    it beats the tuned baseline after Holm (last column).
+    it beats the tuned baseline after Holm (last column). ``verdicts_by_cell``:
+    :func:`extra_verdicts`.
     """
-    from rdrop_experiments.verdict import build_verdicts
+    from rdrop_experiments.frontier import improves
 
     rows = []
-    for name, recs in sorted(by_cell.items()):
-        for v in build_verdicts(recs):
+    for name, verdicts in sorted(verdicts_by_cell.items()):
+        for v in verdicts:
             if TUNED not in v.arms or "rdrop" not in v.arms:
                 continue
             base, reg, tuned = v.arms["baseline"], v.arms["rdrop"], v.arms[TUNED]
@@ -277,7 +282,7 @@ def tuned_dropout_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]]) -> s
             cmp = {c.name: c for c in v.comparisons}
             best, reg_best = cmp[f"{TUNED} - baseline, best"], cmp["rdrop - baseline, best"]
             equal = cmp[f"{TUNED} - baseline, equal compute"]
-            better = (best.diff.mean > 0) == v.higher_is_better and best.p_holm < 0.05
+            better = improves(best.diff.mean, v.higher_is_better) and best.p_holm < 0.05
             values = [v.scale * float(r["value"]) for r in base.runs.values()]
             rows.append(
                 f"| {name} | {base.chosen} | "
@@ -301,15 +306,19 @@ def tuned_dropout_markdown(by_cell: Mapping[str, Sequence[dict[str, Any]]]) -> s
             "|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
+def _ci(c: Any) -> str:
+    return f"{_f(c.diff.mean)} [{_f(c.diff.low)}, {_f(c.diff.high)}]"
+
+
 def _delta(c: Any) -> str:
-    return f"{_f(c.diff.mean)} [{_f(c.diff.low)}, {_f(c.diff.high)}], {_p(c.p_holm)}"
+    return f"{_ci(c)}, {_p(c.p_holm)}"
 
 
 def _best_deltas(verdicts: Sequence[Any]) -> str:
     """Each arm's best-quality Δ against the tuned baseline, paired by seed, with the Holm p
     of the verdict the frontier table was read from (its equal-compute Δ is in the table)."""
-    lines = [f"- {c.name.split(' - ')[0]} - baseline at each one's best: {_f(c.diff.mean)} "
-             f"[{_f(c.diff.low)}, {_f(c.diff.high)}], Holm p {_p(c.p_holm)}"
+    lines = [f"- {c.name.split(' - ')[0]} - baseline at each one's best: {_ci(c)}, "
+             f"Holm p {_p(c.p_holm)}"
              for v in verdicts for c in v.comparisons
              if c.kind == "best" and c.name.endswith(" - baseline, best")]
     if not lines:
@@ -520,8 +529,9 @@ def write_map(root: str | Path = "results", out: str | Path | None = None, *,
         _plot_gap(cells, out / "plots" / "scale-gap.png",
                   (predictor.a, predictor.b) if predictor else None)
         text += "\n![gain against overfitting](../plots/scale-gap.png)\n"
-    text += tuned_dropout_markdown(by_cell)
-    text += cheaper_markdown(by_cell, out / "plots" if plots else None)
+    extra = extra_verdicts(by_cell)
+    text += tuned_dropout_markdown(extra)
+    text += cheaper_markdown(extra, out / "plots" if plots else None)
     (out / "scale" / "map.md").write_text(text)
     rows = [{k: (";".join(v) if isinstance(v, list) else v) for k, v in asdict(c).items()}
             for c in cells]
