@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from rdrop.autostart import AutoStart, scheduled_step
-from rdrop.schedule import rdrop_step
+from rdrop.autostart import AutoStart
+from rdrop.schedule import Schedule, rdrop_step
 
 
 def _reference_start(values, steps, patience, higher_is_better, min_delta=0.0):
@@ -76,15 +76,16 @@ def test_state_round_trips_through_json_and_a_resumed_run_switches_at_the_same_s
     assert resumed.state_dict() == whole.state_dict()
 
 
-def test_scheduled_step_is_off_until_the_switch_then_rdrop_step_from_it():
+def test_schedule_with_a_rule_is_off_until_the_switch_then_rdrop_step_from_it():
     auto = AutoStart(patience=1)
     kw = {"alpha": 2.0, "every_k_steps": 2, "alpha_warmup_steps": 3}
-    assert all(not scheduled_step(s, start_step=auto, **kw).active for s in range(20))
-    auto.update(1.0, step=3)
-    auto.update(1.0, step=7)  # no improvement: on from step 7
+    schedule = Schedule(start=auto, **kw)
+    assert all(not schedule.decision(s).active for s in range(20))
+    schedule.observe(1.0, step=3)
+    schedule.observe(1.0, step=7)  # no improvement: on from step 7
     for s in range(20):
-        assert scheduled_step(s, start_step=auto, **kw) == rdrop_step(s, start_step=7, **kw)
-    assert scheduled_step(4, start_step=2, **kw) == rdrop_step(4, start_step=2, **kw)
+        assert schedule.decision(s) == rdrop_step(s, start_step=7, **kw)
+    assert Schedule(start=2, **kw).decision(4) == rdrop_step(4, start_step=2, **kw)
 
 
 def test_bad_settings_are_refused():

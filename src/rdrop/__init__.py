@@ -8,22 +8,26 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from rdrop.autostart import AutoStart
+from rdrop.autostart import AutoStart, PlateauStart, plateau_step
 from rdrop.ctc import ctc_rdrop_loss
 from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss, symmetric_kl
 from rdrop.loss import RDropLoss
 from rdrop.multilabel import multilabel_rdrop_loss
+from rdrop.schedule import Schedule
 from rdrop.subset import subset_rdrop_loss
 from rdrop.wrapper import RDrop, unwrap_state_dict
 
 __all__ = [
     "AutoStart",
+    "PlateauStart",
     "RDrop",
     "RDropLoss",
     "RDropOutput",
+    "Schedule",
     "ctc_rdrop_loss",
     "multi_pass_rdrop_loss",
     "multilabel_rdrop_loss",
+    "plateau_step",
     "rdrop_loss",
     "subset_rdrop_loss",
     "symmetric_kl",

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rdrop.autostart import AutoStart, scheduled_step
+from rdrop.autostart import StartRule
 from rdrop.batching import InputName
-from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
+from rdrop.checks import ALPHA, IGNORE_INDEX, check_positive_int
 from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
 from rdrop.noise import Noise, attach_noise
-from rdrop.schedule import RDropStep
+from rdrop.schedule import RDropStep, Schedule
 from rdrop.step import TrainingStep, eager, pass_loss
 
 __all__ = ["RDrop", "unwrap_state_dict"]
@@ -82,13 +82,13 @@ class RDrop(nn.Module):
     detached target on ``S`` and its CE is left out). It needs two passes and
     ``reduction="mean"``, and computes the loss unchunked. Under gradient accumulation pass
     ``num_items_in_subset`` beside ``num_items_in_batch``. ``start_step=s`` trains plainly (one
-    pass) before optimizer step ``s``; ``start_step=AutoStart(patience)``
-    (:class:`rdrop.autostart.AutoStart`) starts R-Drop once validation stops improving: call
-    ``wrapped.start_step.update(valid_metric, step=wrapped.num_steps)`` after each validation.
+    pass) before optimizer step ``s``; ``start_step=rdrop.PlateauStart()``
+    (:class:`rdrop.autostart.PlateauStart`) starts R-Drop where validation reaches its plateau,
+    before its optimum: call ``wrapped.observe(valid_metric)`` after each validation.
     See :mod:`rdrop.schedule` for the loss scale at the switch.
 
     **Which step** (``start_step``, ``every_k_steps``, ``alpha_warmup_steps``): the decision is
-    :func:`rdrop.schedule.rdrop_step` of the *optimizer* step, so every micro-batch of one
+    :class:`rdrop.schedule.Schedule` of the *optimizer* step, so every micro-batch of one
     accumulated step gets the same decision. Tell the wrapper the optimizer
     (``RDrop(..., optimizer=opt)`` or ``wrapped.attach_optimizer(opt)``; it counts
     ``opt.step()`` calls with a post-hook) or the step (``wrapped.set_step(n)``). Without either
@@ -158,7 +158,8 @@ class RDrop(nn.Module):
             returning ``(loss, logits)``: ``logits_fn=lambda out: out[1]``).
         stop_gradient: the cheaper variant above (needs ``num_passes=2``).
         start_step: the first optimizer step with R-Drop (an int ``>= 0``; plain steps before
-            it), or an :class:`rdrop.autostart.AutoStart` (R-Drop from the step it switched at).
+            it), or a start rule (:class:`rdrop.autostart.PlateauStart`,
+            :class:`rdrop.autostart.AutoStart`; R-Drop from the step it fired at).
             ``every_k_steps`` and the warm-up count from it.
         second_pass_fraction: ``r`` in ``(0, 1]``, the share of each batch's rows (the first
             ``ceil(r * B)``) that get the second pass and the consistency term (1.0: all).
@@ -216,7 +217,7 @@ class RDrop(nn.Module):
         check_finite: bool = True,
         logits_fn: Callable[[Any], Tensor] | None = None,
         stop_gradient: bool = False,
-        start_step: int | AutoStart = 0,
+        start_step: int | StartRule = 0,
         second_pass_fraction: float = 1.0,
         optimizer: torch.optim.Optimizer | None = None,
         batched: Collection[InputName] | None = None,
@@ -228,12 +229,11 @@ class RDrop(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        self.alpha = check_alpha(alpha)
-        self.every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
-        self.alpha_warmup_steps = check_positive_int("alpha_warmup_steps", alpha_warmup_steps, 0)
-        if not isinstance(start_step, AutoStart):
-            start_step = check_positive_int("start_step", start_step, 0)
-        self.start_step: int | AutoStart = start_step
+        # When R-Drop runs (rdrop.schedule): checked once here, asked at every step.
+        self.rdrop_schedule = Schedule(alpha, every_k_steps, alpha_warmup_steps, start_step)
+        self.alpha, self.every_k_steps = self.rdrop_schedule.alpha, every_k_steps
+        self.alpha_warmup_steps = alpha_warmup_steps
+        self.start_step: int | StartRule = start_step
         # The passes and the loss: rdrop.step, the same step as every other entry point. Their
         # options are checked there, once.
         loss = pass_loss(consistency, ignore_index=ignore_index,
@@ -318,11 +318,18 @@ class RDrop(nn.Module):
         self._step_source = "manual"
 
     def schedule(self) -> RDropStep:
-        """The decision of :func:`rdrop.schedule.rdrop_step` at the current step (R-Drop off
-        while an :class:`rdrop.autostart.AutoStart` has not switched)."""
-        return scheduled_step(self.num_steps, alpha=self.alpha, every_k_steps=self.every_k_steps,
-                              alpha_warmup_steps=self.alpha_warmup_steps,
-                              start_step=self.start_step)
+        """The decision of :class:`rdrop.schedule.Schedule` at the current step (R-Drop off
+        while a start rule has not fired)."""
+        return self.rdrop_schedule.decision(self.num_steps)
+
+    def observe(self, value: float) -> bool:
+        """Feed one validation value, measured now, to the start rule (``start_step=`` a rule
+        such as :class:`rdrop.PlateauStart`); a no-op returning ``False`` for a fixed start.
+
+        Returns:
+            ``True`` exactly when the rule fires: R-Drop runs from the next optimizer step.
+        """
+        return self.rdrop_schedule.observe(value, step=self.num_steps)
 
     def current_alpha(self) -> float:
         """Alpha at the current step, after the linear warm-up (if any); 0.0 on an off-step."""
@@ -339,15 +346,13 @@ class RDrop(nn.Module):
         return decision
 
     def get_extra_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"num_steps": self.num_steps}
-        if isinstance(self.start_step, AutoStart):
-            state["auto_start"] = self.start_step.state_dict()
-        return state
+        return {"num_steps": self.num_steps, **self.rdrop_schedule.state_dict()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.num_steps = int(state["num_steps"])
-        if isinstance(self.start_step, AutoStart) and "auto_start" in state:
-            self.start_step.load_state_dict(state["auto_start"])
+        if "auto_start" in state:  # checkpoints written before the schedule object
+            state = {"start_rule": state["auto_start"]}
+        self.rdrop_schedule.load_state_dict(state)
 
     def extra_repr(self) -> str:
         return (

@@ -49,6 +49,7 @@ RDROP_FIELDS = (
     "second_pass_fraction",
     "start_step",
     "auto_start_patience",
+    "start_rule",
 )
 # Fields that say which runs to do, not how one run goes: excluded from a run's identity.
 NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress", "device",
@@ -57,7 +58,8 @@ NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress"
 # default, so every earlier record keeps its key (a test recomputes the keys of results/). A new
 # field that changes how a run goes is appended here.
 LATE_FIELDS = ("eval_every_epochs", "patience_epochs", "stop_margin", "max_sample_pass_epochs",
-               "second_pass_fraction", "start_step", "auto_start_patience", "noise", "arm_tag")
+               "second_pass_fraction", "start_step", "auto_start_patience", "noise", "arm_tag",
+               "start_rule")
 
 C = TypeVar("C", bound="CommonConfig")
 
@@ -103,6 +105,10 @@ class CommonConfig:
             after this many evaluation points without a better validation metric (the run's
             selection metric; validation only), from the next optimizer step on. The
             protocol's own patience then counts again from the switch.
+        start_rule: ``"plateau"``: R-Drop starts by :class:`rdrop.autostart.PlateauStart` with
+            the registered parameters (docs/EXPERIMENTS.md, "Plateau start") on the run's
+            selection metric, before its optimum; the run is the baseline's up to there. Its
+            arm is ``rdrop+plateau``. Empty: no rule.
         chunk_size: rows per chunk of the R-Drop loss (``rdrop_loss(chunk_size=...)``: the same
             values at a fraction of the memory; for large LM vocabularies). None = unchunked.
         max_steps: optimizer steps per run at most (a safety stop; the protocol stops on
@@ -150,6 +156,7 @@ class CommonConfig:
     second_pass_fraction: float = 1.0
     start_step: int = 0
     auto_start_patience: int = 0
+    start_rule: str = ""
     chunk_size: int | None = None
     noise: str = "dropout"
     arm_tag: str = ""
@@ -242,9 +249,12 @@ class CommonConfig:
         if not 0.0 < self.second_pass_fraction <= 1.0:
             raise ConfigError(f"second_pass_fraction must lie in (0, 1], got "
                               f"{self.second_pass_fraction}.")
-        if self.start_step and self.auto_start_patience:
-            raise ConfigError("start_step and auto_start_patience both choose when R-Drop "
-                              "starts; set one of them (the other 0).")
+        if self.start_rule not in ("", "plateau"):
+            raise ConfigError(f"start_rule must be plateau (rdrop.PlateauStart, the registered "
+                              f"rule) or empty, got {self.start_rule!r}.")
+        if sum(map(bool, (self.start_step, self.auto_start_patience, self.start_rule))) > 1:
+            raise ConfigError("start_step, auto_start_patience and start_rule each choose when "
+                              "R-Drop starts; set one of them (the others 0 or empty).")
 
     @property
     def seed_list(self) -> list[int]:

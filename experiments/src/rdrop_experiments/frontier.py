@@ -43,7 +43,7 @@ __all__ = ["FrontierRow", "arm_name", "compute_to_reach", "family_forward_ratio"
 
 # (config field, its default, the tag an arm gets when the field differs from it)
 SCHEDULE_TAGS = (("auto_start_patience", 0, "auto_start"), ("start_step", 0, "start"),
-                 ("second_pass_fraction", 1.0, "fraction"))
+                 ("start_rule", "", "plateau"), ("second_pass_fraction", 1.0, "fraction"))
 GAIN_KEPT = 0.8
 
 

@@ -36,8 +36,19 @@ from torch import nn
 from rdrop.schedule import rdrop_step
 from rdrop_experiments.compute import ComputeMeter, step_passes_of
 
-__all__ = ["ProtocolOutcome", "cheaper_grid", "is_better", "passed_optimum", "protocol_grid",
-           "quality_at_compute", "step_cost", "stopping_schedule", "train_until_patience"]
+__all__ = [
+    "PLATEAU_ALPHAS",
+    "ProtocolOutcome",
+    "cheaper_grid",
+    "is_better",
+    "passed_optimum",
+    "plateau_grid",
+    "protocol_grid",
+    "quality_at_compute",
+    "step_cost",
+    "stopping_schedule",
+    "train_until_patience",
+]
 
 TWO_PASS_METHODS = ("rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
 
@@ -469,3 +480,21 @@ def cheaper_grid(
         *({"methods": ("rdrop_stop_gradient",), "alpha": alpha, **auto,
            "second_pass_fraction": r} for r in fractions),
     ]
+
+
+# The plateau-start arm (issue 32; docs/EXPERIMENTS.md, "Plateau start", registered 2026-12-07
+# before any of its runs): two alphas a decade apart, the size of the baseline's grid, reaching
+# above the paper's values; an edge choice is extended by a factor 3 until validation turns.
+PLATEAU_ALPHAS = (1.0, 10.0)
+
+
+def plateau_grid(alpha_grid: tuple[float, ...] = PLATEAU_ALPHAS) -> list[dict[str, Any]]:
+    """The ``rdrop+plateau`` arm as registry grid settings: R-Drop from where the registered
+    :class:`rdrop.autostart.PlateauStart` fires on the run's own validation curve (the run is
+    the baseline's, at the model's own dropout, up to there), at each alpha of ``alpha_grid``.
+
+    Example:
+        >>> plateau_grid((1.0,))
+        [{'methods': ('rdrop',), 'alpha': 1.0, 'start_rule': 'plateau'}]
+    """
+    return [{"methods": ("rdrop",), "alpha": a, "start_rule": "plateau"} for a in alpha_grid]

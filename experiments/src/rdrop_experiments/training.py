@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rdrop.autostart import AutoStart, scheduled_step
+from rdrop.autostart import AutoStart, PlateauStart
 from rdrop.batching import extract_logits
 from rdrop.functional import RDropOutput
 from rdrop.inspection import dropout_slots
 from rdrop.noise import attach_noise
-from rdrop.schedule import RDropStep
+from rdrop.schedule import RDropStep, Schedule
 from rdrop.step import PassPlan, TrainingStep, pass_loss
 from rdrop.subset import subset_size
 from rdrop_experiments.compute import step_passes
@@ -128,7 +128,7 @@ class TrainStep:
     """One arm's loss for one batch: ``step(*args, target=y, **kwargs) -> RDropOutput``.
 
     Every arm is :class:`rdrop.step.TrainingStep`, the library's one step, at the decision of
-    :func:`rdrop.schedule.rdrop_step` of the number of calls so far (one call per optimizer
+    :class:`rdrop.schedule.Schedule` of the number of calls so far (one call per optimizer
     step in the recipes):
 
     * ``baseline``: always a plain step: one forward, cross-entropy (``ignore_index``,
@@ -150,9 +150,10 @@ class TrainStep:
     :class:`rdrop.multilabel.MultiLabelLoss`).
 
     The cheaper schedules are the library's options, for every R-Drop arm:
-    ``second_pass_fraction`` (the step's), ``start_step`` (the schedule's) and
-    ``auto_start_patience`` (an :class:`rdrop.autostart.AutoStart` on the run's validation
-    metric, fed by the training loop through :meth:`observe_validation`).
+    ``second_pass_fraction`` (the step's), ``start_step`` (the schedule's), ``start_rule``
+    (``"plateau"``: :class:`rdrop.autostart.PlateauStart`) and ``auto_start_patience`` (an
+    :class:`rdrop.autostart.AutoStart`), the rules on the run's validation metric, fed by the
+    training loop through :meth:`observe_validation`.
 
     ``logits`` of the output is the (first) pass's logits, for training metrics;
     ``last_passes`` is ``(g, h)`` of the last call, the samples forwarded with and without a
@@ -179,7 +180,10 @@ class TrainStep:
         self.logits_fn = logits_fn or extract_logits
         self.calls = 0
         self.alpha = 0.0 if method == "rdrop_alpha0" else cfg.alpha
-        self.auto: AutoStart | None = None  # made at the first validation (its direction)
+        self.schedule: Schedule | None = None  # with a start rule: made at the first validation
+        if method != "baseline" and not self._has_rule():
+            self.schedule = Schedule(self.alpha, cfg.every_k_steps, cfg.alpha_warmup_steps,
+                                     cfg.start_step)
         self.last_passes: tuple[int, int] | None = None
         loss = pass_loss(cfg.consistency, ignore_index=ignore_index,
                          label_smoothing=label_smoothing, chunk_size=cfg.chunk_size,
@@ -217,47 +221,56 @@ class TrainStep:
         finally:
             set_dropout(self.model, original)
 
+    def _has_rule(self) -> bool:
+        return bool(self.cfg.auto_start_patience or self.cfg.start_rule)
+
+    def _new_schedule(self, higher_is_better: bool) -> Schedule:
+        rule: AutoStart | PlateauStart = (
+            PlateauStart(higher_is_better=higher_is_better) if self.cfg.start_rule else
+            AutoStart(self.cfg.auto_start_patience, higher_is_better=higher_is_better))
+        return Schedule(self.alpha, self.cfg.every_k_steps, self.cfg.alpha_warmup_steps, rule)
+
+    @property
+    def auto(self) -> AutoStart | PlateauStart | None:
+        """The start rule (``None`` without one, or before the first validation)."""
+        return None if self.schedule is None else self.schedule.rule  # type: ignore[return-value]
+
     def decision(self, step: int) -> RDropStep:
-        """This arm's schedule decision at optimizer step ``step``."""
-        if self.method == "baseline":
+        """This arm's schedule decision at optimizer step ``step`` (plain while a start rule
+        has seen no validation yet)."""
+        if self.schedule is None:
             return RDropStep(active=False, alpha=0.0)
-        start: int | AutoStart = self.cfg.start_step
-        if self.cfg.auto_start_patience:
-            if self.auto is None:  # no validation yet: plain steps
-                return RDropStep(active=False, alpha=0.0)
-            start = self.auto
-        return scheduled_step(step, alpha=self.alpha, every_k_steps=self.cfg.every_k_steps,
-                              alpha_warmup_steps=self.cfg.alpha_warmup_steps, start_step=start)
+        return self.schedule.decision(step)
 
     def observe_validation(self, value: float, step: int, higher_is_better: bool) -> bool:
-        """Feed the automatic start (``cfg.auto_start_patience``) one validation value after
-        ``step`` optimizer steps; ``True`` when R-Drop switches on at this call."""
-        if not self.cfg.auto_start_patience or self.method == "baseline":
+        """Feed the start rule (``cfg.start_rule``, ``cfg.auto_start_patience``) one validation
+        value after ``step`` optimizer steps; ``True`` when R-Drop switches on at this call."""
+        if not self._has_rule() or self.method == "baseline":
             return False
-        if self.auto is None:
-            self.auto = AutoStart(self.cfg.auto_start_patience, higher_is_better=higher_is_better)
-        return self.auto.update(value, step=step)
+        if self.schedule is None:
+            self.schedule = self._new_schedule(higher_is_better)
+        return self.schedule.observe(value, step=step)
 
     def record_fields(self) -> dict[str, Any]:
-        """For the run's record: the step the automatic start switched at (``None``: never)."""
-        if not self.cfg.auto_start_patience or self.method == "baseline":
+        """For the run's record: the step the start rule fired at (``None``: never)."""
+        if not self._has_rule() or self.method == "baseline":
             return {}
-        return {"rdrop_start_step": None if self.auto is None else self.auto.start_step}
+        return {"rdrop_start_step": None if self.schedule is None else self.schedule.start_step}
 
     def state_dict(self) -> dict[str, Any]:
         """The step's counters for a checkpoint (plain numbers)."""
+        rule = self.auto
         return {"calls": self.calls,
-                "auto": None if self.auto is None else
-                {"higher_is_better": self.auto.higher_is_better, **self.auto.state_dict()}}
+                "auto": None if rule is None else
+                {"higher_is_better": rule.higher_is_better, **rule.state_dict()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.calls = int(state["calls"])
         auto = state.get("auto")
         if auto is not None:
-            self.auto = AutoStart(self.cfg.auto_start_patience,
-                                  higher_is_better=bool(auto["higher_is_better"]))
-            self.auto.load_state_dict(auto)
+            self.schedule = self._new_schedule(bool(auto["higher_is_better"]))
+            self.schedule.rule.load_state_dict(auto)  # type: ignore[union-attr]
 
     def __call__(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
         decision = self.decision(self.calls)

@@ -23,7 +23,7 @@ passes. It logs ``train/loss``,
 ``train/task_loss``, ``train/consistency_loss``, ``train/task_loss_per_pass`` (one pass's loss,
 comparable to a validation loss) and ``train/rdrop_alpha``.
 
-When R-Drop runs and with which alpha is :func:`rdrop.schedule.rdrop_step` of
+When R-Drop runs and with which alpha is :class:`rdrop.schedule.Schedule` of
 ``self.global_step``, the number of optimizer steps taken: with ``accumulate_grad_batches`` every
 micro-batch of one optimizer step gets the same decision (Lightning divides each micro-batch's
 loss by the accumulation steps, as it does for any loss).
@@ -56,12 +56,12 @@ except ImportError:  # pragma: no cover - the unified package
             "rdrop.integrations.lightning needs PyTorch Lightning: pip install pytorch-lightning"
         ) from err
 
-from rdrop.autostart import AutoStart, scheduled_step
+from rdrop.autostart import StartRule
 from rdrop.batching import InputName
-from rdrop.checks import ALPHA, IGNORE_INDEX, check_alpha, check_positive_int
+from rdrop.checks import ALPHA, IGNORE_INDEX
 from rdrop.functional import RDropOutput
 from rdrop.noise import Noise, NoiseHandle, attach_noise, parse_noise
-from rdrop.schedule import RDropStep
+from rdrop.schedule import RDropStep, Schedule
 from rdrop.step import TrainingStep, pass_loss
 
 __all__ = ["RDropLightningModule"]
@@ -95,8 +95,9 @@ class RDropLightningModule(pl.LightningModule):
             batch; the once-only check of the duplicated batch against a plain forward).
         stop_gradient: the second pass under ``torch.no_grad``, a detached target (see
             :class:`rdrop.RDrop`).
-        start_step: the first optimizer step with R-Drop (an int; plain steps before it), or an
-            :class:`rdrop.autostart.AutoStart`, updated from ``auto_start_metric`` at the end of
+        start_step: the first optimizer step with R-Drop (an int; plain steps before it), or a
+            start rule (:class:`rdrop.PlateauStart`, :class:`rdrop.AutoStart`), updated from
+            ``auto_start_metric`` at the end of
             every validation epoch (a subclass overriding ``on_validation_epoch_end`` calls
             ``super().on_validation_epoch_end()``); its state is saved in checkpoints.
         second_pass_fraction: the second pass on the first ``ceil(r * B)`` rows only
@@ -129,16 +130,13 @@ class RDropLightningModule(pl.LightningModule):
                  batched: list[InputName] | None = None,
                  unbatched: list[InputName] | None = None, check_inputs: bool = True,
                  noise: str | Noise | None = "dropout", stop_gradient: bool = False,
-                 start_step: int | AutoStart = 0, second_pass_fraction: float = 1.0,
+                 start_step: int | StartRule = 0, second_pass_fraction: float = 1.0,
                  auto_start_metric: str = "val_loss") -> None:
         super().__init__()
-        self.rdrop_alpha = check_alpha(alpha)
-        self.rdrop_every_k_steps = check_positive_int("every_k_steps", every_k_steps, 1)
-        self.rdrop_alpha_warmup_steps = check_positive_int("alpha_warmup_steps",
-                                                           alpha_warmup_steps, 0)
-        if not isinstance(start_step, AutoStart):
-            start_step = check_positive_int("start_step", start_step, 0)
-        self.rdrop_start_step: int | AutoStart = start_step
+        # When R-Drop runs (rdrop.schedule): checked once here, asked at every step.
+        self.rdrop_schedule = Schedule(alpha, every_k_steps, alpha_warmup_steps, start_step)
+        self.rdrop_alpha = self.rdrop_schedule.alpha
+        self.rdrop_start_step: int | StartRule = start_step
         self.rdrop_auto_start_metric = auto_start_metric
         # The step and its loss check their own options, once.
         loss = pass_loss(consistency, ignore_index=ignore_index, label_smoothing=label_smoothing)
@@ -161,38 +159,35 @@ class RDropLightningModule(pl.LightningModule):
         return self.rdrop_noise.pass_context(passes, plan)
 
     def rdrop_decision(self) -> RDropStep:
-        """:func:`rdrop.schedule.rdrop_step` at the current optimizer step (off while an
-        automatic start has not switched)."""
-        return scheduled_step(self.global_step, alpha=self.rdrop_alpha,
-                              every_k_steps=self.rdrop_every_k_steps,
-                              alpha_warmup_steps=self.rdrop_alpha_warmup_steps,
-                              start_step=self.rdrop_start_step)
+        """:meth:`rdrop.schedule.Schedule.decision` at the current optimizer step (off while a
+        start rule has not fired)."""
+        return self.rdrop_schedule.decision(self.global_step)
 
     def on_validation_epoch_end(self) -> None:
-        """Feed the automatic start (if any) the epoch's ``auto_start_metric``."""
-        auto = self.rdrop_start_step
+        """Feed the start rule (if any) the epoch's ``auto_start_metric``."""
         trainer = self._trainer
-        if not isinstance(auto, AutoStart) or trainer is None or trainer.sanity_checking:
+        if self.rdrop_schedule.rule is None or trainer is None or trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
         if self.rdrop_auto_start_metric not in metrics:
             raise KeyError(
-                f"RDropLightningModule: the automatic start watches "
+                f"RDropLightningModule: the start rule watches "
                 f"{self.rdrop_auto_start_metric!r}, which validation did not log (logged: "
                 f"{sorted(metrics)}). Log it with self.log in validation_step, or pass "
                 "auto_start_metric= one of those."
             )
-        auto.update(float(metrics[self.rdrop_auto_start_metric]), step=int(self.global_step))
+        self.rdrop_schedule.observe(float(metrics[self.rdrop_auto_start_metric]),
+                                    step=int(self.global_step))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the automatic start's state in the checkpoint."""
-        if isinstance(self.rdrop_start_step, AutoStart):
-            checkpoint["rdrop_auto_start"] = self.rdrop_start_step.state_dict()
+        """Keep the start rule's state in the checkpoint."""
+        if self.rdrop_schedule.rule is not None:
+            checkpoint["rdrop_auto_start"] = self.rdrop_schedule.rule.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the automatic start's state from the checkpoint."""
-        if isinstance(self.rdrop_start_step, AutoStart) and "rdrop_auto_start" in checkpoint:
-            self.rdrop_start_step.load_state_dict(checkpoint["rdrop_auto_start"])
+        """Restore the start rule's state from the checkpoint."""
+        if self.rdrop_schedule.rule is not None and "rdrop_auto_start" in checkpoint:
+            self.rdrop_schedule.rule.load_state_dict(checkpoint["rdrop_auto_start"])
 
     def rdrop_batch(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor]:
         """Split a batch into the model's ``(args, kwargs)`` and the target. Default: a

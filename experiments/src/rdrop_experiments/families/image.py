@@ -21,7 +21,12 @@ from rdrop_experiments.config import (
     check_heads,
     check_rates,
 )
-from rdrop_experiments.protocol import cheaper_grid, protocol_grid, train_until_patience
+from rdrop_experiments.protocol import (
+    cheaper_grid,
+    plateau_grid,
+    protocol_grid,
+    train_until_patience,
+)
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.training import (
     cycle_batches,
@@ -203,5 +208,5 @@ register(Experiment(
                   "mlp_dim": 64},
     },
     grid=protocol_grid(dropout_key="dropout", dropout_grid=DROPOUT_GRID, alpha_grid=ALPHA_GRID)
-    + cheaper_grid(alpha=1.0, alpha_grid=ALPHA_GRID),
+    + cheaper_grid(alpha=1.0, alpha_grid=ALPHA_GRID) + plateau_grid(),
 ))

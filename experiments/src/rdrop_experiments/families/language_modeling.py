@@ -27,7 +27,12 @@ from rdrop_experiments.config import (
     check_rates,
     check_vocab_size,
 )
-from rdrop_experiments.protocol import cheaper_grid, protocol_grid, train_until_patience
+from rdrop_experiments.protocol import (
+    cheaper_grid,
+    plateau_grid,
+    protocol_grid,
+    train_until_patience,
+)
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.training import (
     cycle_batches,
@@ -259,7 +264,7 @@ base = register(Experiment(
     paper="Wikitext-103 Transformer LM test ppl 25.76 -> 24.08 (-1.68)",
     variants={"quick": _QUICK},
     grid=protocol_grid(dropout_key="dropout", dropout_grid=DROPOUT_GRID, alpha_grid=ALPHA_GRID,
-                       stop_gradient_alphas=STOP_GRADIENT_ALPHAS) + CHEAPER_GRID,
+                       stop_gradient_alphas=STOP_GRADIENT_ALPHAS) + CHEAPER_GRID + plateau_grid(),
 ))
 
 # The paper's ablations (section 5) as ONE grid under the second protocol's loop, 2 seeds, every

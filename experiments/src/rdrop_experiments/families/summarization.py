@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from rdrop_experiments.config import ConfigError, apply_overrides
 from rdrop_experiments.families._seq2seq import Seq2SeqConfig
-from rdrop_experiments.protocol import protocol_grid
+from rdrop_experiments.protocol import plateau_grid, protocol_grid
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.seq2seq import EncodedPairs, encode_pairs, run_seq2seq
 
@@ -123,5 +123,6 @@ register(Experiment(
                         "max_sample_passes": 16 * 20, "seeds": 1, "dim": 32, "ffn": 64,
                         "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "warmup_steps": 2,
                         "batch_size": 16, "vocab_size": 300}},
-    grid=protocol_grid(dropout_key="dropout", dropout_grid=DROPOUT_GRID, alpha_grid=ALPHA_GRID),
+    grid=protocol_grid(dropout_key="dropout", dropout_grid=DROPOUT_GRID, alpha_grid=ALPHA_GRID)
+    + plateau_grid(),
 ))

@@ -20,7 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rdrop_experiments.config import CommonConfig, ConfigError, apply_overrides, check_rates
-from rdrop_experiments.protocol import cheaper_grid, protocol_grid, train_until_patience
+from rdrop_experiments.protocol import (
+    cheaper_grid,
+    plateau_grid,
+    protocol_grid,
+    train_until_patience,
+)
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.training import (
     cycle_batches,
@@ -297,5 +302,5 @@ register(Experiment(
     },
     grid=protocol_grid(dropout_key="dropout", dropout_grid=DROPOUT_GRID, alpha_grid=ALPHA_GRID,
                        stop_gradient_alphas=STOP_GRADIENT_ALPHAS)
-    + cheaper_grid(alpha=1.0, alpha_grid=ALPHA_GRID),
+    + cheaper_grid(alpha=1.0, alpha_grid=ALPHA_GRID) + plateau_grid(),
 ))

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from rdrop_experiments.config import ConfigError, apply_overrides
 from rdrop_experiments.families._seq2seq import Seq2SeqConfig
-from rdrop_experiments.protocol import cheaper_grid, protocol_grid
+from rdrop_experiments.protocol import cheaper_grid, plateau_grid, protocol_grid
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
 from rdrop_experiments.seq2seq import EncodedPairs, encode_pairs, run_seq2seq
 
@@ -128,7 +128,7 @@ base = register(Experiment(
     paper="IWSLT14 De-En 34.64 -> 37.25 BLEU (+2.61), beam search, alpha 5",
     variants={"quick": _QUICK},
     grid=protocol_grid(dropout_key="dropout", dropout_grid=DROPOUT_GRID, alpha_grid=ALPHA_GRID)
-    + cheaper_grid(alpha=3.0, alpha_grid=ALPHA_GRID),
+    + cheaper_grid(alpha=3.0, alpha_grid=ALPHA_GRID) + plateau_grid(),
 ))
 
 # What we would run with more compute (registered, not run here): every pair of <= 24

@@ -24,9 +24,10 @@ One module per job:
 * :mod:`.fused`: the fused output layer (``rdrop_fused_linear=True``);
 * :mod:`.logs`: the loss parts, averaged over the logging window like ``loss``;
 * :mod:`.guards`: refusals and warnings (checkpointing without the RNG state, no dropout);
-* :mod:`.callbacks`: ``RDropAutoStartCallback``, R-Drop on once validation stops improving
-  (:class:`rdrop.autostart.AutoStart`);
-* :mod:`.trainer`: the trainers, composing the above; :func:`rdrop.schedule.rdrop_step` of
+* :mod:`.callbacks`: ``RDropPlateauStartCallback`` (R-Drop on at the validation plateau,
+  :class:`rdrop.autostart.PlateauStart`) and ``RDropAutoStartCallback`` (once validation stops
+  improving, :class:`rdrop.autostart.AutoStart`);
+* :mod:`.trainer`: the trainers, composing the above; :class:`rdrop.schedule.Schedule` of
   ``state.global_step`` decides when R-Drop runs and with which alpha.
 """
 
@@ -41,11 +42,12 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
     ) from err
 
 from .arguments import RDropSeq2SeqTrainingArguments, RDropTrainingArguments
-from .callbacks import RDropAutoStartCallback
+from .callbacks import RDropAutoStartCallback, RDropPlateauStartCallback
 from .trainer import RDropSeq2SeqTrainer, RDropTrainer, RDropTrainerMixin
 
 __all__ = [
     "RDropAutoStartCallback",
+    "RDropPlateauStartCallback",
     "RDropSeq2SeqTrainer",
     "RDropSeq2SeqTrainingArguments",
     "RDropTrainer",

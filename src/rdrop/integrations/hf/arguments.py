@@ -197,7 +197,7 @@ class RDropTrainingArguments(RDropArgumentsMixin, TrainingArguments):
         rdrop_num_passes: dropout passes ``m >= 2`` (default 2).
         rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1: every step).
         rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
-            (default 0), by :func:`rdrop.schedule.rdrop_step`.
+            (default 0), by :class:`rdrop.schedule.Schedule`.
         rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"``, ``"bernoulli"`` or ``None``
             (automatic: ``"bernoulli"`` for ``problem_type="multi_label_classification"``,
             ``"mse"`` for float labels, ``"kl"`` otherwise).
@@ -208,7 +208,7 @@ class RDropTrainingArguments(RDropArgumentsMixin, TrainingArguments):
         rdrop_noise: the passes' randomness (default ``"dropout"``, the model's own; see
             :mod:`rdrop.noise`: ``"embedding:5"``, ``"dropout:0.1"``, ``"lora:0.1"``).
         rdrop_start_step: plain training before this optimizer step (default 0), by
-            :func:`rdrop.schedule.rdrop_step`; :class:`RDropAutoStartCallback` chooses it from
+            :class:`rdrop.schedule.Schedule`; :class:`RDropAutoStartCallback` chooses it from
             validation instead.
         rdrop_second_pass_fraction: the second pass on the first ``ceil(r * B)`` rows of each
             batch (default 1.0), by :func:`rdrop.subset.subset_rdrop_loss`.

@@ -1,7 +1,8 @@
-"""``RDropAutoStartCallback``: start R-Drop when the Trainer's validation metric stops improving.
-
-The rule is :class:`rdrop.autostart.AutoStart` (the same code as a plain loop uses): after
-``patience`` evaluations without a better ``metric``, R-Drop is on from the next optimizer step
+"""Start R-Drop from the Trainer's validation metric: ``RDropPlateauStartCallback`` (on the
+plateau, before the optimum: :class:`rdrop.autostart.PlateauStart`, the recommended rule) and
+``RDropAutoStartCallback`` (after ``patience`` evaluations without improvement:
+:class:`rdrop.autostart.AutoStart`). The rules are the same code a plain loop uses. When the
+rule fires, R-Drop is on from the next optimizer step
 (``every_k_steps`` and ``rdrop_alpha_warmup_steps`` count from there). The R-Drop trainers look
 the callback up among their callbacks at every step; before the switch they train plainly (one
 pass). The state is saved in checkpoints (``TrainerState.stateful_callbacks``) and restored by
@@ -16,9 +17,9 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from rdrop.autostart import AutoStart
+from rdrop.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW, AutoStart, PlateauStart
 
-__all__ = ["RDropAutoStartCallback", "check_auto_start"]
+__all__ = ["RDropAutoStartCallback", "RDropPlateauStartCallback", "check_auto_start"]
 
 
 class RDropAutoStartCallback(TrainerCallback, ExportableState):
@@ -49,9 +50,16 @@ class RDropAutoStartCallback(TrainerCallback, ExportableState):
         self.metric = metric
         self.higher_is_better = higher_is_better
         self.min_delta = min_delta
-        AutoStart(patience, min_delta=min_delta)  # check the settings now, not at the first eval
-        self.auto: AutoStart | None = None
+        self._new_rule(False)  # check the settings now, not at the first eval
+        self.auto: AutoStart | PlateauStart | None = None
         self._pending: dict[str, Any] | None = None
+
+    def _new_rule(self, higher: bool) -> AutoStart | PlateauStart:
+        return AutoStart(self.patience, higher_is_better=higher, min_delta=self.min_delta)
+
+    def _args(self) -> dict[str, Any]:
+        return {"patience": self.patience, "metric": self.metric,
+                "higher_is_better": self.higher_is_better, "min_delta": self.min_delta}
 
     @property
     def start_step(self) -> int | None:
@@ -95,13 +103,12 @@ class RDropAutoStartCallback(TrainerCallback, ExportableState):
                     metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
         key, higher = self._metric(args)
         if self.auto is None:
-            self.auto = AutoStart(self.patience, higher_is_better=higher,
-                                  min_delta=self.min_delta)
+            self.auto = self._new_rule(higher)
             if self._pending is not None:
                 self.auto.load_state_dict(self._pending)
         if not metrics or key not in metrics:
             raise KeyError(
-                f"RDropAutoStartCallback watches {key!r}, which this evaluation did not report "
+                f"{type(self).__name__} watches {key!r}, which this evaluation did not report "
                 f"(got {sorted(metrics or {})}). Pass metric= one of those, or set "
                 "metric_for_best_model."
             )
@@ -109,10 +116,40 @@ class RDropAutoStartCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict[str, Any]:
         """For ``TrainerState.stateful_callbacks`` (saved with every checkpoint)."""
-        return {"args": {"patience": self.patience, "metric": self.metric,
-                         "higher_is_better": self.higher_is_better,
-                         "min_delta": self.min_delta},
-                "attributes": {"auto_state": self.auto_state}}
+        return {"args": self._args(), "attributes": {"auto_state": self.auto_state}}
+
+
+class RDropPlateauStartCallback(RDropAutoStartCallback):
+    """Switch R-Drop on where ``metric`` reaches its plateau, before its optimum
+    (:class:`rdrop.autostart.PlateauStart`: the best value improved by at most ``fraction``
+    of its improvement so far over the last ``window`` evaluations).
+
+    Args:
+        window, fraction: as :class:`rdrop.autostart.PlateauStart` (the registered rule's
+            values by default).
+        metric, higher_is_better: as :class:`RDropAutoStartCallback`.
+
+    Raises:
+        TypeError, ValueError: as :class:`rdrop.autostart.PlateauStart`; at an evaluation, a
+            ``metric`` that the evaluation did not report.
+
+    Example:
+        >>> from rdrop.integrations.hf import RDropPlateauStartCallback
+        >>> RDropPlateauStartCallback().start_step is None
+        True
+    """
+
+    def __init__(self, window: int = PLATEAU_WINDOW, fraction: float = PLATEAU_FRACTION,
+                 metric: str | None = None, higher_is_better: bool | None = None) -> None:
+        self.window, self.fraction = window, fraction
+        super().__init__(metric=metric, higher_is_better=higher_is_better)
+
+    def _new_rule(self, higher: bool) -> AutoStart | PlateauStart:
+        return PlateauStart(self.window, self.fraction, higher_is_better=higher)
+
+    def _args(self) -> dict[str, Any]:
+        return {"window": self.window, "fraction": self.fraction, "metric": self.metric,
+                "higher_is_better": self.higher_is_better}
 
 
 def check_auto_start(args: Any, start_step: int, owner: str) -> None:
@@ -126,12 +163,13 @@ def check_auto_start(args: Any, start_step: int, owner: str) -> None:
                            getattr(args, "eval_strategy", "no")))
     if strategy == "no":
         raise ValueError(
-            f"{owner}: RDropAutoStartCallback switches R-Drop on after evaluations without "
-            "improvement, but eval_strategy is 'no', so it would never switch. Set "
+            f"{owner}: a start callback (RDropPlateauStartCallback, RDropAutoStartCallback) "
+            "switches R-Drop on from evaluations, but eval_strategy is 'no', so it would never "
+            "switch. Set "
             "eval_strategy='steps' (with eval_steps) or 'epoch', and an eval_dataset."
         )
     if start_step:
         raise ValueError(
-            f"{owner}: rdrop_start_step={start_step} and RDropAutoStartCallback both choose "
+            f"{owner}: rdrop_start_step={start_step} and a start callback both choose "
             "when R-Drop starts; keep one of them (rdrop_start_step=0 with the callback)."
         )

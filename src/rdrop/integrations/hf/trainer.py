@@ -3,7 +3,7 @@
 The mixin composes the jobs of this package: arguments (:mod:`.arguments`), label counting
 (:mod:`.labels`), the logits path (:mod:`.logits`), the fused head (:mod:`.fused`), logging
 (:mod:`.logs`) and the guards (:mod:`.guards`). When R-Drop runs and with which alpha is
-:func:`rdrop.schedule.rdrop_step` of the optimizer step (``state.global_step``, the same for
+:class:`rdrop.schedule.Schedule` of the optimizer step (``state.global_step``, the same for
 every micro-batch of an accumulated step).
 """
 
@@ -20,7 +20,7 @@ from transformers.trainer_pt_utils import nested_gather
 from rdrop.batching import ConcatLayout, batch_size_of
 from rdrop.checks import check_label_smoothing
 from rdrop.noise import NoiseHandle, attach_noise, parse_noise
-from rdrop.schedule import RDropStep, rdrop_step
+from rdrop.schedule import RDropStep, Schedule
 from rdrop.step import PassLoss, TrainingStep
 
 from .arguments import DEFAULTS, validate_rdrop_options
@@ -200,7 +200,7 @@ class RDropTrainerMixin:
         over the counted labels ``i`` of this micro-batch, ``n = num_items_in_batch`` (the count
         over the accumulated, and under DDP global, batch) or the local count when it is None;
         ``alpha_s`` and whether R-Drop runs at all (else ``m = 1``) come from
-        :func:`rdrop.schedule.rdrop_step` at the optimizer step ``s = state.global_step``.
+        :class:`rdrop.schedule.Schedule` at the optimizer step ``s = state.global_step``.
         With ``rdrop_fused_linear`` the same value comes from the output layer's input and
         weights (the returned outputs then hold logits with 0 positions).
 
@@ -275,18 +275,19 @@ class RDropTrainerMixin:
         return None
 
     def _rdrop_schedule(self) -> RDropStep:
-        """:func:`rdrop.schedule.rdrop_step` at ``state.global_step``, from
-        ``rdrop_start_step`` or, with a :class:`RDropAutoStartCallback`, from the step it
-        switched at (plain steps until then)."""
-        start = self.rdrop_start_step
+        """:meth:`rdrop.schedule.Schedule.decision` at ``state.global_step``, from
+        ``rdrop_start_step`` or, with a start callback, from the step its rule fired at (plain
+        steps until then). The schedule is built (and checked) once per start step."""
         auto = self._rdrop_auto_start()
-        if auto is not None:
-            if auto.start_step is None:
-                return RDropStep(active=False, alpha=0.0)
-            start = auto.start_step
-        return rdrop_step(self.state.global_step, alpha=self.rdrop_alpha,
-                          every_k_steps=self.rdrop_every_k_steps,
-                          alpha_warmup_steps=self.rdrop_alpha_warmup_steps, start_step=start)
+        start = self.rdrop_start_step if auto is None else auto.start_step
+        if start is None:
+            return RDropStep(active=False, alpha=0.0)
+        schedule = getattr(self, "_rdrop_schedule_for", None)
+        if schedule is None or schedule.start != start:
+            schedule = Schedule(self.rdrop_alpha, self.rdrop_every_k_steps,
+                                self.rdrop_alpha_warmup_steps, start)
+            self._rdrop_schedule_for = schedule
+        return schedule.decision(self.state.global_step)
 
     def _rdrop_training_step(self, model: nn.Module, unwrapped: nn.Module,
                              inputs: dict[str, Any], labels: Tensor,
@@ -362,7 +363,7 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
         rdrop_num_passes: dropout passes per sample (default 2).
         rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1).
         rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
-            (default 0), by :func:`rdrop.schedule.rdrop_step`.
+            (default 0), by :class:`rdrop.schedule.Schedule`.
         rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"``, ``"bernoulli"`` or ``None``
             (automatic: ``"bernoulli"`` when the model's config has
             ``problem_type="multi_label_classification"``, i.e. a sigmoid head trained with
