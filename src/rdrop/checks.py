@@ -20,6 +20,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,11 +32,13 @@ __all__ = [
     "IGNORE_INDEX",
     "REDUCTIONS",
     "STEP_CONSISTENCIES",
+    "Count",
     "Targets",
     "check_alpha",
     "check_chunk_size",
     "check_class_target",
     "check_consistency",
+    "check_counts",
     "check_fused_inputs",
     "check_ignore_index",
     "check_label_smoothing",
@@ -48,6 +51,7 @@ __all__ = [
     "check_result",
     "non_finite_hidden_rows",
     "non_finite_rows",
+    "raise_count",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -483,6 +487,70 @@ class Targets:
             self.padding_bad = bad_rows & ~self.keep
 
 
+class Count(NamedTuple):
+    """A count a mean divides by that the caller gave (``num_items_in_batch``), and the rows of
+    this batch it counts: it must cover them, or the loss is silently scaled up.
+
+    Attributes:
+        name: the argument's name, for the message.
+        value: the count as the loss divides by it (a Python number or a scalar tensor).
+        keep: bool tensor, ``True`` at this batch's rows that the count counts.
+        what: what it counts, for the message (``"counted targets"``, ``"utterances"``).
+        how: how to count them right, for the message.
+    """
+
+    name: str
+    value: Tensor | float
+    keep: Tensor
+    what: str = "counted targets"
+    how: str = "count targets != ignore_index (after the causal shift, for a causal LM)"
+
+
+def check_counts(counts: Sequence[Count]) -> Tensor | None:
+    """Every loss's one count check, as a lazy bool for the loss's one device sync: each given
+    count is positive and at least this batch's own count of what it counts (a smaller one
+    would scale the loss up, silently). ``None`` when there is nothing to check; when the bool
+    is false, :func:`raise_count` says which count is wrong and how to fix it.
+
+    Example:
+        >>> import torch
+        >>> keep = torch.tensor([True, True, False])
+        >>> bool(check_counts([Count("num_items_in_batch", 2.0, keep)]))
+        True
+        >>> bool(check_counts([Count("num_items_in_batch", 1.0, keep)]))
+        False
+    """
+    ok: Tensor | None = None
+    for count in counts:
+        value = torch.as_tensor(count.value, device=count.keep.device)
+        good = (value > 0) & (value >= count.keep.sum())
+        ok = good if ok is None else ok & good
+    return ok
+
+
+def raise_count(counts: Sequence[Count]) -> None:
+    """Raise for the first count that :func:`check_counts` refused (slow path, after the sync).
+
+    Raises:
+        ValueError: a count below 1, or below this batch's own count, naming it and the fix.
+    """
+    for count in counts:
+        value, own = float(count.value), int(count.keep.sum())
+        if value < 1:
+            raise ValueError(
+                f"{count.name} must be >= 1, got {value:g}. It is the number of {count.what} of "
+                "the whole accumulated batch; pass None to use this batch's own count."
+            )
+        if value < own:
+            raise ValueError(
+                f"{count.name}={value:g} is smaller than this batch's own count of {count.what} "
+                f"({own}), which would scale the loss up by {own / value:.3g}x or more. It is the "
+                f"number of {count.what} of the whole accumulated batch (and, under DDP, of all "
+                f"processes), so at least this batch's: {count.how}, or pass None to use this "
+                "batch's own count."
+            )
+
+
 def check_result(
     loss: Tensor | None,
     inputs: Sequence[Tensor],
@@ -492,19 +560,23 @@ def check_result(
     label_smoothing: float,
     values: Tensor | None = None,
     counted: Tensor | None = None,
+    counts: Sequence[Count] = (),
 ) -> None:
     """The one device sync of ``check_finite``: the reduced loss is finite, the targets that
     count are in range, a tensor ``num_items_in_batch`` is positive and (``counted``: the rows
     that count, when ``num_items_in_batch`` was given for a mean) at least this batch's own
-    count; all in one fused ``bool``. Only when that fails are the inputs read again, to say
-    which of these went wrong."""
+    count, as is every other given count of ``counts`` (:func:`check_counts`); all in one fused
+    ``bool``. Only when that fails are the inputs read again, to say which of these went
+    wrong."""
+    if counted is not None:
+        counts = [Count("num_items_in_batch", denom, counted), *counts]
     ok: Tensor | None = None
     if loss is not None:
         ok = torch.isfinite(loss.detach()).all()
     if isinstance(denom, Tensor):
         ok = denom > 0 if ok is None else ok & (denom > 0)
-    if counted is not None:
-        enough = torch.as_tensor(denom, device=counted.device) >= counted.sum()
+    enough = check_counts(counts)
+    if enough is not None:
         ok = enough if ok is None else ok & enough.to(ok.device)
     if targets is not None and targets.bad is not None:
         good = ~targets.bad.any()
@@ -515,7 +587,7 @@ def check_result(
     if ok is None or bool(ok):
         return
     _raise_diagnosis(loss, inputs, denom=denom, targets=targets,
-                     label_smoothing=label_smoothing, values=values, counted=counted)
+                     label_smoothing=label_smoothing, values=values, counts=counts)
 
 
 def _raise_diagnosis(
@@ -526,7 +598,7 @@ def _raise_diagnosis(
     targets: Targets | None,
     label_smoothing: float,
     values: Tensor | None = None,
-    counted: Tensor | None = None,
+    counts: Sequence[Count] = (),
 ) -> None:
     # Slow path, reached only when the check failed: find the first cause the user can fix.
     if isinstance(denom, Tensor) and not bool(denom > 0):
@@ -535,15 +607,7 @@ def _raise_diagnosis(
             "(non-ignored) targets of the whole accumulated batch; pass None to use this "
             "batch's own count."
         )
-    if counted is not None and float(denom) < int(counted.sum()):
-        raise ValueError(
-            f"num_items_in_batch={int(denom)} is smaller than this batch's own count of "
-            f"counted targets ({int(counted.sum())}), which would scale the loss up by "
-            f"{int(counted.sum()) / float(denom):.3g}x or more. It must count the targets of the "
-            "whole accumulated batch (and, under DDP, of all processes), so at least this "
-            "batch's: count targets != ignore_index (after the causal shift, for a causal LM), "
-            "or pass None to use this batch's own count."
-        )
+    raise_count(counts)
     if targets is not None and targets.bad is not None and bool(targets.bad.any()):
         found = targets.raw[targets.bad]
         raise ValueError(

@@ -26,10 +26,12 @@ sum without the ``1/2``: its scale ``lambda`` (0.2 for Zipformer) is ``alpha = 2
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-from rdrop.checks import check_alpha, check_reduction
+from rdrop.checks import Count, check_alpha, check_counts, check_reduction, raise_count
 from rdrop.functional import RDropOutput, compute_dtype, mean_denominator
 
 __all__ = ["ctc_consistency", "ctc_rdrop_loss"]
@@ -50,15 +52,34 @@ def _check_logits(logits1: Tensor, logits2: Tensor) -> None:
                          f"{tuple(logits1.shape)} and {tuple(logits2.shape)}.")
 
 
+_WARNED_SQUARE: set[tuple[int, ...]] = set()
+
+
 def _frame_mask(input_lengths: Tensor, logits: Tensor) -> Tensor:
     n, frames = logits.shape[:2]
     lengths = torch.as_tensor(input_lengths, device=logits.device)
+    if tuple(lengths.shape) == (frames,) != (n,):
+        raise ValueError(
+            f"CTC logits of shape {tuple(logits.shape)} look time-first, PyTorch's (T, N, C) "
+            f"layout for F.ctc_loss: input_lengths has {frames} entries, the size of dim 1, not "
+            "of dim 0. rdrop's CTC losses take batch-first (N, T, C) logits: pass "
+            "logits.transpose(0, 1) for both passes."
+        )
     if lengths.is_floating_point() or tuple(lengths.shape) != (n,):
         raise ValueError(f"input_lengths must hold one integer per utterance, shape ({n},), got "
                          f"{tuple(lengths.shape)} of {lengths.dtype}.")
     if bool(((lengths < 0) | (lengths > frames)).any()):
         raise ValueError(f"input_lengths must lie in [0, {frames}] (the logits' frames), got "
                          f"{lengths.tolist()}.")
+    if n == frames > 1 and tuple(logits.shape) not in _WARNED_SQUARE:
+        # (T, N, C) with T == N fits every shape check: say how rdrop reads it, once per shape.
+        _WARNED_SQUARE.add(tuple(logits.shape))
+        warnings.warn(
+            f"CTC logits of shape {tuple(logits.shape)} have as many utterances as frames, so "
+            "they fit both batch-first (N, T, C), rdrop's reading, and PyTorch's time-first "
+            "(T, N, C). If yours are time-first (the layout F.ctc_loss takes), pass "
+            "logits.transpose(0, 1) for both passes. (Warned once per shape.)",
+            UserWarning, stacklevel=3)
     return torch.arange(frames, device=logits.device) < lengths.unsqueeze(1)
 
 
@@ -96,7 +117,9 @@ def ctc_consistency(
 
     Raises:
         TypeError: non-floating logits.
-        ValueError: logits not ``(N, T, C)`` or of different shapes; input lengths of the wrong
+        ValueError: logits not ``(N, T, C)`` or of different shapes (time-first ``(T, N, C)``
+            logits are named as such where ``input_lengths`` tells them apart; with ``T == N``
+            a warning, once per shape, says how they are read); input lengths of the wrong
             shape or outside ``[0, T]``; an unknown reduction.
 
     Example:
@@ -159,17 +182,21 @@ def ctc_rdrop_loss(
         blank: the blank symbol's index.
         detach_target: CR-CTC's gradient (see :func:`ctc_consistency`).
         zero_infinity: give 0 loss (and gradient) to utterances no alignment can produce
-            (``ctc_loss``'s option); otherwise their loss is infinite and ``check_finite``
-            raises.
+            (``ctc_loss``'s option), task and consistency terms alike; otherwise their loss is
+            infinite and ``check_finite`` raises.
         reduction: ``"mean"`` over utterances, ``"sum"``, or ``"none"`` (per utterance).
-        num_items_in_batch: for ``"mean"``: the utterances of the whole accumulated batch.
-        check_finite: one device sync: raise if the loss is not finite, saying why.
+        num_items_in_batch: for ``"mean"``: the utterances of the whole accumulated batch (at
+            least this batch's ``N``: a smaller count would scale the loss up, and is refused
+            by ``check_finite``'s sync).
+        check_finite: one device sync: raise if the loss is not finite, saying why, or if
+            ``num_items_in_batch`` is below this batch's ``N``.
 
     Returns:
         :class:`rdrop.RDropOutput` (``task_loss`` sums both passes' CTC losses).
 
     Raises:
-        TypeError, ValueError: as :func:`ctc_consistency`; ``alpha < 0``.
+        TypeError, ValueError: as :func:`ctc_consistency`; ``alpha < 0``; with
+            ``check_finite``, ``num_items_in_batch`` below this batch's number of utterances.
         FloatingPointError: with ``check_finite``, a loss that is not finite (an utterance
             whose target cannot be aligned in its frames, NaN logits).
 
@@ -190,25 +217,47 @@ def ctc_rdrop_loss(
     dtype = compute_dtype(logits1.dtype)
     logp1, logp2 = (torch.log_softmax(z.to(dtype), -1) for z in (logits1, logits2))
     lengths = torch.as_tensor(input_lengths, device=logits1.device)
-    task_rows = sum(
-        torch.nn.functional.ctc_loss(lp.transpose(0, 1), targets, lengths, target_lengths,
-                                     blank=blank, reduction="none", zero_infinity=zero_infinity)
-        for lp in (logp1, logp2))
+
+    def ctc(lp: Tensor, zero: bool) -> Tensor:
+        return torch.nn.functional.ctc_loss(lp.transpose(0, 1), targets, lengths, target_lengths,
+                                            blank=blank, reduction="none", zero_infinity=zero)
+
+    task_rows = ctc(logp1, zero_infinity) + ctc(logp2, zero_infinity)
+    if zero_infinity:
+        # The utterances whose CTC loss zero_infinity zeroes leave the consistency term too.
+        # Found on an extra forward without zero_infinity: the zeroed loss itself cannot say
+        # (a confident pass's loss may round to 0), and no gradient flows through it.
+        with torch.no_grad():
+            frames = frames & (torch.isfinite(ctc(logp1.detach(), False))
+                               & torch.isfinite(ctc(logp2.detach(), False))).unsqueeze(1)
     cons_rows = torch.where(frames, _sym_kl_frames(logp1, logp2, detach_target), 0.0).sum(-1)  # type: ignore[arg-type]
+    counts: list[Count] = []
     if reduction == "none":
         task, cons = task_rows, cons_rows
     else:
         keep = torch.ones(logits1.shape[0], dtype=torch.bool, device=logits1.device)
         denom = mean_denominator(keep, num_items_in_batch) if reduction == "mean" else 1.0
         task, cons = task_rows.sum() / denom, cons_rows.sum() / denom
+        if reduction == "mean" and num_items_in_batch is not None:
+            counts.append(Count("num_items_in_batch", denom, keep, what="utterances",
+                                how="count the utterances (logits.shape[0] of each micro-batch)"))
     loss = task + alpha * cons  # type: ignore[operator]
-    if check_finite and not bool(torch.isfinite(loss.detach()).all()):  # the one device sync
-        nan = [f"pass {k + 1}" for k, z in enumerate((logits1, logits2))
-               if bool(torch.isnan(z.detach()).any())]
-        why = (f"NaN in the logits of {', '.join(nan)}: the model diverged" if nan else
-               "an utterance's target cannot be aligned in its frames (a CTC alignment needs "
-               "at least target length + repeated symbols frames); check input_lengths and "
-               "target_lengths, or pass zero_infinity=True")
-        raise FloatingPointError(f"CTC R-Drop loss is not finite ({why}). Pass "
-                                 "check_finite=False to skip this check.")
+    if check_finite:
+        _check_finite(loss, logits1, logits2, counts)  # type: ignore[arg-type]
     return RDropOutput(loss=loss, task_loss=task, consistency_loss=cons)  # type: ignore[arg-type]
+
+
+def _check_finite(loss: Tensor, logits1: Tensor, logits2: Tensor, counts: list[Count]) -> None:
+    ok = torch.isfinite(loss.detach()).all()
+    enough = check_counts(counts)
+    if bool(ok if enough is None else ok & enough):  # the one device sync
+        return
+    raise_count(counts)
+    nan = [f"pass {k + 1}" for k, z in enumerate((logits1, logits2))
+           if bool(torch.isnan(z.detach()).any())]
+    why = (f"NaN in the logits of {', '.join(nan)}: the model diverged" if nan else
+           "an utterance's target cannot be aligned in its frames (a CTC alignment needs "
+           "at least target length + repeated symbols frames); check input_lengths and "
+           "target_lengths, or pass zero_infinity=True")
+    raise FloatingPointError(f"CTC R-Drop loss is not finite ({why}). Pass "
+                             "check_finite=False to skip this check.")

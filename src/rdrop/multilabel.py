@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rdrop.checks import check_alpha, check_reduction
+from rdrop.checks import Count, check_alpha, check_counts, check_reduction, raise_count
 from rdrop.functional import RDropOutput, compute_dtype, mean_denominator
 
 __all__ = [
@@ -88,6 +88,27 @@ def _target(target: Tensor, logits: Tensor) -> Tensor:
     return target.to(compute_dtype(logits.dtype))
 
 
+def _pos_weight(pos_weight: Tensor | None, logits: Tensor) -> Tensor | None:
+    if pos_weight is None:
+        return None
+    if not isinstance(pos_weight, Tensor):
+        raise TypeError(f"pos_weight must be a tensor of shape ({logits.shape[-1]},) (one weight "
+                        f"per label), got {type(pos_weight).__name__}; wrap it in "
+                        "torch.tensor(...).")
+    shape = tuple(logits.shape)
+    try:
+        fits = torch.broadcast_shapes(tuple(pos_weight.shape), shape) == shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"pos_weight has shape {tuple(pos_weight.shape)} but the logits have "
+            f"{shape[-1]} labels (shape {shape}): pass one weight per label, shape "
+            f"({shape[-1]},), as for BCEWithLogitsLoss(pos_weight=...)."
+        )
+    return pos_weight.to(device=logits.device, dtype=compute_dtype(logits.dtype))
+
+
 def _bernoulli_sym_kl(z1: Tensor, z2: Tensor) -> Tensor:
     """0.5 * (p1 - p2) * (z1 - z2) per element = the symmetric Bernoulli KL (module docstring)."""
     return 0.5 * (torch.sigmoid(z1) - torch.sigmoid(z2)) * (z1 - z2)
@@ -114,11 +135,14 @@ def multi_pass_multilabel_loss(
         mask: optional bool tensor of shape ``logits.shape[:-1]``; ``False`` rows do not count
             (their loss and gradient are 0, whatever their logits).
         pos_weight: optional weight of the positive term of each label's BCE, shape ``(C,)``,
-            as ``BCEWithLogitsLoss(pos_weight=...)``.
+            as ``BCEWithLogitsLoss(pos_weight=...)`` (any shape that broadcasts to the logits').
         reduction: ``"mean"`` over counted rows, ``"sum"``, or ``"none"`` (per-row values).
-        num_items_in_batch: for ``"mean"``: the counted rows of the whole accumulated batch.
-        check_finite: one device sync per call: raise if the loss is not finite or a counted
-            target lies outside ``[0, 1]``, saying which.
+        num_items_in_batch: for ``"mean"``: the counted rows of the whole accumulated batch (at
+            least this batch's: a smaller count would scale the loss up, and is refused by
+            ``check_finite``'s sync).
+        check_finite: one device sync per call: raise if the loss is not finite, a counted
+            target lies outside ``[0, 1]`` or ``num_items_in_batch`` is below this batch's
+            count of counted rows, saying which.
 
     Returns:
         :class:`rdrop.RDropOutput` (``task_loss`` sums the passes' BCE).
@@ -126,8 +150,9 @@ def multi_pass_multilabel_loss(
     Raises:
         TypeError: non-floating logits, a non-bool mask, a non-tensor target.
         ValueError: passes of different shapes, a target of another shape than the logits, a
-            mask of the wrong shape, ``alpha < 0``, an unknown reduction; with ``check_finite``,
-            a counted target outside ``[0, 1]`` or NaN/inf logits at a counted row.
+            mask or ``pos_weight`` of the wrong shape, ``alpha < 0``, an unknown reduction; with
+            ``check_finite``, a counted target outside ``[0, 1]``, NaN/inf logits at a counted
+            row, or ``num_items_in_batch`` below this batch's count of counted rows.
 
     Example:
         >>> import torch
@@ -151,7 +176,7 @@ def multi_pass_multilabel_loss(
     # Rows that do not count enter as logit 0: loss 0 there, and (through where) gradient 0,
     # even for NaN or inf logits at padding rows.
     zs = [torch.where(keep.unsqueeze(-1), z.to(dtype), 0.0) for z in passes]
-    weight = None if pos_weight is None else pos_weight.to(device=zs[0].device, dtype=dtype)
+    weight = _pos_weight(pos_weight, passes[0])
     task_rows = sum(
         torch.nn.functional.binary_cross_entropy_with_logits(
             z, y, pos_weight=weight, reduction="none").mean(-1) for z in zs)
@@ -160,23 +185,32 @@ def multi_pass_multilabel_loss(
                  if pairs else torch.zeros_like(task_rows))
     task_rows = torch.where(keep, task_rows, 0.0)  # type: ignore[arg-type]
     cons_rows = torch.where(keep, cons_rows, 0.0)  # type: ignore[arg-type]
+    counts: list[Count] = []
     if reduction == "none":
         task, cons = task_rows, cons_rows
     else:
         denom = mean_denominator(keep, num_items_in_batch) if reduction == "mean" else 1.0
         task, cons = task_rows.sum() / denom, cons_rows.sum() / denom
+        if reduction == "mean" and num_items_in_batch is not None:
+            counts.append(Count("num_items_in_batch", denom, keep, what="counted rows",
+                                how="count the rows that mask= keeps (every row without one)"))
     loss = task + alpha * cons
     if check_finite:
-        _check_finite(loss, passes, y, keep)
+        _check_finite(loss, passes, y, keep, counts)
     return RDropOutput(loss=loss, task_loss=task, consistency_loss=cons)
 
 
-def _check_finite(loss: Tensor, passes: list[Tensor], y: Tensor, keep: Tensor) -> None:
+def _check_finite(loss: Tensor, passes: list[Tensor], y: Tensor, keep: Tensor,
+                  counts: list[Count]) -> None:
     counted = keep.unsqueeze(-1).expand_as(y)
     bad_target = counted & ((y < 0) | (y > 1) | torch.isnan(y))
     ok = torch.isfinite(loss.detach()).all() & ~bad_target.any()
+    enough = check_counts(counts)
+    if enough is not None:
+        ok = ok & enough
     if bool(ok):  # the one device sync
         return
+    raise_count(counts)
     if bool(bad_target.any()):
         found = y[bad_target]
         raise ValueError(

@@ -36,6 +36,7 @@ from rdrop._rows import js_rows, log_probs, nll_rows, sym_kl_rows, upcast
 from rdrop.batching import InputName, _map, concat_inputs
 from rdrop.checks import (
     IGNORE_INDEX,
+    Count,
     Targets,
     check_alpha,
     check_class_target,
@@ -288,7 +289,9 @@ def subset_rdrop_loss(
             micro-batches' subsets.
         stop_gradient: treat the second pass as a detached target (see above).
         check_finite: the one device sync of :func:`rdrop.rdrop_loss` (a non-finite loss,
-            counted targets outside ``[0, C)``, non-positive tensor counts, NaN logits at
+            counted targets outside ``[0, C)``, non-positive tensor counts, a count smaller
+            than this batch's own (``num_items_in_batch`` below ``N_B`` or
+            ``num_items_in_subset`` below ``N_S``: it would scale the loss up), NaN logits at
             ignored rows), with the same messages.
 
     Returns:
@@ -367,18 +370,21 @@ def subset_rdrop_loss(
     cons = torch.where(sub.keep, cons_rows, zero).sum() / denom_s
     out = RDropOutput(loss=task + alpha * cons, task_loss=task, consistency_loss=cons)
     if check_finite:
-        check_result(out.loss, [logits1, logits2], denom=_both(denom_b, denom_s),
-                      targets=targets, label_smoothing=label_smoothing)
+        check_result(out.loss, [logits1, logits2], denom=denom_b, targets=targets,
+                     label_smoothing=label_smoothing,
+                     counts=_counts(num_items_in_batch, denom_b, denom_s, targets.keep, sub.keep))
     return out
 
 
-def _both(denom_b: Tensor | float, denom_s: Tensor | float) -> Tensor | float:
-    # check_result checks one denominator; a tensor count must be positive, so check the smaller.
-    if isinstance(denom_b, Tensor) or isinstance(denom_s, Tensor):
-        device = denom_b.device if isinstance(denom_b, Tensor) else denom_s.device  # type: ignore[union-attr]
-        return torch.minimum(torch.as_tensor(denom_b, device=device),
-                             torch.as_tensor(denom_s, device=device))
-    return min(denom_b, denom_s)
+def _counts(num_items_in_batch: int | Tensor | None, denom_b: Tensor | float,
+            denom_s: Tensor | float, keep_b: Tensor, keep_s: Tensor) -> list[Count]:
+    """The two given counts and the rows each must cover (none when the counts are local)."""
+    if num_items_in_batch is None:  # then num_items_in_subset is None too (_check_counts)
+        return []
+    return [Count("num_items_in_batch", denom_b, keep_b),
+            Count("num_items_in_subset", denom_s, keep_s,
+                  what="counted targets of the second pass's rows",
+                  how="sum rdrop.subset.subset_count over the micro-batches")]
 
 
 def _mse(logits1: Tensor, second: Tensor, target: Tensor, *, alpha: float, stop_gradient: bool,
@@ -408,6 +414,7 @@ def _mse(logits1: Tensor, second: Tensor, target: Tensor, *, alpha: float, stop_
     cons = ((p1[:n] - p2) ** 2).mean(-1).sum() / denom_s
     out = RDropOutput(loss=task + alpha * cons, task_loss=task, consistency_loss=cons)
     if check_finite:
-        check_result(out.loss, [logits1, second], denom=_both(denom_b, denom_s), targets=None,
-                      label_smoothing=0.0, values=target)
+        check_result(out.loss, [logits1, second], denom=denom_b, targets=None,
+                     label_smoothing=0.0, values=target,
+                     counts=_counts(num_items_in_batch, denom_b, denom_s, keep_b, keep_b[:n]))
     return out
