@@ -376,8 +376,8 @@ def parse_overrides(cls: type[C], items: Iterable[str]) -> dict[str, Any]:
         ``{key: typed value}``.
 
     Raises:
-        ConfigError: a string without ``=``, an unknown key (with the closest known keys), or a
-            value that does not parse as the field's type.
+        ConfigError: a string without ``=``, an unknown key (with the closest known keys), a
+            key given twice, or a value that does not parse as the field's type.
 
     Example:
         >>> parse_overrides(CommonConfig, ["seeds=5", "alpha=0.6", "methods=rdrop"])
@@ -385,11 +385,16 @@ def parse_overrides(cls: type[C], items: Iterable[str]) -> dict[str, Any]:
     """
     types_ = _field_types(cls)
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value.")
         key, value = item.split("=", 1)
         key = key.strip()
+        if key in given:  # which one should win is a guess: refuse it
+            raise ConfigError(f"override {key!r} is given twice ({given[key]} and {item}); "
+                              "pass each key once (a tuple as one comma-separated value).")
+        given[key] = item
         if key not in types_:
             close = difflib.get_close_matches(key, list(types_), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
