@@ -15,6 +15,7 @@ from rdrop.loss import RDropLoss
 from rdrop.multilabel import multilabel_rdrop_loss
 from rdrop.schedule import Schedule
 from rdrop.subset import subset_rdrop_loss
+from rdrop.tryout import TryoutResult, tryout
 from rdrop.wrapper import RDrop, unwrap_state_dict
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "RDropLoss",
     "RDropOutput",
     "Schedule",
+    "TryoutResult",
     "ctc_rdrop_loss",
     "multi_pass_rdrop_loss",
     "multilabel_rdrop_loss",
@@ -31,6 +33,7 @@ __all__ = [
     "rdrop_loss",
     "subset_rdrop_loss",
     "symmetric_kl",
+    "tryout",
     "unwrap_state_dict",
 ]
 __version__ = "0.1.0"
