@@ -30,8 +30,8 @@ install-demo: $(PY) data
 	$(PIP) install -q --progress-bar off -e . -e ./experiments "$(TORCH_PIN)"
 
 install-dev: $(PY) data
-	@echo "setup: pip install -e '.[dev,hf]' -e ./experiments (1-3 min on a fresh machine)"
-	$(PIP) install -q --progress-bar off -e ".[dev,hf]" -e ./experiments "$(TORCH_PIN)"
+	@echo "setup: pip install -e '.[dev,hf]' -e './experiments[ray]' (1-3 min on a fresh machine)"
+	$(PIP) install -q --progress-bar off -e ".[dev,hf]" -e "./experiments[ray]" "$(TORCH_PIN)"
 
 DEMO_OUT ?= runs/demo
 

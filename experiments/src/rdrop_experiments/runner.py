@@ -7,7 +7,9 @@ write. A recipe only trains and evaluates one arm for one seed.
 
 Three steps, each done once per command: :func:`plan_runs` (every value validated),
 :func:`preflight` (devices, folders), :func:`execute_plan` (training);
-:func:`run_experiment` chains them for one experiment, the CLI for several.
+:func:`run_experiment` chains them for one experiment, the CLI for several. Runs train in this
+process, one after another, unless a launcher sends them elsewhere (``--launcher ray``: one Ray
+task per run, :mod:`rdrop_experiments.launch`); either way this process writes every record.
 
 A user's ``key=value`` never loses silently to the grid: ``methods=`` picks arms of the grid
 (settings for other arms are left out), and any other key that a grid setting sets is refused
@@ -22,10 +24,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rdrop_experiments.config import (
     CommonConfig,
@@ -50,10 +52,14 @@ from rdrop_experiments.storage import (
 
 __all__ = [
     "DEFAULT_OUT",
+    "Launcher",
     "PlannedRun",
+    "RunsFailedError",
+    "TrainedRun",
     "check_device",
     "checkpoint_path",
     "execute_plan",
+    "failure_path",
     "format_plan",
     "is_committed_folder",
     "plan_runs",
@@ -62,6 +68,7 @@ __all__ = [
     "run_experiment",
     "run_name",
     "setting_label",
+    "train_run",
 ]
 
 # Where `rdrop run` writes by default: ignored by git, never the committed results/ folder.
@@ -84,6 +91,21 @@ class PlannedRun:
     pair_key: str
     path: Path
     label: str = ""  # the experiment's name with its data set where a variant swaps it
+
+
+class Launcher(Protocol):
+    """Where the runs of a plan train when not here (:mod:`rdrop_experiments.launch`)."""
+
+    name: str
+
+    def check_resources(self, plan: Sequence[PlannedRun]) -> None:
+        """Refuse (``ConfigError``) a plan whose devices or threads no worker has."""
+
+    def run(self, experiment: Experiment, runs: Sequence[PlannedRun], *,
+            progress: bool) -> Iterator[tuple[PlannedRun, TrainedRun | BaseException]]:
+        """Train ``runs`` (each with :func:`train_run`); yield each with its outcome as it
+        finishes: a :class:`TrainedRun`, or the exception that ended it for good."""
+        ...
 
 
 def setting_label(setting: Mapping[str, Any]) -> str:
@@ -319,17 +341,21 @@ def is_committed_folder(folder: str | os.PathLike[str]) -> bool:
 
 def preflight(plan: Sequence[PlannedRun], out: str | os.PathLike[str], *,
               variant: str | None = None, allow_committed: bool = False,
-              write: bool = True) -> None:
+              write: bool = True, launcher: Launcher | None = None) -> None:
     """Every check that must pass before any training starts (the CLI runs it for all the
-    experiments of a command first): each planned device exists; with ``write``, a ``quick``
+    experiments of a command first): each planned device exists (on this machine, or with a
+    ``launcher`` where it sends the runs: a GPU in the Ray cluster); with ``write``, a ``quick``
     run does not target a git-tracked folder and each experiment's folder is writable.
 
     Raises:
         ConfigError: a missing device, or a quick run into a committed folder.
         PermissionError: an output folder that cannot be written.
     """
-    for device in sorted({r.config.device for r in plan}):
-        check_device(device)
+    if launcher is not None:
+        launcher.check_resources(plan)
+    else:
+        for device in sorted({r.config.device for r in plan}):
+            check_device(device)
     if not write:
         return
     if variant == "quick" and not allow_committed and is_committed_folder(out):
@@ -354,10 +380,41 @@ def checkpoint_path(record: Path) -> Path:
     return record.with_name(record.stem + ".ckpt.pt")
 
 
-def _execute(experiment: Experiment, run: PlannedRun, *, progress: bool) -> tuple[RunResult,
-                                                                                    ArmRun]:
+@dataclass
+class TrainedRun:
+    """What training one planned run hands to the process that writes its record.
+
+    Attributes:
+        result: the recipe's :class:`RunResult`.
+        data_hash: the hash of the data the run saw (:meth:`ArmRun.record_data`).
+        wall: seconds of this process's run plus the training time held by the checkpoint
+            it resumed from (a killed run's earlier processes count too).
+        resumed_from_step: the optimizer step of that checkpoint; 0 when trained from scratch.
+        host: the machine that trained it (hostname, CPUs, torch threads).
+    """
+
+    result: RunResult
+    data_hash: str | None
+    wall: float
+    resumed_from_step: int
+    host: dict[str, Any]
+
+
+def train_run(experiment: Experiment, run: PlannedRun, *, progress: bool) -> TrainedRun:
+    """Train one planned run (resuming from its checkpoint when one is there); write nothing
+    but the checkpoint. Called by :func:`execute_plan` here, and by a Ray worker for
+    ``--launcher ray``.
+
+    Raises:
+        TypeError, KeyError: the recipe returned no :class:`RunResult` or lacks the metric.
+    """
     import torch
 
+    from rdrop_experiments.resume import load_checkpoint
+
+    saved = load_checkpoint(checkpoint_path(run.path))
+    loop = saved["loop"] if saved is not None else {}
+    start = time.perf_counter()
     torch.set_num_threads(run.config.num_threads)
     arm = ArmRun(method=run.method, seed=run.seed, progress=progress,
                  label=f"{run.label or experiment.name} {run.method} s{run.seed}",
@@ -369,7 +426,10 @@ def _execute(experiment: Experiment, run: PlannedRun, *, progress: bool) -> tupl
     if experiment.metric not in result.metrics:
         raise KeyError(f"recipe of {experiment.name!r} returned no {experiment.metric!r} metric; "
                        f"got {sorted(result.metrics)}.")
-    return result, arm
+    wall = time.perf_counter() - start + float(loop.get("elapsed", 0.0))
+    return TrainedRun(result, arm.data_hash, wall, int(loop.get("step", 0)),
+                      {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
+                       "num_threads": run.config.num_threads})
 
 
 def run_experiment(
@@ -384,6 +444,7 @@ def run_experiment(
     force: bool = False,
     allow_committed: bool = False,
     experiment: Experiment | None = None,
+    launcher: Launcher | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) experiment ``name``; return the records of all its planned runs.
 
@@ -408,6 +469,7 @@ def run_experiment(
         allow_committed: let a ``quick`` run write into a git-tracked folder.
         experiment: the registered experiment ``name`` with changes (a longer grid: the scale
             map's extensions, :mod:`rdrop_experiments.scale`); default: as registered.
+        launcher: where the runs train (see :func:`execute_plan`); default: this process.
 
     Raises:
         ConfigError: unknown experiment/variant/key, an invalid value, a key the grid sets, a
@@ -420,11 +482,12 @@ def run_experiment(
     if overrides is not None and not isinstance(overrides, Mapping):
         overrides = parse_overrides(type(experiment.config), overrides)
     plan = plan_runs(experiment, out, overrides, variant=variant, grid=grid)
-    preflight(plan, out, variant=variant, allow_committed=allow_committed, write=not dry_run)
+    preflight(plan, out, variant=variant, allow_committed=allow_committed, write=not dry_run,
+              launcher=launcher)
     if dry_run:
         return _records(plan)
     return execute_plan(experiment, plan, out=out, variant=variant, overrides=overrides,
-                        grid=grid, progress=progress, force=force)
+                        grid=grid, progress=progress, force=force, launcher=launcher)
 
 
 def execute_plan(
@@ -437,6 +500,7 @@ def execute_plan(
     grid: bool = True,
     progress: bool = True,
     force: bool = False,
+    launcher: Launcher | None = None,
 ) -> list[dict[str, Any]]:
     """Train the runs of a :func:`plan_runs` plan that are not finished (all with ``force``),
     each under its record's lock; return the records of all planned runs. Checks nothing that
@@ -444,9 +508,13 @@ def execute_plan(
 
     ``variant``, ``overrides`` and ``grid`` are those the plan was made with; they go into each
     record (``overrides``, and ``command``, which reproduces the run).
-    """
-    from rdrop_experiments.resume import resumed_elapsed
 
+    Without a ``launcher`` the runs train here, one after another, and a run that raises stops
+    the command. With one (:class:`rdrop_experiments.launch.RayLauncher`) they train where it
+    sends them, all at once; this process takes every lock first and writes each record as its
+    run comes back, and a run that fails is written to :func:`failure_path` instead, the others
+    go on, and :class:`RunsFailedError` names the failures at the end.
+    """
     name = experiment.name
     folder = Path(out) / name
     clean_stale_tmp(folder)
@@ -457,14 +525,21 @@ def execute_plan(
     bar = progress_bar(total=len(plan), initial=len(plan) - len(todo),
                        desc=plan[0].label if plan else name, unit="run",
                        disable=not progress)
+
+    def record(run: PlannedRun, trained: TrainedRun) -> dict[str, Any]:
+        return _record(experiment, run, trained, variant=variant, overrides=overrides,
+                       command=command, versions=versions, git=git)
+
+    if launcher is not None:
+        _launch(experiment, todo, launcher, record=record, bar=bar, progress=progress,
+                force=force, command=command)
+        bar.close()
+        return _records(plan)
     for run in todo:
         bar.set_postfix_str(f"{run.setting} {run.method} seed={run.seed}")
         with RecordLock(run.path) as lock:
             if not lock.acquire():
-                host, pid = lock.owner() or ("?", "?")
-                print(f"{run.label or name}: {run.method} seed={run.seed} [{run.setting}] is "
-                      f"being run by another process (pid {pid} on {host}); skipped here.",
-                      file=sys.stderr)
+                _skipped(name, run, lock)
                 continue
             if not force and read_json(run.path) is not None:  # finished by another process
                 bar.update(1)
@@ -474,23 +549,107 @@ def execute_plan(
                           f"starting ({_budget(run.config)})")
             if force:  # a forced rerun starts afresh, not from an earlier run's checkpoint
                 checkpoint_path(run.path).unlink(missing_ok=True)
-            # a resumed run: the training time of the processes before the kill counts too
-            before = resumed_elapsed(checkpoint_path(run.path))
-            start = time.perf_counter()
-            result, arm = _execute(experiment, run, progress=progress and run.config.progress)
-            wall = time.perf_counter() - start + before
-            write_json_atomic(run.path, _record(experiment, run, result, arm, wall=wall,
-                                                variant=variant, overrides=overrides,
-                                                command=command, versions=versions, git=git))
+            trained = train_run(experiment, run, progress=progress and run.config.progress)
+            write_json_atomic(run.path, record(run, trained))
             checkpoint_path(run.path).unlink(missing_ok=True)
         bar.update(1)
     bar.close()
     return _records(plan)
 
 
-def _record(experiment: Experiment, run: PlannedRun, result: RunResult, arm: ArmRun, *,
-            wall: float, variant: str | None, overrides: Mapping[str, Any] | None, command: str,
+def _skipped(name: str, run: PlannedRun, lock: RecordLock) -> None:
+    host, pid = lock.owner() or ("?", "?")
+    print(f"{run.label or name}: {run.method} seed={run.seed} [{run.setting}] is being run by "
+          f"another process (pid {pid} on {host}); skipped here.", file=sys.stderr)
+
+
+def _launch(experiment: Experiment, todo: Sequence[PlannedRun], launcher: Launcher, *,
+            record: Callable[[PlannedRun, TrainedRun], dict[str, Any]], bar: Any,
+            progress: bool, force: bool, command: str) -> None:
+    """:func:`execute_plan` through a launcher. Every lock is taken here before the first run
+    is sent and held until its record is written, by this process: a worker lost mid-run leaves
+    no lock behind, and its retry (the launcher's) resumes from the run's checkpoint."""
+    locks: dict[Path, RecordLock] = {}
+    failed: list[tuple[PlannedRun, Path]] = []
+    try:
+        runs = []
+        for run in todo:
+            lock = RecordLock(run.path)
+            if not lock.acquire():
+                _skipped(experiment.name, run, lock)
+                continue
+            locks[run.path] = lock
+            if not force and read_json(run.path) is not None:  # finished by another process
+                locks.pop(run.path).release()
+                bar.update(1)
+                continue
+            if force:  # a forced rerun starts afresh, not from an earlier run's checkpoint
+                checkpoint_path(run.path).unlink(missing_ok=True)
+            runs.append(run)
+        for run, outcome in launcher.run(experiment, runs, progress=progress):
+            if isinstance(outcome, TrainedRun):
+                rec = record(run, outcome)
+                rec["launcher"] = {"name": launcher.name,
+                                   "resumed_from_step": outcome.resumed_from_step}
+                write_json_atomic(run.path, rec)
+                checkpoint_path(run.path).unlink(missing_ok=True)
+                failure_path(run.path).unlink(missing_ok=True)
+            else:  # kept beside the record; `rdrop report` never reads it (not a record)
+                write_json_atomic(failure_path(run.path), _failure(experiment, run, outcome,
+                                                                  command=command))
+                failed.append((run, failure_path(run.path)))
+                bar.write(f"{run.label or experiment.name} {run.method} seed={run.seed} "
+                          f"[{run.setting}] failed: {_first_line(outcome)}")
+            locks.pop(run.path).release()
+            bar.update(1)
+    finally:
+        for lock in locks.values():
+            lock.release()
+    if failed:
+        raise RunsFailedError(failed)
+
+
+class RunsFailedError(RuntimeError):
+    """Runs of a launched plan failed (each written to its :func:`failure_path`); the others
+    finished and were written. Rerunning the command tries the failed ones once more."""
+
+    def __init__(self, failed: Sequence[tuple[PlannedRun, Path]]) -> None:
+        self.failed = list(failed)
+        lines = [f"  {run.label or run.experiment} {run.method} seed={run.seed} "
+                 f"[{run.setting}]: {path}" for run, path in self.failed]
+        super().__init__(f"{len(self.failed)} run(s) failed, the others were written; why, in "
+                         "each failure file:\n" + "\n".join(lines))
+
+
+def failure_path(record: Path) -> Path:
+    """Where a launched run that failed says why (``baseline-seed0-<key>.failed.json``): not a
+    record (no metric), so reports and a rerun's skip test never take it for one.
+
+    Example:
+        >>> failure_path(Path("runs/lm/baseline-seed0-abc.json")).name
+        'baseline-seed0-abc.failed.json'
+    """
+    return record.with_name(record.stem + ".failed.json")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _failure(experiment: Experiment, run: PlannedRun, exc: BaseException, *,
+             command: str) -> dict[str, Any]:
+    return {"experiment": experiment.name, "setting": run.setting, "method": run.method,
+            "seed": run.seed, "key": run.key, "command": command,
+            "error": type(exc).__name__, "message": str(exc),
+            "lost_worker": bool(getattr(exc, "lost_worker", False)),
+            "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _record(experiment: Experiment, run: PlannedRun, trained: TrainedRun, *,
+            variant: str | None, overrides: Mapping[str, Any] | None, command: str,
             versions: dict[str, str], git: dict[str, Any]) -> dict[str, Any]:
+    result = trained.result
     return {
         "schema": SCHEMA_VERSION,
         "experiment": experiment.name,
@@ -503,7 +662,7 @@ def _record(experiment: Experiment, run: PlannedRun, result: RunResult, arm: Arm
         "higher_is_better": experiment.higher_is_better,
         "metrics": {k: float(v) for k, v in result.metrics.items()},
         "curves": result.curves,
-        "wall_time_s": round(wall, 3),
+        "wall_time_s": round(trained.wall, 3),
         "config": config_to_dict(run.config),
         "key": run.key,
         "pair_key": run.pair_key,
@@ -511,14 +670,13 @@ def _record(experiment: Experiment, run: PlannedRun, result: RunResult, arm: Arm
         "command": command,
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
-        "data_hash": arm.data_hash,
+        "data_hash": trained.data_hash,
         **{k: result.extra[k] for k in TOP_LEVEL_FIELDS if k in result.extra},
         "extra": result.extra,
         "info": {"description": experiment.description, "data": experiment.data,
                  "paper": experiment.paper},
         "versions": versions,
-        "host": {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
-                 "num_threads": run.config.num_threads},
+        "host": trained.host,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -22,6 +22,7 @@ killed cell is continued by running the same command again.
 
 from __future__ import annotations
 
+import difflib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -29,11 +30,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rdrop_experiments.config import ConfigError
 from rdrop_experiments.frontier import SCHEDULE_TAGS, arm_name
 
-__all__ = ["CELLS", "STOPPING", "Cell", "busy_runs", "cheaper_settings", "edge_state", "extension",
-           "get_cell", "map_grid", "missing_runs", "pending_extensions", "run_cell",
-           "run_extra_arms", "tuned_dropout_settings", "unscheduled"]
+__all__ = ["CELLS", "STOPPING", "Cell", "UnknownCellError", "busy_runs", "cheaper_settings",
+           "edge_state", "extension", "get_cell", "map_grid", "missing_runs", "pending_extensions",
+           "run_cell", "run_extra_arms", "tuned_dropout_settings", "unscheduled"]
 
 DROPOUT_STEP = 0.1
 DROPOUT_MAX = 0.7
@@ -129,16 +131,27 @@ CELLS: tuple[Cell, ...] = (
 )
 
 
+class UnknownCellError(ConfigError, KeyError):
+    """A name that is no registered cell: a :class:`~rdrop_experiments.config.ConfigError`
+    (the CLI prints its one line) and a ``KeyError`` (a lookup that failed)."""
+
+    __str__ = ConfigError.__str__  # KeyError's would quote the message
+
+
 def get_cell(name: str) -> Cell:
     """The registered cell called ``name``.
 
     Raises:
-        KeyError: unknown name, listing the known ones.
+        UnknownCellError: unknown name, with the closest cells and how to list them all.
     """
     for cell in CELLS:
         if cell.name == name:
             return cell
-    raise KeyError(f"unknown cell {name!r}; cells: {', '.join(c.name for c in CELLS)}.")
+    names = [c.name for c in CELLS]
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownCellError(f"unknown cell {name!r}.{hint} Cells: {', '.join(names)} "
+                           "(`rdrop scale --list` shows each with its config).")
 
 
 def extension(knob: str, values: Sequence[float], chosen: float,
@@ -328,14 +341,16 @@ def grid_finished(folder: str | Path, grid: Sequence[Mapping[str, Any]], seeds: 
 
 
 def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
-             dry_run: bool = False, wait_s: float = 20.0) -> list[dict[str, Any]]:
+             dry_run: bool = False, wait_s: float = 20.0,
+             launcher: Any = None) -> list[dict[str, Any]]:
     """Run (or resume) every run of ``cell``, extending an edge choice until it is interior.
 
     Two runners may share a cell (``rdrop scale CELL`` twice): each skips the runs the other
     holds, and decides an extension only once every run of its grid has finished (polling
     every ``wait_s`` seconds while the other runner trains one), so both decide on the same
     finished records; a runner then shares the runs of an extension the other one is already
-    training instead of waiting for all of them.
+    training instead of waiting for all of them. With a ``launcher`` (``--launcher ray``) each
+    grid's runs train at once, and an extension is sent as soon as its grid's runs are back.
 
     Returns:
         The cell's records.
@@ -351,8 +366,10 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
     while True:
         experiment = replace(family, grid=grid)
         records = run_experiment(cell.family, cell.config_overrides(), out=out,
-                                 progress=progress, dry_run=dry_run, experiment=experiment)
+                                 progress=progress, dry_run=dry_run, experiment=experiment,
+                                 launcher=launcher)
         if dry_run:
+            print(_plan(cell, experiment, out))
             return records
         busy = busy_runs(out)
         # another runner training a run of this grid: decide on its finished runs too. Its
@@ -374,6 +391,15 @@ def run_cell(cell: Cell, root: str | Path = "results/scale", *, progress: bool =
                   f"{state[method]['values']}; extending with {knob}={setting[knob]}")
         if not added:
             return records
+
+
+def _plan(cell: Cell, experiment: Any, out: Path) -> str:
+    """What ``rdrop scale --dry-run CELL`` prints: the runs of the cell's first grid."""
+    from rdrop_experiments.runner import format_plan, plan_runs
+
+    plan = plan_runs(experiment, out, cell.config_overrides())
+    return (f"{cell.name}: the first grid (an edge choice is extended once its runs have "
+            f"finished)\n{format_plan(plan)}")
 
 
 def cheaper_settings(records: Sequence[dict[str, Any]], dropout_key: str,
@@ -455,7 +481,8 @@ EXTRA_ARMS = {"cheaper": ("the fraction arms", cheaper_settings),
 
 
 def run_extra_arms(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
-                   dry_run: bool = False, arms: str = "cheaper") -> list[dict[str, Any]]:
+                   dry_run: bool = False, arms: str = "cheaper",
+                   launcher: Any = None) -> list[dict[str, Any]]:
     """Run (or resume) the extra arms of a finished ``cell`` under the cell's overrides, into
     the cell's folder: ``arms="cheaper"``, the fraction arms of :func:`cheaper_settings`;
     ``"tuned_dropout"``, the arm of :func:`tuned_dropout_settings`. Both are read in the cell's
@@ -481,4 +508,5 @@ def run_extra_arms(cell: Cell, root: str | Path = "results/scale", *, progress: 
     print(f"{cell.name}: {what} at alpha={grid[0]['alpha']:g} (the cell's choice on "
           f"validation), {len(grid)} setting(s) x {cell.seeds} seeds")
     return run_experiment(cell.family, cell.config_overrides(), out=out, progress=progress,
-                          dry_run=dry_run, experiment=replace(family, grid=grid))
+                          dry_run=dry_run, experiment=replace(family, grid=grid),
+                          launcher=launcher)
