@@ -43,8 +43,15 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from rdrop_experiments import list_experiments, parse_overrides
+    from rdrop_experiments.launch import make_launcher
     from rdrop_experiments.registry import get_experiment
-    from rdrop_experiments.runner import execute_plan, format_plan, plan_runs, preflight
+    from rdrop_experiments.runner import (
+        RunsFailedError,
+        execute_plan,
+        format_plan,
+        plan_runs,
+        preflight,
+    )
 
     names = [t for t in args.items if "=" not in t]
     overrides = [t for t in args.items if "=" in t]
@@ -55,6 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     variant = "quick" if args.quick else args.variant
     grid = not args.no_grid
+    launcher = make_launcher(args.launcher, args.address)  # Ray connects at the first preflight
     # Plan and check once, every experiment's every planned config, before the first run starts.
     experiments = {n: get_experiment(n) for n in names}
     parsed = {n: parse_overrides(type(e.config), overrides) for n, e in experiments.items()}
@@ -62,14 +70,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
              for n, e in experiments.items()}
     for name in names:  # devices, committed results, writable folders: before the first run
         preflight(plans[name], args.out, variant=variant, allow_committed=args.allow_committed,
-                  write=not args.dry_run)
+                  write=not args.dry_run, launcher=launcher)
     for name in names:
         if args.dry_run:
             print(format_plan(plans[name], force=args.force))
             continue
-        records = execute_plan(experiments[name], plans[name], out=args.out, variant=variant,
-                               overrides=parsed[name], grid=grid, progress=not args.no_progress,
-                               force=args.force)
+        try:
+            records = execute_plan(experiments[name], plans[name], out=args.out,
+                                   variant=variant, overrides=parsed[name], grid=grid,
+                                   progress=not args.no_progress, force=args.force,
+                                   launcher=launcher)
+        except RunsFailedError as exc:  # --launcher ray: the other runs are written
+            print(f"rdrop run {name}: {exc}", file=sys.stderr)
+            return 1
         print(f"{name}: {len(records)} finished run(s) under {os.path.join(args.out, name)}")
     return 0
 
@@ -90,6 +103,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:
+    from rdrop_experiments.launch import make_launcher
     from rdrop_experiments.scale import CELLS, get_cell, run_cell, run_extra_arms
 
     if args.list or not (args.cells or args.all):
@@ -97,18 +111,20 @@ def _cmd_scale(args: argparse.Namespace) -> int:
             print(f"{cell.name:<34} seeds={cell.seeds}  {cell.config_overrides()}")
         return 0
     cells = list(CELLS) if args.all else [get_cell(n) for n in args.cells]
+    launcher = make_launcher(args.launcher, args.address)
     for cell in cells:
         extra = "cheaper" if args.cheaper else "tuned_dropout" if args.tuned_dropout else None
         if extra:
             try:
                 run_extra_arms(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run,
-                            arms=extra)
+                            arms=extra, launcher=launcher)
             except ValueError as exc:
                 flag = extra.replace("_", "-")
                 print(f"rdrop scale {cell.name} --{flag}: {exc}", file=sys.stderr)
                 return 2
         else:
-            run_cell(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run)
+            run_cell(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run,
+                     launcher=launcher)
     return 0
 
 
@@ -132,6 +148,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"rdrop compare: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _launcher_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--launcher", choices=("local", "ray"), default="local",
+        help="where the runs train: local = in this process, one after another (default); "
+             "ray = each (setting, seed) run as one Ray task on a Ray cluster, a lost worker "
+             "retried from the run's checkpoint, records written by this process (pip install "
+             "'torch-rdrop-experiments[ray]'; docs/CLUSTER.md)")
+    parser.add_argument(
+        "--address", default=None,
+        help="with --launcher ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); "
+             "default: $RAY_ADDRESS, else a Ray cluster on this machine for this command")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--force", action="store_true", help="rerun finished runs too")
     p_run.add_argument("--allow-committed", action="store_true",
                        help="let a --quick run write into a git-tracked folder such as results/")
+    _launcher_flags(p_run)
     p_run.set_defaults(func=_cmd_run)
 
     p_rep = sub.add_parser("report", help="tables and plots from saved results")
@@ -204,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "alpha R-Drop chose, both on validation (docs/EXPERIMENTS.md)")
     p_sc.add_argument("--dry-run", action="store_true", help="plan the first grid only")
     p_sc.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _launcher_flags(p_sc)
     p_sc.set_defaults(func=_cmd_scale)
 
     p_adv = sub.add_parser(
