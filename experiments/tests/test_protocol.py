@@ -228,7 +228,9 @@ def test_every_family_tunes_baseline_and_rdrop_on_grids_of_one_size(family):
     from rdrop_experiments import get_experiment
 
     exp = get_experiment(family)
-    schedules = ("auto_start_patience", "start_step", "second_pass_fraction")  # other arms
+    from rdrop_experiments.frontier import SCHEDULE_TAGS
+
+    schedules = tuple(key for key, _, _ in SCHEDULE_TAGS)  # the other arms
     points = {m: [s for s in exp.grid if s.get("methods") == (m,)
                   and not any(k in s for k in schedules)]
               for m in ("baseline", "rdrop", "rdrop_alpha0")}
@@ -239,3 +241,6 @@ def test_every_family_tunes_baseline_and_rdrop_on_grids_of_one_size(family):
     alphas = [s["alpha"] for s in points["rdrop"]]
     assert len(set(rates)) == len(rates) and len(set(alphas)) == len(alphas)
     assert all(a > 0 for a in alphas)
+    # the plateau arm (issue 32): a grid of the baseline's size, alphas a decade apart
+    plateau = [s["alpha"] for s in exp.grid if s.get("start_rule") == "plateau"]
+    assert len(plateau) == len(points["baseline"]) and max(plateau) / min(plateau) == 10

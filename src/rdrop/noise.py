@@ -151,6 +151,10 @@ class NoiseHandle:
         self.noise = noise
         self.targets = targets
         self._undo: list[Any] = []
+        # (to the plain model, back to the noisy one) for each change: a plain step (R-Drop off
+        # before its start, or an off-step of every_k_steps) runs the model as it was.
+        self._swaps: list[tuple[Any, Any]] = []
+        self._plain = False
         self._copies = 1
 
     @property
@@ -170,9 +174,30 @@ class NoiseHandle:
         finally:
             self._copies = previous
 
+    @contextlib.contextmanager
+    def plain(self) -> Iterator[None]:
+        """Within this context the model runs without the noise source (as before
+        :func:`attach_noise`)."""
+        if self._plain:
+            yield
+            return
+        self._plain = True
+        for to_plain, _ in self._swaps:
+            to_plain()
+        try:
+            yield
+        finally:
+            for _, to_noisy in reversed(self._swaps):
+                to_noisy()
+            self._plain = False
+
     def pass_context(self, passes: range, plan: Any = None) -> AbstractContextManager[None]:
         """The per-forward hook of :class:`rdrop.step.TrainingStep` (``pass_context=``):
-        :meth:`forward_copies` of the ``passes`` that forward computes."""
+        :meth:`forward_copies` of the ``passes`` that forward computes, or :meth:`plain` on a
+        plain step (``plan.active`` false): the noise is R-Drop's, so a step before
+        ``start_step`` (or an off-step) equals the baseline's step exactly."""
+        if plan is not None and not getattr(plan, "active", True):
+            return self.plain()
         return self.forward_copies(len(passes))
 
     def remove(self) -> None:
@@ -181,7 +206,8 @@ class NoiseHandle:
             self._undo.pop()()
 
     def _embedding_hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
-        if not module.training or not isinstance(output, Tensor) or not output.is_floating_point():
+        if (self._plain or not module.training or not isinstance(output, Tensor)
+                or not output.is_floating_point()):
             return None
         length = output.shape[-2] if output.dim() >= 2 else 1
         # The copies of a concatenated forward lie along the sequence when no batch dimension
@@ -278,6 +304,8 @@ def _attach_dropout(model: nn.Module, spec: Noise) -> NoiseHandle:
         old = getattr(module, attr)
         setattr(module, attr, spec.rate)
         handle._undo.append(lambda m=module, a=attr, v=old: setattr(m, a, v))
+        handle._swaps.append((lambda m=module, a=attr, v=old: setattr(m, a, v),
+                              lambda m=module, a=attr, v=spec.rate: setattr(m, a, v)))
     return handle
 
 
@@ -297,8 +325,11 @@ def _attach_lora(model: nn.Module, spec: Noise) -> NoiseHandle:
         for adapter in list(slots.keys()):
             old = slots[adapter]
             # Built in training mode by default: follow the layer's mode (eval stays noise-free).
-            slots[adapter] = nn.Dropout(spec.rate).train(layer.training)  # type: ignore[arg-type]
+            new = nn.Dropout(spec.rate).train(layer.training)  # type: ignore[arg-type]
+            slots[adapter] = new
             handle._undo.append(lambda d=slots, k=adapter, v=old: d.__setitem__(k, v))
+            handle._swaps.append((lambda d=slots, k=adapter, v=old: d.__setitem__(k, v),
+                                  lambda d=slots, k=adapter, v=new: d.__setitem__(k, v)))
             targets.append(f"{name}.lora_dropout.{adapter}")
     handle.targets = tuple(targets)
     return handle

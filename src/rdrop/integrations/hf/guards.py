@@ -18,8 +18,10 @@ from typing import Any
 from torch import nn
 
 from rdrop.inspection import active_dropout_rates, no_dropout_advice
+from rdrop.noise import parse_noise
 
-__all__ = ["check_checkpointing_args", "check_checkpointing_model", "no_dropout_message"]
+__all__ = ["check_checkpointing_args", "check_checkpointing_model", "check_checkpointing_noise",
+           "no_dropout_message"]
 
 _FIX = ("Remove preserve_rng_state from the checkpointing kwargs (its default True replays the "
         "forward's dropout masks exactly), or turn checkpointing off.")
@@ -69,6 +71,31 @@ def check_checkpointing_model(model: nn.Module, owner: str) -> None:
                 and func.keywords.get("preserve_rng_state", True) is False):
             where = f"the model's checkpointing ({name or 'the model'})"
             raise ValueError(f"{owner}: " + _why(where) + _FIX)
+
+
+def check_checkpointing_noise(model: nn.Module, noise: str, plain_steps: bool,
+                              owner: str) -> None:
+    """Refuse gradient checkpointing with a ``dropout:P`` or ``lora:P`` noise source when the
+    schedule has plain steps: a plain step runs the model's own rates (the noise is R-Drop's),
+    but the backward's recompute runs outside that step and would use ``P``, a silently wrong
+    gradient.
+
+    Raises:
+        ValueError: that combination.
+    """
+    kind = parse_noise(noise)
+    if kind.kind == "embedding" or (kind.kind == "dropout" and kind.rate is None):
+        return
+    if not plain_steps or not any(getattr(m, "gradient_checkpointing", False)
+                                  for m in model.modules()):
+        return
+    raise ValueError(
+        f"{owner}: rdrop_noise={noise!r} with gradient checkpointing and plain steps "
+        "(rdrop_start_step > 0, rdrop_every_k_steps > 1 or a start callback): a plain step "
+        "runs the model's own dropout, but the checkpointed recompute would use the noise's "
+        "rate. Use rdrop_noise='embedding:5', switch gradient checkpointing off, or set the "
+        "model's own dropout in its config instead of rdrop_noise."
+    )
 
 
 def no_dropout_message(model: nn.Module, owner: str) -> str | None:

@@ -26,7 +26,12 @@ from rdrop.step import PassLoss, TrainingStep
 from .arguments import DEFAULTS, validate_rdrop_options
 from .callbacks import RDropAutoStartCallback, check_auto_start
 from .fused import FusedLoss, HiddenCapture, check_fused_head, check_fused_model
-from .guards import check_checkpointing_args, check_checkpointing_model, no_dropout_message
+from .guards import (
+    check_checkpointing_args,
+    check_checkpointing_model,
+    check_checkpointing_noise,
+    no_dropout_message,
+)
 from .labels import align, count_items, first_count, shifts_labels
 from .logits import check_packed_batch, logits_loss, logits_of, prepare_decoder_inputs
 from .logs import PartsWindow
@@ -238,6 +243,10 @@ class RDropTrainerMixin:
         prepare_decoder_inputs(unwrapped, inputs, labels)
         if not self._rdrop_first_step_checked:
             check_checkpointing_model(unwrapped, owner)
+            check_checkpointing_noise(
+                unwrapped, self.rdrop_noise, owner=owner,
+                plain_steps=bool(self.rdrop_start_step or self.rdrop_every_k_steps > 1
+                                 or self._rdrop_auto_start() is not None))
 
         schedule = self._rdrop_schedule()
         step, call = self._rdrop_training_step(model, unwrapped, inputs, labels, shift_labels,
