@@ -145,47 +145,77 @@ def predictor_markdown(p: Predictor | None) -> str:
             f"vs constant {100 * p.mae_constant:.1f}%: the line {verdict} the constant.\n")
 
 
+def _finite(value: Any) -> bool:
+    """A real, finite number: NaN (a diverged evaluation) is never a best, nor a gap's term."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _skipped(n: int, what: str) -> str:
+    return (f"note: {n} {what} with a non-finite loss (NaN or inf) left out; the best "
+            "evaluation is the best finite one." if n else "")
+
+
 def _from_record(rec: dict[str, Any]) -> BaselineRun:
     curves = rec.get("curves") or []
     points = [c for c in curves if "valid_loss" in c and "train_loss" in c]
     if not points:
         raise AdviseError("this record has no curve points with valid_loss and train_loss; "
                           "advise needs a run evaluated during training (rdrop run ...).")
+    finite = [c for c in points if _finite(c["valid_loss"]) and _finite(c["train_loss"])]
+    if not finite:
+        raise AdviseError(f"every one of this record's {len(points)} curve points has a "
+                          "non-finite valid_loss or train_loss (NaN or inf): the run diverged, "
+                          "so it has no best evaluation to read; rerun it with a lower "
+                          "learning rate.")
     step = rec.get("best_step", rec.get("extra", {}).get("best_step"))
-    best = next((c for c in points if c["step"] == step), None)
+    best = next((c for c in finite if c["step"] == step), None)
     if best is None:
-        best = min(points, key=lambda c: c["valid_loss"])
-    note = ("" if rec.get("method") == "baseline" else
-            f"note: this record is a {rec.get('method')!r} run, not a baseline; the map's gap "
-            "is the baseline's.")
+        best = min(finite, key=lambda c: c["valid_loss"])
+    notes = [_skipped(len(points) - len(finite), "curve point(s)")]
+    if rec.get("method") != "baseline":
+        notes.append(f"note: this record is a {rec.get('method')!r} run, not a baseline; the "
+                     "map's gap is the baseline's.")
     return BaselineRun(float(best["valid_loss"]) - float(best["train_loss"]), int(best["step"]),
-                       len(points), "record", note)
+                       len(points), "record", "\n".join(n for n in notes if n))
 
 
 def _from_trainer_state(state: dict[str, Any]) -> BaselineRun:
     history = state.get("log_history") or []
     evals = [h for h in history if "eval_loss" in h]
-    trains = [h for h in history if "loss" in h and "step" in h]
+    trains = [h for h in history if "loss" in h and "step" in h and _finite(h["loss"])]
     if not evals:
         raise AdviseError("trainer_state.json has no eval_loss in its log_history: run the "
                           "Trainer with eval_strategy='steps' (or 'epoch') and an eval_dataset.")
     if not trains:
-        raise AdviseError("trainer_state.json has no training loss in its log_history: set "
-                          "logging_steps so that the Trainer logs 'loss'.")
-    best = min(evals, key=lambda h: h["eval_loss"])
+        raise AdviseError("trainer_state.json has no training loss in its log_history (none "
+                          "logged, or none finite): set logging_steps so that the Trainer logs "
+                          "'loss' (a run whose every logged loss is NaN diverged: lower the "
+                          "learning rate).")
+    finite = [h for h in evals if _finite(h["eval_loss"])]
+    if not finite:
+        raise AdviseError(f"every one of the {len(evals)} eval_loss values in trainer_state.json "
+                          "is NaN or inf: the run diverged, so it has no best evaluation to "
+                          "read; rerun it with a lower learning rate.")
+    best = min(finite, key=lambda h: h["eval_loss"])
     before = [h for h in trains if h["step"] <= best["step"]] or trains[:1]
     train = before[-1]["loss"]
+    notes = [_skipped(len(evals) - len(finite), "evaluation(s)"),
+             "note: the Trainer's logged loss is a running mean in train mode (dropout on), so "
+             "this gap reads lower than the map's eval-mode gap."]
     return BaselineRun(float(best["eval_loss"]) - float(train), int(best["step"]), len(evals),
-                       "trainer_state",
-                       "note: the Trainer's logged loss is a running mean in train mode (dropout "
-                       "on), so this gap reads lower than the map's eval-mode gap.")
+                       "trainer_state", "\n".join(n for n in notes if n))
 
 
 def read_baseline(path: str | Path) -> BaselineRun:
     """Read a baseline run: a record of this suite or a Hugging Face ``trainer_state.json``.
 
+    Non-finite (NaN, inf) evaluation or training losses are never a best: they are left out,
+    and the run's note says how many.
+
     Raises:
-        AdviseError: a missing or unreadable file, an unknown format, or no evaluation losses.
+        AdviseError: a missing or unreadable file, an unknown format, or no finite evaluation
+            losses.
     """
     path = Path(path)
     try:

@@ -10,7 +10,8 @@ plot axis says whether lower or higher is better; quick (smoke) runs are left ou
 that also has full runs; a comparison whose runs saw different data (``data_hash``) is flagged.
 Two records of one run (a copied folder) are refused, naming both files; a run that diverged
 (non-finite loss) and a record that names no config (no ``key``) are left out of every table,
-each with a note that lists them.
+each with a note that lists them. A file that is not a readable record (cut off mid-write,
+corrupt) is named with why, and every comparison that lost seeds to it is marked.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import re
 import shlex
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,12 @@ from rdrop_experiments.stats import (
     paired_difference,
     summarize,
 )
-from rdrop_experiments.storage import check_one_record_per_run, load_results
+from rdrop_experiments.storage import (
+    Skipped,
+    check_one_record_per_run,
+    load_results,
+    scan_results,
+)
 
 __all__ = ["Group", "build_report", "group_results", "markdown_table"]
 
@@ -223,8 +229,11 @@ def _rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], *, primary_only: bool = False) -> str:
-    """A Markdown table of report rows (metrics in percent where they are rates)."""
+def markdown_table(rows: Sequence[dict[str, Any]], *, primary_only: bool = False,
+                   lost: Collection[tuple[str, str]] = ()) -> str:
+    """A Markdown table of report rows (metrics in percent where they are rates); the
+    ``(experiment, setting)`` comparisons of ``lost`` are marked: a record of theirs could not
+    be read, so they rest on fewer seeds than were run."""
     head = ("| experiment | setting | metric | baseline | R-Drop | Δ (95% CI) | p | seeds "
             "| s/run (base / R-Drop) | paper |")
     lines = [head, "|" + "---|" * 10]
@@ -245,6 +254,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, primary_only: bool = False
         setting = row["setting"]
         if len(row.get("data_hashes", "").split()) > 1:
             setting += " ⚠ different data"
+        if (row["experiment"], row["setting"]) in lost:
+            setting += " ⚠ lost seeds"
         lines.append(
             f"| {row['experiment']} | {setting} | {row['metric']}{pct} | "
             f"{_ms(sb, scale, digits)} | {_ms(sr, scale, digits)} | {delta} | "
@@ -258,6 +269,29 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, primary_only: bool = False
 def _seeds(row: dict[str, Any]) -> str:
     nb, nr = row["n_baseline"], row["n_rdrop"]
     return str(nb) if nb == nr else f"{nb} / {nr}"
+
+
+def _lost(skip: Skipped, groups: Sequence[Group], verdicts: Collection[str]) -> list[str]:
+    """The comparisons ``skip`` took a seed from: the groups of its experiment holding a record
+    of its config hash (the file's name says it), and its experiment's verdict."""
+    hit = [f"{g.experiment} [{g.label}]" for g in groups if g.experiment == skip.experiment
+           and any(r.get("key") == skip.key for r in g.records)]
+    return hit + [f"the {skip.experiment} verdict"] * (skip.experiment in verdicts)
+
+
+def _skipped_section(skipped: Sequence[Skipped], hits: Sequence[list[str]],
+                     cells: Sequence[str | None]) -> list[str]:
+    """Every skipped file, why, the run its name says it holds and what it took a seed from."""
+    md = ["### Skipped files", "",
+          "Not readable as run records, so in no table, verdict or map. Rerun the command that "
+          "wrote each (an unreadable record counts as not done) or delete it:", ""]
+    for skip, hit, cell in zip(skipped, hits, cells, strict=True):
+        run = f"; it holds {skip.describe()}" if skip.describe() else ""
+        lost = (f", a seed lost to the scale map's cell {cell}" if cell else
+                f", a seed lost to {', '.join(hit)} (⚠ lost seeds)" if hit else "")
+        md.append(f"- `{skip.path}`: {skip.why}{run}{lost}")
+    md.append("")
+    return md
 
 
 def _slug(text: str) -> str:
@@ -383,8 +417,8 @@ def build_report(
     from rdrop_experiments.verdict import describe_run, is_diverged, is_protocol_record
 
     scale_root = (Path(root) / "scale").resolve()  # the scale map's cells: their own report
-    records = [r for r in load_results(root, experiments)
-               if scale_root not in Path(r["_path"]).resolve().parents]
+    records, skipped = scan_results(root, experiments)
+    records = [r for r in records if scale_root not in Path(r["_path"]).resolve().parents]
     if not records:
         held = sorted({r["experiment"] for r in load_results(root)}) if experiments else []
         if held:
@@ -407,6 +441,17 @@ def build_report(
     diverged = [r for r in records if is_diverged(r)]
     groups = group_results([r for r in records if not is_diverged(r)])
     rows = _rows(groups)
+    # A skipped file of the scale map's cells is the map's loss; of the others, the comparisons
+    # of its experiment that hold its config, and its experiment's verdict.
+    cells = [next((p.name for p in skip.path.resolve().parents if p.parent == scale_root), None)
+             for skip in skipped]
+    protocol = {r["experiment"] for r in records if is_protocol_record(r)}
+    hits = [[] if cell else _lost(skip, groups, protocol)
+            for skip, cell in zip(skipped, cells, strict=True)]
+    lost_rows = {(g.experiment, g.label) for g in groups
+                 if any(f"{g.experiment} [{g.label}]" in hit for hit in hits)}
+    lost_verdicts = sorted({e for skip, cell in zip(skipped, cells, strict=True)
+                            if not cell and (e := skip.experiment) in protocol})
     with open(out / "summary.csv", "w", newline="") as f:
         if rows:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -419,6 +464,10 @@ def build_report(
     if diverged:
         md += [f"**{len(diverged)} diverged run(s)** (training stopped on a non-finite loss) are "
                "left out of every table below; see Diverged runs.", ""]
+    if skipped:
+        md += [f"**{len(skipped)} file(s) skipped**: not readable as run records (cut off "
+               "mid-write or corrupt), so the comparisons marked ⚠ lost seeds rest on fewer "
+               "seeds than were run; each file is named in Skipped files.", ""]
     if unkeyed:
         md += [f"**{len(unkeyed)} record(s) without a config hash** (`key`/`pair_key`, written "
                "by an older version) are left out: they cannot be paired with a baseline. "
@@ -428,7 +477,11 @@ def build_report(
     verdict = verdict_report(records, out, plots=plots)  # the second protocol's records, if any
     if verdict:
         md += ["### Verdict (second protocol: arms chosen on validation; also in `verdict.md`)",
-               "", verdict.strip(), "", "### Every setting", ""]
+               ""]
+        if lost_verdicts:
+            md += [f"**⚠ lost seeds**: the verdicts of {', '.join(lost_verdicts)} rest on fewer "
+                   "seeds than were run (a record could not be read; see Skipped files).", ""]
+        md += [verdict.strip(), "", "### Every setting", ""]
     if any(is_protocol_record(r) for r in records):
         how = ("each run trained until validation stopped improving and tested at its "
                "best-validation checkpoint; each R-Drop setting is paired with the baseline "
@@ -441,8 +494,10 @@ def build_report(
     if left_out:
         md += [f"{left_out} quick (smoke) run record(s) under {root!s} left out "
                "(`--include-quick` keeps them).", ""]
-    md += [markdown_table(rows, primary_only=True), "", "### All metrics", "",
-           markdown_table(rows), ""]
+    md += [markdown_table(rows, primary_only=True, lost=lost_rows), "", "### All metrics", "",
+           markdown_table(rows, lost=lost_rows), ""]
+    if skipped:
+        md += _skipped_section(skipped, hits, cells)
     mixed = [g for g in groups if len(g.data_hashes) > 1]
     if mixed:
         md += ["### Different data", "",

@@ -20,11 +20,13 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "DuplicateRunError",
     "RecordLock",
+    "Skipped",
     "check_one_record_per_run",
     "check_writable",
     "clean_stale_tmp",
@@ -42,6 +45,7 @@ __all__ = [
     "package_versions",
     "read_json",
     "result_path",
+    "scan_results",
     "write_json_atomic",
 ]
 
@@ -77,36 +81,109 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
         raise
 
 
-def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The run record at ``path``, or ``None`` if it is missing, unreadable or incomplete."""
+def _read_record(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, str]:
+    """The run record at ``path`` and ``''``, or ``None`` and why it is not one."""
     try:
         with open(path) as f:
             obj = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED_FIELDS):
-        return None
-    return obj
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc.__class__.__name__})"
+    except ValueError as exc:
+        return None, f"not valid JSON, truncated or corrupt ({exc})"
+    if not isinstance(obj, dict):
+        return None, f"not a run record (a JSON {type(obj).__name__}, not an object)"
+    lacking = [k for k in REQUIRED_FIELDS if k not in obj]
+    if lacking:
+        return None, f"not a complete run record (no {', '.join(lacking)})"
+    return obj, ""
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run record at ``path``, or ``None`` if it is missing, unreadable or incomplete."""
+    return _read_record(path)[0]
+
+
+_RECORD_NAME = re.compile(r"(?P<method>.+)-seed(?P<seed>\d+)-(?P<key>[^-]+)\.json")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A ``*.json`` file under a results folder that is not a readable run record.
+
+    Attributes:
+        path: the file. why: what is wrong with it.
+        experiment, method, seed, key: the run its name says it holds (the folder and the name
+            of :func:`result_path`), or ``None`` where the name does not follow that layout.
+    """
+
+    path: Path
+    why: str
+    experiment: str | None = None
+    method: str | None = None
+    seed: int | None = None
+    key: str | None = None
+
+    def describe(self) -> str:
+        """``image rdrop seed 2 (config abc)``, or ``''`` when the name does not say."""
+        if self.method is None:
+            return ""
+        return f"{self.experiment} {self.method} seed {self.seed} (config {self.key})"
+
+
+def _skipped(path: Path, why: str) -> Skipped:
+    name = _RECORD_NAME.fullmatch(path.name)
+    if name is None:
+        return Skipped(path, why)
+    return Skipped(path, why, path.parent.name, name["method"], int(name["seed"]), name["key"])
+
+
+def scan_results(root: str | os.PathLike[str], experiments: Iterable[str] | None = None,
+                 ) -> tuple[list[dict[str, Any]], list[Skipped]]:
+    """Every complete run record under ``root`` (recursively), sorted by
+    experiment/method/seed, and every ``*.json`` file there that is not one (a record cut off
+    mid-write, corrupt or incomplete), so that a report can name what it left out.
+
+    Hidden files (``.name``: writes in progress) are neither. With ``experiments``, only those
+    experiments' records, and the skipped files in their folders (or named by no experiment).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> (root / "image").mkdir()
+        >>> _ = (root / "image" / "rdrop-seed2-abc.json").write_text('{"experiment": "ima')
+        >>> records, skipped = scan_results(root)
+        >>> records, skipped[0].describe(), skipped[0].why.split(",")[0]
+        ([], 'image rdrop seed 2 (config abc)', 'not valid JSON')
+    """
+    wanted = set(experiments) if experiments is not None else None
+    out, skipped = [], []
+    for p in sorted(Path(root).rglob("*.json")):
+        if p.name.startswith("."):
+            continue
+        rec, why = _read_record(p)
+        if rec is None:
+            skip = _skipped(p, why)
+            if wanted is None or skip.experiment is None or skip.experiment in wanted:
+                skipped.append(skip)
+            continue
+        if wanted is not None and rec["experiment"] not in wanted:
+            continue
+        rec["_path"] = str(p)
+        out.append(rec)
+    out.sort(key=lambda r: (r["experiment"], r.get("setting", ""), r["method"], r["seed"]))
+    return out, skipped
 
 
 def load_results(root: str | os.PathLike[str],
                  experiments: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """Every complete run record under ``root`` (recursively), sorted by experiment/method/seed.
 
-    Files that do not parse or lack the required fields are skipped.
+    Files that do not parse or lack the required fields are skipped (:func:`scan_results`
+    names them).
     """
-    wanted = set(experiments) if experiments is not None else None
-    out = []
-    for p in sorted(Path(root).rglob("*.json")):
-        if p.name.startswith("."):
-            continue
-        rec = read_json(p)
-        if rec is None or (wanted is not None and rec["experiment"] not in wanted):
-            continue
-        rec["_path"] = str(p)
-        out.append(rec)
-    out.sort(key=lambda r: (r["experiment"], r.get("setting", ""), r["method"], r["seed"]))
-    return out
+    return scan_results(root, experiments)[0]
 
 
 class DuplicateRunError(ValueError):
