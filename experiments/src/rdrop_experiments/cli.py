@@ -110,6 +110,15 @@ def _cmd_scale(args: argparse.Namespace) -> int:
         for cell in CELLS:
             print(f"{cell.name:<34} seeds={cell.seeds}  {cell.config_overrides()}")
         return 0
+    if overrides := [n for n in args.cells if "=" in n]:
+        print(f"rdrop scale: error: {' '.join(overrides)}: a cell's config is registered (rdrop "
+              "scale --list), so scale takes no key=value overrides. To run one setting with "
+              "your own values: rdrop run FAMILY --no-grid KEY=VALUE ...", file=sys.stderr)
+        return 2
+    if args.cheaper and args.tuned_dropout:
+        print("rdrop scale: error: --cheaper and --tuned-dropout are two sets of extra arms; "
+              "pass one per command (run the command once with each).", file=sys.stderr)
+        return 2
     cells = list(CELLS) if args.all else [get_cell(n) for n in args.cells]
     launcher = make_launcher(args.launcher, args.address)
     for cell in cells:
