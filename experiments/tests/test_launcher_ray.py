@@ -180,6 +180,9 @@ def test_a_run_that_raises_is_recorded_once_and_the_others_are_written(cluster, 
     assert failure["seed"] == 1 and not failure["lost_worker"]
     assert "the recipe's own bug" in failure["message"]
     assert not list(tmp_path.rglob("*.lock"))
+    from rdrop_experiments.storage import scan_results
+
+    assert scan_results(tmp_path)[1] == []  # a report neither reads it nor lists it as skipped
     # a rerun of the command tries the failed run once more, and only it
     with pytest.raises(RunsFailedError):
         run_experiment("tiny", overrides, out=tmp_path, progress=False, experiment=TINY,
@@ -209,13 +212,15 @@ def test_devices_ray_cannot_schedule_are_refused_before_training(cluster, tmp_pa
         make_launcher("local", "auto")
 
 
-def test_the_flag_is_documented_and_the_local_launcher_never_imports_ray(tmp_path):
-    from rdrop_experiments.cli import build_parser
+def test_the_flag_is_documented_and_the_local_launcher_never_imports_ray(tmp_path, capsys):
+    from rdrop_experiments.cli import main
 
     for command in ("run", "scale"):
-        sub = build_parser()._subparsers._group_actions[0].choices[command]
-        text = sub.format_help()
-        assert "--launcher {local,ray}" in text and "--address" in text, text
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "--launcher {local,ray}" in text and "docs/CLUSTER.md" in text, text
+        assert "--address" in text
     code = ("import sys; from rdrop_experiments.cli import main; "
             f"main(['run', 'image', '--quick', '--dry-run', '--out', {str(tmp_path)!r}]); "
             "print('ray' in sys.modules)")

@@ -594,7 +594,7 @@ def _launch(experiment: Experiment, todo: Sequence[PlannedRun], launcher: Launch
                 write_json_atomic(run.path, rec)
                 checkpoint_path(run.path).unlink(missing_ok=True)
                 failure_path(run.path).unlink(missing_ok=True)
-            else:  # kept beside the record; `rdrop report` never reads it (not a record)
+            else:  # beside the record, which stays missing: a rerun tries the run again
                 write_json_atomic(failure_path(run.path), _failure(experiment, run, outcome,
                                                                   command=command))
                 failed.append((run, failure_path(run.path)))
@@ -622,14 +622,14 @@ class RunsFailedError(RuntimeError):
 
 
 def failure_path(record: Path) -> Path:
-    """Where a launched run that failed says why (``baseline-seed0-<key>.failed.json``): not a
-    record (no metric), so reports and a rerun's skip test never take it for one.
+    """Where a launched run that failed says why, in JSON (``<record>.json.failed``, beside the
+    record as its lock is): not a ``*.json`` file, so no report or rerun takes it for a record.
 
     Example:
         >>> failure_path(Path("runs/lm/baseline-seed0-abc.json")).name
-        'baseline-seed0-abc.failed.json'
+        'baseline-seed0-abc.json.failed'
     """
-    return record.with_name(record.stem + ".failed.json")
+    return record.with_name(record.name + ".failed")
 
 
 def _first_line(exc: BaseException) -> str:
