@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rdrop_experiments.advise import AdviseError, advise, fit_line, fit_predictor, read_baseline
+from rdrop_experiments.advise import AdviseError, advise, read_baseline
+from rdrop_experiments.predictor import fit_line, fit_predictor
 from rdrop_experiments.scale import edge_state, extension
 from rdrop_experiments.scale_map import MapCell, map_cells
 
@@ -172,8 +173,8 @@ def test_advise_reads_a_record_and_a_trainer_state(tmp_path):
     run = read_baseline(tmp_path / "run.json")
     assert run.gap == pytest.approx(0.7) and run.best_step == 20 and run.source == "record"
     text = advise(tmp_path / "run.json", tmp_path)
-    assert "0.700 nats" in text and "no prediction" in text  # one family: no predictor
-    assert "nearest cells" in text and "image-500-vit-d32" in text
+    assert "0.700 nats" in text and f"rdrop tryout {tmp_path / 'run.json'}" in text
+    assert "nearest cells" in text and "image-500-vit-d32" in text  # the map, as context
 
     state = {"log_history": [
         {"step": 10, "loss": 2.0}, {"step": 10, "eval_loss": 2.2},

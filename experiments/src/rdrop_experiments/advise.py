@@ -1,39 +1,31 @@
-r"""``rdrop advise``: what R-Drop is likely to give a user's task, read from one baseline run.
+r"""``rdrop advise``: how to measure R-Drop on a user's own run, read from one baseline run.
 
-The predictor is the one registered in docs/EXPERIMENTS.md ("Scale map") before the map's runs:
-R-Drop's relative best-quality gain ``rel`` (positive = better) against the tuned baseline's
-overfitting ``gap`` (validation minus training loss at its best-validation step), an ordinary
-least-squares line :math:`rel = a + b \cdot gap` over every cell of the map that carries a
-verdict (:mod:`rdrop_experiments.scale_map`). It is judged leave-one-family-out: fitted on the
-other families' cells, it predicts each held-out family's cells; its mean absolute error is
-compared with that of the constant "mean gain of the other families". Only a line that beats
-the constant is used to print a number; otherwise ``advise`` says so and lists the map's
-nearest cells by ``gap``.
+The scale map's predictor does not beat a constant (:mod:`rdrop_experiments.predictor`), so a
+map of small cells cannot say whether R-Drop pays on a user's task. A measurement on the user's
+own run can: ``advise`` finds where the registered plateau rule (:class:`rdrop.PlateauStart`)
+fires on the run's validation curve, the saved checkpoint to branch from, and prints the tryout
+command (``rdrop tryout RECORD`` for a record of this suite; ``rdrop.integrations.hf.tryout``
+for a Hugging Face ``output_dir``). Where a scale map is at hand (``--results``) the nearest
+cells by overfitting gap are listed as context, not as a prediction.
 
 A baseline run is read from a record of this suite (``rdrop run``) or from a Hugging Face
-``trainer_state.json`` (``log_history`` entries with ``loss`` and ``eval_loss``). For the
-latter the training loss is the Trainer's running mean in train mode (dropout on), not the
-eval-mode loss of the map's ``gap``: it overstates the training loss, so the gap reads low;
-``advise`` says so.
+``trainer_state.json`` (``log_history`` entries with ``loss`` and ``eval_loss``; the
+``checkpoint-*`` folders beside it). For the latter the training loss is the Trainer's running
+mean in train mode (dropout on), not the eval-mode loss of the map's ``gap``: it overstates the
+training loss, so the gap reads low; ``advise`` says so. It works from any folder.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AdviseError", "BaselineRun", "Predictor", "advise", "fit_line", "fit_predictor",
-           "predictor_markdown", "read_baseline"]
+from rdrop.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW, plateau_step
 
-
-# The families the predictor was registered on (docs/EXPERIMENTS.md, "Scale map"); families
-# added later (issue 17's) are shown in the map but do not move the registered fit.
-REGISTERED_FAMILIES = ("image", "language-modeling", "summarization", "text-classification",
-                       "translation")
+__all__ = ["AdviseError", "BaselineRun", "advise", "read_baseline"]
 
 
 class AdviseError(ValueError):
@@ -48,6 +40,10 @@ class BaselineRun:
         gap: validation minus training loss at the best-validation evaluation.
         best_step: that evaluation's step; evals: evaluations in the run.
         source: ``"record"`` or ``"trainer_state"``; note: a caveat to print, or ''.
+        steps, values, higher_is_better: the validation curve the plateau rule reads (the
+            record's selection metric; the Trainer's ``eval_loss``).
+        checkpoints: the optimizer steps of the saved checkpoints (``checkpoint-*`` beside a
+            ``trainer_state.json``); empty for a record (the tryout reruns to the branch).
     """
 
     gap: float
@@ -55,94 +51,16 @@ class BaselineRun:
     evals: int
     source: str
     note: str = ""
-
-
-@dataclass(frozen=True)
-class Predictor:
-    """The registered line and its leave-one-family-out check.
-
-    Attributes:
-        a, b: ``rel = a + b * gap`` fitted on every cell with a verdict.
-        mae_line, mae_constant: leave-one-family-out mean absolute errors of the line and of
-            the constant (mean gain of the other families).
-        rmse_line: leave-one-family-out root mean square error of the line (its uncertainty).
-        cells, families: how many cells and families it rests on.
-    """
-
-    a: float
-    b: float
-    mae_line: float
-    mae_constant: float
-    rmse_line: float
-    cells: int
-    families: int
+    steps: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+    higher_is_better: bool = False
+    checkpoints: tuple[int, ...] = ()
 
     @property
-    def beats_constant(self) -> bool:
-        """Whether the line predicts held-out families better than the constant."""
-        return math.isfinite(self.mae_line) and self.mae_line < self.mae_constant
-
-
-def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | None:
-    """Ordinary least squares ``y = a + b x``; None with fewer than two distinct ``x``.
-
-    Example:
-        >>> fit_line([0.0, 1.0, 2.0], [1.0, 3.0, 5.0])
-        (1.0, 2.0)
-        >>> fit_line([1.0, 1.0], [0.0, 2.0]) is None
-        True
-    """
-    n = len(xs)
-    if n < 2 or len(set(xs)) < 2:
-        return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-    return my - b * mx, b
-
-
-def fit_predictor(cells: Sequence[Any]) -> Predictor | None:
-    """Fit the registered predictor on ``cells`` (:class:`~rdrop_experiments.scale_map.
-    MapCell`: ``family``, ``gap``, ``rel``, ``verdict_ok``) of :data:`REGISTERED_FAMILIES`
-    and check it leave-one-family-out.
-
-    Returns:
-        None with fewer than two families of usable cells.
-    """
-    usable = [c for c in cells if c.verdict_ok and math.isfinite(c.gap) and math.isfinite(c.rel)
-              and c.family in REGISTERED_FAMILIES]
-    families = sorted({c.family for c in usable})
-    whole = fit_line([c.gap for c in usable], [c.rel for c in usable])
-    if len(families) < 2 or whole is None:
-        return None
-    err_line, err_const = [], []
-    for fam in families:
-        train = [c for c in usable if c.family != fam]
-        test = [c for c in usable if c.family == fam]
-        const = sum(c.rel for c in train) / len(train)
-        line = fit_line([c.gap for c in train], [c.rel for c in train])
-        for c in test:
-            err_const.append(c.rel - const)
-            err_line.append(c.rel - (line[0] + line[1] * c.gap) if line else math.nan)
-    finite = [e for e in err_line if math.isfinite(e)]
-    mae_line = (sum(abs(e) for e in finite) / len(finite)
-                if len(finite) == len(err_line) else math.nan)
-    rmse = math.sqrt(sum(e * e for e in finite) / len(finite)) if finite else math.nan
-    return Predictor(whole[0], whole[1], mae_line,
-                     sum(abs(e) for e in err_const) / len(err_const), rmse, len(usable),
-                     len(families))
-
-
-def predictor_markdown(p: Predictor | None) -> str:
-    """The predictor's line and its leave-one-family-out check, for the map's report."""
-    if p is None:
-        return ("## Predictor\n\nFewer than two families of cells with a verdict: no "
-                "predictor fitted.\n")
-    verdict = ("beats" if p.beats_constant else "does NOT beat")
-    return ("## Predictor (registered before the runs)\n\n"
-            f"rel = {p.a:+.4f} {p.b:+.4f} x gap, over {p.cells} cells of {p.families} "
-            f"families. Leave-one-family-out mean absolute error: line {100 * p.mae_line:.1f}% "
-            f"vs constant {100 * p.mae_constant:.1f}%: the line {verdict} the constant.\n")
+    def plateau_step(self) -> int | None:
+        """Where the registered plateau rule fires on this run's validation curve (None: not
+        yet)."""
+        return plateau_step(self.values, self.steps, higher_is_better=self.higher_is_better)
 
 
 def _finite(value: Any) -> bool:
@@ -176,11 +94,17 @@ def _from_record(rec: dict[str, Any]) -> BaselineRun:
     if rec.get("method") != "baseline":
         notes.append(f"note: this record is a {rec.get('method')!r} run, not a baseline; the "
                      "map's gap is the baseline's.")
+    key = rec.get("extra", {}).get("selection_metric", "valid_loss")
+    curve = [c for c in curves if key in c]
+    higher = bool(rec.get("extra", {}).get("selection_higher_is_better",
+                                           rec.get("higher_is_better", False)))
     return BaselineRun(float(best["valid_loss"]) - float(best["train_loss"]), int(best["step"]),
-                       len(points), "record", "\n".join(n for n in notes if n))
+                       len(points), "record", "\n".join(n for n in notes if n),
+                       tuple(int(c["step"]) for c in curve), tuple(float(c[key]) for c in curve),
+                       higher)
 
 
-def _from_trainer_state(state: dict[str, Any]) -> BaselineRun:
+def _from_trainer_state(state: dict[str, Any], folder: Path) -> BaselineRun:
     history = state.get("log_history") or []
     evals = [h for h in history if "eval_loss" in h]
     trains = [h for h in history if "loss" in h and "step" in h and _finite(h["loss"])]
@@ -203,8 +127,12 @@ def _from_trainer_state(state: dict[str, Any]) -> BaselineRun:
     notes = [_skipped(len(evals) - len(finite), "evaluation(s)"),
              "note: the Trainer's logged loss is a running mean in train mode (dropout on), so "
              "this gap reads lower than the map's eval-mode gap."]
+    saved = sorted(int(p.name.split("-")[-1]) for p in folder.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[-1].isdigit())
     return BaselineRun(float(best["eval_loss"]) - float(train), int(best["step"]), len(evals),
-                       "trainer_state", "\n".join(n for n in notes if n))
+                       "trainer_state", "\n".join(n for n in notes if n),
+                       tuple(int(h["step"]) for h in evals),
+                       tuple(float(h["eval_loss"]) for h in evals), False, tuple(saved))
 
 
 def read_baseline(path: str | Path) -> BaselineRun:
@@ -225,60 +153,69 @@ def read_baseline(path: str | Path) -> BaselineRun:
     except (OSError, json.JSONDecodeError) as exc:
         raise AdviseError(f"{path}: not a JSON file ({exc.__class__.__name__}).") from None
     if isinstance(data, dict) and "log_history" in data:
-        return _from_trainer_state(data)
+        return _from_trainer_state(data, path.parent)
     if isinstance(data, dict) and "curves" in data and "experiment" in data:
         return _from_record(data)
     raise AdviseError(f"{path}: unknown format: expected a run record of `rdrop run` (with "
                       "'curves') or a Hugging Face trainer_state.json (with 'log_history').")
 
 
-def advise(path: str | Path, results: str | Path = "results") -> str:
-    """The advice for the baseline run at ``path`` from the map under ``results``.
-
-    Prints the predicted relative gain with its leave-one-family-out error, the compute
-    multiple and alpha of the nearest cells, and which cells it rests on; or, when the
-    predictor does not beat the constant, says so and lists the nearest cells instead.
+def advise(path: str | Path, results: str | Path | None = None) -> str:
+    """How to measure R-Drop on the baseline run at ``path``: where the plateau rule fires, the
+    checkpoint to branch from, and the tryout command; with ``results`` holding a scale map, the
+    map's nearest cells as context.
 
     Raises:
-        AdviseError: see :func:`read_baseline`; or no map under ``results``.
+        AdviseError: see :func:`read_baseline`.
     """
-    from rdrop_experiments.scale_map import map_cells
-
+    path = Path(path)
     run = read_baseline(path)
-    # a cell with registered runs still to go is no evidence yet
-    cells = [c for c in map_cells(results) if math.isfinite(c.gap) and not c.missing_runs]
-    if not cells:
-        raise AdviseError(f"no map cells under {results}: run `rdrop scale` (or point "
-                          "--results at a folder with records).")
-    predictor = fit_predictor(cells)
-    near = sorted(cells, key=lambda c: abs(c.gap - run.gap))[:3]
     lines = [f"baseline: valid - train loss at its best evaluation (step {run.best_step}, "
              f"{run.evals} evaluations) = {run.gap:.3f} nats"]
     if run.note:
         lines.append(run.note)
-    if predictor is not None and predictor.beats_constant:
-        rel = predictor.a + predictor.b * run.gap
-        lines.append(f"predicted R-Drop gain at its best: {100 * rel:+.1f}% relative "
-                     f"(± {100 * predictor.rmse_line:.1f}%, leave-one-family-out RMS error; "
-                     f"line over {predictor.cells} cells of {predictor.families} families)")
+    rule = f"rdrop.PlateauStart, window {PLATEAU_WINDOW}, fraction {PLATEAU_FRACTION}"
+    start = run.plateau_step
+    if start is None:
+        lines.append(f"plateau: not reached in these {run.evals} evaluations ({rule}): train "
+                     "longer, or evaluate more often, then run advise again.")
     else:
-        why = ("too few families of cells" if predictor is None else
-               f"its leave-one-family-out error {100 * predictor.mae_line:.1f}% is not below "
-               f"the constant's {100 * predictor.mae_constant:.1f}%")
-        lines.append(f"no prediction: the registered predictor (gain vs gap) does not beat the "
-                     f"constant 'mean gain' ({why}). The nearest cells of the map instead:")
-    costs = [c.compute_to_best for c in near if math.isfinite(c.compute_to_best)]
-    alphas = [c.alpha for c in near if math.isfinite(c.alpha)]
-    if costs:
-        lines.append(f"compute to R-Drop's best in the nearest cells: "
-                     f"{min(costs):.1f}x-{max(costs):.1f}x the baseline's")
-    if alphas:
-        lines.append(f"alpha to start from: {sorted(alphas)[len(alphas) // 2]:g} (the nearest "
-                     f"cells chose {', '.join(f'{a:g}' for a in alphas)}); tune it on validation")
-    lines.append("nearest cells (by gap):")
-    for c in near:
+        lines.append(f"plateau: the registered rule ({rule}) fires at step {start} (best "
+                     f"validation at step {run.best_step}): R-Drop from there is what to try.")
+    if run.source == "trainer_state":
+        folder = path.parent
+        before = [c for c in run.checkpoints if start is not None and c <= start]
+        if not run.checkpoints:
+            lines.append(f"checkpoints: none in {folder}; the tryout branches from one, so "
+                         "rerun the baseline with save_strategy='steps' (or 'epoch').")
+        elif start is not None and not before:
+            lines.append(f"checkpoints: none saved at or before step {start} (saved: "
+                         f"{', '.join(map(str, run.checkpoints))}); save more often.")
+        elif start is not None:
+            lines.append(f"branch from: {folder / f'checkpoint-{before[-1]}'}")
+        lines.append("measure it on your run (2 seeds, within the compute your baseline spent "
+                     "after that point):")
+        lines.append(f"  python: rdrop.integrations.hf.tryout(make_trainer, {str(folder)!r})")
+    else:
+        lines.append("measure it on your run (2 seeds, within the compute your baseline spent "
+                     "after that point):")
+        lines.append(f"  rdrop tryout {path}")
+    if results is not None and Path(results).is_dir():
+        lines.extend(_map_context(run, results))
+    return "\n".join(lines)
+
+
+def _map_context(run: BaselineRun, results: str | Path) -> list[str]:
+    """The scale map's nearest cells by gap (context for the tryout, not a prediction)."""
+    from rdrop_experiments.scale_map import map_cells
+
+    cells = [c for c in map_cells(results) if math.isfinite(c.gap) and not c.missing_runs]
+    if not cells:
+        return []
+    lines = ["for context, the scale map's nearest cells (by gap; the map does not predict "
+             "a user's gain):"]
+    for c in sorted(cells, key=lambda c: abs(c.gap - run.gap))[:3]:
         lines.append(f"  {c.name}: gap {c.gap:.3f}, R-Drop {100 * c.rel:+.1f}% relative "
                      f"(Δ {c.best:+.2f} [{c.best_low:+.2f}, {c.best_high:+.2f}] {c.metric}), "
-                     f"at the baseline's compute Δ {c.equal:+.2f}, "
-                     f"{'baseline overfit' if c.overfit else 'baseline did not overfit'}")
-    return "\n".join(lines)
+                     f"at the baseline's compute Δ {c.equal:+.2f}, alpha {c.alpha:g}")
+    return lines

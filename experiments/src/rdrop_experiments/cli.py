@@ -247,13 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_sc.set_defaults(func=_cmd_scale)
 
     p_adv = sub.add_parser(
-        "advise", help="R-Drop's likely gain for a baseline run, from the scale map",
+        "advise", help="how to measure R-Drop on a baseline run: its plateau and the tryout",
         description="Reads one baseline run (a record of `rdrop run`, or a Hugging Face "
-                    "trainer_state.json with loss and eval_loss in its log_history) and prints "
-                    "the predicted gain with its uncertainty, the compute to expect, the alpha "
-                    "to start from and the map's cells it rests on.")
+                    "trainer_state.json with loss and eval_loss in its log_history, beside its "
+                    "checkpoint-* folders) and prints where the registered plateau rule fires, "
+                    "the checkpoint to branch from and the tryout command; with a scale map "
+                    "under --results, its nearest cells as context. Works from any folder.")
     p_adv.add_argument("path", help="a run record (.json) or a trainer_state.json")
-    p_adv.add_argument("--results", default="results", help="the map's folder (default results)")
+    p_adv.add_argument("--results", default="results",
+                       help="a folder with the scale map, for context (default results; "
+                            "skipped when absent)")
     p_adv.set_defaults(func=_cmd_advise)
 
     p_cmp = sub.add_parser(

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rdrop_experiments.predictor import fit_predictor, predictor_markdown
 from rdrop_experiments.scale import unscheduled
 
 __all__ = ["MapCell", "cell_from_records", "extra_verdicts", "map_cells", "map_markdown",
@@ -505,8 +506,6 @@ def write_map(root: str | Path = "results", out: str | Path | None = None, *,
     Raises:
         DuplicateRunError: two records of one run in one cell's folder.
     """
-    from rdrop_experiments.advise import fit_predictor, predictor_markdown
-
     cells, by_cell = _cells_and_records(root)
     if not cells:
         return ""
