@@ -44,6 +44,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 from .arguments import RDropSeq2SeqTrainingArguments, RDropTrainingArguments
 from .callbacks import RDropAutoStartCallback, RDropPlateauStartCallback
 from .trainer import RDropSeq2SeqTrainer, RDropTrainer, RDropTrainerMixin
+from .tryout import tryout
 
 __all__ = [
     "RDropAutoStartCallback",
@@ -53,4 +54,5 @@ __all__ = [
     "RDropTrainer",
     "RDropTrainerMixin",
     "RDropTrainingArguments",
+    "tryout",
 ]
