@@ -333,11 +333,11 @@ def tryout(
     ``C`` (default ``B = T - C``, what the baseline spent after the checkpoint). The plain
     continuations run to ``T``. For each seed ``j`` (an R-Drop and a plain continuation from the
     same checkpoint and seed) and alpha ``α``, ``v_j(α)`` is R-Drop's best validation value
-    within the budget; alpha is chosen as the best seed mean ``\bar v(α)`` over the grid, which
-    is extended by a factor 3 at the edge that wins (up to ``max_extensions`` times) until an
-    extension no longer improves it. With ``y`` the value at the evaluation chosen on
-    validation (the test value when ``continue_run`` returns one, else the validation value),
-    the paired differences are
+    within the budget; alpha is chosen as the best seed mean ``\bar v(α)`` over the grid (the
+    smaller alpha on a tie), which is extended by a factor 3 beyond an edge while that edge is
+    the best and strictly beats its neighbour (at most ``max_extensions`` times). With ``y``
+    the value at the evaluation chosen on validation (the test value when ``continue_run``
+    returns one, else the validation value), the paired differences are
 
     .. math::
         Δ_j = y^{R}_j - y^{P}_j, \qquad
@@ -458,8 +458,9 @@ def tryout(
         raise ValueError(
             f"the validation curve has no plateau yet{last} ({len(values)} evaluations): by "
             f"the rule, the last {window} evaluations still improved by more than "
-            f"{fraction:g} of the improvement so far. Train longer or lower fraction (for "
-            "example fraction=0.5), and evaluate often enough to see the plateau.")
+            f"{fraction:g} of the improvement so far. Train longer or raise fraction (the "
+            "rule then fires earlier, e.g. fraction=0.5), and evaluate often enough to see "
+            "the plateau.")
     before = [s for s in saved if s <= plateau]
     if not before:
         raise ValueError(
@@ -546,13 +547,17 @@ def tryout(
 
     for alpha in grid:
         _try(alpha)
+    def _beats(a: float, b: float) -> bool:  # strictly better seed mean (NaN never is)
+        return math.isfinite(mean_best[a]) and not sign * mean_best[b] <= sign * mean_best[a]
+
     extensions = 0
     while len(grid) > 1 and extensions < max_extensions:
+        # Extend at an edge while the edge is the best and strictly beats its neighbour.
         winner = _winner()
-        if winner == grid[-1]:
+        if winner == grid[-1] and _beats(grid[-1], grid[-2]):
             grid.append(grid[-1] * 3.0)
             new = grid[-1]
-        elif winner == grid[0]:
+        elif winner == grid[0] and _beats(grid[0], grid[1]):
             grid.insert(0, grid[0] / 3.0)
             new = grid[0]
         else:
