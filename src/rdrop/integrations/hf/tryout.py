@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +42,26 @@ _RNG = re.compile(r"^rng_state(_\d+)?\.pth$")
 
 
 # ----------------------------------------------------------------------------- the baseline
+@dataclass(frozen=True)
 class Baseline:
     """What the tryout reads from a finished run's ``output_dir`` (read only).
 
     Attributes:
         output_dir: the folder.
         checkpoints: ``{optimizer step: checkpoint folder}``.
-        steps, values: the evaluations of ``metric`` in ``log_history`` (one per step).
+        steps, values: the evaluations of ``metric`` in ``log_history`` (the first per step).
         metric: the ``log_history`` key (``eval_...``).
         total_steps: the optimizer steps the baseline ran (``global_step``).
         max_steps: the steps its learning-rate schedule was built for (``max_steps``).
     """
 
-    def __init__(self, output_dir: Path, checkpoints: dict[int, Path], steps: list[int],
-                 values: list[float], metric: str, total_steps: int, max_steps: int) -> None:
-        self.output_dir, self.checkpoints, self.metric = output_dir, checkpoints, metric
-        self.steps, self.values = steps, values
-        self.total_steps, self.max_steps = total_steps, max_steps
+    output_dir: Path
+    checkpoints: dict[int, Path]
+    steps: list[int]
+    values: list[float]
+    metric: str
+    total_steps: int
+    max_steps: int
 
 
 def _metric_key(metric: str) -> str:
