@@ -531,9 +531,11 @@ def execute_plan(
                        command=command, versions=versions, git=git)
 
     if launcher is not None:
-        _launch(experiment, todo, launcher, record=record, bar=bar, progress=progress,
-                force=force, command=command)
-        bar.close()
+        try:
+            _launch(experiment, todo, launcher, record=record, bar=bar, progress=progress,
+                    force=force, command=command)
+        finally:
+            bar.close()
         return _records(plan)
     for run in todo:
         bar.set_postfix_str(f"{run.setting} {run.method} seed={run.seed}")
