@@ -148,6 +148,20 @@ def _cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tryout(args: argparse.Namespace) -> int:
+    from rdrop_experiments.tryout import record_tryout
+
+    try:
+        alphas = tuple(float(a) for a in args.alphas.split(","))
+        result = record_tryout(args.record, out=args.out, seeds=args.seeds, alphas=alphas,
+                               budget=args.budget, progress=not args.no_progress)
+    except ValueError as exc:  # TryoutError, ConfigError, and rdrop.tryout's input errors
+        print(f"rdrop tryout: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from rdrop_experiments.compare import compare_folders
 
@@ -258,6 +272,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder with the scale map, for context (default results; "
                             "skipped when absent)")
     p_adv.set_defaults(func=_cmd_advise)
+
+    p_try = sub.add_parser(
+        "tryout", help="does R-Drop pay on this baseline run? branch from its plateau and measure",
+        description="From a baseline record of `rdrop run`: where the registered plateau rule "
+                    "fires on its validation curve, R-Drop and plain continuations from there "
+                    "over SEEDS seeds (the record's own first) and an alpha grid extended at an "
+                    "edge, within the compute the baseline spent after that point; prints Δ at "
+                    "the baseline's compute, R-Drop's best Δ and a verdict (rdrop.tryout).")
+    p_try.add_argument("record", help="a baseline record (.json) of `rdrop run`")
+    p_try.add_argument("--seeds", type=int, default=2, help="seeds in all (default 2)")
+    p_try.add_argument("--alphas", default="1,10", help="the alpha grid (default 1,10)")
+    p_try.add_argument("--budget", type=float, default=None,
+                       help="plain-step equivalents after the branch (default: the baseline's)")
+    p_try.add_argument("--out", default="runs/tryout", help="where the continuations go")
+    p_try.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p_try.set_defaults(func=_cmd_tryout)
 
     p_cmp = sub.add_parser(
         "compare", help="pair the runs of two result folders and show how far reruns moved",

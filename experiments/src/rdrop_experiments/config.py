@@ -59,7 +59,7 @@ NON_RESULT_FIELDS = ("seeds", "first_seed", "methods", "num_threads", "progress"
 # field that changes how a run goes is appended here.
 LATE_FIELDS = ("eval_every_epochs", "patience_epochs", "stop_margin", "max_sample_pass_epochs",
                "second_pass_fraction", "start_step", "auto_start_patience", "noise", "arm_tag",
-               "start_rule")
+               "start_rule", "branch_seed", "branch_step")
 
 C = TypeVar("C", bound="CommonConfig")
 
@@ -109,6 +109,10 @@ class CommonConfig:
             the registered parameters (docs/EXPERIMENTS.md, "Plateau start") on the run's
             selection metric, before its optimum; the run is the baseline's up to there. Its
             arm is ``rdrop+plateau``. Empty: no rule.
+        branch_seed, branch_step: with a ``branch_seed`` (an int), the run is the seed's run up to
+            optimizer step ``branch_step``, then every generator (torch, Python, the batch
+            order) is reseeded with ``branch_seed``: a continuation of that run from its
+            checkpoint at ``branch_step`` with another seed (``rdrop tryout``). None: no branch.
         chunk_size: rows per chunk of the R-Drop loss (``rdrop_loss(chunk_size=...)``: the same
             values at a fraction of the memory; for large LM vocabularies). None = unchunked.
         max_steps: optimizer steps per run at most (a safety stop; the protocol stops on
@@ -157,6 +161,8 @@ class CommonConfig:
     start_step: int = 0
     auto_start_patience: int = 0
     start_rule: str = ""
+    branch_seed: int | None = None
+    branch_step: int = 0
     chunk_size: int | None = None
     noise: str = "dropout"
     arm_tag: str = ""
@@ -249,6 +255,9 @@ class CommonConfig:
         if not 0.0 < self.second_pass_fraction <= 1.0:
             raise ConfigError(f"second_pass_fraction must lie in (0, 1], got "
                               f"{self.second_pass_fraction}.")
+        if (self.branch_seed is not None and self.branch_seed < 0) or self.branch_step < 0:
+            raise ConfigError(f"branch_seed must be >= 0 (or none: no branch) and branch_step "
+                              f">= 0, got {self.branch_seed} and {self.branch_step}.")
         if self.start_rule not in ("", "plateau"):
             raise ConfigError(f"start_rule must be plateau (rdrop.PlateauStart, the registered "
                               f"rule) or empty, got {self.start_rule!r}.")

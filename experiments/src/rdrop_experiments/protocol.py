@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from rdrop.schedule import rdrop_step
@@ -295,8 +297,16 @@ def train_until_patience(
                disable=not progress, dynamic_ncols=True)
     running = loop["running"]
     step = loop["step"]
+    branch_seed = getattr(cfg, "branch_seed", None)
+    if branch_seed is not None and batches is None:
+        raise ValueError("branch_seed needs batches= (the BatchCycle behind next_batch) to "
+                         "reseed the batch order at the branch.")
     for step in range(loop["step"] + 1, cfg.max_steps + 1):
         model.train()
+        if branch_seed is not None and step == cfg.branch_step + 1:  # the branch: a new seed from here
+            torch.manual_seed(branch_seed)
+            random.seed(branch_seed)
+            batches.reseed(branch_seed)  # type: ignore[union-attr]
         args, target = next_batch()
         out = step_fn(*args, target=target)
         loss_value = out.loss.item()

@@ -71,6 +71,13 @@ class BatchCycle:
         self._index += 1
         return self._perm[start : start + self.batch_size]
 
+    def reseed(self, seed: int) -> None:
+        """Start a new epoch drawn from ``seed`` (a branch of the run with another seed)."""
+        self.generator.manual_seed(seed)
+        self._epoch_state = self.generator.get_state()
+        self._perm = torch.randperm(self.n, generator=self.generator)
+        self._index = 0
+
     def state_dict(self) -> dict[str, Any]:
         """``{"epoch_state": ByteTensor, "index": int}``."""
         return {"epoch_state": self._epoch_state.clone(), "index": self._index}
