@@ -303,7 +303,7 @@ def train_until_patience(
                          "reseed the batch order at the branch.")
     for step in range(loop["step"] + 1, cfg.max_steps + 1):
         model.train()
-        if branch_seed is not None and step == cfg.branch_step + 1:  # the branch: a new seed from here
+        if branch_seed is not None and step == cfg.branch_step + 1:  # the branch: a new seed
             torch.manual_seed(branch_seed)
             random.seed(branch_seed)
             batches.reseed(branch_seed)  # type: ignore[union-attr]
