@@ -134,7 +134,7 @@ class TryoutResult:
         verdict: ``"pays"``, ``"does not pay"`` or ``"not enough evidence"``.
         pays_at: with ``"pays"``, the compute (multiple of the baseline's) it pays at: 1.0
             when ``at_compute`` shows it, else the largest of ``best_compute``.
-        seeds_needed: with ``"not enough evidence"``, the seeds in all that would make the
+        more_seeds: with ``"not enough evidence"``, how many more seeds would make the
             interval exclude 0 at the observed mean and spread (``None``: a mean of exactly 0).
         uses_test: whether the Δs are of held-out test values (at the evaluation chosen on
             validation) rather than of the validation values.
@@ -158,7 +158,7 @@ class TryoutResult:
     best_compute: tuple[float, ...]
     verdict: str
     pays_at: float | None
-    seeds_needed: int | None
+    more_seeds: int | None
     uses_test: bool
 
     def summary(self) -> str:
@@ -187,9 +187,9 @@ class TryoutResult:
             lines.append("verdict: it does not pay (the interval excludes a gain)")
         else:
             more = ("a mean of exactly 0: more seeds will not settle it"
-                    if self.seeds_needed is None else
-                    f"about {self.seeds_needed} seeds in all would settle it "
-                    f"({self.seeds_needed - len(self.seeds)} more)")
+                    if self.more_seeds is None else
+                    f"about {self.more_seeds} more seeds would settle it "
+                    f"({self.more_seeds + len(self.seeds)} in all)")
             lines.append(f"verdict: not enough evidence (the interval spans 0; {more})")
         return "\n".join(lines)
 
@@ -592,7 +592,7 @@ def tryout(
     def _gain(e: Estimate | None) -> bool:
         return e is not None and (e.low > 0 if higher_is_better else e.high < 0)
 
-    pays_at = seeds_needed = None
+    pays_at = more_seeds = None
     if _gain(at_estimate):
         verdict, pays_at = PAYS, 1.0
     elif _gain(best_estimate):
@@ -600,7 +600,9 @@ def tryout(
     else:
         spanning = [e for e in (at_estimate, best_estimate) if e is not None and e.spans_zero()]
         if spanning:
-            verdict, seeds_needed = NOT_ENOUGH_EVIDENCE, _seeds_needed(spanning[0])
+            needed = _seeds_needed(spanning[0])
+            more_seeds = None if needed is None else needed - len(seed_list)
+            verdict = NOT_ENOUGH_EVIDENCE
         else:
             verdict = DOES_NOT_PAY
     result = TryoutResult(
@@ -611,6 +613,6 @@ def tryout(
         plain_validation=sum(p[1] for p in plain_best.values()) / len(seed_list),  # type: ignore[index]
         at_compute=at_estimate, best=best_estimate, best_steps=tuple(best_steps),
         best_compute=tuple(best_compute), verdict=verdict, pays_at=pays_at,
-        seeds_needed=seeds_needed, uses_test=uses_test)
+        more_seeds=more_seeds, uses_test=uses_test)
     logger.info("rdrop tryout:\n%s", result.summary())
     return result

@@ -78,7 +78,7 @@ def test_a_case_that_pays_at_your_compute():
         assert (estimate.low, estimate.high) == pytest.approx((mean - half, mean + half),
                                                               **APPROX)
     assert result.best_steps == (75, 75) and result.best_compute == (1.0, 1.0)
-    assert (result.verdict, result.pays_at, result.seeds_needed) == (PAYS, 1.0, None)
+    assert (result.verdict, result.pays_at, result.more_seeds) == (PAYS, 1.0, None)
     assert result.uses_test is False
     assert "verdict: it pays: use alpha 10 from step 50, at your compute" in result.summary()
     # Two plain runs to the baseline's end, three alphas x two seeds to step 75.
@@ -98,7 +98,7 @@ def test_a_case_that_does_not_pay_and_the_downward_extension():
     d = [0.975 + penalty - 0.95, 0.975 + 1.1 * penalty - 0.95]
     assert result.at_compute.per_seed == pytest.approx(d, **APPROX)
     assert result.at_compute.low > 0  # the whole interval on the losing side
-    assert (result.verdict, result.pays_at, result.seeds_needed) == (DOES_NOT_PAY, None, None)
+    assert (result.verdict, result.pays_at, result.more_seeds) == (DOES_NOT_PAY, None, None)
     assert "verdict: it does not pay" in result.summary()
 
 
@@ -112,9 +112,27 @@ def test_too_few_seeds_is_not_enough_evidence_with_the_seeds_it_would_take():
     assert result.at_compute.mean == pytest.approx(-0.02, **APPROX)
     assert result.at_compute.spans_zero()
     # By hand, t sd / sqrt(n) < 0.02 with sd = 0.014142: n=4: 3.1824 * 0.014142 / 2 = 0.0225;
-    # n=5: 2.7764 * 0.014142 / 2.2361 = 0.01756. Five seeds in all, three more.
-    assert (result.verdict, result.pays_at, result.seeds_needed) == (NOT_ENOUGH_EVIDENCE, None, 5)
-    assert "about 5 seeds in all would settle it (3 more)" in result.summary()
+    # n=5: 2.7764 * 0.014142 / 2.2361 = 0.01756. Five seeds in all: three more.
+    assert (result.verdict, result.pays_at, result.more_seeds) == (NOT_ENOUGH_EVIDENCE, None, 3)
+    assert "about 3 more seeds would settle it (5 in all)" in result.summary()
+
+
+def test_more_seeds_beyond_the_t_table_and_for_a_mean_of_zero():
+    # Δ = +0.01, -0.03: mean -0.01, sd 0.04 / sqrt(2). By hand: n = 31 gives 2.0423 * sd /
+    # sqrt(31) = 0.010375 >= 0.01; n = 32 (df 31: the normal 1.959964) gives 0.0098 < 0.01.
+    sd = 0.04 / math.sqrt(2)
+    assert 2.0423 * sd / math.sqrt(31) > 0.01 > 1.959964 * sd / math.sqrt(32)
+    deltas = {0: 0.01, 1: -0.03}
+    result = rdrop.tryout(STEPS, VALUES, SAVED, T, Runs(lambda seed, s: 0.5,
+                                                        lambda a, seed, s: 0.5 + deltas[seed]))
+    assert (result.verdict, result.more_seeds) == (NOT_ENOUGH_EVIDENCE, 30)
+    # Δ = +0.25, -0.25 (exact in binary): a mean of exactly 0 is never settled by more seeds.
+    deltas = {0: 0.25, 1: -0.25}
+    result = rdrop.tryout(STEPS, VALUES, SAVED, T, Runs(lambda seed, s: 0.5,
+                                                        lambda a, seed, s: 0.5 + deltas[seed]))
+    assert result.at_compute.mean == 0.0
+    assert (result.verdict, result.more_seeds) == (NOT_ENOUGH_EVIDENCE, None)
+    assert "a mean of exactly 0" in result.summary()
 
 
 def test_it_pays_only_with_more_compute_when_the_budget_is_raised():

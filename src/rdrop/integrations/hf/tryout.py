@@ -367,7 +367,7 @@ def tryout(
         TypeError: ``make_trainer`` not returning an R-Drop trainer.
 
     Example:
-        >>> from rdrop.integrations.hf import tryout
+        >>> from rdrop.integrations.hf.tryout import tryout  # also rdrop.integrations.hf.tryout
         >>> tryout(lambda overrides: None, "no-such-run")
         Traceback (most recent call last):
         ...
@@ -403,6 +403,7 @@ def tryout(
             baseline_seed = int(probe.args.seed)
             del probe
             gc.collect()
+            shutil.rmtree(work / "probe", ignore_errors=True)
         logger.info("rdrop tryout: baseline %s: %d evaluations of %s, %d steps, checkpoints at "
                     "%s, seed %d; runs in %s.", baseline.output_dir, len(baseline.steps),
                     baseline.metric, baseline.total_steps, sorted(baseline.checkpoints),
