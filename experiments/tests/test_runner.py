@@ -227,7 +227,10 @@ def test_the_issue_example_plans_only_what_the_user_asked(tmp_path):
         ("rdrop", 0.6, "methods=rdrop,alpha=0.6")}
     picked = plan_runs(image, tmp_path, {"methods": ("rdrop",)})
     assert {r.method for r in picked} == {"rdrop"}
-    assert sorted({r.config.alpha for r in picked}) == [0.3, 1.0]
+    # the registered alphas: R-Drop's grid (0.3, 1.0) and the plateau arm's (1.0, 10.0)
+    from rdrop_experiments.protocol import PLATEAU_ALPHAS
+
+    assert sorted({r.config.alpha for r in picked}) == sorted({0.3, 1.0, *PLATEAU_ALPHAS})
 
 
 def test_the_cli_plans_and_checks_each_experiment_once(tmp_path, calls, monkeypatch):

@@ -285,7 +285,7 @@ def plateau_step(values: Sequence[float], steps: Sequence[int], *,
 
     Returns:
         The optimizer step at which the rule fires, or ``None`` when the curve has not reached
-        its plateau yet (train on, or lower ``fraction``).
+        its plateau yet (train on, or raise ``fraction``).
 
     Raises:
         ValueError: ``values`` and ``steps`` of different lengths, or steps not increasing.

@@ -115,14 +115,16 @@ def _cmd_scale(args: argparse.Namespace) -> int:
               "scale --list), so scale takes no key=value overrides. To run one setting with "
               "your own values: rdrop run FAMILY --no-grid KEY=VALUE ...", file=sys.stderr)
         return 2
-    if args.cheaper and args.tuned_dropout:
-        print("rdrop scale: error: --cheaper and --tuned-dropout are two sets of extra arms; "
-              "pass one per command (run the command once with each).", file=sys.stderr)
+    flags = [name for name in ("cheaper", "tuned_dropout", "plateau") if getattr(args, name)]
+    if len(flags) > 1:
+        given = " and ".join("--" + f.replace("_", "-") for f in flags)
+        print(f"rdrop scale: error: {given} are separate sets of extra arms; pass one per "
+              "command (run the command once with each).", file=sys.stderr)
         return 2
     cells = list(CELLS) if args.all else [get_cell(n) for n in args.cells]
     launcher = make_launcher(args.launcher, args.address)
     for cell in cells:
-        extra = "cheaper" if args.cheaper else "tuned_dropout" if args.tuned_dropout else None
+        extra = flags[0] if flags else None
         if extra:
             try:
                 run_extra_arms(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run,
@@ -255,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_sc.add_argument("--tuned-dropout", action="store_true",
                       help="in finished cells, R-Drop at the dropout the baseline chose and the "
                            "alpha R-Drop chose, both on validation (docs/EXPERIMENTS.md)")
+    p_sc.add_argument("--plateau", action="store_true",
+                      help="the plateau-start arm (rdrop.PlateauStart, alpha grid 1, 10 "
+                           "extended at an edge; rerun until nothing is left; "
+                           "docs/EXPERIMENTS.md)")
     p_sc.add_argument("--dry-run", action="store_true", help="plan the first grid only")
     p_sc.add_argument("--no-progress", action="store_true", help="no progress bars")
     _launcher_flags(p_sc)

@@ -476,8 +476,47 @@ def tuned_dropout_settings(records: Sequence[dict[str, Any]],
              "arm_tag": "tuned_dropout"}]
 
 
+def plateau_settings(records: Sequence[dict[str, Any]], dropout_key: str,
+                     alphas: tuple[float, ...] | None = None,
+                     max_extensions: int = 2) -> list[dict[str, Any]]:
+    """The plateau-start arm (``rdrop+plateau``, issue 32; docs/EXPERIMENTS.md, "Plateau
+    start") for a cell: R-Drop from where the registered plateau rule fires, at each alpha of
+    the registered grid, extended by a factor 3 at the edge validation chooses (once the grid's
+    runs are in ``records``), up to ``max_extensions`` times, until validation turns. Rerun
+    ``rdrop scale CELL --plateau`` until it has nothing left to run.
+
+    Example:
+        >>> [s["alpha"] for s in plateau_settings([], "dropout")]
+        [1.0, 10.0]
+    """
+    from rdrop_experiments.protocol import PLATEAU_ALPHAS, is_better, plateau_grid
+
+    grid = sorted(alphas or PLATEAU_ALPHAS)
+    seeds = {r["seed"] for r in records if r.get("method") == "baseline"}
+    runs: dict[float, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("method") == "rdrop" and r.get("config", {}).get("start_rule") == "plateau":
+            runs.setdefault(float(r["config"]["alpha"]), []).append(r)
+    for _ in range(max_extensions):
+        if any(not seeds or {r["seed"] for r in runs.get(a, [])} < seeds for a in grid):
+            break  # the grid's runs are not all in yet
+        higher = bool(runs[grid[0]][0]["extra"]["selection_higher_is_better"])
+        mean = {a: sum(r["extra"]["best_valid"] for r in runs[a]) / len(runs[a]) for a in grid}
+        best = grid[0]
+        for a in grid[1:]:
+            best = a if is_better(mean[a], mean[best], higher) else best
+        if best == grid[-1]:
+            grid.append(best * 3)
+        elif best == grid[0]:
+            grid.insert(0, best / 3)
+        else:
+            break
+    return plateau_grid(tuple(grid))
+
+
 EXTRA_ARMS = {"cheaper": ("the fraction arms", cheaper_settings),
-              "tuned_dropout": ("R-Drop at the tuned baseline's dropout", tuned_dropout_settings)}
+              "tuned_dropout": ("R-Drop at the tuned baseline's dropout", tuned_dropout_settings),
+              "plateau": ("the plateau-start arm", plateau_settings)}
 
 
 def run_extra_arms(cell: Cell, root: str | Path = "results/scale", *, progress: bool = True,
@@ -500,13 +539,15 @@ def run_extra_arms(cell: Cell, root: str | Path = "results/scale", *, progress: 
     family = get_experiment(cell.family)
     out = Path(root) / cell.name
     what, settings = EXTRA_ARMS[arms]
-    records = unscheduled(load_results(out))
-    grid = settings(records, _dropout_key(family.grid))
+    everything = load_results(out)
+    records = unscheduled(everything)
+    # the plateau arm reads its own runs (its edge extensions); the others the registered arms
+    grid = settings(everything if arms == "plateau" else records, _dropout_key(family.grid))
     if (missing := missing_runs(cell, records)) > 0:
         raise ValueError(f"the cell is not finished ({missing} registered runs to go): run "
                          f"`rdrop scale {cell.name}` first; its choices may still move.")
-    print(f"{cell.name}: {what} at alpha={grid[0]['alpha']:g} (the cell's choice on "
-          f"validation), {len(grid)} setting(s) x {cell.seeds} seeds")
+    alphas = ", ".join(f"{s['alpha']:g}" for s in grid)
+    print(f"{cell.name}: {what} at alpha {alphas}, {len(grid)} setting(s) x {cell.seeds} seeds")
     return run_experiment(cell.family, cell.config_overrides(), out=out, progress=progress,
                           dry_run=dry_run, experiment=replace(family, grid=grid),
                           launcher=launcher)

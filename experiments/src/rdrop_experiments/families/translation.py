@@ -143,6 +143,5 @@ register(base.derive(
     config=apply_overrides(base.config, FULL),
     description="translation at the size we would run with more compute: Transformer 2+2 "
                 "(d=128), Bible es->en 7.6k pairs, BPE 4k, greedy (not run here: CPU budget)",
-    grid=protocol_grid(dropout_key="dropout", dropout_grid=DROPOUT_GRID, alpha_grid=ALPHA_GRID)
-    + plateau_grid(),
+    grid=protocol_grid(dropout_key="dropout", dropout_grid=DROPOUT_GRID, alpha_grid=ALPHA_GRID),
 ))
