@@ -20,7 +20,12 @@ from tiny_models import (
     tiny_bert,
 )
 
-from rdrop.integrations.hf import RDropAutoStartCallback, RDropTrainer, RDropTrainingArguments
+from rdrop.integrations.hf import (
+    RDropAutoStartCallback,
+    RDropPlateauStartCallback,
+    RDropTrainer,
+    RDropTrainingArguments,
+)
 from rdrop.subset import subset_size
 
 from reference import reference_subset_loss
@@ -193,3 +198,46 @@ def test_trl_sft_trainer_takes_the_fraction(tmp_path):
     assert rows.rows == [4, 6]
     logs = _logs(trainer)
     assert logs[0]["consistency_loss"] == 0 and logs[1]["consistency_loss"] > 0
+
+
+def _scripted_metric(values):
+    """compute_metrics that reports the next value of ``values`` at each evaluation."""
+    it = iter(values)
+    return lambda _: {"score": next(it)}
+
+
+def _plateau_trainer(tmp_path, callback, values, **kw):
+    model = tiny_bert()
+    rows = Rows(model)
+    args = make_args(tmp_path, learning_rate=0.0, eval_strategy="steps", eval_steps=1,
+                     per_device_eval_batch_size=4, **kw)
+    trainer = RDropTrainer(model=model, args=args, train_dataset=classification_data(24),
+                           eval_dataset=classification_data(4, seed=1), callbacks=[callback],
+                           compute_metrics=_scripted_metric(values))
+    return trainer, rows
+
+
+SCORES = [4.0, 2.0, 1.9, 1.85, 1.84, 1.83]  # window 1, fraction 0.5: on the plateau at eval 3
+
+
+def test_plateau_start_switches_on_the_plateau_and_says_why(tmp_path, caplog):
+    callback = RDropPlateauStartCallback(window=1, fraction=0.5, metric="score")
+    trainer, rows = _plateau_trainer(tmp_path, callback, SCORES, max_steps=5)
+    with caplog.at_level(logging.INFO, logger="rdrop"):
+        trainer.train()
+    assert callback.start_step == 3
+    assert rows.rows == [4, 4, 4, 8, 8]
+    lines = [r.getMessage() for r in caplog.records if r.name == "rdrop"]
+    assert len(lines) == 1 and "plateau at optimizer step 3" in lines[0]
+
+
+def test_plateau_start_fires_at_the_same_step_after_a_resume(tmp_path):
+    first, _ = _plateau_trainer(tmp_path, RDropPlateauStartCallback(1, 0.5, metric="score"),
+                                SCORES, max_steps=2, save_strategy="steps", save_steps=2)
+    first.train()
+    fresh = RDropPlateauStartCallback(1, 0.5, metric="score")
+    second, rows = _plateau_trainer(tmp_path, fresh, SCORES[2:], max_steps=5,
+                                    save_strategy="no")
+    second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert fresh.start_step == 3  # the evaluations before the kill came back from the checkpoint
+    assert rows.rows == [4, 8, 8]
