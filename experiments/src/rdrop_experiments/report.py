@@ -417,8 +417,12 @@ def build_report(
     from rdrop_experiments.verdict import describe_run, is_diverged, is_protocol_record
 
     scale_root = (Path(root) / "scale").resolve()  # the scale map's cells: their own report
+    # the tryouts' continuations (rdrop tryout): their own table, tryout.md
+    tryout_root = (Path(root) / "tryout").resolve()
     records, skipped = scan_results(root, experiments)
-    records = [r for r in records if scale_root not in Path(r["_path"]).resolve().parents]
+    records = [r for r in records if scale_root not in Path(r["_path"]).resolve().parents
+               and tryout_root not in Path(r["_path"]).resolve().parents]
+    skipped = [s for s in skipped if tryout_root not in Path(s.path).resolve().parents]
     if not records:
         held = sorted({r["experiment"] for r in load_results(root)}) if experiments else []
         if held:
@@ -541,6 +545,15 @@ def build_report(
             md += ["", "### Scale map", "", "Where R-Drop pays, by training-set size and "
                    "overfitting: `scale/map.md` (`rdrop advise RUN.json` reads a baseline run "
                    "against it)."]
+    if tryout_root.is_dir():
+        from rdrop_experiments.agreement import agreement_markdown, agreement_rows
+
+        if table := agreement_markdown(agreement_rows(root)):
+            (out / "tryout").mkdir(parents=True, exist_ok=True)
+            (out / "tryout" / "agreement.md").write_text(table)
+            md += ["", "### The tryout against the full comparison", "",
+                   "`tryout/agreement.md`: `rdrop tryout` on each family's baseline against "
+                   "the registered plateau arm."]
     text = "\n".join(md) + "\n"
     (out / "summary.md").write_text(text)
     return text

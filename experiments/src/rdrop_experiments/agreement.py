@@ -1,0 +1,123 @@
+"""How far the tryout can be trusted: its verdict against the full registered comparison.
+
+For every family with a tryout (``rdrop tryout RECORD --out <results>/tryout/<family>``, from
+the tuned baseline's record, 2 seeds, its default budget) and a full comparison of the plateau
+arm (``rdrop+plateau`` against the tuned baseline at the baseline's compute, Holm within the
+family), one :class:`AgreementRow`: both verdicts, whether they agree, and the tryout's compute
+as a fraction of the full comparison's (sample passes: the tryout's continuations after their
+branch point; the full comparison's baseline grid and plateau arm, every seed).
+
+The full comparison's verdict, in the tryout's words: *pays* when the interval of Δ at the
+baseline's compute lies on the gain side and the Holm-adjusted p is below 0.05; *does not pay*
+when it lies on the loss side; else *not enough evidence*.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rdrop_experiments.storage import load_results
+from rdrop_experiments.verdict import build_verdicts
+
+__all__ = ["AgreementRow", "agreement_markdown", "agreement_rows", "full_verdict"]
+
+ARM = "rdrop+plateau"
+
+
+@dataclass(frozen=True)
+class AgreementRow:
+    """One family: the tryout's verdict against the full comparison's."""
+
+    family: str
+    tryout: str
+    tryout_alpha: float
+    tryout_delta: str
+    full: str
+    full_alpha: str
+    full_delta: str
+    agree: bool
+    compute_fraction: float
+
+
+def full_verdict(mean: float, low: float, high: float, p_holm: float,
+                 higher_is_better: bool) -> str:
+    """The full comparison's verdict in the tryout's three words.
+
+    Example:
+        >>> full_verdict(-60.5, -73.3, -47.7, 0.003, higher_is_better=False)
+        'pays'
+        >>> full_verdict(-1.0, -3.0, 1.0, 0.4, higher_is_better=True)
+        'not enough evidence'
+    """
+    gain_low, gain_high = (low, high) if higher_is_better else (-high, -low)
+    if gain_low > 0 and p_holm < 0.05:
+        return "pays"
+    if gain_high < 0:
+        return "does not pay"
+    return "not enough evidence"
+
+
+def _passes_after(rec: dict[str, Any], step: int) -> float:
+    before = [c["sample_passes"] for c in rec["curves"] if c["step"] <= step]
+    return float(rec["extra"]["sample_passes"]) - (before[-1] if before else 0.0)
+
+
+def agreement_rows(results: str | Path) -> list[AgreementRow]:
+    """A row per family that has both a tryout under ``results/tryout/<family>`` and the
+    plateau arm's full comparison under ``results/<family>``."""
+    results = Path(results)
+    rows = []
+    for path in sorted((results / "tryout").glob("*/tryout.json")):
+        saved = json.loads(path.read_text())
+        family = saved["experiment"]
+        records = [r for r in load_results(results / family) if r["experiment"] == family]
+        verdicts = build_verdicts(records)
+        if not verdicts or ARM not in verdicts[0].arms:
+            continue
+        v = verdicts[0]
+        cmp = next(c for c in v.comparisons if c.name == f"{ARM} - baseline, equal compute")
+        d = cmp.diff
+        full = full_verdict(d.mean, d.low, d.high, cmp.p_holm, v.higher_is_better)
+        branch = int(saved["checkpoint_step"])
+        tryout_passes = sum(_passes_after(r, branch) for r in load_results(path.parent))
+        full_recs = [r for m in ("baseline", ARM) for point in v.arms[m].points.values()
+                     for r in point.values()]
+        full_passes = sum(float(r["extra"]["sample_passes"]) for r in full_recs)
+        at = saved.get("at_compute") or {}
+        scale = v.scale
+        rows.append(AgreementRow(
+            family=family, tryout=saved["verdict"], tryout_alpha=float(saved["alpha"]),
+            tryout_delta=(f"{scale * at['mean']:+.2f} [{scale * at['low']:+.2f}, "
+                          f"{scale * at['high']:+.2f}]") if at else "n/a",
+            full=full, full_alpha=v.arms[ARM].chosen,
+            full_delta=f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}], Holm p {cmp.p_holm:.3f}",
+            agree=saved["verdict"] == full,
+            compute_fraction=tryout_passes / full_passes if full_passes else math.nan))
+    return rows
+
+
+def agreement_markdown(rows: Sequence[AgreementRow]) -> str:
+    """The agreement table, its rate and the tryout's compute as a fraction of the full one's."""
+    if not rows:
+        return ""
+    lines = ["# The tryout against the full comparison", "",
+             "`rdrop tryout` from the tuned baseline's seed-0 record (2 seeds, default budget) "
+             "against the registered plateau arm (5 seeds, Holm within the family), both at "
+             "the baseline's compute. Rebuilt by `rdrop report --results results`.", "",
+             "| family | tryout: verdict, alpha, Δ at your compute | full: verdict, alpha, Δ "
+             "at the baseline's compute | agree | tryout compute / full |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.family} | {r.tryout}, {r.tryout_alpha:g}, {r.tryout_delta} | "
+                     f"{r.full}, {r.full_alpha}, {r.full_delta} | {'yes' if r.agree else 'no'} "
+                     f"| {100 * r.compute_fraction:.0f}% |")
+    agree = sum(r.agree for r in rows)
+    mean_fraction = sum(r.compute_fraction for r in rows) / len(rows)
+    lines += ["", f"Agreement: {agree}/{len(rows)} families ({100 * agree / len(rows):.0f}%), "
+              f"at {100 * mean_fraction:.0f}% of the full comparison's compute on average."]
+    return "\n".join(lines) + "\n"
