@@ -7,6 +7,3 @@ DS_ACCELERATOR is set; that line would land inside doctest output. CPU machines 
 import os
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-# A deprecated alias module (it warns on import; experiments/tests/test_compare.py checks it).
-collect_ignore = ["experiments/src/rdrop_experiments/reproduce.py"]

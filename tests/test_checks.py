@@ -132,13 +132,6 @@ def test_check_loss_combination_accepts():
                               num_passes=4)
 
 
-def test_the_argchecks_import_path_still_gives_the_same_checks():
-    from rdrop import argchecks
-
-    assert argchecks.check_alpha is ac.check_alpha
-    assert set(argchecks.__all__) <= set(ac.__all__)
-
-
 # ------------------------------------------------------------------------------ tensor checks
 def test_logits_whose_class_dim_is_ambiguous_warn_once_per_shape(monkeypatch):
     import warnings

@@ -23,12 +23,25 @@ def test_import_rdrop_loads_no_heavy_optional_module():
     assert loaded == "", f"import rdrop loaded: {loaded}"
 
 
-def test_public_api_is_exported():
-    import rdrop
+PUBLIC = ["AutoStart", "PlateauStart", "RDrop", "RDropLoss", "RDropOutput", "Schedule",
+          "TryoutResult", "ctc_rdrop_loss", "multi_pass_rdrop_loss", "multilabel_rdrop_loss",
+          "plateau_step", "rdrop_loss", "subset_rdrop_loss", "symmetric_kl", "tryout",
+          "unwrap_state_dict"]
 
-    for name in rdrop.__all__:
-        assert getattr(rdrop, name) is not None
-    assert rdrop.__version__
+
+def test_public_api_is_exactly_these_names_and_each_is_what_its_module_defines():
+    import importlib
+
+    import rdrop
+    from rdrop import autostart, functional, schedule, wrapper
+
+    tryout = importlib.import_module("rdrop.tryout")  # the module (rdrop.tryout is the function)
+
+    assert sorted(rdrop.__all__) == sorted(PUBLIC)  # a new public name is added here on purpose
+    assert rdrop.RDrop is wrapper.RDrop and rdrop.rdrop_loss is functional.rdrop_loss
+    assert rdrop.PlateauStart is autostart.PlateauStart and rdrop.Schedule is schedule.Schedule
+    assert callable(rdrop.tryout) and rdrop.TryoutResult is tryout.TryoutResult
+    assert isinstance(rdrop.__version__, str) and rdrop.__version__.count(".") == 2
 
 
 def test_import_and_eager_training_do_not_load_the_compiler():

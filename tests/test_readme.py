@@ -135,3 +135,21 @@ def test_results_readme_matches_the_committed_report():
     missing = [r for r in rows if r not in reported]
     assert not missing, (f"{RESULTS} rows not in {SUMMARY}: {missing}; regenerate with "
                          "`rdrop report --results results` and copy the rows")
+
+
+HEADLINE = README.parent / "results" / "headline.md"
+
+
+def test_readme_results_table_is_the_committed_headline():
+    """Every row of the README's results table is a row `rdrop report` wrote to headline.md."""
+    if not HEADLINE.exists():
+        pytest.skip("no results/headline.md")
+    text = README.read_text()
+    section = text[text.index("## Results"):text.index("\n## ", text.index("## Results") + 3)]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "±" not in line
+            and not line.startswith("| family")]
+    assert rows, "the README's Results section has no table"
+    reported = set(HEADLINE.read_text().splitlines())
+    missing = [r for r in rows if r not in reported]
+    assert not missing, f"README rows not in {HEADLINE}: {missing}; copy them from it"
+    assert len(section.splitlines()) < 25, "README Results: a table and at most three lines"

@@ -72,16 +72,3 @@ def test_cli_compare_prints_the_table_and_names_a_missing_folder(tmp_path, capsy
     assert "1 of 1 reproduce exactly" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nosuch")]) == 2
     assert "no results folder" in capsys.readouterr().err
-
-
-def test_the_old_module_name_still_imports_and_warns():
-    import importlib
-    import sys
-
-    from rdrop_experiments import compare
-
-    sys.modules.pop("rdrop_experiments.reproduce", None)
-    with pytest.warns(DeprecationWarning, match="renamed rdrop_experiments.compare"):
-        old = importlib.import_module("rdrop_experiments.reproduce")
-    assert old.compare_folders is compare.compare_folders
-    assert old.pair_records is compare.pair_records

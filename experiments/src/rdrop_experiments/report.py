@@ -480,6 +480,11 @@ def build_report(
 
     verdict = verdict_report(records, out, plots=plots)  # the second protocol's records, if any
     if verdict:
+        from rdrop_experiments.headline import headline, headline_markdown
+        from rdrop_experiments.verdict import build_verdicts
+
+        rows = [h for v in build_verdicts(records) if (h := headline(v)) is not None]
+        (out / "headline.md").write_text(headline_markdown(rows))
         md += ["### Verdict (second protocol: arms chosen on validation; also in `verdict.md`)",
                ""]
         if lost_verdicts:
