@@ -23,8 +23,10 @@ def test_agreement_markdown_counts_agreement_and_compute():
     rows = [AgreementRow("a", "pays", 10.0, "-50 [-60, -40]", "pays", "alpha=10", "-60", True,
                          0.2),
             AgreementRow("b", "not enough evidence", 1.0, "+1 [-2, +4]", "does not pay",
-                         "alpha=1", "-1", False, 0.3)]
+                         "alpha=1", "-1", False, 0.3, followup=(4, "does not pay", True, 0.4))]
     text = agreement_markdown(rows)
-    assert "| a | pays, 10, -50 [-60, -40] | pays, alpha=10, -60 | yes | 20% |" in text
-    assert "Agreement: 1/2 families (50%), at 25% of the full comparison's compute" in text
+    assert "| a | pays, 10, -50 [-60, -40] | pays, alpha=10, -60 | yes | 20% | – |" in text
+    assert "| no | 30% | 4, does not pay, yes, 40% |" in text
+    assert "Agreement at 2 seeds: 1/2 families (50%), at 25% of the full comparison's" in text
+    assert "asked for (1 families): 1/1 agree, at 40% of the compute" in text
     assert agreement_markdown([]) == ""

@@ -52,7 +52,7 @@ def test_record_tryout_branches_at_the_plateau_and_writes_its_result(baseline, t
     assert result.seeds == (rec["seed"], rec["seed"] + 1) and result.alpha == 1.0
     assert result.verdict in ("pays", "does not pay", "not enough evidence")
     assert result.uses_test and len(result.best.per_seed) == 2
-    saved = json.loads((tmp_path / "tryout.json").read_text())
+    saved = json.loads((tmp_path / "tryout-2seeds.json").read_text())
     assert saved["plateau_step"] == expected and saved["verdict"] == result.verdict
     # the other seed's plain and R-Drop continuations, both branched at the plateau
     branched = [json.loads(p.read_text())["config"]

@@ -31,7 +31,9 @@ ARM = "rdrop+plateau"
 
 @dataclass(frozen=True)
 class AgreementRow:
-    """One family: the tryout's verdict against the full comparison's."""
+    """One family: the tryout's verdict against the full comparison's; ``followup`` is the
+    tryout rerun with the seeds it asked for (``"not enough evidence"``, N seeds in all), if
+    run: ``(seeds, verdict, agrees, compute fraction)``."""
 
     family: str
     tryout: str
@@ -42,6 +44,7 @@ class AgreementRow:
     full_delta: str
     agree: bool
     compute_fraction: float
+    followup: tuple[int, str, bool, float] | None = None
 
 
 def full_verdict(mean: float, low: float, high: float, p_holm: float,
@@ -67,12 +70,18 @@ def _passes_after(rec: dict[str, Any], step: int) -> float:
     return float(rec["extra"]["sample_passes"]) - (before[-1] if before else 0.0)
 
 
+def _branch_seed(rec: dict[str, Any]) -> int:
+    """The seed a continuation ran with after the branch (the record's own without one)."""
+    branch = rec["config"].get("branch_seed")
+    return int(rec["seed"]) if branch is None else int(branch)
+
+
 def agreement_rows(results: str | Path) -> list[AgreementRow]:
     """A row per family that has both a tryout under ``results/tryout/<family>`` and the
     plateau arm's full comparison under ``results/<family>``."""
     results = Path(results)
     rows = []
-    for path in sorted((results / "tryout").glob("*/tryout.json")):
+    for path in sorted((results / "tryout").glob("*/tryout-2seeds.json")):
         saved = json.loads(path.read_text())
         family = saved["experiment"]
         records = [r for r in load_results(results / family) if r["experiment"] == family]
@@ -84,12 +93,22 @@ def agreement_rows(results: str | Path) -> list[AgreementRow]:
         d = cmp.diff
         full = full_verdict(d.mean, d.low, d.high, cmp.p_holm, v.higher_is_better)
         branch = int(saved["checkpoint_step"])
-        tryout_passes = sum(_passes_after(r, branch) for r in load_results(path.parent))
+        continuations = load_results(path.parent)
+        tryout_passes = sum(_passes_after(r, branch) for r in continuations
+                            if _branch_seed(r) in saved["seeds"][:2])
         full_recs = [r for m in ("baseline", ARM) for point in v.arms[m].points.values()
                      for r in point.values()]
         full_passes = sum(float(r["extra"]["sample_passes"]) for r in full_recs)
         at = saved.get("at_compute") or {}
         scale = v.scale
+        followup = None
+        more = sorted(path.parent.glob("tryout-*seeds.json"),
+                      key=lambda p: int(p.name.split("-")[1].removesuffix("seeds.json")))
+        if more and more[-1] != path:
+            later = json.loads(more[-1].read_text())
+            passes = sum(_passes_after(r, branch) for r in continuations)
+            followup = (len(later["seeds"]), later["verdict"], later["verdict"] == full,
+                        passes / full_passes if full_passes else math.nan)
         rows.append(AgreementRow(
             family=family, tryout=saved["verdict"], tryout_alpha=float(saved["alpha"]),
             tryout_delta=(f"{scale * at['mean']:+.2f} [{scale * at['low']:+.2f}, "
@@ -97,7 +116,8 @@ def agreement_rows(results: str | Path) -> list[AgreementRow]:
             full=full, full_alpha=v.arms[ARM].chosen,
             full_delta=f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}], Holm p {cmp.p_holm:.3f}",
             agree=saved["verdict"] == full,
-            compute_fraction=tryout_passes / full_passes if full_passes else math.nan))
+            compute_fraction=tryout_passes / full_passes if full_passes else math.nan,
+            followup=followup))
     return rows
 
 
@@ -109,15 +129,26 @@ def agreement_markdown(rows: Sequence[AgreementRow]) -> str:
              "`rdrop tryout` from the tuned baseline's seed-0 record (2 seeds, default budget) "
              "against the registered plateau arm (5 seeds, Holm within the family), both at "
              "the baseline's compute. Rebuilt by `rdrop report --results results`.", "",
-             "| family | tryout: verdict, alpha, Δ at your compute | full: verdict, alpha, Δ "
-             "at the baseline's compute | agree | tryout compute / full |",
-             "|---|---|---|---|---|"]
+             "| family | tryout (2 seeds): verdict, alpha, Δ at your compute | full: verdict, "
+             "alpha, Δ at the baseline's compute | agree | tryout compute / full | with the "
+             "seeds it asked for: seeds, verdict, agree, compute / full |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
+        f = r.followup
+        more = ("–" if f is None else
+                f"{f[0]}, {f[1]}, {'yes' if f[2] else 'no'}, {100 * f[3]:.0f}%")
         lines.append(f"| {r.family} | {r.tryout}, {r.tryout_alpha:g}, {r.tryout_delta} | "
                      f"{r.full}, {r.full_alpha}, {r.full_delta} | {'yes' if r.agree else 'no'} "
-                     f"| {100 * r.compute_fraction:.0f}% |")
+                     f"| {100 * r.compute_fraction:.0f}% | {more} |")
     agree = sum(r.agree for r in rows)
     mean_fraction = sum(r.compute_fraction for r in rows) / len(rows)
-    lines += ["", f"Agreement: {agree}/{len(rows)} families ({100 * agree / len(rows):.0f}%), "
-              f"at {100 * mean_fraction:.0f}% of the full comparison's compute on average."]
+    lines += ["", f"Agreement at 2 seeds: {agree}/{len(rows)} families "
+              f"({100 * agree / len(rows):.0f}%), at {100 * mean_fraction:.0f}% of the full "
+              "comparison's compute on average."]
+    followed = [r.followup for r in rows if r.followup is not None]
+    if followed:
+        n_agree = sum(f[2] for f in followed)
+        lines.append(f"With the seeds the tryout asked for ({len(followed)} families): "
+                     f"{n_agree}/{len(followed)} agree, at "
+                     f"{100 * sum(f[3] for f in followed) / len(followed):.0f}% of the compute.")
     return "\n".join(lines) + "\n"

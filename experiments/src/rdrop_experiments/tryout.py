@@ -9,7 +9,8 @@ checkpoint and data order. The baseline's own seed takes the record's curve as i
 continuation. Compute is counted from the branch on, as a user branching from a saved
 checkpoint would spend it; the rerun of the shared prefix (a cost of rerunning instead of
 loading) is not counted. Results go under ``out`` (``runs/tryout`` by default), one record per
-continuation, and ``tryout.json`` with the result's fields.
+continuation, and ``tryout-<k>seeds.json`` with the result's fields (a rerun with more seeds
+reuses the finished continuations and adds the new seeds').
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def record_tryout(path: str | Path, *, out: str | Path = "runs/tryout", seeds: i
         progress: progress lines while training.
 
     Returns:
-        The :class:`rdrop.tryout.TryoutResult`; also written to ``out/tryout.json``.
+        The :class:`rdrop.tryout.TryoutResult`; also written to ``out/tryout-<k>seeds.json``.
 
     Raises:
         TryoutError: not a baseline record; its curve has no plateau yet (from
@@ -109,7 +110,7 @@ def record_tryout(path: str | Path, *, out: str | Path = "runs/tryout", seeds: i
         test_values=[float(c[test_key]) for c in curve],
         window=PLATEAU_WINDOW, fraction=PLATEAU_FRACTION)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tryout.json").write_text(json.dumps(
+    (out / f"tryout-{len(result.seeds)}seeds.json").write_text(json.dumps(
         {"record": str(path), "experiment": rec["experiment"], "seed": seed,
          **dataclasses.asdict(result)}, indent=1, default=str) + "\n")
     return result
