@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from rdrop.subset import subset_rdrop_loss
-from rdrop_experiments.config import CommonConfig
+from rdrop_experiments.config import CommonConfig, ConfigError
 from rdrop_experiments.training import make_step
 
 
@@ -132,3 +132,21 @@ def test_the_unrun_full_translation_cell_keeps_only_its_registered_protocol_grid
     grid = get_experiment("translation-full").grid
     assert not any("second_pass_fraction" in s or "auto_start_patience" in s for s in grid)
     assert len(grid) == 5
+
+
+def test_the_plateau_start_is_fed_by_validation_and_resumes_at_the_same_step():
+    cfg = CommonConfig(alpha=1.0, start_rule="plateau")
+    values = [9.0, 6.0, 4.0, 3.5, 3.4, 3.35, 3.3]  # W 3, q 0.25: on the plateau at eval 6
+    whole = make_step(_net(), cfg, "rdrop")
+    fired = [whole.observe_validation(v, 10 * (i + 1), False) for i, v in enumerate(values)]
+    # the 6th: 4.0 - 3.35 = 0.65 <= 0.25 * (9.0 - 3.35); the 5th: 2.6 > 0.25 * 5.6
+    assert fired.index(True) == 5 and whole.record_fields() == {"rdrop_start_step": 60}
+    killed = make_step(_net(), cfg, "rdrop")  # killed after 3 evaluations, resumed
+    for i, v in enumerate(values[:3]):
+        killed.observe_validation(v, 10 * (i + 1), False)
+    resumed = make_step(_net(), cfg, "rdrop")
+    resumed.load_state_dict(killed.state_dict())
+    later = [resumed.observe_validation(v, 10 * (i + 4), False) for i, v in enumerate(values[3:])]
+    assert later.index(True) == 2 and resumed.record_fields() == {"rdrop_start_step": 60}
+    with pytest.raises(ConfigError, match="start_rule"):
+        CommonConfig(start_rule="plateau", start_step=5)
