@@ -105,7 +105,7 @@ def torchtune_style(z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, alpha: 
 def _worker(method: str, n: int, v: int, h: int, reps: int, device: str) -> dict:
     os.environ["RDROP_COMPILE"] = "never" if method.endswith("_eager") else "auto"
     from rdrop import rdrop_loss
-    from rdrop.fused_linear import fused_linear_rdrop_loss
+    from rdrop.losses.fused_linear import fused_linear_rdrop_loss
 
     naive = import_reference().naive_official_rdrop_loss
     torch.manual_seed(0)

@@ -2,8 +2,8 @@
 
 Its ``training_step`` runs one forward over ``[x; x]``, logs ``train/loss``, ``train/task_loss``,
 ``train/consistency_loss``, ``train/task_loss_per_pass`` and ``train/rdrop_alpha``, and asks
-``rdrop.schedule.rdrop_step`` at the optimizer step, so ``accumulate_grad_batches`` gives every
-micro-batch of a step the same decision (here: an alpha warm-up over the first steps).
+``rdrop.training.schedule.rdrop_step`` at the optimizer step, so ``accumulate_grad_batches``
+gives every micro-batch of a step the same decision (here: an alpha warm-up over the first steps).
 Offline, synthetic data (which of 3 directions is the point closest to?).
 
     python examples/lightning_example.py --steps 30

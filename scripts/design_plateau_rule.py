@@ -1,6 +1,6 @@
 """Choose the plateau rule's parameters on the second protocol's committed baseline curves.
 
-The rule (:class:`rdrop.autostart.PlateauStart`) fires at the first evaluation ``i >= W`` where
+The rule (:class:`rdrop.PlateauStart`) fires at the first evaluation ``i >= W`` where
 the best value improved by at most a fraction ``q`` of its improvement so far over the last ``W``
 evaluations. This script scores a grid of ``(W, q)`` on every committed baseline run of the
 second protocol (``results/<family>/baseline-*.json``; the scale map's cells and every R-Drop
@@ -30,7 +30,7 @@ import json
 import statistics
 from pathlib import Path
 
-from rdrop.autostart import plateau_step
+from rdrop.training.autostart import plateau_step
 
 FAMILIES = ("image", "language-modeling", "summarization", "text-classification", "translation")
 WINDOWS = (1, 2, 3, 4, 5)

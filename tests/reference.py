@@ -213,7 +213,7 @@ def golden_value_by_hand() -> float:
     return total / len(y)
 
 
-# ------------------------------------------------- second_pass_fraction (rdrop.subset)
+# ------------------------------------------------- second_pass_fraction (rdrop.losses.subset)
 def _subset_log_softmax(row: torch.Tensor) -> torch.Tensor:
     row = row.to(torch.float64)
     top = row.max()

@@ -70,7 +70,9 @@ def test_build_has_no_license_warning(built: dict[str, Path]) -> None:
 
 def test_wheel_ships_library_and_licence_only(built: dict[str, Path]) -> None:
     names = zipfile.ZipFile(built["wheel"]).namelist()
-    assert "rdrop/__init__.py" in names and "rdrop/functional.py" in names
+    wings = ["rdrop/__init__.py", "rdrop/losses/functional.py", "rdrop/losses/kernels/chunked.py",
+             "rdrop/training/step.py", "rdrop/integrations/hf/trainer.py"]
+    assert [n for n in wings if n not in names] == []
     assert not [n for n in names if n.startswith("rdrop_experiments")], "wheel ships the harness"
     assert any(n.endswith("licenses/LICENSE") for n in names)
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
@@ -85,7 +87,8 @@ def test_sdist_carries_licence_and_sources(built: dict[str, Path]) -> None:
     with tarfile.open(built["sdist"]) as tar:
         names = tar.getnames()
     assert any(n.endswith("/LICENSE") for n in names)
-    assert any(n.endswith("src/rdrop/functional.py") for n in names)
+    assert any(n.endswith("src/rdrop/losses/functional.py") for n in names)
+    assert any(n.endswith("src/rdrop/training/step.py") for n in names)
 
 
 def test_wheel_imports_in_clean_venv_with_torch_alone(built: dict[str, Path],

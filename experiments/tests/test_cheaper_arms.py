@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from rdrop.subset import subset_rdrop_loss
+from rdrop.losses.subset import subset_rdrop_loss
 from rdrop_experiments.config import CommonConfig, ConfigError
 from rdrop_experiments.training import make_step
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rdrop.inspection import active_dropout_rates as dropout_rates
+from rdrop.training.inspection import active_dropout_rates as dropout_rates
 from rdrop_experiments import get_experiment, plan_runs, run_experiment
 from rdrop_experiments.models.causal_lm import CausalTransformerLM
 from rdrop_experiments.models.seq2seq import Seq2SeqTransformer

@@ -122,7 +122,7 @@ def test_a_flat_plateau_does_not_stop_on_patience_but_a_turn_does():
 
         def step_fn(x, target):
             loss = ((model(x).squeeze(-1) - target) ** 2).mean()
-            from rdrop.functional import RDropOutput
+            from rdrop.losses.functional import RDropOutput
             return RDropOutput(loss, loss.detach(), torch.zeros(()), None)
 
         cfg = CommonConfig(eval_every=1, patience=2, stop_margin=margin, max_steps=len(values))
@@ -149,7 +149,7 @@ def test_diverged_runs_stop_and_say_so():
     losses = iter([1.0, 1.0, math.nan, 1.0])
 
     def step_fn(x, target):
-        from rdrop.functional import RDropOutput
+        from rdrop.losses.functional import RDropOutput
         loss = model(x).sum() * 0 + next(losses)
         return RDropOutput(loss, loss.detach(), torch.zeros(()), None)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rdrop.autostart import plateau_step
+from rdrop.training.autostart import plateau_step
 from rdrop_experiments.runner import run_experiment
 from rdrop_experiments.tryout import TryoutError, record_tryout
 

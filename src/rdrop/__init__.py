@@ -1,6 +1,9 @@
 """rdrop: R-Drop (Regularized Dropout, Liang et al., NeurIPS 2021) for PyTorch.
 
-``import rdrop`` loads torch and nothing heavier; integrations load on first use.
+``import rdrop`` loads torch and nothing heavier; integrations load on first use. Two wings:
+:mod:`rdrop.losses` (how the passes are compared) and :mod:`rdrop.training` (when R-Drop runs
+and how the passes are produced), with :class:`rdrop.RDrop` over both and
+:mod:`rdrop.integrations` for other frameworks.
 """
 
 from __future__ import annotations
@@ -8,14 +11,19 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from rdrop.autostart import AutoStart, PlateauStart, plateau_step
-from rdrop.ctc import ctc_rdrop_loss
-from rdrop.functional import RDropOutput, multi_pass_rdrop_loss, rdrop_loss, symmetric_kl
-from rdrop.loss import RDropLoss
-from rdrop.multilabel import multilabel_rdrop_loss
-from rdrop.schedule import Schedule
-from rdrop.subset import subset_rdrop_loss
-from rdrop.tryout import TryoutResult, tryout
+from rdrop.losses.ctc import ctc_rdrop_loss
+from rdrop.losses.functional import (
+    RDropLoss,
+    RDropOutput,
+    multi_pass_rdrop_loss,
+    rdrop_loss,
+    symmetric_kl,
+)
+from rdrop.losses.multilabel import multilabel_rdrop_loss
+from rdrop.losses.subset import subset_rdrop_loss
+from rdrop.training.autostart import AutoStart, PlateauStart, plateau_step
+from rdrop.training.schedule import Schedule
+from rdrop.training.tryout import TryoutResult, tryout
 from rdrop.wrapper import RDrop, unwrap_state_dict
 
 __all__ = [

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rdrop.autostart import StartRule
-from rdrop.batching import InputName
-from rdrop.checks import ALPHA, IGNORE_INDEX, check_positive_int
-from rdrop.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
-from rdrop.noise import Noise, attach_noise
-from rdrop.schedule import RDropStep, Schedule
-from rdrop.step import TrainingStep, eager, pass_loss
+from rdrop.losses.checks import ALPHA, IGNORE_INDEX, check_positive_int
+from rdrop.training.autostart import StartRule
+from rdrop.training.batching import InputName
+from rdrop.training.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
+from rdrop.training.noise import Noise, attach_noise
+from rdrop.training.schedule import RDropStep, Schedule
+from rdrop.training.step import TrainingStep, eager, pass_loss
 
 __all__ = ["RDrop", "unwrap_state_dict"]
 
@@ -25,160 +25,21 @@ _PREFIX = "model."
 class RDrop(nn.Module):
     r"""Wrap a model so that a training call runs R-Drop and returns the loss.
 
-    In training mode, ``out = wrapped(*args, target=y, **kwargs)``:
-
-    * ``mode="concat"`` (default) runs ONE forward over the inputs duplicated along the batch
-      dimension (``[x; x]``), so each copy draws its own dropout masks, then splits the logits
-      into the passes. Which inputs are batched follows one rule (:mod:`rdrop.batching`): the
-      first tensor (positional inputs first) defines ``B``; every tensor with dim 0 equal to ``B``
-      is duplicated unless named in ``unbatched=`` (or only those named in ``batched=``);
-      packed batches (``cu_seq_lens_q``...) are duplicated along their tokens with the sequence
-      boundaries offset. The logits must have ``num_passes * B`` rows. On the first call the
-      wrapper also checks, in eval mode and without gradients, that each copy's output equals
-      the plain forward's (``check_inputs=False`` skips it): an input whose dim 0 equals ``B``
-      by coincidence (class embeddings with ``C == B``, a sequence-first ``nn.LSTM``) fails here
-      with the duplicated inputs named.
-    * ``mode="twice"`` runs ``num_passes`` separate forwards (for models that cannot take a
-      doubled batch, or to keep each BatchNorm batch a real batch);
-
-    and returns :func:`rdrop.functional.multi_pass_rdrop_loss` of the passes as an
-    :class:`~rdrop.functional.RDropOutput` whose ``logits`` are the first pass's. Per counted row:
+    In training mode ``out = wrapped(*args, target=y, **kwargs)`` runs the passes
+    (``mode="concat"``: one forward over the inputs duplicated along the batch, ``[x; x]``, each
+    copy drawing its own dropout masks; ``mode="twice"``: separate forwards) and returns
+    :func:`rdrop.multi_pass_rdrop_loss` of them as an :class:`rdrop.RDropOutput` (``loss``,
+    ``task_loss``, ``consistency_loss``, and the first pass's ``logits``). Per counted row, with
+    :math:`\alpha_s` the schedule's alpha at this step:
 
     .. math::
         \mathcal{L} = \sum_{k=1}^m CE(P^k, y) + \alpha_s \cdot \overline{D_{sym}}(P^j, P^k)
 
-    **Stop-gradient variant** (``stop_gradient=True``): the second pass runs under
-    ``torch.no_grad`` and is the detached target of the first:
-
-    .. math::
-        \mathcal{L}_{sg} = CE(P^1, y) + \alpha_s \cdot \tfrac12\big(KL(P^1\|\bar P^2)
-            + KL(\bar P^2\|P^1)\big), \qquad \bar P^2 = \mathrm{sg}(P^2)
-
-    with the same per-row normalization. Its gradient differs from full R-Drop's: only pass 1
-    receives gradient,
-
-    .. math::
-        \nabla_\theta \mathcal{L}_{sg} = \nabla_\theta CE(P^1, y)
-            + \alpha_s \frac{\partial D_{sym}(P^1, \bar P^2)}{\partial P^1}
-              \nabla_\theta P^1,
-
-    whereas full R-Drop adds :math:`\nabla_\theta CE(P^2, y)` and the KL's gradient through
-    pass 2. So the CE of pass 2 is dropped (task weight 1, not 2), and the KL reaches the
-    parameters through one pass, not two. Both halve in expectation (the passes are
-    exchangeable), so the balance between CE and KL at a given alpha is kept and the whole
-    gradient is about half of full R-Drop's (under SGD like a halved learning rate; Adam is
-    insensitive to the scale). The two passes are always two forwards (``mode`` is ignored);
-    the no-grad one keeps no activation graph, so a step costs about 1.33x a single-pass step
-    (forward + backward + one forward) instead of 2x, with the activation memory of one pass.
-
-    **Cheaper schedules.** ``second_pass_fraction=r < 1`` runs the second pass on the first
-    ``ceil(r * B)`` rows only (one forward over ``(1 + r) B`` rows in concat mode):
-
-    .. math::
-        \mathcal{L} = \frac{1}{N_B}\sum_{i \in B} CE(P^1_i, y_i)
-            + \frac{1}{N_S}\sum_{i \in S}\big[CE(P^2_i, y_i) + \alpha_s D(P^1_i, P^2_i)\big]
-
-    (:func:`rdrop.subset.subset_rdrop_loss`; with ``stop_gradient`` the second pass is a
-    detached target on ``S`` and its CE is left out). It needs two passes and
-    ``reduction="mean"``, and computes the loss unchunked. Under gradient accumulation pass
-    ``num_items_in_subset`` beside ``num_items_in_batch``. ``start_step=s`` trains plainly (one
-    pass) before optimizer step ``s``; ``start_step=rdrop.PlateauStart()``
-    (:class:`rdrop.autostart.PlateauStart`) starts R-Drop where validation reaches its plateau,
-    before its optimum: call ``wrapped.observe(valid_metric)`` after each validation.
-    See :mod:`rdrop.schedule` for the loss scale at the switch.
-
-    **Which step** (``start_step``, ``every_k_steps``, ``alpha_warmup_steps``): the decision is
-    :class:`rdrop.schedule.Schedule` of the *optimizer* step, so every micro-batch of one
-    accumulated step gets the same decision. Tell the wrapper the optimizer
-    (``RDrop(..., optimizer=opt)`` or ``wrapped.attach_optimizer(opt)``; it counts
-    ``opt.step()`` calls with a post-hook) or the step (``wrapped.set_step(n)``). Without either
-    it counts training calls (not those under ``torch.no_grad()``), which is right only without
-    gradient accumulation.
-
-    **Checkpoints**: ``wrapped.state_dict()`` holds the model's keys prefixed ``model.`` and
-    ``_extra_state`` (the step count). Load it into the plain model with
-    ``net.load_state_dict(rdrop.unwrap_state_dict(sd))``, and a plain model's checkpoint into the
-    wrapper with ``wrapped.model.load_state_dict(sd)`` (or save ``wrapped.model.state_dict()``
-    in the first place).
-
-    **Outside training**: without ``target`` the call is a plain forward returning the model's
-    own output, so evaluation and generation code need no change. With ``target`` in eval mode it
-    returns an :class:`~rdrop.functional.RDropOutput` of one pass: ``loss = task_loss`` is the
-    single-pass CE (:func:`rdrop.functional.single_pass_loss`, comparable to a validation loss;
-    the training loss has two CE terms), ``consistency_loss = 0``, ``logits`` the output.
-
-    **torch.compile**: ``torch.compile(RDrop(net, check_finite=False))`` compiles a few graphs
-    and does not recompile per step: the step decision runs outside the graph (a disabled
-    function, one graph break), alpha enters as a value, not a guard. ``check_finite=True``
-    reads the loss once per step, one more graph break. Alternatively compile only the model,
-    ``RDrop(torch.compile(net))``: one graph per input shape (``2B`` rows on R-Drop steps, ``B``
-    on single-pass steps).
-
-    **LoRA** (PEFT) with ``lora_dropout`` as the only dropout: the consistency is exactly 0 at
-    the first step, because LoRA's ``B`` matrix starts at zero, so the adapter branch (and its
-    dropout) adds nothing until ``B`` has moved; it grows from the second step on.
-
-    **Models without dropout** (Llama-family configs, TRL's DPO/KTO/reward training, LoRA with
-    ``lora_dropout=0``): the passes would be identical. ``noise=`` gives them other randomness
-    (:mod:`rdrop.noise`): ``"embedding:5"`` (NEFTune-style uniform noise on the input
-    embeddings, scale ``alpha / sqrt(L d)``), ``"dropout:0.1"`` (the model's dropout slots
-    switched on at 0.1), ``"lora:0.1"`` (PEFT LoRA dropout). The source acts in training mode
-    only, each pass drawing its own noise; evaluation and generation stay bit-identical to the
-    plain model. ``wrapped.noise.remove()`` restores the model.
-
-    **Multi-label (sigmoid) heads**: ``consistency="bernoulli"`` with 0/1 (float) targets of the
-    logits' shape: both passes' ``BCEWithLogits`` plus the per-label symmetric Bernoulli KL
-    (:func:`rdrop.multilabel_rdrop_loss`).
-
-    **Gradient checkpointing** must preserve the RNG state (PyTorch's and Hugging Face's
-    default): with ``preserve_rng_state=False`` the recompute draws new dropout masks and the
-    gradients no longer match the loss.
-
-    Args:
-        model: any ``nn.Module`` with dropout. Its output must be logits, or hold them (``.logits``,
-            ``["logits"]``, first tuple item), or ``logits_fn`` must select them.
-        alpha: consistency weight ``>= 0`` (paper: 5 translation, 0.7 summarization, 1 LM,
-            0.1-1 GLUE, 0.6 ViT), under the per-row normalization of
-            :func:`rdrop.functional.rdrop_loss`.
-        mode: ``"concat"`` or ``"twice"``.
-        num_passes: ``m >= 2`` dropout passes (consistency = mean pairwise divergence).
-        every_k_steps: apply R-Drop on every k-th optimizer step; the others are plain
-            single-pass steps whose loss is the task loss of one pass (CE, no consistency).
-        alpha_warmup_steps: ramp alpha linearly from ``alpha / n`` to ``alpha`` over the first
-            ``n`` optimizer steps (0 = no warm-up).
-        consistency: ``"kl"``, ``"js"``, ``"mse"`` for regression heads, or ``"bernoulli"``
-            for multi-label sigmoid heads.
-        noise: where the passes' randomness comes from: ``"dropout"`` (the model's own, the
-            default), ``"embedding:ALPHA"``, ``"dropout:P"``, ``"lora:P"`` or a
-            :class:`rdrop.noise.Noise` (see above).
-        ignore_index, label_smoothing, reduction, chunk_size, check_finite: as in
-            :func:`rdrop.functional.rdrop_loss` (``chunk_size`` needs two passes, ``"kl"`` and a
-            reduction other than ``"none"``).
-        logits_fn: optional callable mapping the model output to the logits tensor (a model
-            returning ``(loss, logits)``: ``logits_fn=lambda out: out[1]``).
-        stop_gradient: the cheaper variant above (needs ``num_passes=2``).
-        start_step: the first optimizer step with R-Drop (an int ``>= 0``; plain steps before
-            it), or a start rule (:class:`rdrop.autostart.PlateauStart`,
-            :class:`rdrop.autostart.AutoStart`; R-Drop from the step it fired at).
-            ``every_k_steps`` and the warm-up count from it.
-        second_pass_fraction: ``r`` in ``(0, 1]``, the share of each batch's rows (the first
-            ``ceil(r * B)``) that get the second pass and the consistency term (1.0: all).
-        optimizer: the optimizer whose steps define the step schedule (see above).
-        batched, unbatched: names of the inputs that are (only) / are not batched in concat mode:
-            ``int`` for a positional input, ``str`` for a keyword input.
-        check_inputs: on the first concat-mode call, check the duplication against a plain
-            forward (two extra forwards without gradients, in eval mode, once).
-        check_dropout: warn at construction if the model has no active dropout (R-Drop then
-            only doubles the cost) and raise at a training call if the model is in eval mode.
-        warn_batchnorm: warn at construction about BatchNorm layers.
-
-    Raises:
-        TypeError, ValueError: invalid hyperparameters (at construction), a ``noise`` the model
-            cannot take (no input embedding layer, no dropout slot, no LoRA layer: the message
-            names the modules looked at); at call time a
-            target/logit shape mismatch, logits without ``num_passes * B`` rows, batch size 1
-            with BatchNorm in concat mode, a failed input check, or a training call while the
-            wrapped model is in eval mode.
+    When R-Drop runs is a :class:`rdrop.Schedule` of the *optimizer* step (give it with
+    ``optimizer=opt`` or ``wrapped.attach_optimizer(opt)``). Without ``target`` the call is the
+    plain model, so evaluation and generation need no change. The rest (which inputs are
+    duplicated, the stop-gradient and subset variants, start rules, checkpoints, torch.compile,
+    LoRA, ``noise=``, multi-label heads): docs/GUIDE.md, "The wrapper in detail".
 
     Example:
         >>> import torch
@@ -226,21 +87,70 @@ class RDrop(nn.Module):
         check_dropout: bool = True,
         warn_batchnorm: bool = True,
     ) -> None:
+        """Check every option once, attach the noise source, and warn about a model R-Drop
+        cannot help (no active dropout) or BatchNorm.
+
+        Args:
+            model: any ``nn.Module`` with dropout. Its output must be logits, or hold them
+                (``.logits``, ``["logits"]``, first tuple item), or ``logits_fn`` must select them.
+            alpha: consistency weight ``>= 0`` (paper: 5 translation, 0.7 summarization, 1 LM,
+                0.1-1 GLUE, 0.6 ViT), under the per-row normalization of :func:`rdrop.rdrop_loss`.
+            mode: ``"concat"`` or ``"twice"``.
+            num_passes: ``m >= 2`` dropout passes (consistency = mean pairwise divergence).
+            every_k_steps: apply R-Drop on every k-th optimizer step; the others are plain
+                single-pass steps whose loss is the task loss of one pass (CE, no consistency).
+            alpha_warmup_steps: ramp alpha linearly from ``alpha / n`` to ``alpha`` over the first
+                ``n`` optimizer steps (0 = no warm-up).
+            consistency: ``"kl"``, ``"js"``, ``"mse"`` for regression heads, or ``"bernoulli"``
+                for multi-label sigmoid heads.
+            noise: where the passes' randomness comes from: ``"dropout"`` (the model's own, the
+                default), ``"embedding:ALPHA"``, ``"dropout:P"``, ``"lora:P"`` or a
+                :class:`rdrop.training.noise.Noise` (docs/GUIDE.md).
+            ignore_index, label_smoothing, reduction, chunk_size, check_finite: as in
+                :func:`rdrop.rdrop_loss` (``chunk_size`` needs two passes, ``"kl"`` and a
+                reduction other than ``"none"``).
+            logits_fn: optional callable mapping the model output to the logits tensor (a model
+                returning ``(loss, logits)``: ``logits_fn=lambda out: out[1]``).
+            stop_gradient: the second pass is a detached target run without gradients (about
+                1.33x a plain step; needs ``num_passes=2``; docs/GUIDE.md).
+            start_step: the first optimizer step with R-Drop (an int ``>= 0``; plain steps before
+                it), or a start rule (:class:`rdrop.PlateauStart`, :class:`rdrop.AutoStart`;
+                R-Drop from the step it fired at; feed it with ``wrapped.observe(value)``).
+                ``every_k_steps`` and the warm-up count from it.
+            second_pass_fraction: ``r`` in ``(0, 1]``, the share of each batch's rows (the first
+                ``ceil(r * B)``) that get the second pass and the consistency term (1.0: all).
+            optimizer: the optimizer whose steps define the step schedule.
+            batched, unbatched: names of the inputs that are (only) / are not batched in concat
+                mode: ``int`` for a positional input, ``str`` for a keyword input.
+            check_inputs: on the first concat-mode call, check the duplication against a plain
+                forward (two extra forwards without gradients, in eval mode, once).
+            check_dropout: warn at construction if the model has no active dropout (R-Drop then
+                only doubles the cost) and raise at a training call if the model is in eval mode.
+            warn_batchnorm: warn at construction about BatchNorm layers.
+
+        Raises:
+            TypeError, ValueError: invalid hyperparameters (at construction), a ``noise`` the
+                model cannot take (no input embedding layer, no dropout slot, no LoRA layer: the
+                message names the modules looked at); at call time a target/logit shape
+                mismatch, logits without ``num_passes * B`` rows, batch size 1 with BatchNorm in
+                concat mode, a failed input check, or a training call while the wrapped model is
+                in eval mode.
+        """
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        # When R-Drop runs (rdrop.schedule): checked once here, asked at every step.
+        # When R-Drop runs (rdrop.training.schedule): checked once here, asked at every step.
         self.rdrop_schedule = Schedule(alpha, every_k_steps, alpha_warmup_steps, start_step)
         self.alpha, self.every_k_steps = self.rdrop_schedule.alpha, every_k_steps
         self.alpha_warmup_steps = alpha_warmup_steps
         self.start_step: int | StartRule = start_step
-        # The passes and the loss: rdrop.step, the same step as every other entry point. Their
-        # options are checked there, once.
+        # The passes and the loss: rdrop.training.step, the same step as every other entry point.
+        # Their options are checked there, once.
         loss = pass_loss(consistency, ignore_index=ignore_index,
                          label_smoothing=label_smoothing, reduction=reduction,
                          chunk_size=chunk_size, check_finite=check_finite)
-        # Where the passes' randomness comes from (rdrop.noise); refused here if the model
-        # cannot take it.
+        # Where the passes' randomness comes from (rdrop.training.noise); refused here if the
+        # model cannot take it.
         self.noise = attach_noise(model, noise)
         step_kwargs = {"logits_fn": logits_fn} if logits_fn is not None else {}
         self._step = TrainingStep(num_passes=num_passes, mode=mode,
@@ -318,7 +228,7 @@ class RDrop(nn.Module):
         self._step_source = "manual"
 
     def schedule(self) -> RDropStep:
-        """The decision of :class:`rdrop.schedule.Schedule` at the current step (R-Drop off
+        """The decision of :class:`rdrop.Schedule` at the current step (R-Drop off
         while a start rule has not fired)."""
         return self.rdrop_schedule.decision(self.num_steps)
 

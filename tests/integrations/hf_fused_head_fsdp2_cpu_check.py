@@ -26,9 +26,9 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_models import tiny_llama
 
-from rdrop.batching import concat_inputs
 from rdrop.integrations.hf.fused import check_fused_head, forward_hidden, fused_loss
 from rdrop.integrations.hf.labels import align
+from rdrop.training.batching import concat_inputs
 
 WORLD, LOCAL_N, T, ALPHA = 2, 2, 8, 1.5
 

@@ -30,13 +30,13 @@ from tiny_models import (
 )
 from transformers import Trainer, TrainingArguments
 
-from rdrop.functional import multi_pass_rdrop_loss, rdrop_loss
 from rdrop.integrations.hf import (
     RDropSeq2SeqTrainer,
     RDropSeq2SeqTrainingArguments,
     RDropTrainer,
     RDropTrainingArguments,
 )
+from rdrop.losses.functional import multi_pass_rdrop_loss, rdrop_loss
 
 torch.set_num_threads(1)
 

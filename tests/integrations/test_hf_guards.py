@@ -14,7 +14,7 @@ from tiny_models import classification_data, make_args, tiny_bert
 
 from rdrop.integrations.hf import RDropTrainer
 from rdrop.integrations.hf.guards import no_dropout_message
-from rdrop.schedule import rdrop_step
+from rdrop.training.schedule import rdrop_step
 
 torch.set_num_threads(1)
 

@@ -26,7 +26,7 @@ from rdrop.integrations.hf import (
     RDropTrainer,
     RDropTrainingArguments,
 )
-from rdrop.subset import subset_size
+from rdrop.losses.subset import subset_size
 
 from reference import reference_subset_loss
 

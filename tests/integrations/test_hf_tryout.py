@@ -24,7 +24,7 @@ from transformers import (
 import rdrop
 from rdrop.integrations.hf import RDropTrainer, RDropTrainingArguments, tryout
 from rdrop.integrations.hf.tryout import make_continue_run, read_baseline
-from rdrop.tryout import DOES_NOT_PAY, NOT_ENOUGH_EVIDENCE, PAYS
+from rdrop.training.tryout import DOES_NOT_PAY, NOT_ENOUGH_EVIDENCE, PAYS
 
 STEPS = 40  # 32 samples, batch 8: 4 optimizer steps per epoch, 10 epochs
 SEED = 7  # the baseline's seed (not HF's default, so the tryout must read it)

@@ -11,9 +11,9 @@ pl = pytest.importorskip("pytorch_lightning")
 from tiny_models import KeyedDropout  # noqa: E402
 from torch import nn  # noqa: E402
 
-from rdrop.functional import rdrop_loss  # noqa: E402
 from rdrop.integrations.lightning import RDropLightningModule  # noqa: E402
-from rdrop.schedule import rdrop_step  # noqa: E402
+from rdrop.losses.functional import rdrop_loss  # noqa: E402
+from rdrop.training.schedule import rdrop_step  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -104,7 +104,7 @@ def test_invalid_hyperparameters_name_the_argument():
         KeyedNet(alpha=-1.0)
 
 
-# ------------------------------------------------- the wrapper's input checks (one rdrop.step)
+# --------------------------------------- the wrapper's input checks (one rdrop.training.step)
 class PrototypeNet(RDropLightningModule):
     """x (B, d) scored against class prototypes (C, d): logits = dropout(x) @ protos.T."""
 
@@ -229,7 +229,7 @@ def test_accumulation_with_padded_tokens_is_the_documented_mean_of_micro_batch_m
 
 # ------------------------------------------------------------ the cheaper schedules (issue 20)
 def test_fraction_and_stop_gradient_through_the_one_step():
-    from rdrop.subset import subset_size
+    from rdrop.losses.subset import subset_size
 
     from reference import reference_subset_loss
 

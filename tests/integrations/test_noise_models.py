@@ -1,5 +1,5 @@
-"""rdrop.noise on real Hugging Face and PEFT models whose dropout is 0 (as Llama ships): each
-source makes the copies of a training batch differ, and eval forwards and generation stay
+"""rdrop.training.noise on real Hugging Face and PEFT models whose dropout is 0 (as Llama ships):
+each source makes the copies of a training batch differ, and eval forwards and generation stay
 bit-identical to the plain model."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from tiny_models import tiny_llama
 
-from rdrop.noise import attach_noise
+from rdrop.training.noise import attach_noise
 
 torch.set_num_threads(1)
 

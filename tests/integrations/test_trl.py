@@ -24,9 +24,9 @@ from tiny_models import (
 )
 from trl import SFTConfig, SFTTrainer
 
-from rdrop.functional import rdrop_loss
 from rdrop.integrations.hf import RDropTrainer
 from rdrop.integrations.trl import RDropSFTConfig, RDropSFTTrainer
+from rdrop.losses.functional import rdrop_loss
 
 torch.set_num_threads(1)
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from rdrop import RDrop, ctc_rdrop_loss, multilabel_rdrop_loss, rdrop_loss
-from rdrop.ctc import ctc_consistency
-from rdrop.subset import subset_rdrop_loss
+from rdrop.losses.ctc import ctc_consistency
+from rdrop.losses.subset import subset_rdrop_loss
 from reference_heads import ctc_reference, multilabel_reference
 
 from reference import reference_subset_loss

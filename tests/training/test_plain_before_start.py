@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import rdrop
-from rdrop.noise import attach_noise
+from rdrop.training.noise import attach_noise
 
 
 class Net(nn.Module):

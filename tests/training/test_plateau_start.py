@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import rdrop
-from rdrop.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW, PlateauStart, plateau_step
-from rdrop.schedule import Schedule, rdrop_step
+from rdrop.training.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW, PlateauStart, plateau_step
+from rdrop.training.schedule import Schedule, rdrop_step
 
 
 def _reference(values, steps, window, fraction, higher_is_better):

@@ -10,7 +10,7 @@ import math
 import pytest
 
 import rdrop
-from rdrop.tryout import (
+from rdrop.training.tryout import (
     DOES_NOT_PAY,
     NOT_ENOUGH_EVIDENCE,
     PAYS,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rdrop.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW, plateau_step
+from rdrop.training.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW, plateau_step
 
 __all__ = ["AdviseError", "BaselineRun", "advise", "read_baseline"]
 

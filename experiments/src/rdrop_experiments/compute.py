@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop.batching import extract_logits
+from rdrop.training.batching import extract_logits
 
 __all__ = ["ComputeMeter", "fb_of_point", "measure_forward_ratio", "step_passes",
            "step_passes_of"]

@@ -232,7 +232,7 @@ class CommonConfig:
             raise ConfigError(f"consistency must be kl, js, mse or bernoulli, got "
                               f"{self.consistency!r}.")
         try:
-            from rdrop.noise import parse_noise
+            from rdrop.training.noise import parse_noise
 
             noise = parse_noise(self.noise)
         except (TypeError, ValueError) as exc:

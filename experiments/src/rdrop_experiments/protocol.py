@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rdrop.schedule import rdrop_step
+from rdrop.training.schedule import rdrop_step
 from rdrop_experiments.compute import ComputeMeter, step_passes_of
 
 __all__ = [

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rdrop.autostart import AutoStart, PlateauStart
-from rdrop.batching import extract_logits
-from rdrop.functional import RDropOutput
-from rdrop.inspection import dropout_slots
-from rdrop.noise import attach_noise
-from rdrop.schedule import RDropStep, Schedule
-from rdrop.step import PassPlan, TrainingStep, pass_loss
-from rdrop.subset import subset_size
+from rdrop.losses.functional import RDropOutput
+from rdrop.losses.subset import subset_size
+from rdrop.training.autostart import AutoStart, PlateauStart
+from rdrop.training.batching import extract_logits
+from rdrop.training.inspection import dropout_slots
+from rdrop.training.noise import attach_noise
+from rdrop.training.schedule import RDropStep, Schedule
+from rdrop.training.step import PassPlan, TrainingStep, pass_loss
 from rdrop_experiments.compute import step_passes
 from rdrop_experiments.config import METHODS, CommonConfig
 from rdrop_experiments.resume import BatchCycle

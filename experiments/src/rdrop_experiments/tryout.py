@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rdrop.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW
-from rdrop.tryout import TryoutResult, tryout
+from rdrop.training.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW
+from rdrop.training.tryout import TryoutResult, tryout
 from rdrop_experiments.config import NON_RESULT_FIELDS, ConfigError
 from rdrop_experiments.registry import get_experiment
 from rdrop_experiments.runner import run_experiment

@@ -14,16 +14,16 @@ r"""R-Drop for PyTorch Lightning: ``RDropLightningModule``, a ``LightningModule`
     -        x, y = batch
     -        return F.cross_entropy(self(x), y)
 
-The provided ``training_step`` is :class:`rdrop.step.TrainingStep`, the same step as
+The provided ``training_step`` is :class:`rdrop.training.step.TrainingStep`, the same step as
 :class:`rdrop.RDrop`: ONE forward over the batch duplicated along dim 0, checked once against a
 plain forward (an input whose dim 0 equals ``B`` by coincidence, such as class prototypes
 ``(C, d)`` with ``C == B`` or a sequence-first ``nn.LSTM`` input, is refused as ``RDrop`` refuses
-it; name it in ``unbatched=``), then :func:`rdrop.functional.multi_pass_rdrop_loss` of the
+it; name it in ``unbatched=``), then :func:`rdrop.multi_pass_rdrop_loss` of the
 passes. It logs ``train/loss``,
 ``train/task_loss``, ``train/consistency_loss``, ``train/task_loss_per_pass`` (one pass's loss,
 comparable to a validation loss) and ``train/rdrop_alpha``.
 
-When R-Drop runs and with which alpha is :class:`rdrop.schedule.Schedule` of
+When R-Drop runs and with which alpha is :class:`rdrop.Schedule` of
 ``self.global_step``, the number of optimizer steps taken: with ``accumulate_grad_batches`` every
 micro-batch of one optimizer step gets the same decision (Lightning divides each micro-batch's
 loss by the accumulation steps, as it does for any loss).
@@ -56,13 +56,13 @@ except ImportError:  # pragma: no cover - the unified package
             "rdrop.integrations.lightning needs PyTorch Lightning: pip install pytorch-lightning"
         ) from err
 
-from rdrop.autostart import StartRule
-from rdrop.batching import InputName
-from rdrop.checks import ALPHA, IGNORE_INDEX
-from rdrop.functional import RDropOutput
-from rdrop.noise import Noise, NoiseHandle, attach_noise, parse_noise
-from rdrop.schedule import RDropStep, Schedule
-from rdrop.step import TrainingStep, pass_loss
+from rdrop.losses.checks import ALPHA, IGNORE_INDEX
+from rdrop.losses.functional import RDropOutput
+from rdrop.training.autostart import StartRule
+from rdrop.training.batching import InputName
+from rdrop.training.noise import Noise, NoiseHandle, attach_noise, parse_noise
+from rdrop.training.schedule import RDropStep, Schedule
+from rdrop.training.step import TrainingStep, pass_loss
 
 __all__ = ["RDropLightningModule"]
 
@@ -75,8 +75,8 @@ class RDropLightningModule(pl.LightningModule):
     .. math::
         \mathcal{L} = \sum_{k=1}^m CE(P^k, y) + \alpha_s \cdot \overline{D}(P^j, P^k)
 
-    on the steps :func:`rdrop.schedule.rdrop_step` marks active, and one pass's task loss on the
-    others. Subclasses define ``forward`` (returning logits, or an output holding them) and
+    on the steps :func:`rdrop.training.schedule.rdrop_step` marks active, and one pass's task loss
+    on the others. Subclasses define ``forward`` (returning logits, or an output holding them) and
     ``configure_optimizers``; override :meth:`rdrop_batch` when the batch is not ``(x, y)``.
 
     Args:
@@ -86,11 +86,11 @@ class RDropLightningModule(pl.LightningModule):
         alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps.
         consistency: ``"kl"``, ``"js"``, ``"mse"``, or ``"bernoulli"`` (multi-label sigmoid
             heads, float 0/1 targets: :func:`rdrop.multilabel_rdrop_loss`).
-        noise: where the passes' randomness comes from (:mod:`rdrop.noise`): ``"dropout"``
+        noise: where the passes' randomness comes from (:mod:`rdrop.training.noise`): ``"dropout"``
             (the module's own, the default), ``"embedding:5"``, ``"dropout:0.1"``,
             ``"lora:0.1"``. Attached to the module at the first training step (the subclass
             builds its layers after this ``__init__``), training passes only.
-        ignore_index, label_smoothing: as in :func:`rdrop.functional.rdrop_loss`.
+        ignore_index, label_smoothing: as in :func:`rdrop.rdrop_loss`.
         batched, unbatched, check_inputs: as in :class:`rdrop.RDrop` (which inputs carry the
             batch; the once-only check of the duplicated batch against a plain forward).
         stop_gradient: the second pass under ``torch.no_grad``, a detached target (see
@@ -101,7 +101,7 @@ class RDropLightningModule(pl.LightningModule):
             every validation epoch (a subclass overriding ``on_validation_epoch_end`` calls
             ``super().on_validation_epoch_end()``); its state is saved in checkpoints.
         second_pass_fraction: the second pass on the first ``ceil(r * B)`` rows only
-            (:func:`rdrop.subset.subset_rdrop_loss`); needs ``num_passes=2``.
+            (:func:`rdrop.subset_rdrop_loss`); needs ``num_passes=2``.
         auto_start_metric: the logged validation metric the automatic start watches.
 
     Raises:
@@ -133,7 +133,7 @@ class RDropLightningModule(pl.LightningModule):
                  start_step: int | StartRule = 0, second_pass_fraction: float = 1.0,
                  auto_start_metric: str = "val_loss") -> None:
         super().__init__()
-        # When R-Drop runs (rdrop.schedule): checked once here, asked at every step.
+        # When R-Drop runs (rdrop.training.schedule): checked once here, asked at every step.
         self.rdrop_schedule = Schedule(alpha, every_k_steps, alpha_warmup_steps, start_step)
         self.rdrop_alpha = self.rdrop_schedule.alpha
         self.rdrop_start_step: int | StartRule = start_step
@@ -159,7 +159,7 @@ class RDropLightningModule(pl.LightningModule):
         return self.rdrop_noise.pass_context(passes, plan)
 
     def rdrop_decision(self) -> RDropStep:
-        """:meth:`rdrop.schedule.Schedule.decision` at the current optimizer step (off while a
+        """:meth:`rdrop.Schedule.decision` at the current optimizer step (off while a
         start rule has not fired)."""
         return self.rdrop_schedule.decision(self.global_step)
 

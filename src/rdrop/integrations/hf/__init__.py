@@ -10,7 +10,7 @@
 What changes, and only in training (``model.training``): ``compute_loss`` pops ``labels``, runs ONE
 forward over the batch duplicated along dim 0 (``[x; x]``, so each copy draws its own dropout
 masks), splits the logits into the passes and returns
-:func:`rdrop.functional.multi_pass_rdrop_loss` with ``ignore_index=-100`` and
+:func:`rdrop.multi_pass_rdrop_loss` with ``ignore_index=-100`` and
 ``label_smoothing=args.label_smoothing_factor`` (the Trainer's own label smoother is not applied on
 top). Evaluation, prediction and generation go through the parent class unchanged (one pass).
 
@@ -25,9 +25,9 @@ One module per job:
 * :mod:`.logs`: the loss parts, averaged over the logging window like ``loss``;
 * :mod:`.guards`: refusals and warnings (checkpointing without the RNG state, no dropout);
 * :mod:`.callbacks`: ``RDropPlateauStartCallback`` (R-Drop on at the validation plateau,
-  :class:`rdrop.autostart.PlateauStart`) and ``RDropAutoStartCallback`` (once validation stops
-  improving, :class:`rdrop.autostart.AutoStart`);
-* :mod:`.trainer`: the trainers, composing the above; :class:`rdrop.schedule.Schedule` of
+  :class:`rdrop.PlateauStart`) and ``RDropAutoStartCallback`` (once validation stops
+  improving, :class:`rdrop.AutoStart`);
+* :mod:`.trainer`: the trainers, composing the above; :class:`rdrop.Schedule` of
   ``state.global_step`` decides when R-Drop runs and with which alpha.
 """
 

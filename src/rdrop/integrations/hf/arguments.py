@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from rdrop.checks import (
+from rdrop.losses.checks import (
     ALPHA,
     CHUNK_SIZE,
     STEP_CONSISTENCIES,
@@ -17,8 +17,8 @@ from rdrop.checks import (
     check_consistency,
     check_positive_int,
 )
-from rdrop.noise import parse_noise
-from rdrop.subset import check_second_pass_fraction
+from rdrop.losses.subset import check_second_pass_fraction
+from rdrop.training.noise import parse_noise
 
 __all__ = [
     "DEFAULTS",
@@ -161,9 +161,9 @@ class RDropArgumentsMixin:
     )
     rdrop_noise: str = field(
         default=DEFAULTS["noise"],
-        metadata={"help": "Where the passes' randomness comes from (rdrop.noise): 'dropout' "
-                          "(the model's own), 'embedding:5' (NEFTune-style embedding noise), "
-                          "'dropout:0.1' (the model's dropout slots switched on at 0.1), "
+        metadata={"help": "Where the passes' randomness comes from (rdrop.training.noise): "
+                          "'dropout' (the model's own), 'embedding:5' (NEFTune-style embedding "
+                          "noise), 'dropout:0.1' (the model's dropout slots switched on at 0.1), "
                           "'lora:0.1' (PEFT LoRA dropout). Training passes only."},
     )
     rdrop_start_step: int = field(
@@ -193,25 +193,25 @@ class RDropTrainingArguments(RDropArgumentsMixin, TrainingArguments):
 
     Args:
         rdrop_alpha: consistency weight ``>= 0`` (default 1.0), under rdrop's per-row
-            normalization (:func:`rdrop.functional.rdrop_loss`).
+            normalization (:func:`rdrop.rdrop_loss`).
         rdrop_num_passes: dropout passes ``m >= 2`` (default 2).
         rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1: every step).
         rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
-            (default 0), by :class:`rdrop.schedule.Schedule`.
+            (default 0), by :class:`rdrop.Schedule`.
         rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"``, ``"bernoulli"`` or ``None``
             (automatic: ``"bernoulli"`` for ``problem_type="multi_label_classification"``,
             ``"mse"`` for float labels, ``"kl"`` otherwise).
         rdrop_fused_linear: language models only: fuse the output layer into the loss so the
             full logits are never built (default False; see :class:`RDropTrainer`).
         rdrop_chunk_size: tokens per chunk of the fused loss (default 256,
-            :data:`rdrop.checks.CHUNK_SIZE`).
+            :data:`rdrop.losses.checks.CHUNK_SIZE`).
         rdrop_noise: the passes' randomness (default ``"dropout"``, the model's own; see
-            :mod:`rdrop.noise`: ``"embedding:5"``, ``"dropout:0.1"``, ``"lora:0.1"``).
+            :mod:`rdrop.training.noise`: ``"embedding:5"``, ``"dropout:0.1"``, ``"lora:0.1"``).
         rdrop_start_step: plain training before this optimizer step (default 0), by
-            :class:`rdrop.schedule.Schedule`; :class:`RDropAutoStartCallback` chooses it from
+            :class:`rdrop.Schedule`; :class:`RDropAutoStartCallback` chooses it from
             validation instead.
         rdrop_second_pass_fraction: the second pass on the first ``ceil(r * B)`` rows of each
-            batch (default 1.0), by :func:`rdrop.subset.subset_rdrop_loss`.
+            batch (default 1.0), by :func:`rdrop.subset_rdrop_loss`.
         **kwargs: everything ``TrainingArguments`` takes.
 
     Raises:

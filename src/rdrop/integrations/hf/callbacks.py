@@ -1,7 +1,7 @@
 """Start R-Drop from the Trainer's validation metric: ``RDropPlateauStartCallback`` (on the
-plateau, before the optimum: :class:`rdrop.autostart.PlateauStart`, the recommended rule) and
+plateau, before the optimum: :class:`rdrop.PlateauStart`, the recommended rule) and
 ``RDropAutoStartCallback`` (after ``patience`` evaluations without improvement:
-:class:`rdrop.autostart.AutoStart`). The rules are the same code a plain loop uses. When the
+:class:`rdrop.AutoStart`). The rules are the same code a plain loop uses. When the
 rule fires, R-Drop is on from the next optimizer step
 (``every_k_steps`` and ``rdrop_alpha_warmup_steps`` count from there). The R-Drop trainers look
 the callback up among their callbacks at every step; before the switch they train plainly (one
@@ -17,7 +17,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from rdrop.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW, AutoStart, PlateauStart
+from rdrop.training.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW, AutoStart, PlateauStart
 
 __all__ = ["RDropAutoStartCallback", "RDropPlateauStartCallback", "check_auto_start"]
 
@@ -34,7 +34,7 @@ class RDropAutoStartCallback(TrainerCallback, ExportableState):
         min_delta: the margin an improvement must exceed.
 
     Raises:
-        TypeError, ValueError: as :class:`rdrop.autostart.AutoStart`; at an evaluation, a
+        TypeError, ValueError: as :class:`rdrop.AutoStart`; at an evaluation, a
             ``metric`` that the evaluation did not report (the message lists those it did).
 
     Example:
@@ -121,16 +121,16 @@ class RDropAutoStartCallback(TrainerCallback, ExportableState):
 
 class RDropPlateauStartCallback(RDropAutoStartCallback):
     """Switch R-Drop on where ``metric`` reaches its plateau, before its optimum
-    (:class:`rdrop.autostart.PlateauStart`: the best value improved by at most ``fraction``
+    (:class:`rdrop.PlateauStart`: the best value improved by at most ``fraction``
     of its improvement so far over the last ``window`` evaluations).
 
     Args:
-        window, fraction: as :class:`rdrop.autostart.PlateauStart` (the registered rule's
+        window, fraction: as :class:`rdrop.PlateauStart` (the registered rule's
             values by default).
         metric, higher_is_better: as :class:`RDropAutoStartCallback`.
 
     Raises:
-        TypeError, ValueError: as :class:`rdrop.autostart.PlateauStart`; at an evaluation, a
+        TypeError, ValueError: as :class:`rdrop.PlateauStart`; at an evaluation, a
             ``metric`` that the evaluation did not report.
 
     Example:

@@ -2,7 +2,7 @@
 
 The forward still runs once over ``[x; x]``, but the output layer projects nothing: a forward
 pre-hook takes its input (the last hidden states) and
-:func:`rdrop.fused_linear.fused_linear_rdrop_loss` computes the loss from it and the layer's
+:func:`rdrop.losses.fused_linear.fused_linear_rdrop_loss` computes the loss from it and the layer's
 weight and bias, ``chunk_size`` rows at a time, so the ``(2 x tokens, vocab)`` logits and their
 gradients never exist. It is exact only for models whose logits are ``hidden @ W.T + b``;
 :func:`check_fused_model` refuses what a config shows at construction, and
@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rdrop.batching import ConcatLayout, extract_logits
-from rdrop.checks import check_num_items_in_batch
-from rdrop.functional import RDropOutput
-from rdrop.fused_linear import _fused
+from rdrop.losses.checks import check_num_items_in_batch
+from rdrop.losses.functional import RDropOutput
+from rdrop.losses.fused_linear import _fused
+from rdrop.training.batching import ConcatLayout, extract_logits
 
 from .labels import IGNORE_INDEX, base_model, first_count
 
@@ -165,8 +165,8 @@ def check_fused_head(model: nn.Module, inputs: dict[str, Any], b: int, *,
 
 
 class HiddenCapture:
-    """The fused path's forward for :class:`rdrop.step.TrainingStep`: calling it runs the model
-    (through the DDP/accelerate wrapper) with its output layer projecting no position, and
+    """The fused path's forward for :class:`rdrop.training.step.TrainingStep`: calling it runs the
+    model (through the DDP/accelerate wrapper) with its output layer projecting no position, and
     :meth:`hidden` (the step's ``logits_fn``) returns that layer's input, the last hidden states.
 
     Args:
@@ -225,8 +225,8 @@ def forward_hidden(model: nn.Module, unwrapped: nn.Module, batch: dict[str, Any]
 
 @dataclass(frozen=True)
 class FusedLoss:
-    """:func:`fused_loss` as the loss of :class:`rdrop.step.TrainingStep`'s passes (a
-    :class:`rdrop.step.PassLoss`)."""
+    """:func:`fused_loss` as the loss of :class:`rdrop.training.step.TrainingStep`'s passes (a
+    :class:`rdrop.training.step.PassLoss`)."""
 
     model: nn.Module
     label_smoothing: float

@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from rdrop.inspection import active_dropout_rates, no_dropout_advice
-from rdrop.noise import parse_noise
+from rdrop.training.inspection import active_dropout_rates, no_dropout_advice
+from rdrop.training.noise import parse_noise
 
 __all__ = ["check_checkpointing_args", "check_checkpointing_model", "check_checkpointing_noise",
            "no_dropout_message"]
@@ -100,7 +100,7 @@ def check_checkpointing_noise(model: nn.Module, noise: str, plain_steps: bool,
 
 def no_dropout_message(model: nn.Module, owner: str) -> str | None:
     """The warning for a model without active dropout (stochastic depth counts), naming the fix
-    for this kind of model (:func:`rdrop.inspection.no_dropout_advice`: PEFT's
+    for this kind of model (:func:`rdrop.training.inspection.no_dropout_advice`: PEFT's
     ``lora_dropout``, timm's ``drop_rate``/``drop_path_rate``, a Hugging Face config's dropout
     keys), or ``None`` when the model has dropout.
 

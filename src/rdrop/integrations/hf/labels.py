@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from rdrop.checks import IGNORE_INDEX
-from rdrop.subset import subset_size
+from rdrop.losses.checks import IGNORE_INDEX
+from rdrop.losses.subset import subset_size
 
 __all__ = ["IGNORE_INDEX", "align", "base_model", "count_items", "first_count",
            "shifts_labels"]
@@ -91,7 +91,7 @@ def count_items(batches: list[Any], shift: bool, fraction: float = 1.0) -> Tenso
     non-tensor labels): float labels count one per sample, class labels those
     ``!= IGNORE_INDEX`` (after the causal shift, unless the collator gave ``shift_labels``).
     With ``fraction < 1``, only the first ``ceil(fraction * B)`` rows of each micro-batch
-    (the rows of the second pass, :func:`rdrop.subset.subset_size`).
+    (the rows of the second pass, :func:`rdrop.losses.subset.subset_size`).
 
     Example:
         >>> import torch

@@ -1,11 +1,11 @@
-"""The logits path of the trainers' step (:class:`rdrop.step.TrainingStep`): the loss of the
-passes with the Trainer's conventions, the logits of an output, the packed-batch check.
+"""The logits path of the trainers' step (:class:`rdrop.training.step.TrainingStep`): the loss of
+the passes with the Trainer's conventions, the logits of an output, the packed-batch check.
 
 Packed and padding-free batches (TRL ``padding_free``, packing, ``DataCollatorWithFlattening``)
 carry varlen metadata: ``cu_seq_lens_q/k`` (the boundaries of the sequences in the flattened
 tokens) and ``max_length_q/k``. A varlen attention kernel reads the duplicated batch through
 them, so after duplication they must describe the doubled tokens (the second copy's boundaries
-offset by the first copy's token count). :func:`rdrop.batching.concat_inputs` lays a pack's
+offset by the first copy's token count). :func:`rdrop.training.batching.concat_inputs` lays a pack's
 copies out along its tokens (one row of ``2T`` tokens) and offsets the boundaries;
 :func:`check_packed_batch` checks the result as a varlen kernel would read it and refuses a batch
 where they disagree, instead of letting the kernel attend across the wrong boundaries. TRL's
@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from rdrop.batching import ConcatLayout, extract_logits
-from rdrop.step import PassLoss, pass_loss
+from rdrop.training.batching import ConcatLayout, extract_logits
+from rdrop.training.step import PassLoss, pass_loss
 
 from .labels import IGNORE_INDEX
 
@@ -57,8 +57,8 @@ def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLa
     Args:
         model: the unwrapped model (its ``config._attn_implementation`` is read).
         batch: the batch as the model will see it (after duplication).
-        layout: how the copies were laid out (:func:`rdrop.batching.concat_inputs`); ``None``
-            for the one forward of a plain step.
+        layout: how the copies were laid out (:func:`rdrop.training.batching.concat_inputs`);
+            ``None`` for the one forward of a plain step.
         owner: the trainer's class name, for the message.
 
     Raises:
@@ -72,7 +72,7 @@ def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLa
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from rdrop.batching import ConcatLayout
+        >>> from rdrop.training.batching import ConcatLayout
         >>> layout = ConcatLayout(copies=2, batch_size=1, dim=0, length=1, duplicated=())
         >>> batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long),
         ...          "cu_seq_lens_q": torch.tensor([0, 3, 5])}
@@ -96,9 +96,10 @@ def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLa
                 f"{owner}: the packed batch's {key} ends at {int(cu[-1])} tokens, but the "
                 f"duplicated batch ({copies} copies) has {n}: a varlen attention kernel "
                 "would read the first copy's boundaries for all tokens. The duplication must "
-                "offset the second copy's boundaries (rdrop.batching.concat_inputs does); if "
-                "this batch was built by hand, drop cu_seq_lens_q/k and max_length_q/k (the "
-                "model then derives them from position_ids), or disable padding_free/packing."
+                "offset the second copy's boundaries (rdrop.training.batching.concat_inputs "
+                "does); if this batch was built by hand, drop cu_seq_lens_q/k and "
+                "max_length_q/k (the model then derives them from position_ids), or disable "
+                "padding_free/packing."
             )
         longest = int(cu.diff().max()) if cu.numel() > 1 else 0
         limit = batch.get(f"max_length_{key[-1]}")
@@ -125,7 +126,7 @@ def check_packed_batch(model: nn.Module, batch: dict[str, Any], layout: ConcatLa
 
 
 def logits_of(outputs: Any, owner: str) -> Tensor:
-    """The logits of a model output (:func:`rdrop.batching.extract_logits`).
+    """The logits of a model output (:func:`rdrop.training.batching.extract_logits`).
 
     Raises:
         TypeError: the output holds no logits (the message names the trainer).
@@ -143,7 +144,7 @@ def logits_of(outputs: Any, owner: str) -> Tensor:
 def logits_loss(consistency: str, label_smoothing: float) -> PassLoss:
     """The loss of the passes' logits with the Trainer's conventions: ``ignore_index=-100``;
     ``consistency="mse"`` (regression heads) and ``"bernoulli"`` (multi-label heads,
-    :class:`rdrop.multilabel.MultiLabelLoss`) without label smoothing.
+    :class:`rdrop.losses.multilabel.MultiLabelLoss`) without label smoothing.
 
     Example:
         >>> logits_loss("mse", 0.1).label_smoothing, logits_loss("kl", 0.1).label_smoothing

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from rdrop.functional import RDropOutput
+from rdrop.losses.functional import RDropOutput
 
 __all__ = ["PART_NAMES", "PartsWindow"]
 
@@ -29,7 +29,7 @@ class PartsWindow:
 
     Example:
         >>> import torch
-        >>> from rdrop.functional import RDropOutput
+        >>> from rdrop.losses.functional import RDropOutput
         >>> window = PartsWindow()
         >>> out = RDropOutput(torch.tensor(5.0), torch.tensor(4.0), torch.tensor(1.0))
         >>> window.add(out, passes=2, weight=1.0, step=0)

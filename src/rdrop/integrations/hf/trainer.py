@@ -3,7 +3,7 @@
 The mixin composes the jobs of this package: arguments (:mod:`.arguments`), label counting
 (:mod:`.labels`), the logits path (:mod:`.logits`), the fused head (:mod:`.fused`), logging
 (:mod:`.logs`) and the guards (:mod:`.guards`). When R-Drop runs and with which alpha is
-:class:`rdrop.schedule.Schedule` of the optimizer step (``state.global_step``, the same for
+:class:`rdrop.Schedule` of the optimizer step (``state.global_step``, the same for
 every micro-batch of an accumulated step).
 """
 
@@ -17,11 +17,11 @@ from torch import Tensor, nn
 from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer_pt_utils import nested_gather
 
-from rdrop.batching import ConcatLayout, batch_size_of
-from rdrop.checks import check_label_smoothing
-from rdrop.noise import NoiseHandle, attach_noise, parse_noise
-from rdrop.schedule import RDropStep, Schedule
-from rdrop.step import PassLoss, TrainingStep
+from rdrop.losses.checks import check_label_smoothing
+from rdrop.training.batching import ConcatLayout, batch_size_of
+from rdrop.training.noise import NoiseHandle, attach_noise, parse_noise
+from rdrop.training.schedule import RDropStep, Schedule
+from rdrop.training.step import PassLoss, TrainingStep
 
 from .arguments import DEFAULTS, validate_rdrop_options
 from .callbacks import RDropAutoStartCallback, check_auto_start
@@ -115,8 +115,8 @@ class RDropTrainerMixin:
                 "draws its own, scaled by one copy's length on packed batches) and "
                 "neftune_noise_alpha=None."
             )
-        # Where the passes' randomness comes from (rdrop.noise): attached now, so a model that
-        # cannot take it is refused here, naming its modules.
+        # Where the passes' randomness comes from (rdrop.training.noise): attached now, so a model
+        # that cannot take it is refused here, naming its modules.
         self._rdrop_noise: NoiseHandle | None = None
         if self.model is not None:
             self._rdrop_noise = attach_noise(self.model, self.rdrop_noise)
@@ -170,7 +170,7 @@ class RDropTrainerMixin:
                     if self.args.average_tokens_across_devices and self.args.world_size > 1:
                         num_items = self.accelerator.gather(num_items).sum()
             if num_items is not None and self.rdrop_second_pass_fraction < 1.0:
-                # N_S of rdrop.subset: the counted labels of each micro-batch's subset rows,
+                # N_S of rdrop.losses.subset: the counted labels of each micro-batch's subset rows,
                 # over the whole accumulated (and, as num_items, global) batch.
                 subset = count_items(batches, shift, fraction=self.rdrop_second_pass_fraction)
                 if subset is not None:
@@ -205,7 +205,7 @@ class RDropTrainerMixin:
         over the counted labels ``i`` of this micro-batch, ``n = num_items_in_batch`` (the count
         over the accumulated, and under DDP global, batch) or the local count when it is None;
         ``alpha_s`` and whether R-Drop runs at all (else ``m = 1``) come from
-        :class:`rdrop.schedule.Schedule` at the optimizer step ``s = state.global_step``.
+        :class:`rdrop.Schedule` at the optimizer step ``s = state.global_step``.
         With ``rdrop_fused_linear`` the same value comes from the output layer's input and
         weights (the returned outputs then hold logits with 0 positions).
 
@@ -253,8 +253,9 @@ class RDropTrainerMixin:
                                                owner)
         plan = step.plan(schedule)
         m = plan.passes
-        # One forward over m copies (rdrop.batching's rule: dim 0, or the tokens of a pack, with
-        # cu_seq_lens_q/k offset and seq_idx renumbered), by rdrop.step like every entry point.
+        # One forward over m copies (rdrop.training.batching's rule: dim 0, or the tokens of a pack,
+        # with cu_seq_lens_q/k offset and seq_idx renumbered), by rdrop.training.step like every
+        # entry point.
         subset = self._rdrop_num_items_in_subset if num_items_in_batch is not None else None
         result = step.run(call, (), inputs, labels, plan,
                           num_items_in_batch=first_count(num_items_in_batch),
@@ -284,7 +285,7 @@ class RDropTrainerMixin:
         return None
 
     def _rdrop_schedule(self) -> RDropStep:
-        """:meth:`rdrop.schedule.Schedule.decision` at ``state.global_step``, from
+        """:meth:`rdrop.Schedule.decision` at ``state.global_step``, from
         ``rdrop_start_step`` or, with a start callback, from the step its rule fired at (plain
         steps until then). The schedule is built (and checked) once per start step."""
         auto = self._rdrop_auto_start()
@@ -302,8 +303,8 @@ class RDropTrainerMixin:
                              inputs: dict[str, Any], labels: Tensor,
                              shift_labels: Tensor | None, owner: str
                              ) -> tuple[TrainingStep, Callable[..., Any]]:
-        """This batch's :class:`rdrop.step.TrainingStep` and what it calls for a forward: the
-        trainer's loss (logits, or the fused output layer), the causal shift, and the
+        """This batch's :class:`rdrop.training.step.TrainingStep` and what it calls for a forward:
+        the trainer's loss (logits, or the fused output layer), the causal shift, and the
         packed-batch (and, at the first fused step, output layer) checks. The batch comes from
         the collator, every tensor batched along dim 0, so the wrapper's once-only input check
         is not run."""
@@ -372,7 +373,7 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
         rdrop_num_passes: dropout passes per sample (default 2).
         rdrop_every_k_steps: R-Drop on every k-th optimizer step (default 1).
         rdrop_alpha_warmup_steps: linear alpha warm-up over the first n optimizer steps
-            (default 0), by :class:`rdrop.schedule.Schedule`.
+            (default 0), by :class:`rdrop.Schedule`.
         rdrop_consistency: ``"kl"``, ``"js"``, ``"mse"``, ``"bernoulli"`` or ``None``
             (automatic: ``"bernoulli"`` when the model's config has
             ``problem_type="multi_label_classification"``, i.e. a sigmoid head trained with
@@ -381,14 +382,14 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
             otherwise).
         rdrop_fused_linear: language models (causal, or encoder-decoder): compute the loss from
             the output layer's input ``h`` and its weight ``W`` and bias ``b`` with
-            :func:`rdrop.fused_linear.fused_linear_rdrop_loss`, ``rdrop_chunk_size`` tokens at a
-            time, so the logits ``z = h W^T + b`` of the ``2 x tokens`` rows are never built
+            :func:`rdrop.losses.fused_linear.fused_linear_rdrop_loss`, ``rdrop_chunk_size`` tokens
+            at a time, so the logits ``z = h W^T + b`` of the ``2 x tokens`` rows are never built
             (default False). The same loss and gradients as the logits path (tested to 1e-6 in
             float32); needs ``rdrop_num_passes=2`` and KL. The head runs in the weight's dtype
             outside autocast.
         rdrop_chunk_size: tokens per chunk of the fused loss (default 256,
-            :data:`rdrop.checks.CHUNK_SIZE`).
-        rdrop_noise: where the passes' randomness comes from (:mod:`rdrop.noise`; default
+            :data:`rdrop.losses.checks.CHUNK_SIZE`).
+        rdrop_noise: where the passes' randomness comes from (:mod:`rdrop.training.noise`; default
             ``"dropout"``, the model's own): ``"embedding:5"`` (NEFTune-style embedding noise;
             instead of ``neftune_noise_alpha``, which is refused beside it), ``"dropout:0.1"``
             (the model's dropout slots switched on), ``"lora:0.1"`` (PEFT LoRA dropout).
@@ -399,7 +400,7 @@ class RDropTrainer(RDropTrainerMixin, Trainer):
             improvement, R-Drop from the next step on.
         rdrop_second_pass_fraction: ``r`` in ``(0, 1]`` (default 1.0): the second pass and the
             consistency term on the first ``ceil(r * B)`` rows of each batch
-            (:func:`rdrop.subset.subset_rdrop_loss`; one forward over ``(1 + r) B`` rows). Its
+            (:func:`rdrop.subset_rdrop_loss`; one forward over ``(1 + r) B`` rows). Its
             ``N_S`` is counted over the accumulated (and global) batch like
             ``num_items_in_batch``. Needs 2 passes and the logits path; packed batches are
             refused.

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from rdrop.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW
-from rdrop.tryout import TryoutResult
-from rdrop.tryout import tryout as _tryout
+from rdrop.training.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW
+from rdrop.training.tryout import TryoutResult
+from rdrop.training.tryout import tryout as _tryout
 
 from .trainer import RDropTrainerMixin
 
@@ -357,7 +357,7 @@ def tryout(
             each run; its ``trainer_state.json`` is kept, with the run's ``log_history``).
 
     Returns:
-        :class:`rdrop.tryout.TryoutResult` (``checkpoint`` is your checkpoint's folder).
+        :class:`rdrop.TryoutResult` (``checkpoint`` is your checkpoint's folder).
 
     Raises:
         ValueError: no checkpoints in ``output_dir``; a ``trainer_state.json`` without
