@@ -86,7 +86,7 @@ class CommonConfig:
             means every pass uses the model's own rates. Length must equal ``num_passes``.
         consistency: ``"kl"`` (paper), ``"js"``, ``"mse"``, or ``"bernoulli"`` (multi-label
             sigmoid heads: BCE task terms, :func:`rdrop.multilabel_rdrop_loss`).
-        noise: where the passes' randomness comes from (:mod:`rdrop.noise`), for every arm
+        noise: where the passes' randomness comes from (:mod:`rdrop.training.noise`), for every arm
             (the baseline's one pass too): ``dropout`` (the model's own), ``embedding:ALPHA``
             (NEFTune-style embedding noise), ``dropout:P`` (every dropout slot at ``P``),
             ``lora:P``.
@@ -101,11 +101,11 @@ class CommonConfig:
             1.0 = every row (full R-Drop).
         start_step: plain single-pass steps before this optimizer step, R-Drop from it on
             (``rdrop.RDrop(start_step=)``; 0 = from the start).
-        auto_start_patience: when > 0, R-Drop starts by :class:`rdrop.autostart.AutoStart`:
+        auto_start_patience: when > 0, R-Drop starts by :class:`rdrop.training.autostart.AutoStart`:
             after this many evaluation points without a better validation metric (the run's
             selection metric; validation only), from the next optimizer step on. The
             protocol's own patience then counts again from the switch.
-        start_rule: ``"plateau"``: R-Drop starts by :class:`rdrop.autostart.PlateauStart` with
+        start_rule: ``"plateau"``: R-Drop starts by :class:`rdrop.PlateauStart` with
             the registered parameters (docs/EXPERIMENTS.md, "Plateau start") on the run's
             selection metric, before its optimum; the run is the baseline's up to there. Its
             arm is ``rdrop+plateau``. Empty: no rule.

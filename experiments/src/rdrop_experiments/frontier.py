@@ -19,7 +19,7 @@ Per arm, at its grid point chosen on validation (:mod:`rdrop_experiments.verdict
 
 An arm is a method plus the schedule options it sets (:func:`arm_name`): ``rdrop+fraction`` is
 ``rdrop`` with ``second_pass_fraction < 1``, ``rdrop+auto_start`` uses
-:class:`rdrop.autostart.AutoStart`. **The recommendation** of a family is the arm with the
+:class:`rdrop.training.autostart.AutoStart`. **The recommendation** of a family is the arm with the
 smallest compute to best among those that keep at least 80% of full R-Drop's best-quality gain
 (mean difference to the baseline), and whether any arm beats the tuned baseline at the
 baseline's compute (Holm p < 0.05, in the better direction).

@@ -464,7 +464,7 @@ def cheaper_grid(
     ``rdrop_stop_gradient+fraction`` at each rate of ``fractions`` (second pass on
     :math:`\lceil rB \rceil` rows; alpha ``alpha``, full R-Drop's alpha chosen on
     validation), ``rdrop+auto_start`` at each alpha of ``alpha_grid``
-    (:class:`rdrop.autostart.AutoStart` with ``auto_start_patience``), then
+    (:class:`rdrop.training.autostart.AutoStart` with ``auto_start_patience``), then
     ``rdrop+auto_start+fraction`` and ``rdrop_stop_gradient+auto_start+fraction`` at each rate.
 
     Args:
@@ -500,7 +500,7 @@ PLATEAU_ALPHAS = (1.0, 10.0)
 
 def plateau_grid(alpha_grid: tuple[float, ...] = PLATEAU_ALPHAS) -> list[dict[str, Any]]:
     """The ``rdrop+plateau`` arm as registry grid settings: R-Drop from where the registered
-    :class:`rdrop.autostart.PlateauStart` fires on the run's own validation curve (the run is
+    :class:`rdrop.PlateauStart` fires on the run's own validation curve (the run is
     the baseline's, at the model's own dropout, up to there), at each alpha of ``alpha_grid``.
 
     Example:

@@ -68,7 +68,7 @@ def seed_everything(seed: int) -> torch.Generator:
 def set_dropout(model: nn.Module, p: float | list[float]) -> list[float]:
     """Set every dropout rate in ``model`` to ``p`` and return the previous rates.
 
-    Every slot of :func:`rdrop.inspection.dropout_slots` (``nn.Dropout`` modules,
+    Every slot of :func:`rdrop.training.inspection.dropout_slots` (``nn.Dropout`` modules,
     stochastic depth, float rates used functionally such as
     ``nn.MultiheadAttention.dropout``). ``p`` may also be the list this function returned, to
     restore the previous rates.
@@ -127,8 +127,9 @@ def lr_schedule(
 class TrainStep:
     """One arm's loss for one batch: ``step(*args, target=y, **kwargs) -> RDropOutput``.
 
-    Every arm is :class:`rdrop.step.TrainingStep`, the library's one step, at the decision of
-    :class:`rdrop.schedule.Schedule` of the number of calls so far (one call per optimizer
+    Every arm is the library's one step (:class:`rdrop.training.step.TrainingStep`), at the
+    decision of
+    :class:`rdrop.training.schedule.Schedule` of the number of calls so far (one call per optimizer
     step in the recipes):
 
     * ``baseline``: always a plain step: one forward, cross-entropy (``ignore_index``,
@@ -144,15 +145,16 @@ class TrainStep:
       ``pass_dropouts`` set, ``num_passes`` separate forwards, pass ``k`` with every dropout
       rate set to ``pass_dropouts[k]`` (the step's per-pass context).
 
-    Every arm's randomness is ``cfg.noise`` (:mod:`rdrop.noise`), attached to the model here:
+    Every arm's randomness is ``cfg.noise`` (:mod:`rdrop.training.noise`), attached to the model
+    here:
     ``embedding:ALPHA`` on the baseline is NEFTune alone; on ``rdrop`` the passes differ by it.
     ``cfg.consistency="bernoulli"`` gives every arm the multi-label loss (BCE task terms,
-    :class:`rdrop.multilabel.MultiLabelLoss`).
+    :class:`rdrop.losses.multilabel.MultiLabelLoss`).
 
     The cheaper schedules are the library's options, for every R-Drop arm:
     ``second_pass_fraction`` (the step's), ``start_step`` (the schedule's), ``start_rule``
-    (``"plateau"``: :class:`rdrop.autostart.PlateauStart`) and ``auto_start_patience`` (an
-    :class:`rdrop.autostart.AutoStart`), the rules on the run's validation metric, fed by the
+    (``"plateau"``: :class:`rdrop.PlateauStart`) and ``auto_start_patience`` (an
+    :class:`rdrop.AutoStart`), the rules on the run's validation metric, fed by the
     training loop through :meth:`observe_validation`.
 
     ``logits`` of the output is the (first) pass's logits, for training metrics;

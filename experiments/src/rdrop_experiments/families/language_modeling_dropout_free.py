@@ -1,5 +1,5 @@
 """A dropout-free causal LM (as Llama-family configs ship): the language-modeling family's model and
-protocol with every dropout at 0, and R-Drop given other randomness (:mod:`rdrop.noise`).
+protocol with every dropout at 0, and R-Drop given other randomness (:mod:`rdrop.training.noise`).
 
 Arms (each a grid of two points, fixed before the runs; docs/EXPERIMENTS.md, issue 17):
 

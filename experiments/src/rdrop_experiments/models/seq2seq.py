@@ -6,7 +6,7 @@ positions (``dropout``), on every residual branch (``dropout``), on the attentio
 (``attention_dropout``) and inside the feed-forward block (``activation_dropout``). Every rate is
 an ``nn.Dropout`` module or an ``attention_dropout`` float attribute, so
 :func:`rdrop_experiments.training.set_dropout` (the harness's per-pass dropout rates) and
-:func:`rdrop.inspection.active_dropout_rates` reach all of them.
+:func:`rdrop.training.inspection.active_dropout_rates` reach all of them.
 
 Decoding is **greedy** (batched, no beam): :meth:`Seq2SeqTransformer.greedy_decode`.
 """
