@@ -27,6 +27,6 @@ def test_agreement_markdown_counts_agreement_and_compute():
     text = agreement_markdown(rows)
     assert "| a | pays, 10, -50 [-60, -40] | pays, alpha=10, -60 | yes | 20% | – |" in text
     assert "| no | 30% | 4, does not pay, yes, 40% |" in text
-    assert "Agreement at 2 seeds: 1/2 families (50%), at 25% of the full comparison's" in text
+    assert "the same metric: 1/2 (50%), at 25% of the full comparison's compute" in text
     assert "asked for (1 families): 1/1 agree, at 40% of the compute" in text
     assert agreement_markdown([]) == ""

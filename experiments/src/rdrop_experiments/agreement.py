@@ -45,6 +45,7 @@ class AgreementRow:
     agree: bool
     compute_fraction: float
     followup: tuple[int, str, bool, float] | None = None
+    same_metric: bool = True
 
 
 def full_verdict(mean: float, low: float, high: float, p_holm: float,
@@ -100,7 +101,6 @@ def agreement_rows(results: str | Path) -> list[AgreementRow]:
                      for r in point.values()]
         full_passes = sum(float(r["extra"]["sample_passes"]) for r in full_recs)
         at = saved.get("at_compute") or {}
-        scale = v.scale
         followup = None
         more = sorted(path.parent.glob("tryout-*seeds.json"),
                       key=lambda p: int(p.name.split("-")[1].removesuffix("seeds.json")))
@@ -109,6 +109,11 @@ def agreement_rows(results: str | Path) -> list[AgreementRow]:
             passes = sum(_passes_after(r, branch) for r in continuations)
             followup = (len(later["seeds"]), later["verdict"], later["verdict"] == full,
                         passes / full_passes if full_passes else math.nan)
+        # the harness tryout compares test values of the selection metric (validation NLL in
+        # the seq2seq families), the full comparison the family's metric (ROUGE-1, BLEU)
+        selection = json.loads(Path(saved["record"]).read_text())["extra"]["selection_metric"]
+        same = selection == f"valid_{v.metric}"
+        scale = v.scale if same else 1.0  # a percent metric is shown in points
         rows.append(AgreementRow(
             family=family, tryout=saved["verdict"], tryout_alpha=float(saved["alpha"]),
             tryout_delta=(f"{scale * at['mean']:+.2f} [{scale * at['low']:+.2f}, "
@@ -117,7 +122,7 @@ def agreement_rows(results: str | Path) -> list[AgreementRow]:
             full_delta=f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}], Holm p {cmp.p_holm:.3f}",
             agree=saved["verdict"] == full,
             compute_fraction=tryout_passes / full_passes if full_passes else math.nan,
-            followup=followup))
+            followup=followup, same_metric=same))
     return rows
 
 
@@ -135,17 +140,21 @@ def agreement_markdown(rows: Sequence[AgreementRow]) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         f = r.followup
+        family = r.family if r.same_metric else f"{r.family} (tryout on test NLL, full on " \
+            "the family's metric: not comparable)"
         more = ("–" if f is None else
                 f"{f[0]}, {f[1]}, {'yes' if f[2] else 'no'}, {100 * f[3]:.0f}%")
-        lines.append(f"| {r.family} | {r.tryout}, {r.tryout_alpha:g}, {r.tryout_delta} | "
+        lines.append(f"| {family} | {r.tryout}, {r.tryout_alpha:g}, {r.tryout_delta} | "
                      f"{r.full}, {r.full_alpha}, {r.full_delta} | {'yes' if r.agree else 'no'} "
                      f"| {100 * r.compute_fraction:.0f}% | {more} |")
-    agree = sum(r.agree for r in rows)
-    mean_fraction = sum(r.compute_fraction for r in rows) / len(rows)
-    lines += ["", f"Agreement at 2 seeds: {agree}/{len(rows)} families "
-              f"({100 * agree / len(rows):.0f}%), at {100 * mean_fraction:.0f}% of the full "
-              "comparison's compute on average."]
-    followed = [r.followup for r in rows if r.followup is not None]
+    same = [r for r in rows if r.same_metric]
+    agree = sum(r.agree for r in same)
+    mean_fraction = sum(r.compute_fraction for r in same) / len(same) if same else math.nan
+    lines += ["", f"Agreement at 2 seeds, over the {len(same)} families where both compare "
+              f"the same metric: {agree}/{len(same)} "
+              f"({100 * agree / len(same) if same else math.nan:.0f}%), at "
+              f"{100 * mean_fraction:.0f}% of the full comparison's compute on average."]
+    followed = [r.followup for r in same if r.followup is not None]
     if followed:
         n_agree = sum(f[2] for f in followed)
         lines.append(f"With the seeds the tryout asked for ({len(followed)} families): "
