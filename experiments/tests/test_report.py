@@ -211,6 +211,9 @@ def test_second_protocol_records_get_the_verdict(tmp_path):
     assert (tmp_path / "verdict.md").exists()
     assert (tmp_path / "plots" / "compute-image.png").exists()
     assert "tested at its best-validation checkpoint" in text
+    headline = (tmp_path / "headline.md").read_text().splitlines()  # the README's table
+    assert headline[0].startswith("| family (metric) | best-quality Δ") and len(headline) == 3
+    assert headline[2].startswith("| image (accuracy, higher is better) |")
 
 
 def test_two_records_of_one_run_are_refused_naming_both_files(results, capsys):

@@ -483,8 +483,8 @@ def build_report(
         from rdrop_experiments.headline import headline, headline_markdown
         from rdrop_experiments.verdict import build_verdicts
 
-        rows = [h for v in build_verdicts(records) if (h := headline(v)) is not None]
-        (out / "headline.md").write_text(headline_markdown(rows))
+        headlines = [h for v in build_verdicts(records) if (h := headline(v)) is not None]
+        (out / "headline.md").write_text(headline_markdown(headlines))
         md += ["### Verdict (second protocol: arms chosen on validation; also in `verdict.md`)",
                ""]
         if lost_verdicts:
