@@ -94,3 +94,22 @@ def test_clean_stale_tmp_keeps_a_live_write(tmp_path):
     assert [p.name for p in removed] == [".a-seed0-k.json.1234.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".b-seed0-k.json.5678.tmp", "b-seed0-k.json.lock", "c-seed0-k.json"]
+
+
+def test_a_tryouts_continuations_are_not_the_familys_runs(tmp_path):
+    """Records under <root>/tryout/ belong to `rdrop tryout`: left out of the family's records,
+    and read when the tryout's own folder is the root."""
+    import json
+
+    from rdrop_experiments.storage import load_results, scan_results
+
+    rec = {"experiment": "image", "method": "baseline", "seed": 0, "value": 0.5,
+           "metric": "accuracy", "setting": "default", "config": {}, "curves": []}
+    for folder in (tmp_path / "image", tmp_path / "tryout" / "image" / "image"):
+        folder.mkdir(parents=True)
+        (folder / "baseline-seed0-abc.json").write_text(json.dumps(rec))
+    (tmp_path / "tryout" / "image" / "tryout-2seeds.json").write_text("{}")
+    records, skipped = scan_results(tmp_path)
+    assert [r["_path"] for r in records] == [str(tmp_path / "image" / "baseline-seed0-abc.json")]
+    assert skipped == []
+    assert len(load_results(tmp_path / "tryout" / "image")) == 1

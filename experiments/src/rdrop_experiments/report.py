@@ -417,12 +417,9 @@ def build_report(
     from rdrop_experiments.verdict import describe_run, is_diverged, is_protocol_record
 
     scale_root = (Path(root) / "scale").resolve()  # the scale map's cells: their own report
-    # the tryouts' continuations (rdrop tryout): their own table, tryout.md
-    tryout_root = (Path(root) / "tryout").resolve()
+    tryout_root = Path(root) / "tryout"  # the tryouts' continuations: storage leaves them out
     records, skipped = scan_results(root, experiments)
-    records = [r for r in records if scale_root not in Path(r["_path"]).resolve().parents
-               and tryout_root not in Path(r["_path"]).resolve().parents]
-    skipped = [s for s in skipped if tryout_root not in Path(s.path).resolve().parents]
+    records = [r for r in records if scale_root not in Path(r["_path"]).resolve().parents]
     if not records:
         held = sorted({r["experiment"] for r in load_results(root)}) if experiments else []
         if held:

@@ -139,13 +139,18 @@ def _skipped(path: Path, why: str) -> Skipped:
     return Skipped(path, why, path.parent.name, name["method"], int(name["seed"]), name["key"])
 
 
+# The folder of ``rdrop tryout``'s continuations under a results root: not the family's runs.
+TRYOUT_DIR = "tryout"
+
+
 def scan_results(root: str | os.PathLike[str], experiments: Iterable[str] | None = None,
                  ) -> tuple[list[dict[str, Any]], list[Skipped]]:
     """Every complete run record under ``root`` (recursively), sorted by
     experiment/method/seed, and every ``*.json`` file there that is not one (a record cut off
     mid-write, corrupt or incomplete), so that a report can name what it left out.
 
-    Hidden files (``.name``: writes in progress) are neither. With ``experiments``, only those
+    Hidden files (``.name``: writes in progress) are neither, nor anything under a ``tryout``
+    folder below ``root`` (a tryout's continuations). With ``experiments``, only those
     experiments' records, and the skipped files in their folders (or named by no experiment).
 
     Example:
@@ -160,8 +165,8 @@ def scan_results(root: str | os.PathLike[str], experiments: Iterable[str] | None
     wanted = set(experiments) if experiments is not None else None
     out, skipped = [], []
     for p in sorted(Path(root).rglob("*.json")):
-        if p.name.startswith("."):
-            continue
+        if p.name.startswith(".") or TRYOUT_DIR in p.relative_to(root).parts[:-1]:
+            continue  # a tryout's continuations (rdrop tryout) are read from their own folder
         rec, why = _read_record(p)
         if rec is None:
             skip = _skipped(p, why)
