@@ -204,9 +204,16 @@ class TrainStep:
 
     @contextlib.contextmanager
     def _pass_context(self, passes: range, plan: PassPlan) -> Iterator[None]:
-        """Each forward: the noise source's context, and the per-pass dropout rates if set."""
+        """Each forward: the noise source's context, and the per-pass dropout rates if set.
+
+        The baseline's noise is its own (``baseline+embedding`` is NEFTune alone), on every
+        step; an R-Drop arm's noise is R-Drop's, on its R-Drop steps only (a plain step before
+        the start equals the baseline's step, :meth:`rdrop.training.noise.NoiseHandle.
+        pass_context`)."""
         with contextlib.ExitStack() as stack:
-            stack.enter_context(self.noise.pass_context(passes, plan))
+            stack.enter_context(self.noise.forward_copies(len(passes))
+                                if self.method == "baseline"
+                                else self.noise.pass_context(passes, plan))
             if self.cfg.pass_dropouts:
                 stack.enter_context(self._pass_dropout(passes, plan))
             yield
