@@ -121,13 +121,14 @@ def test_start_step_trains_plainly_before_it(tmp_path):
     assert [h["consistency_loss"] > 0 for h in logs] == [False, False, True, False, True]
 
 
-def _auto_trainer(tmp_path, callback, **kw):
+def _auto_trainer(tmp_path, callback, compute_metrics=None, **kw):
     model = tiny_bert()
     rows = Rows(model)
     args = make_args(tmp_path, learning_rate=0.0, eval_strategy="steps", eval_steps=1,
                      per_device_eval_batch_size=4, **kw)
     trainer = RDropTrainer(model=model, args=args, train_dataset=classification_data(24),
-                           eval_dataset=classification_data(4, seed=1), callbacks=[callback])
+                           eval_dataset=classification_data(4, seed=1), callbacks=[callback],
+                           compute_metrics=compute_metrics)
     return trainer, rows
 
 
@@ -207,14 +208,7 @@ def _scripted_metric(values):
 
 
 def _plateau_trainer(tmp_path, callback, values, **kw):
-    model = tiny_bert()
-    rows = Rows(model)
-    args = make_args(tmp_path, learning_rate=0.0, eval_strategy="steps", eval_steps=1,
-                     per_device_eval_batch_size=4, **kw)
-    trainer = RDropTrainer(model=model, args=args, train_dataset=classification_data(24),
-                           eval_dataset=classification_data(4, seed=1), callbacks=[callback],
-                           compute_metrics=_scripted_metric(values))
-    return trainer, rows
+    return _auto_trainer(tmp_path, callback, compute_metrics=_scripted_metric(values), **kw)
 
 
 SCORES = [4.0, 2.0, 1.9, 1.85, 1.84, 1.83]  # window 1, fraction 0.5: on the plateau at eval 3
