@@ -141,9 +141,6 @@ class RDrop(nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         # When R-Drop runs (rdrop.training.schedule): checked once here, asked at every step.
         self.rdrop_schedule = Schedule(alpha, every_k_steps, alpha_warmup_steps, start_step)
-        self.alpha, self.every_k_steps = self.rdrop_schedule.alpha, every_k_steps
-        self.alpha_warmup_steps = alpha_warmup_steps
-        self.start_step: int | StartRule = start_step
         # The passes and the loss: rdrop.training.step, the same step as every other entry point.
         # Their options are checked there, once.
         loss = pass_loss(consistency, ignore_index=ignore_index,
@@ -226,6 +223,28 @@ class RDrop(nn.Module):
         """
         self.num_steps = check_positive_int("optimizer_step", optimizer_step, 0)
         self._step_source = "manual"
+
+    # The schedule's settings, read from it (one copy: a new alpha means a new wrapper or
+    # schedule, not an attribute that the schedule would not see).
+    @property
+    def alpha(self) -> float:
+        """The target consistency weight."""
+        return self.rdrop_schedule.alpha
+
+    @property
+    def every_k_steps(self) -> int:
+        """R-Drop on every ``k``-th optimizer step from the start."""
+        return self.rdrop_schedule.every_k_steps
+
+    @property
+    def alpha_warmup_steps(self) -> int:
+        """Steps of the linear alpha warm-up from the start."""
+        return self.rdrop_schedule.alpha_warmup_steps
+
+    @property
+    def start_step(self) -> int | StartRule:
+        """The first R-Drop optimizer step, or the start rule that chooses it."""
+        return self.rdrop_schedule.start
 
     def schedule(self) -> RDropStep:
         """The decision of :class:`rdrop.Schedule` at the current step (R-Drop off

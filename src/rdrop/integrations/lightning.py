@@ -135,8 +135,6 @@ class RDropLightningModule(pl.LightningModule):
         super().__init__()
         # When R-Drop runs (rdrop.training.schedule): checked once here, asked at every step.
         self.rdrop_schedule = Schedule(alpha, every_k_steps, alpha_warmup_steps, start_step)
-        self.rdrop_alpha = self.rdrop_schedule.alpha
-        self.rdrop_start_step: int | StartRule = start_step
         self.rdrop_auto_start_metric = auto_start_metric
         # The step and its loss check their own options, once.
         loss = pass_loss(consistency, ignore_index=ignore_index, label_smoothing=label_smoothing)
@@ -157,6 +155,16 @@ class RDropLightningModule(pl.LightningModule):
         if self.rdrop_noise is None:
             return contextlib.nullcontext()
         return self.rdrop_noise.pass_context(passes, plan)
+
+    @property
+    def rdrop_alpha(self) -> float:
+        """The target consistency weight (the schedule's)."""
+        return self.rdrop_schedule.alpha
+
+    @property
+    def rdrop_start_step(self) -> int | StartRule:
+        """The first R-Drop optimizer step, or the start rule that chooses it (the schedule's)."""
+        return self.rdrop_schedule.start
 
     def rdrop_decision(self) -> RDropStep:
         """:meth:`rdrop.Schedule.decision` at the current optimizer step (off while a
