@@ -205,6 +205,17 @@ def test_no_grid_runs_the_one_setting_the_user_asked_for(tmp_path, calls):
     assert rdrop["command"] == "rdrop run toy-alpha --no-grid alpha=0.7 seeds=1"
 
 
+def test_no_grid_labels_each_start_step_as_its_own_point(tmp_path):
+    # two fixed start steps of one arm (the start-point search) must not share a point label,
+    # or the verdict would average their records as one grid point
+    image = get_experiment("image")
+    labels = {step: plan_runs(image, tmp_path, {"alpha": 0.3, "methods": ("rdrop",),
+                                                "start_step": step, "seeds": 1},
+                              grid=False)[0].setting for step in (80, 96)}
+    assert labels == {80: "methods=rdrop,alpha=0.3,start_step=80",
+                      96: "methods=rdrop,alpha=0.3,start_step=96"}
+
+
 def test_methods_picks_the_arms_of_a_grid(tmp_path, calls):
     recs = run_experiment("toy-arms", {"methods": ("rdrop",), "seeds": 1}, out=tmp_path,
                           progress=False)

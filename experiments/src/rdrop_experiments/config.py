@@ -22,6 +22,7 @@ __all__ = [
     "METHODS",
     "NON_RESULT_FIELDS",
     "RDROP_FIELDS",
+    "SCHEDULE_TAGS",
     "CommonConfig",
     "ConfigError",
     "apply_overrides",
@@ -34,6 +35,10 @@ __all__ = [
 ]
 
 METHODS = ("baseline", "rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
+# The schedule options that make an arm of their own (config field, its default, the tag the arm
+# gets when the field differs from it): read by the reports' arm names and by the runner's labels.
+SCHEDULE_TAGS = (("auto_start_patience", 0, "auto_start"), ("start_step", 0, "start"),
+                 ("start_rule", "", "plateau"), ("second_pass_fraction", 1.0, "fraction"))
 
 # Fields that only the R-Drop arm reads: a baseline run does not depend on them, so sweep points
 # that differ only here share one baseline run (see ``config_key``).

@@ -35,15 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from rdrop_experiments.compute import fb_of_point
+from rdrop_experiments.config import SCHEDULE_TAGS
 from rdrop_experiments.stats import t_quantile
 
 __all__ = ["FrontierRow", "arm_name", "compute_to_reach", "family_forward_ratio",
            "fb_at_best", "fb_used", "frontier_markdown", "frontier_rows", "improves",
            "plot_frontier", "quality_at_fb", "recommendation"]
 
-# (config field, its default, the tag an arm gets when the field differs from it)
-SCHEDULE_TAGS = (("auto_start_patience", 0, "auto_start"), ("start_step", 0, "start"),
-                 ("start_rule", "", "plateau"), ("second_pass_fraction", 1.0, "fraction"))
 GAIN_KEPT = 0.8
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rdrop_experiments.config import (
+    SCHEDULE_TAGS,
     CommonConfig,
     ConfigError,
     apply_overrides,
@@ -131,7 +132,8 @@ def _grid_settings(experiment: Experiment, overrides: Mapping[str, Any], *, vari
                    grid: bool) -> list[dict[str, Any]]:
     """The grid settings an invocation runs, with the user's ``overrides`` taken into account.
 
-    ``grid=False``: one setting, labelled by the user's values of the keys the grid sets.
+    ``grid=False``: one setting, labelled by the user's values of the keys the grid sets and of
+    the schedule options that make an arm (``config.SCHEDULE_TAGS``).
     Otherwise ``methods`` picks the grid's arms (each setting keeps the arms the user named; a
     setting left with none is dropped), and another key the user set that a setting also sets
     is an error: the grid's value would replace the user's.
@@ -139,7 +141,10 @@ def _grid_settings(experiment: Experiment, overrides: Mapping[str, Any], *, vari
     settings = [dict(s) for s in experiment.grid]
     grid_keys = list(dict.fromkeys(k for s in settings for k in s))  # first-seen order
     if not grid:
-        return [{k: overrides[k] for k in grid_keys if k in overrides}]
+        # the arm's own schedule options label it too, so that two start steps (say) of one
+        # arm are two points of it and not one point with mixed records
+        arm_keys = [key for key, _, _ in SCHEDULE_TAGS if key not in grid_keys]
+        return [{k: overrides[k] for k in [*grid_keys, *arm_keys] if k in overrides}]
     clash = [k for k in overrides if k in grid_keys and k != "methods"]
     if clash:
         mine = " ".join(f"{k}={_fmt(overrides[k])}" for k in clash)
