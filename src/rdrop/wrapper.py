@@ -14,8 +14,9 @@ from rdrop.training.autostart import StartRule
 from rdrop.training.batching import InputName
 from rdrop.training.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
 from rdrop.training.noise import Noise, attach_noise
+from rdrop.training.options import StepOptions
 from rdrop.training.schedule import RDropStep, Schedule
-from rdrop.training.step import TrainingStep, eager, pass_loss
+from rdrop.training.step import TrainingStep, eager
 
 __all__ = ["RDrop", "unwrap_state_dict"]
 
@@ -141,26 +142,21 @@ class RDrop(nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         # When R-Drop runs (rdrop.training.schedule): checked once here, asked at every step.
         self.rdrop_schedule = Schedule(alpha, every_k_steps, alpha_warmup_steps, start_step)
-        # The passes and the loss: rdrop.training.step, the same step as every other entry point.
-        # Their options are checked there, once.
-        loss = pass_loss(consistency, ignore_index=ignore_index,
-                         label_smoothing=label_smoothing, reduction=reduction,
-                         chunk_size=chunk_size, check_finite=check_finite)
+        # How a step runs its passes (rdrop.training.options): checked once here, with every rule
+        # that ties the options together; the step (rdrop.training.step, the same step as every
+        # other entry point) trusts them.
+        options = StepOptions(consistency=consistency, ignore_index=ignore_index,
+                              label_smoothing=label_smoothing, reduction=reduction,
+                              chunk_size=chunk_size, check_finite=check_finite,
+                              num_passes=num_passes, mode=mode, stop_gradient=stop_gradient,
+                              second_pass_fraction=second_pass_fraction, noise=noise)
         # Where the passes' randomness comes from (rdrop.training.noise); refused here if the
         # model cannot take it.
-        self.noise = attach_noise(model, noise)
+        self.noise = attach_noise(model, options.noise)
         step_kwargs = {"logits_fn": logits_fn} if logits_fn is not None else {}
-        self._step = TrainingStep(num_passes=num_passes, mode=mode,
-                                  stop_gradient=stop_gradient,
-                                  second_pass_fraction=second_pass_fraction,
-                                  loss=loss, batched=batched,
-                                  unbatched=unbatched, check_inputs=check_inputs,
+        self._step = TrainingStep(options, batched=batched, unbatched=unbatched,
+                                  check_inputs=check_inputs,
                                   pass_context=self.noise.pass_context, **step_kwargs)
-        self.num_passes, self.mode, self.stop_gradient = num_passes, mode, stop_gradient
-        self.second_pass_fraction = self._step.second_pass_fraction
-        self.consistency, self.ignore_index = consistency, int(ignore_index)
-        self.label_smoothing, self.reduction = float(label_smoothing), reduction
-        self.chunk_size, self.check_finite = chunk_size, check_finite
         self.model = model
         self.check_dropout = check_dropout
         self.num_steps = 0  # the optimizer step (or training calls, see _step_source)
@@ -245,6 +241,62 @@ class RDrop(nn.Module):
     def start_step(self) -> int | StartRule:
         """The first R-Drop optimizer step, or the start rule that chooses it."""
         return self.rdrop_schedule.start
+
+    # The step's options, read from them (one copy, as for the schedule's settings).
+    @property
+    def step_options(self) -> StepOptions:
+        """The options of the training step (:class:`rdrop.training.options.StepOptions`)."""
+        return self._step.options
+
+    @property
+    def num_passes(self) -> int:
+        """Passes on an R-Drop step."""
+        return self._step.options.num_passes
+
+    @property
+    def mode(self) -> str:
+        """``"concat"`` or ``"twice"``."""
+        return self._step.options.mode
+
+    @property
+    def stop_gradient(self) -> bool:
+        """Whether the second pass is a detached target."""
+        return self._step.options.stop_gradient
+
+    @property
+    def second_pass_fraction(self) -> float:
+        """The share of each batch's rows that get the second pass."""
+        return self._step.options.second_pass_fraction
+
+    @property
+    def consistency(self) -> str:
+        """``"kl"``, ``"js"``, ``"mse"`` or ``"bernoulli"``."""
+        return self._step.options.consistency
+
+    @property
+    def ignore_index(self) -> int:
+        """The target value of rows that do not count."""
+        return self._step.options.ignore_index
+
+    @property
+    def label_smoothing(self) -> float:
+        """The label smoothing of each CE term."""
+        return self._step.options.label_smoothing
+
+    @property
+    def reduction(self) -> str:
+        """How the loss reduces over rows."""
+        return self._step.options.reduction
+
+    @property
+    def chunk_size(self) -> int | None:
+        """Rows per chunk of the chunked loss (``None``: not chunked)."""
+        return self._step.options.chunk_size
+
+    @property
+    def check_finite(self) -> bool:
+        """Whether the loss checks its result (one device sync)."""
+        return self._step.options.check_finite
 
     def schedule(self) -> RDropStep:
         """The decision of :class:`rdrop.Schedule` at the current step (R-Drop off

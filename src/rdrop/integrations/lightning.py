@@ -60,9 +60,10 @@ from rdrop.losses.checks import ALPHA, IGNORE_INDEX
 from rdrop.losses.functional import RDropOutput
 from rdrop.training.autostart import StartRule
 from rdrop.training.batching import InputName
-from rdrop.training.noise import Noise, NoiseHandle, attach_noise, parse_noise
+from rdrop.training.noise import Noise, NoiseHandle, attach_noise
+from rdrop.training.options import StepOptions
 from rdrop.training.schedule import RDropStep, Schedule
-from rdrop.training.step import TrainingStep, pass_loss
+from rdrop.training.step import TrainingStep
 
 __all__ = ["RDropLightningModule"]
 
@@ -136,20 +137,15 @@ class RDropLightningModule(pl.LightningModule):
         # When R-Drop runs (rdrop.training.schedule): checked once here, asked at every step.
         self.rdrop_schedule = Schedule(alpha, every_k_steps, alpha_warmup_steps, start_step)
         self.rdrop_auto_start_metric = auto_start_metric
-        # The step and its loss check their own options, once.
-        loss = pass_loss(consistency, ignore_index=ignore_index, label_smoothing=label_smoothing)
-        self.rdrop_noise_spec = parse_noise(noise)
+        # How a step runs its passes (rdrop.training.options): checked once, here.
+        self.rdrop_step_options = StepOptions(
+            consistency=consistency, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            num_passes=num_passes, stop_gradient=stop_gradient,
+            second_pass_fraction=second_pass_fraction, noise=noise)
         self.rdrop_noise: NoiseHandle | None = None  # attached at the first training step
-        self.rdrop_training_step = TrainingStep(num_passes=num_passes, batched=batched,
+        self.rdrop_training_step = TrainingStep(self.rdrop_step_options, batched=batched,
                                                 unbatched=unbatched, check_inputs=check_inputs,
-                                                stop_gradient=stop_gradient,
-                                                second_pass_fraction=second_pass_fraction,
-                                                loss=loss, pass_context=self._rdrop_pass_context)
-        self.rdrop_stop_gradient = stop_gradient
-        self.rdrop_num_passes = num_passes
-        self.rdrop_consistency = consistency
-        self.rdrop_loss_kwargs = {"ignore_index": int(ignore_index),
-                                  "label_smoothing": float(label_smoothing)}
+                                                pass_context=self._rdrop_pass_context)
 
     def _rdrop_pass_context(self, passes: range, plan: Any) -> AbstractContextManager[Any]:
         if self.rdrop_noise is None:
@@ -209,7 +205,7 @@ class RDropLightningModule(pl.LightningModule):
     def rdrop_loss(self, *args: Any, target: Tensor, **kwargs: Any) -> RDropOutput:
         """The R-Drop loss of one training micro-batch at the current optimizer step."""
         if self.rdrop_noise is None:
-            self.rdrop_noise = attach_noise(self, self.rdrop_noise_spec)
+            self.rdrop_noise = attach_noise(self, self.rdrop_step_options.noise)
         return self.rdrop_training_step(self, args, kwargs, target, self.rdrop_decision()).out
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -218,7 +214,8 @@ class RDropLightningModule(pl.LightningModule):
         out = self.rdrop_loss(*args, target=target, **kwargs)
         step = self.rdrop_decision()
         # CE terms in the task loss: one per pass with gradient
-        passes = self.rdrop_num_passes if step.active and not self.rdrop_stop_gradient else 1
+        options = self.rdrop_step_options
+        passes = options.num_passes if step.active and not options.stop_gradient else 1
         size = target.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
         self.log("train/task_loss", out.task_loss, batch_size=size)

@@ -7,11 +7,12 @@ So the input checks and the pass logic exist once and every entry point gets the
 
 One step, in three parts::
 
-    decision = rdrop_step(s, alpha=..., every_k_steps=..., alpha_warmup_steps=...)  # when
+    step = TrainingStep(StepOptions(...))          # built once, its options checked once
+    decision = schedule.decision(s)                 # when (rdrop.Schedule, also checked once)
     plan = step.plan(decision)                      # how many passes, and how they run
     result = step.run(model, args, kwargs, target, plan)   # the passes, then the loss
 
-1. **When** (:func:`rdrop.training.schedule.rdrop_step`): a pure function of the optimizer step.
+1. **When** (:meth:`rdrop.Schedule.decision`): a pure function of the optimizer step.
 2. **How** (:meth:`TrainingStep.plan` -> :class:`PassPlan`): ``passes`` forwards (1 on a plain
    step), in one forward over the concatenated copies (``mode="concat"``) or one forward per
    pass (``mode="twice"``), the last ``detached`` of them under ``torch.no_grad`` (the
@@ -55,33 +56,24 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from rdrop.losses.checks import (
-    CONSISTENCIES,
-    IGNORE_INDEX,
-    STEP_CONSISTENCIES,
-    check_loss_arguments,
-    check_loss_combination,
-    check_num_items_in_batch,
-    check_positive_int,
-)
+from rdrop.losses.checks import IGNORE_INDEX, check_loss_arguments, check_num_items_in_batch
 from rdrop.losses.functional import RDropOutput, _multi_pass, _single_pass
 from rdrop.losses.multilabel import MultiLabelLoss
-from rdrop.losses.subset import check_second_pass_fraction, subset_rdrop_loss
+from rdrop.losses.subset import subset_rdrop_loss
 from rdrop.training.batching import ConcatLayout, InputName, concat_inputs, extract_logits
 from rdrop.training.inspection import batchnorm_layers
+from rdrop.training.options import MODES, StepOptions
 from rdrop.training.schedule import RDropStep
 from rdrop.training.subset import SubsetLayout, subset_inputs
 
 __all__ = ["MODES", "LogitsLoss", "PassLoss", "PassPlan", "StepResult", "TrainingStep", "eager",
            "pass_loss"]
-
-MODES = ("concat", "twice")
 
 PassContext = Callable[[range, "PassPlan"], AbstractContextManager[Any]]
 BatchCheck = Callable[[tuple[Any, ...], dict[str, Any], "ConcatLayout | None"], None]
@@ -221,14 +213,32 @@ def pass_loss(consistency: str = "kl", *, ignore_index: int = IGNORE_INDEX,
         >>> type(pass_loss("bernoulli")).__name__, type(pass_loss("kl")).__name__
         ('MultiLabelLoss', 'LogitsLoss')
     """
-    if consistency == "bernoulli" or consistency not in CONSISTENCIES:
-        check_loss_arguments(ignore_index=ignore_index, label_smoothing=label_smoothing,
-                             reduction=reduction, consistency=consistency,
-                             chunk_size=chunk_size, allowed=STEP_CONSISTENCIES)
-        return MultiLabelLoss(reduction=reduction, check_finite=check_finite)
-    return LogitsLoss(consistency=consistency, ignore_index=ignore_index,
-                      label_smoothing=label_smoothing, reduction=reduction,
-                      chunk_size=chunk_size, check_finite=check_finite)
+    return _options_loss(StepOptions(consistency=consistency, ignore_index=ignore_index,
+                                     label_smoothing=label_smoothing, reduction=reduction,
+                                     chunk_size=chunk_size, check_finite=check_finite))
+
+
+def _options_loss(options: StepOptions) -> PassLoss:
+    """The loss of :func:`pass_loss` for checked options."""
+    if options.consistency == "bernoulli":
+        return MultiLabelLoss(reduction=options.reduction, check_finite=options.check_finite)
+    return LogitsLoss(consistency=options.consistency, ignore_index=options.ignore_index,
+                      label_smoothing=options.label_smoothing, reduction=options.reduction,
+                      chunk_size=options.chunk_size, check_finite=options.check_finite)
+
+
+_LOSS_OPTIONS = ("consistency", "ignore_index", "label_smoothing", "reduction", "chunk_size",
+                 "check_finite")
+
+
+def _loss_options(loss: PassLoss | None) -> dict[str, Any]:
+    """The options a loss object was built with (for a step built from keywords)."""
+    if isinstance(loss, MultiLabelLoss):
+        return {"consistency": "bernoulli", "reduction": loss.reduction,
+                "check_finite": loss.check_finite}
+    if isinstance(loss, LogitsLoss):
+        return {name: getattr(loss, name) for name in _LOSS_OPTIONS}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -257,21 +267,22 @@ class StepResult:
         return self.layout.split_output(self.output)[0]
 
 
-@dataclass
 class TrainingStep:
     """Run the passes of one training step and return the R-Drop loss (see the module doc).
 
-    Options are checked once, at construction (with the loss's ``chunk_size``, which needs two
-    passes).
+    The step's options are a :class:`rdrop.training.options.StepOptions`, checked there, once;
+    the rest are how an entry point wires the step to its model.
 
     Args:
-        num_passes: ``m >= 2`` passes on an R-Drop step.
-        mode: ``"concat"`` (one forward over ``[x; x]``) or ``"twice"`` (``m`` forwards).
-        stop_gradient: the second pass runs under ``torch.no_grad`` (always two forwards).
-        second_pass_fraction: ``r`` in ``(0, 1]``: the second pass (and the consistency term)
-            on the first ``ceil(r * B)`` rows only (:mod:`rdrop.losses.subset`); needs two passes
-            and a loss with a ``subset`` method (:class:`LogitsLoss`).
-        loss: the loss of the passes (default :class:`LogitsLoss` with its defaults).
+        options: the options (default ``StepOptions()``). Without it, the keywords
+            ``num_passes``, ``mode``, ``stop_gradient`` and ``second_pass_fraction`` build it,
+            with the loss's options read from ``loss`` (:class:`LogitsLoss`,
+            :class:`rdrop.losses.multilabel.MultiLabelLoss`), so that their rules are checked
+            too; with it, those keywords are refused.
+        loss: the loss of the passes: default the options' (:class:`LogitsLoss`, or
+            :class:`rdrop.losses.multilabel.MultiLabelLoss` for ``"bernoulli"``); an entry
+            point's own (the fused output layer of the HF trainers) computes what the options
+            say. With ``second_pass_fraction < 1`` it needs a ``subset`` method.
         logits_fn: selects the logits from the model's output (default
             :func:`rdrop.training.batching.extract_logits`).
         batched, unbatched: which inputs carry the batch
@@ -285,9 +296,14 @@ class TrainingStep:
             (``None`` for a single plain forward) before each forward: an entry point's own
             refusals (the HF trainers' packed-batch metadata check).
         align: maps ``(passes, target)`` to what the loss compares (a causal LM's shift).
+        num_passes, mode, stop_gradient, second_pass_fraction: the options as keywords (see
+            ``options``).
 
     Raises:
-        TypeError, ValueError: invalid options (at construction).
+        TypeError, ValueError (at construction): invalid options
+            (:meth:`rdrop.training.options.StepOptions.validate`), both ``options`` and option
+            keywords, a loss without ``subset`` for ``second_pass_fraction < 1``, a
+            ``logits_fn`` that is not callable.
         ValueError (at :meth:`run`): an empty batch on an R-Drop step; a failed input check;
             batch size 1 with BatchNorm in concat mode; logits without ``passes * B`` rows.
         TypeError (at :meth:`run`): the output holds no logits.
@@ -295,62 +311,82 @@ class TrainingStep:
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from rdrop.training.schedule import rdrop_step
+        >>> from rdrop.training.options import StepOptions
+        >>> from rdrop.training.schedule import Schedule
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 3))
-        >>> step = TrainingStep(num_passes=2)
+        >>> step = TrainingStep(StepOptions(num_passes=2))
         >>> x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
-        >>> plan = step.plan(rdrop_step(0, alpha=1.0))
+        >>> plan = step.plan(Schedule(alpha=1.0).decision(0))
         >>> result = step.run(net, (x,), {}, y, plan)
         >>> plan.passes, result.out.logits.shape, bool(result.out.consistency_loss > 0)
         (2, torch.Size([5, 3]), True)
     """
 
-    num_passes: int = 2
-    mode: str = "concat"
-    stop_gradient: bool = False
-    second_pass_fraction: float = 1.0
-    loss: PassLoss = field(default_factory=LogitsLoss)
-    logits_fn: Callable[[Any], Tensor] = extract_logits
-    batched: Collection[InputName] | None = None
-    unbatched: Collection[InputName] | None = None
-    check_inputs: bool = True
-    pass_context: PassContext | None = None
-    check_batch: BatchCheck | None = None
-    align: Align | None = None
-    _inputs_checked: bool = field(default=False, init=False, repr=False)
-    _batchnorms: tuple[nn.Module, ...] | None = field(default=None, init=False, repr=False)
+    def __init__(self, options: StepOptions | None = None, *, loss: PassLoss | None = None,
+                 logits_fn: Callable[[Any], Tensor] = extract_logits,
+                 batched: Collection[InputName] | None = None,
+                 unbatched: Collection[InputName] | None = None, check_inputs: bool = True,
+                 pass_context: PassContext | None = None, check_batch: BatchCheck | None = None,
+                 align: Align | None = None, num_passes: int | None = None,
+                 mode: str | None = None, stop_gradient: bool | None = None,
+                 second_pass_fraction: float | None = None) -> None:
+        given = {name: value for name, value in (
+            ("num_passes", num_passes), ("mode", mode), ("stop_gradient", stop_gradient),
+            ("second_pass_fraction", second_pass_fraction)) if value is not None}
+        if options is None:
+            options = StepOptions(**given, **_loss_options(loss))
+        elif not isinstance(options, StepOptions):
+            raise TypeError(
+                f"options must be a rdrop.training.options.StepOptions, got "
+                f"{type(options).__name__}; or give num_passes=... and the others as keywords.")
+        elif given:
+            raise TypeError(
+                f"TrainingStep takes its options as options= or as keywords, not both; got "
+                f"options and {sorted(given)}. Use dataclasses.replace(options, ...) to change "
+                "some of them.")
+        if loss is None:
+            loss = _options_loss(options)
+        elif options.second_pass_fraction < 1.0 and not hasattr(loss, "subset"):
+            raise ValueError(
+                f"second_pass_fraction={options.second_pass_fraction} compares two passes with a "
+                f"loss that can take a subset of the rows (a subset method, as LogitsLoss); got "
+                f"{type(loss).__name__}. Use the logits loss, or second_pass_fraction=1.0."
+            )
+        if not isinstance(check_inputs, bool):
+            raise TypeError(f"check_inputs must be a bool, got {type(check_inputs).__name__}.")
+        if not callable(logits_fn):
+            raise TypeError(f"logits_fn must be callable, got {type(logits_fn).__name__}.")
+        self.options = options
+        self.loss = loss
+        self.logits_fn = logits_fn
+        self.batched, self.unbatched = batched, unbatched
+        self.check_inputs = check_inputs
+        self.pass_context, self.check_batch, self.align = pass_context, check_batch, align
+        self._inputs_checked = False
+        self._batchnorms: tuple[nn.Module, ...] | None = None
 
-    def __post_init__(self) -> None:
-        check_positive_int("num_passes", self.num_passes, 2)
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}.")
-        for name in ("stop_gradient", "check_inputs"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}.")
-        if self.stop_gradient and self.num_passes != 2:
-            raise ValueError(
-                f"stop_gradient=True uses one gradient pass and one detached target pass; "
-                f"num_passes must be 2, got {self.num_passes}."
-            )
-        if not callable(self.logits_fn):
-            raise TypeError(f"logits_fn must be callable, got {type(self.logits_fn).__name__}.")
-        self.second_pass_fraction = check_second_pass_fraction(self.second_pass_fraction)
-        if self.second_pass_fraction < 1.0 and (
-            self.num_passes != 2 or not hasattr(self.loss, "subset")
-            or getattr(self.loss, "reduction", "mean") != "mean"
-        ):
-            raise ValueError(
-                f"second_pass_fraction={self.second_pass_fraction} compares two passes with "
-                "per-row means over B and over the subset (rdrop.losses.subset); got "
-                f"num_passes={self.num_passes}, loss {type(self.loss).__name__} with reduction "
-                f"{getattr(self.loss, 'reduction', None)!r}. Use num_passes=2, a class or "
-                "regression head and reduction='mean', or second_pass_fraction=1.0."
-            )
-        if isinstance(self.loss, LogitsLoss):
-            check_loss_combination(consistency=self.loss.consistency,
-                                   reduction=self.loss.reduction,
-                                   label_smoothing=self.loss.label_smoothing,
-                                   chunk_size=self.loss.chunk_size, num_passes=self.num_passes)
+    @property
+    def num_passes(self) -> int:
+        """Passes on an R-Drop step (the options')."""
+        return self.options.num_passes
+
+    @property
+    def mode(self) -> str:
+        """``"concat"`` or ``"twice"`` (the options')."""
+        return self.options.mode
+
+    @property
+    def stop_gradient(self) -> bool:
+        """The second pass is a detached target (the options')."""
+        return self.options.stop_gradient
+
+    @property
+    def second_pass_fraction(self) -> float:
+        """The share of rows the second pass runs on (the options')."""
+        return self.options.second_pass_fraction
+
+    def __repr__(self) -> str:
+        return f"TrainingStep({self.options!r}, loss={self.loss!r})"
 
     # --------------------------------------------------------------------------------- plan
     def plan(self, decision: RDropStep) -> PassPlan:
@@ -472,12 +508,6 @@ class TrainingStep:
                 ) -> tuple[Any, list[Tensor], SubsetLayout | None]:
         """The first pass on all ``B`` rows, the second on the first ``n``: one forward over
         ``[x; x[:n]]`` (concat), or a second forward over ``x[:n]`` (twice, stop-gradient)."""
-        if plan.passes != 2 or not hasattr(self.loss, "subset"):
-            raise ValueError(
-                "second_pass_fraction < 1 compares two passes with a loss that can take a "
-                f"subset of the rows; got {plan.passes} passes and {type(self.loss).__name__}. "
-                "Use num_passes=2 (and the logits loss), or second_pass_fraction=1.0."
-            )
         if plan.concat:
             if self.check_inputs and not self._inputs_checked:  # the same rule picks the rows
                 eager(TrainingStep._check_concat, self, model, module, args, kwargs, 2)
