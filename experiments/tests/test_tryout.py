@@ -74,3 +74,26 @@ def test_bad_records_are_refused(baseline, tmp_path):
     (tmp_path / "short.json").write_text(json.dumps(short))
     with pytest.raises(ValueError, match="no plateau yet"):
         record_tryout(tmp_path / "short.json", out=tmp_path / "o", progress=False)
+
+
+def test_the_reported_metric_is_compared_in_its_own_direction(baseline, tmp_path, monkeypatch):
+    # A family that selects on a validation loss and reports a score (summarization: ROUGE-1,
+    # translation: BLEU): the tryout's test values are the score's, higher is better.
+    _, path, _ = baseline
+    scored = json.loads(path.read_text())
+    scored["metric"], scored["higher_is_better"] = "score", True
+    for i, c in enumerate(scored["curves"]):
+        c["test_score"] = 10.0 + i
+    copy = tmp_path / "scored.json"
+    copy.write_text(json.dumps(scored))
+    seen = {}
+
+    def fake_tryout(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("rdrop_experiments.tryout.tryout", fake_tryout)
+    with pytest.raises(RuntimeError, match="stop here"):
+        record_tryout(copy, out=tmp_path / "out", progress=False)
+    assert seen["test_values"] == [10.0 + i for i in range(len(scored["curves"]))]
+    assert seen["test_higher_is_better"] is True and seen["higher_is_better"] is False

@@ -131,6 +131,26 @@ def test_tryout_end_to_end_from_a_real_output_dir(baseline, tmp_path):
     assert max(e["step"] for e in rdrop_log) == result.rdrop_stop_step
     assert not list((work / "runs").glob("*/checkpoint-*"))  # the runs' checkpoints removed
     assert "verdict" in result.summary()
+    # The best R-Drop model at the chosen alpha is kept: the seed with the lowest eval_loss
+    # within the budget, saved at that evaluation (evaluating the saved model gives it back).
+    best_runs = {}
+    for seed in result.seeds:
+        log = json.loads((work / "runs" / f"alpha{result.alpha:g}-seed{seed}" /
+                          "trainer_state.json").read_text())["log_history"]
+        evals = [(e["eval_loss"], e["step"]) for e in log
+                 if "eval_loss" in e and start < e["step"] <= result.rdrop_stop_step]
+        best_runs[seed] = min(evals)
+    best_seed = min(best_runs, key=lambda seed: best_runs[seed])
+    assert result.best_seed == best_seed
+    assert result.best_steps[result.seeds.index(best_seed)] == best_runs[best_seed][1]
+    assert result.best_model == work / "runs" / f"alpha{result.alpha:g}-seed{best_seed}" / \
+        "best-model"
+    saved = BertForSequenceClassification.from_pretrained(result.best_model)
+    evaluator = Trainer(model=saved, args=TrainingArguments(
+        output_dir=str(tmp_path / "eval"), **_arguments(strategy)), eval_dataset=EVAL)
+    assert evaluator.evaluate()["eval_loss"] == pytest.approx(best_runs[best_seed][0],
+                                                               rel=1e-5)
+    assert f"saved at {result.best_model}" in result.summary()
 
 
 def test_a_branch_with_rdrop_off_reproduces_the_baseline_bit_for_bit(baseline, tmp_path):

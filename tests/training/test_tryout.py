@@ -176,6 +176,36 @@ def test_test_values_are_compared_at_the_evaluation_chosen_on_validation():
     assert "on test values" in result.summary()
 
 
+def test_a_test_metric_with_its_own_direction_decides_the_gain_side():
+    # Chosen on a validation loss (lower is better), reported in a score (higher is better):
+    # R-Drop's test score is 0.02 higher on both seeds, a gain only when the test direction is
+    # the score's.
+    def test_value(a, seed, s):
+        return 0.30 + (0.02 + 0.001 * seed if a is not None else 0.0)
+
+    def make_runs():
+        return Runs(_plain, lambda a, seed, s: _plain(seed, s) - 0.01 * (1 + seed), test_value)
+
+    score = rdrop.tryout(STEPS, VALUES, SAVED, T, make_runs(), alphas=(1.0,),
+                         test_higher_is_better=True)
+    assert score.at_compute.per_seed == pytest.approx([0.02, 0.021], **APPROX)
+    assert (score.verdict, score.test_higher_is_better) == (PAYS, True)
+    assert "higher is better" in score.summary().splitlines()[0]
+    as_loss = rdrop.tryout(STEPS, VALUES, SAVED, T, make_runs(), alphas=(1.0,))
+    assert as_loss.verdict == DOES_NOT_PAY and as_loss.test_higher_is_better is False
+    with pytest.raises(TypeError, match="test_higher_is_better must be a bool or None"):
+        rdrop.tryout(STEPS, VALUES, SAVED, T, make_runs(), test_higher_is_better="yes")
+
+
+def test_the_best_seed_is_the_r_drop_run_with_the_best_validation_value():
+    # seed 1 goes lowest (1.35 - 0.02 against 1.35 - 0.01 for seed 0)
+    runs = Runs(_plain, lambda a, seed, s: _plain(seed, s) - 0.01 * (1 + seed))
+    result = rdrop.tryout(STEPS, VALUES, SAVED, T, runs, alphas=(1.0,))
+    assert result.best_seed == 1 and result.best_model is None
+    step = result.best_steps[1]
+    assert f"best R-Drop model: alpha 1, seed 1, step {step}" in result.summary()
+
+
 # ---------------------------------------------------------------------- checkpoint choice
 def test_the_checkpoint_is_the_last_saved_at_or_before_the_plateau():
     runs = Runs(_plain, lambda a, seed, s: _plain(seed, s) - 0.01 * (1 + seed))

@@ -8,7 +8,10 @@ train_until_patience`), so that each seed pairs an R-Drop and a plain continuati
 checkpoint and data order. The baseline's own seed takes the record's curve as its plain
 continuation. Compute is counted from the branch on, as a user branching from a saved
 checkpoint would spend it; the rerun of the shared prefix (a cost of rerunning instead of
-loading) is not counted. Results go under ``out`` (``runs/tryout`` by default), one record per
+loading) is not counted. The Δs are of the family's reported test metric (the record's
+``metric``, e.g. ROUGE-1 or BLEU) at the evaluation chosen on the selection metric, in the
+reported metric's direction, so that the verdict reads the same quantity as the full
+comparison. Results go under ``out`` (``runs/tryout`` by default), one record per
 continuation, and ``tryout-<k>seeds.json`` with the result's fields (a rerun with more seeds
 reuses the finished continuations and adds the new seeds').
 """
@@ -75,7 +78,9 @@ def record_tryout(path: str | Path, *, out: str | Path = "runs/tryout", seeds: i
     if not key:
         raise TryoutError(f"{path}: the record names no selection_metric (a first-protocol "
                           "record?); rerun the baseline with `rdrop run`.")
-    test_key = "test_" + key.removeprefix("valid_")
+    # the family's reported metric (ROUGE-1, BLEU, ...), which may differ from the one
+    # selection reads (a validation loss): the tryout's Δs are of it, in its own direction
+    test_key = "test_" + str(rec.get("metric") or key.removeprefix("valid_"))
     curve = [c for c in rec["curves"] if key in c and test_key in c]
     exp = get_experiment(rec["experiment"])
     fields = {f.name for f in dataclasses.fields(exp.config)}
@@ -108,6 +113,8 @@ def record_tryout(path: str | Path, *, out: str | Path = "runs/tryout", seeds: i
         higher_is_better=bool(extra.get("selection_higher_is_better", False)), budget=budget,
         alphas=alphas, seeds=seeds, baseline_seed=seed, plain_from_curve=True,
         test_values=[float(c[test_key]) for c in curve],
+        test_higher_is_better=bool(rec.get("higher_is_better",
+                                           extra.get("selection_higher_is_better", False))),
         window=PLATEAU_WINDOW, fraction=PLATEAU_FRACTION)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"tryout-{len(result.seeds)}seeds.json").write_text(json.dumps(

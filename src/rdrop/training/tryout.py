@@ -138,6 +138,12 @@ class TryoutResult:
             interval exclude 0 at the observed mean and spread (``None``: a mean of exactly 0).
         uses_test: whether the Δs are of held-out test values (at the evaluation chosen on
             validation) rather than of the validation values.
+        test_higher_is_better: the direction of the values the Δs are of (the test metric's
+            when it differs from the validation metric, e.g. ROUGE against a validation loss).
+        best_seed: the seed whose R-Drop continuation at ``alpha`` reached the best validation
+            value within the budget (the run to keep), at step ``best_steps`` of that seed.
+        best_model: where that run's model was saved at that step, when the caller saved it
+            (:func:`rdrop.integrations.hf.tryout` does); ``None`` otherwise.
     """
 
     metric_higher_is_better: bool
@@ -160,10 +166,16 @@ class TryoutResult:
     pays_at: float | None
     more_seeds: int | None
     uses_test: bool
+    test_higher_is_better: bool | None = None
+    best_seed: int | None = None
+    best_model: Any = None
 
     def summary(self) -> str:
         """A few lines for a log or a terminal."""
-        direction = "higher" if self.metric_higher_is_better else "lower"
+        higher = self.metric_higher_is_better
+        if self.uses_test and self.test_higher_is_better is not None:
+            higher = self.test_higher_is_better
+        direction = "higher" if higher else "lower"
         values = "test" if self.uses_test else "validation"
         alphas = ", ".join(f"{a:g}: {v:.4g}" + (" (chosen)" if a == self.alpha else "")
                            for a, v in self.validation.items())
@@ -191,6 +203,11 @@ class TryoutResult:
                     f"about {self.more_seeds} more seeds would settle it "
                     f"({self.more_seeds + len(self.seeds)} in all)")
             lines.append(f"verdict: not enough evidence (the interval spans 0; {more})")
+        if self.best_seed is not None:
+            where = "" if self.best_model is None else f", saved at {self.best_model}"
+            step = self.best_steps[self.seeds.index(self.best_seed)]
+            lines.append(f"best R-Drop model: alpha {self.alpha:g}, seed {self.best_seed}, step "
+                         f"{step}{where}")
         return "\n".join(lines)
 
 
@@ -316,6 +333,7 @@ def tryout(
     baseline_seed: int | None = None,
     plain_from_curve: bool = False,
     test_values: Sequence[float] | None = None,
+    test_higher_is_better: bool | None = None,
     window: int = PLATEAU_WINDOW,
     fraction: float = PLATEAU_FRACTION,
 ) -> TryoutResult:
@@ -375,6 +393,10 @@ def tryout(
             plain continuation from the checkpoint reproduces the baseline exactly.
         test_values: the baseline's held-out test values at ``steps`` (with
             ``plain_from_curve``, when ``continue_run`` returns test values).
+        test_higher_is_better: the direction of the test values when it differs from the
+            validation metric's (a model chosen on validation loss, reported in ROUGE or BLEU:
+            ``True``); ``None``: the same as ``higher_is_better``. The verdict's gain side is
+            the test values' when they are used.
         window, fraction: the plateau rule (:class:`rdrop.PlateauStart`; the registered one by
             default).
 
@@ -414,6 +436,7 @@ def tryout(
         plateau at step 60; branched from the checkpoint at step 50; ...
         ...
         verdict: it pays: use alpha 10 from step 50, at your compute
+        best R-Drop model: alpha 10, seed 1, step 75
     """
     # ---- inputs, checked before any run
     if not _is_int(total_steps) or total_steps < 1:
@@ -421,6 +444,9 @@ def tryout(
                          f"got {total_steps!r}.")
     if not isinstance(higher_is_better, bool):
         raise TypeError(f"higher_is_better must be a bool, got {higher_is_better!r}.")
+    if test_higher_is_better is not None and not isinstance(test_higher_is_better, bool):
+        raise TypeError(f"test_higher_is_better must be a bool or None, got "
+                        f"{test_higher_is_better!r}.")
     if not callable(continue_run):
         raise TypeError("continue_run must be a function continue_run(checkpoint, *, alpha, "
                         f"seed, max_steps) -> [(step, value), ...], got {continue_run!r}.")
@@ -585,12 +611,18 @@ def tryout(
         best_steps.append(best[0])  # type: ignore[index]
         best_compute.append((start + step_cost * (best[0] - start)) / total_steps)  # type: ignore[index]
         at_deltas.append(None if at is None else at[pick] - reference)  # type: ignore[operator]
+    best_seed = min(seed_list, key=lambda seed: sign * _best(  # type: ignore[index]
+        runs[alpha][seed], until=stop, sign=sign)[1])
     best_estimate = paired_interval(best_deltas)
     at_estimate = (None if any(d is None for d in at_deltas)
                    else paired_interval(at_deltas))  # type: ignore[arg-type]
 
+    gain_higher = higher_is_better
+    if uses_test and test_higher_is_better is not None:
+        gain_higher = test_higher_is_better
+
     def _gain(e: Estimate | None) -> bool:
-        return e is not None and (e.low > 0 if higher_is_better else e.high < 0)
+        return e is not None and (e.low > 0 if gain_higher else e.high < 0)
 
     pays_at = more_seeds = None
     if _gain(at_estimate):
@@ -613,6 +645,7 @@ def tryout(
         plain_validation=sum(p[1] for p in plain_best.values()) / len(seed_list),  # type: ignore[index]
         at_compute=at_estimate, best=best_estimate, best_steps=tuple(best_steps),
         best_compute=tuple(best_compute), verdict=verdict, pays_at=pays_at,
-        more_seeds=more_seeds, uses_test=uses_test)
+        more_seeds=more_seeds, uses_test=uses_test,
+        test_higher_is_better=gain_higher if uses_test else None, best_seed=best_seed)
     logger.info("rdrop tryout:\n%s", result.summary())
     return result

@@ -12,9 +12,11 @@ Trainer's own resume does the same).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -33,7 +35,8 @@ from rdrop.training.tryout import tryout as _tryout
 
 from .trainer import RDropTrainerMixin
 
-__all__ = ["Baseline", "check_checkpoint_matches", "make_continue_run", "read_baseline", "tryout"]
+__all__ = ["Baseline", "best_model_dir", "check_checkpoint_matches", "make_continue_run",
+           "read_baseline", "tryout"]
 
 logger = logging.getLogger("rdrop")
 
@@ -209,6 +212,31 @@ class _StopAt(TrainerCallback):
         return control
 
 
+class _KeepBest(TrainerCallback):
+    """Save the model (``trainer.save_model``) each time ``metric`` reaches a new best after
+    ``after`` and up to ``until``: the continuation's best model, kept when its checkpoints are
+    removed. Its step is the first best (a tie keeps the earlier one, as the tryout does)."""
+
+    def __init__(self, trainer: Any, folder: Path, metric: str, *, higher_is_better: bool,
+                 after: int, until: int) -> None:
+        self.trainer, self.folder, self.metric = trainer, folder, metric
+        self.sign = -1.0 if higher_is_better else 1.0
+        self.after, self.until = after, until
+        self.best: float | None = None
+        self.step: int | None = None
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        value = (kwargs.get("metrics") or {}).get(self.metric)
+        step = state.global_step
+        if (value is None or not self.after < step <= self.until or step == self.step
+                or not math.isfinite(value)):
+            return control
+        if self.best is None or self.sign * value < self.sign * self.best:
+            self.best, self.step = float(value), step
+            self.trainer.save_model(str(self.folder))
+        return control
+
+
 def _link_or_copy(src: str, dst: str) -> str:
     try:
         os.link(src, dst)
@@ -218,7 +246,8 @@ def _link_or_copy(src: str, dst: str) -> str:
 
 
 def make_continue_run(make_trainer: Callable[[dict[str, Any]], Any], baseline: Baseline, *,
-                      baseline_seed: int, work_dir: Path, keep_checkpoints: bool = False
+                      baseline_seed: int, work_dir: Path, keep_checkpoints: bool = False,
+                      higher_is_better: bool = False
                       ) -> Callable[..., list[tuple[int, float]]]:
     """The ``continue_run`` function of :func:`rdrop.tryout` for a Hugging Face baseline.
 
@@ -229,7 +258,9 @@ def make_continue_run(make_trainer: Callable[[dict[str, Any]], Any], baseline: B
     schedule is the baseline's; more only when the budget asks for steps beyond it),
     ``rdrop_alpha`` and ``rdrop_start_step`` = the checkpoint's step (``alpha=None``: a start
     beyond the run, so R-Drop never runs), resumes from the copy, stops after ``max_steps``
-    optimizer steps and returns the ``(step, value)`` evaluations after the checkpoint.
+    optimizer steps and returns the ``(step, value)`` evaluations after the checkpoint. An
+    R-Drop continuation saves its best model (by ``higher_is_better``) in ``best-model/`` of its
+    folder, :func:`best_model_dir`.
 
     Raises:
         TypeError: ``make_trainer`` returned something other than an R-Drop trainer.
@@ -253,7 +284,7 @@ def make_continue_run(make_trainer: Callable[[dict[str, Any]], Any], baseline: B
     def continue_run(checkpoint: Path, *, alpha: float | None, seed: int, max_steps: int
                      ) -> list[tuple[int, float]]:
         start = int(_CHECKPOINT.match(Path(checkpoint).name).group(1))  # type: ignore[union-attr]
-        name = ("plain" if alpha is None else f"alpha{alpha:g}") + f"-seed{seed}"
+        name = _run_name(alpha, seed)
         run_dir = work_dir / "runs" / name
         schedule = max(baseline.max_steps, max_steps)
         if schedule > baseline.max_steps:
@@ -284,6 +315,10 @@ def make_continue_run(make_trainer: Callable[[dict[str, Any]], Any], baseline: B
         check_checkpoint_matches(trainer.model, Path(checkpoint))  # reads headers only
         source = _copy(Path(checkpoint), with_rng=seed == baseline_seed)
         trainer.add_callback(_StopAt(max_steps))
+        if alpha is not None:
+            trainer.add_callback(_KeepBest(trainer, best_model_dir(work_dir, alpha, seed),
+                                           baseline.metric, higher_is_better=higher_is_better,
+                                           after=start, until=max_steps))
         started.append(name)
         logger.info("rdrop tryout: %s: resuming from a copy of %s (%s), to step %d.", name,
                     checkpoint, source, max_steps)
@@ -305,6 +340,22 @@ def make_continue_run(make_trainer: Callable[[dict[str, Any]], Any], baseline: B
 
     continue_run.started = started  # type: ignore[attr-defined]
     return continue_run
+
+
+def _run_name(alpha: float | None, seed: int) -> str:
+    return ("plain" if alpha is None else f"alpha{alpha:g}") + f"-seed{seed}"
+
+
+def best_model_dir(work_dir: str | os.PathLike[str], alpha: float, seed: int) -> Path:
+    """Where the tryout keeps the best model of the R-Drop continuation at ``alpha`` and
+    ``seed``: ``<work_dir>/runs/alpha<alpha>-seed<seed>/best-model`` (``trainer.save_model``'s
+    layout, so ``from_pretrained`` loads it).
+
+    Example:
+        >>> best_model_dir("tryout", 10.0, 1).as_posix()
+        'tryout/runs/alpha10-seed1/best-model'
+    """
+    return Path(work_dir) / "runs" / _run_name(alpha, seed) / "best-model"
 
 
 # ---------------------------------------------------------------------------------- tryout
@@ -357,7 +408,9 @@ def tryout(
             each run; its ``trainer_state.json`` is kept, with the run's ``log_history``).
 
     Returns:
-        :class:`rdrop.TryoutResult` (``checkpoint`` is your checkpoint's folder).
+        :class:`rdrop.TryoutResult` (``checkpoint`` is your checkpoint's folder;
+        ``best_model`` the folder with the best R-Drop model at the chosen alpha, saved by
+        ``trainer.save_model`` at its best evaluation: load it with ``from_pretrained``).
 
     Raises:
         ValueError: no checkpoints in ``output_dir``; a ``trainer_state.json`` without
@@ -409,8 +462,9 @@ def tryout(
                     baseline.metric, baseline.total_steps, sorted(baseline.checkpoints),
                     baseline_seed, work)
         continue_run = make_continue_run(make_trainer, baseline, baseline_seed=baseline_seed,
-                                         work_dir=work, keep_checkpoints=keep_checkpoints)
-        return _tryout(
+                                         work_dir=work, keep_checkpoints=keep_checkpoints,
+                                         higher_is_better=higher_is_better)
+        result = _tryout(
             baseline.steps, baseline.values, baseline.checkpoints, baseline.total_steps,
             continue_run, higher_is_better=higher_is_better, budget=budget,
             step_cost=step_cost, alphas=alphas, max_extensions=max_extensions, seeds=seeds,
@@ -420,3 +474,7 @@ def tryout(
         if continue_run is None or not continue_run.started:  # type: ignore[attr-defined]
             shutil.rmtree(work, ignore_errors=True)  # refused before any training
         raise
+    best = best_model_dir(work, result.alpha, result.best_seed)  # type: ignore[arg-type]
+    result = dataclasses.replace(result, best_model=best if best.is_dir() else None)
+    logger.info("rdrop tryout: the best R-Drop model is in %s.", result.best_model)
+    return result
