@@ -17,14 +17,14 @@ from rdrop.losses.checks import (
     check_consistency,
     check_positive_int,
 )
-from rdrop.losses.subset import check_second_pass_fraction
-from rdrop.training.noise import parse_noise
+from rdrop.training.options import StepOptions
 
 __all__ = [
     "DEFAULTS",
     "RDropArgumentsMixin",
     "RDropSeq2SeqTrainingArguments",
     "RDropTrainingArguments",
+    "step_options",
     "validate_rdrop_options",
 ]
 
@@ -46,48 +46,36 @@ def _check_consistency(consistency: Any) -> None:
                              "heads, 'kl' otherwise).") from None
 
 
-def _check_noise(noise: Any) -> None:
-    try:
-        parse_noise(noise)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"rdrop_{err}") from None
-
-
-def _check_fused_linear(fused: Any) -> None:
-    if not isinstance(fused, bool):
-        raise TypeError(f"rdrop_fused_linear must be a bool, got {type(fused).__name__}.")
-
-
 def _check_chunk_size(chunk_size: Any) -> None:
     if chunk_size is None:
         raise TypeError("rdrop_chunk_size must be a positive int (tokens per chunk), got None.")
     check_chunk_size(chunk_size, name="rdrop_chunk_size")
 
 
-# One check per option, each naming the ``rdrop_...`` argument.
+# One check per option that is not the step's, each naming the ``rdrop_...`` argument; the
+# step's options (and every rule between them) are checked by rdrop.training.options.StepOptions.
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "alpha": lambda v: check_alpha(v, name="rdrop_alpha"),
-    "num_passes": lambda v: check_positive_int("rdrop_num_passes", v, 2),
     "every_k_steps": lambda v: check_positive_int("rdrop_every_k_steps", v, 1),
     "alpha_warmup_steps": lambda v: check_positive_int("rdrop_alpha_warmup_steps", v, 0),
     "consistency": _check_consistency,
-    "fused_linear": _check_fused_linear,
     "chunk_size": _check_chunk_size,
-    "noise": _check_noise,
     "start_step": lambda v: check_positive_int("rdrop_start_step", v, 0),
-    "second_pass_fraction": lambda v: check_second_pass_fraction(
-        v, name="rdrop_second_pass_fraction"),
 }
 
 
-def validate_rdrop_options(options: dict[str, Any], *, only: Collection[str] | None = None
-                           ) -> None:
+def validate_rdrop_options(options: dict[str, Any], *, only: Collection[str] | None = None,
+                           label_smoothing: float = 0.0) -> StepOptions:
     """Raise a specific error, naming the ``rdrop_...`` argument, for each invalid option.
 
     Args:
         options: values keyed as :data:`DEFAULTS` (``alpha``, ``num_passes``, ...).
-        only: check these options alone (values already checked elsewhere are skipped); the
-            combinations are always checked.
+        only: check these of the options that are not the step's alone (values already checked
+            elsewhere are skipped); the step's options are always checked, with their rules.
+        label_smoothing: the Trainer's ``label_smoothing_factor`` (checked by the caller).
+
+    Returns:
+        The step's options (:func:`step_options`).
 
     Raises:
         TypeError, ValueError: the message names the argument and the allowed values.
@@ -95,25 +83,40 @@ def validate_rdrop_options(options: dict[str, Any], *, only: Collection[str] | N
     for key, check in _CHECKS.items():
         if only is None or key in only:
             check(options[key])
-    fused, consistency = options["fused_linear"], options["consistency"]
-    fraction = options["second_pass_fraction"]
-    if fraction < 1.0 and (options["num_passes"] != 2 or fused):
-        raise ValueError(
-            f"rdrop_second_pass_fraction={fraction} compares two passes on the logits; got "
-            f"rdrop_num_passes={options['num_passes']}, rdrop_fused_linear={fused}. Use "
-            "rdrop_num_passes=2 and rdrop_fused_linear=False, or rdrop_second_pass_fraction=1.0."
-        )
-    if fused and options["num_passes"] != 2:
-        raise ValueError(
-            f"rdrop_fused_linear=True supports rdrop_num_passes=2 only (the fused loss compares "
-            f"two passes), got {options['num_passes']}. Use rdrop_num_passes=2 or "
-            "rdrop_fused_linear=False."
-        )
-    if fused and consistency not in (None, "kl"):
-        raise ValueError(
-            f"rdrop_fused_linear=True computes the symmetric KL only, got rdrop_consistency="
-            f"{consistency!r}. Use rdrop_consistency='kl' (or None) or rdrop_fused_linear=False."
-        )
+    return step_options(options, label_smoothing=label_smoothing)
+
+
+def step_options(options: dict[str, Any], *, consistency: str | None = None,
+                 label_smoothing: float = 0.0) -> StepOptions:
+    """The trainers' options (keyed as :data:`DEFAULTS`) as the step's, with the Trainer's
+    conventions: ``ignore_index=-100``; ``label_smoothing_factor`` smooths class heads only (not
+    ``"mse"`` regression or ``"bernoulli"`` multi-label heads); ``rdrop_chunk_size`` chunks the
+    fused head's loss only (the logits path is not chunked).
+
+    Args:
+        options: values keyed as :data:`DEFAULTS`.
+        consistency: the consistency chosen for a batch (default: ``options["consistency"]``,
+            else ``"kl"``).
+        label_smoothing: the Trainer's ``label_smoothing_factor``.
+
+    Raises:
+        TypeError, ValueError: as :class:`rdrop.training.options.StepOptions`, naming the
+            ``rdrop_...`` arguments.
+
+    Example:
+        >>> o = step_options({**DEFAULTS, "consistency": "mse"}, label_smoothing=0.1)
+        >>> o.consistency, o.label_smoothing, o.chunk_size
+        ('mse', 0.0, None)
+    """
+    fused = options["fused_linear"]
+    consistency = consistency or options["consistency"] or "kl"
+    smoothing = 0.0 if consistency in ("mse", "bernoulli") else label_smoothing
+    return StepOptions(consistency=consistency, label_smoothing=smoothing,
+                       num_passes=options["num_passes"],
+                       second_pass_fraction=options["second_pass_fraction"],
+                       noise=options["noise"], fused_linear=fused,
+                       chunk_size=options["chunk_size"] if fused is True else None,
+                       prefix="rdrop_")
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The logits path of the trainers' step (:class:`rdrop.training.step.TrainingStep`): the loss of
-the passes with the Trainer's conventions, the logits of an output, the packed-batch check.
+"""The logits path of the trainers' step (:class:`rdrop.training.step.TrainingStep`): the logits
+of an output, the packed-batch check (the loss's options with the Trainer's conventions are
+:func:`rdrop.integrations.hf.arguments.step_options`).
 
 Packed and padding-free batches (TRL ``padding_free``, packing, ``DataCollatorWithFlattening``)
 carry varlen metadata: ``cu_seq_lens_q/k`` (the boundaries of the sequences in the flattened
@@ -20,13 +21,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from rdrop.training.batching import ConcatLayout, extract_logits
-from rdrop.training.step import PassLoss, pass_loss
-
-from .labels import IGNORE_INDEX
 
 __all__ = [
     "check_packed_batch",
-    "logits_loss",
     "logits_of",
     "prepare_decoder_inputs",
 ]
@@ -139,18 +136,3 @@ def logits_of(outputs: Any, owner: str) -> Tensor:
             "the logits of the passes. Return a ModelOutput with .logits, a dict with 'logits', "
             "or a tuple whose first item is the logits."
         ) from err
-
-
-def logits_loss(consistency: str, label_smoothing: float) -> PassLoss:
-    """The loss of the passes' logits with the Trainer's conventions: ``ignore_index=-100``;
-    ``consistency="mse"`` (regression heads) and ``"bernoulli"`` (multi-label heads,
-    :class:`rdrop.losses.multilabel.MultiLabelLoss`) without label smoothing.
-
-    Example:
-        >>> logits_loss("mse", 0.1).label_smoothing, logits_loss("kl", 0.1).label_smoothing
-        (0.0, 0.1)
-        >>> type(logits_loss("bernoulli", 0.1)).__name__
-        'MultiLabelLoss'
-    """
-    smoothing = 0.0 if consistency in ("mse", "bernoulli") else label_smoothing
-    return pass_loss(consistency, ignore_index=IGNORE_INDEX, label_smoothing=smoothing)

@@ -19,11 +19,12 @@ from transformers.trainer_pt_utils import nested_gather
 
 from rdrop.losses.checks import check_label_smoothing
 from rdrop.training.batching import ConcatLayout, batch_size_of
-from rdrop.training.noise import NoiseHandle, attach_noise, parse_noise
+from rdrop.training.noise import NoiseHandle, attach_noise
+from rdrop.training.options import StepOptions
 from rdrop.training.schedule import RDropStep, Schedule
 from rdrop.training.step import PassLoss, TrainingStep
 
-from .arguments import DEFAULTS, validate_rdrop_options
+from .arguments import DEFAULTS, step_options, validate_rdrop_options
 from .callbacks import RDropAutoStartCallback, check_auto_start
 from .fused import FusedLoss, HiddenCapture, check_fused_head, check_fused_model
 from .guards import (
@@ -33,7 +34,7 @@ from .guards import (
     no_dropout_message,
 )
 from .labels import align, count_items, first_count, shifts_labels
-from .logits import check_packed_batch, logits_loss, logits_of, prepare_decoder_inputs
+from .logits import check_packed_batch, logits_of, prepare_decoder_inputs
 from .logs import PartsWindow
 
 __all__ = ["RDropSeq2SeqTrainer", "RDropTrainer", "RDropTrainerMixin"]
@@ -80,9 +81,15 @@ class RDropTrainerMixin:
         options = {key: value if value is not None
                    else getattr(self.args, f"rdrop_{key}", DEFAULTS[key])
                    for key, value in given.items()}
-        validate_rdrop_options(options, only=[k for k, v in given.items() if v is not None])
-        check_label_smoothing(self.args.label_smoothing_factor, name="label_smoothing_factor")
-        self._rdrop_losses: dict[str, PassLoss] = {}  # the logits loss, by consistency
+        smoothing = check_label_smoothing(self.args.label_smoothing_factor,
+                                          name="label_smoothing_factor")
+        # The step's options, with every rule between them: checked once, here. A batch whose
+        # automatic consistency differs gets them re-made once (see _rdrop_training_step).
+        self.rdrop_step_options = validate_rdrop_options(
+            options, only=[k for k, v in given.items() if v is not None],
+            label_smoothing=smoothing)
+        self._rdrop_step: tuple[tuple[Any, ...], TrainingStep, Callable[..., Any]] | None = None
+        self._rdrop_batch: tuple[dict[str, Any], Tensor | None] | None = None
         for key, value in options.items():
             setattr(self, f"rdrop_{key}", value)
         self.rdrop_alpha = float(self.rdrop_alpha)
@@ -106,7 +113,7 @@ class RDropTrainerMixin:
                 UserWarning,
                 stacklevel=2,
             )
-        if parse_noise(self.rdrop_noise).kind == "embedding" and getattr(
+        if self.rdrop_step_options.noise.kind == "embedding" and getattr(
                 self.args, "neftune_noise_alpha", None):
             raise ValueError(
                 f"{owner}: neftune_noise_alpha={self.args.neftune_noise_alpha} and rdrop_noise="
@@ -119,7 +126,7 @@ class RDropTrainerMixin:
         # that cannot take it is refused here, naming its modules.
         self._rdrop_noise: NoiseHandle | None = None
         if self.model is not None:
-            self._rdrop_noise = attach_noise(self.model, self.rdrop_noise)
+            self._rdrop_noise = attach_noise(self.model, self.rdrop_step_options.noise)
             if not self._rdrop_noise.adds_randomness:
                 message = no_dropout_message(self.model, owner)
                 if message:
@@ -249,17 +256,20 @@ class RDropTrainerMixin:
                                  or self._rdrop_auto_start() is not None))
 
         schedule = self._rdrop_schedule()
-        step, call = self._rdrop_training_step(model, unwrapped, inputs, labels, shift_labels,
-                                               owner)
+        step, call = self._rdrop_training_step(model, unwrapped, labels)
         plan = step.plan(schedule)
         m = plan.passes
         # One forward over m copies (rdrop.training.batching's rule: dim 0, or the tokens of a pack,
         # with cu_seq_lens_q/k offset and seq_idx renumbered), by rdrop.training.step like every
         # entry point.
         subset = self._rdrop_num_items_in_subset if num_items_in_batch is not None else None
-        result = step.run(call, (), inputs, labels, plan,
-                          num_items_in_batch=first_count(num_items_in_batch),
-                          num_items_in_subset=first_count(subset), module=unwrapped)
+        self._rdrop_batch = (inputs, shift_labels)  # what the step's hooks read of this batch
+        try:
+            result = step.run(call, (), inputs, labels, plan,
+                              num_items_in_batch=first_count(num_items_in_batch),
+                              num_items_in_subset=first_count(subset), module=unwrapped)
+        finally:
+            self._rdrop_batch = None
         out, passes, target = result.out, result.passes, result.target
         self._rdrop_first_step_checked = True
         scale = self._loss_scale() if num_items_in_batch is not None else 1
@@ -299,50 +309,77 @@ class RDropTrainerMixin:
             self._rdrop_schedule_for = schedule
         return schedule.decision(self.state.global_step)
 
-    def _rdrop_training_step(self, model: nn.Module, unwrapped: nn.Module,
-                             inputs: dict[str, Any], labels: Tensor,
-                             shift_labels: Tensor | None, owner: str
+    def _rdrop_training_step(self, model: nn.Module, unwrapped: nn.Module, labels: Tensor
                              ) -> tuple[TrainingStep, Callable[..., Any]]:
-        """This batch's :class:`rdrop.training.step.TrainingStep` and what it calls for a forward:
-        the trainer's loss (logits, or the fused output layer), the causal shift, and the
-        packed-batch (and, at the first fused step, output layer) checks. The batch comes from
-        the collator, every tensor batched along dim 0, so the wrapper's once-only input check
-        is not run."""
+        """The trainer's :class:`rdrop.training.step.TrainingStep` and what it calls for a
+        forward: the trainer's loss (logits, or the fused output layer), the causal shift, and
+        the packed-batch (and, at the first fused step, output layer) checks.
+
+        Built once and kept while what it captures stays the same (the model as called and
+        unwrapped, the noise source, the step's options with this batch's consistency); the
+        batch's own inputs reach its hooks through ``_rdrop_batch``. The batch comes from the
+        collator, every tensor batched along dim 0, so the wrapper's once-only input check is
+        not run."""
+        options = self.rdrop_step_options
+        consistency = options.consistency
+        if not options.fused_linear and self.rdrop_consistency is None:
+            problem = getattr(getattr(unwrapped, "config", None), "problem_type", None)
+            consistency = ("bernoulli" if problem == "multi_label_classification" else
+                           "mse" if labels.is_floating_point() else "kl")
+        if self._rdrop_noise is None:  # the model came later (model_init)
+            self._rdrop_noise = attach_noise(unwrapped, options.noise)
+        key = (model, unwrapped, self._rdrop_noise, options)
+        cached = self._rdrop_step
+        if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)) and (
+                cached[1].options.consistency == consistency):
+            return cached[1], cached[2]
+        if consistency != options.consistency:
+            options = step_options(self._rdrop_options(), consistency=consistency,
+                                   label_smoothing=options.label_smoothing)
+        step, call = self._rdrop_build_step(model, unwrapped, options)
+        self._rdrop_step = (key, step, call)
+        return step, call
+
+    def _rdrop_build_step(self, model: nn.Module, unwrapped: nn.Module, options: StepOptions
+                          ) -> tuple[TrainingStep, Callable[..., Any]]:
+        owner = type(self).__name__
         shift = self._shifts_labels(unwrapped)
-        smoothing = self.args.label_smoothing_factor
-        first_step = not self._rdrop_first_step_checked
 
         def check_batch(_: tuple[Any, ...], batch: dict[str, Any],
                         layout: ConcatLayout | None) -> None:
             check_packed_batch(unwrapped, batch, layout, owner)
-            if self.rdrop_fused_linear and first_step:
+            if options.fused_linear and not self._rdrop_first_step_checked:
+                inputs = self._rdrop_inputs()[0]
                 b = layout.batch_size if layout is not None else batch_size_of(inputs)
                 check_fused_head(unwrapped, inputs, b, half_precision=self._half_precision())
 
-        loss: PassLoss
-        if self.rdrop_fused_linear:
+        def align_batch(passes: list[Tensor], target: Tensor) -> tuple[list[Tensor], Tensor]:
+            return align(passes, target, self._rdrop_inputs()[1], shift)
+
+        loss: PassLoss | None = None
+        if options.fused_linear:
             capture = HiddenCapture(model, unwrapped)
-            loss = FusedLoss(unwrapped, label_smoothing=smoothing,
-                             chunk_size=self.rdrop_chunk_size)
+            loss = FusedLoss(unwrapped, label_smoothing=options.label_smoothing,
+                             chunk_size=options.chunk_size)  # type: ignore[arg-type]
             call: Callable[..., Any] = capture
             logits_fn: Callable[[Any], Tensor] = capture.hidden
         else:
-            problem = getattr(getattr(unwrapped, "config", None), "problem_type", None)
-            consistency = self.rdrop_consistency or (
-                "bernoulli" if problem == "multi_label_classification" else
-                "mse" if labels.is_floating_point() else "kl")
-            if consistency not in self._rdrop_losses:
-                self._rdrop_losses[consistency] = logits_loss(consistency, smoothing)
-            loss = self._rdrop_losses[consistency]
             call, logits_fn = model, lambda outputs: logits_of(outputs, owner)
-        if self._rdrop_noise is None:  # the model came later (model_init)
-            self._rdrop_noise = attach_noise(unwrapped, self.rdrop_noise)
-        step = TrainingStep(num_passes=self.rdrop_num_passes, loss=loss, logits_fn=logits_fn,
-                            second_pass_fraction=self.rdrop_second_pass_fraction,
-                            check_inputs=False, check_batch=check_batch,
-                            pass_context=self._rdrop_noise.pass_context,
-                            align=lambda p, t: align(p, t, shift_labels, shift))
+        assert self._rdrop_noise is not None  # attached by _rdrop_training_step
+        step = TrainingStep(options, loss=loss, logits_fn=logits_fn, check_inputs=False,
+                            check_batch=check_batch, pass_context=self._rdrop_noise.pass_context,
+                            align=align_batch)
         return step, call
+
+    def _rdrop_inputs(self) -> tuple[dict[str, Any], Tensor | None]:
+        """The batch the step runs on (its inputs without labels, and its ``shift_labels``)."""
+        if self._rdrop_batch is None:
+            raise RuntimeError("the R-Drop step's hooks run inside compute_loss only.")
+        return self._rdrop_batch
+
+    def _rdrop_options(self) -> dict[str, Any]:
+        """The trainer's R-Drop options keyed as :data:`.arguments.DEFAULTS`."""
+        return {key: getattr(self, f"rdrop_{key}") for key in DEFAULTS}
 
     def _rdrop_observe(self, model: nn.Module, inputs: dict[str, Any], first_pass: Tensor,
                        target: Tensor) -> None:
