@@ -14,7 +14,7 @@ from rdrop.training.autostart import StartRule
 from rdrop.training.batching import InputName
 from rdrop.training.inspection import active_dropout_rates, batchnorm_layers, no_dropout_advice
 from rdrop.training.noise import Noise, attach_noise
-from rdrop.training.options import StepOptions
+from rdrop.training.options import StepOptions, option_property
 from rdrop.training.schedule import RDropStep, Schedule
 from rdrop.training.step import TrainingStep, eager
 
@@ -248,55 +248,16 @@ class RDrop(nn.Module):
         """The options of the training step (:class:`rdrop.training.options.StepOptions`)."""
         return self._step.options
 
-    @property
-    def num_passes(self) -> int:
-        """Passes on an R-Drop step."""
-        return self._step.options.num_passes
-
-    @property
-    def mode(self) -> str:
-        """``"concat"`` or ``"twice"``."""
-        return self._step.options.mode
-
-    @property
-    def stop_gradient(self) -> bool:
-        """Whether the second pass is a detached target."""
-        return self._step.options.stop_gradient
-
-    @property
-    def second_pass_fraction(self) -> float:
-        """The share of each batch's rows that get the second pass."""
-        return self._step.options.second_pass_fraction
-
-    @property
-    def consistency(self) -> str:
-        """``"kl"``, ``"js"``, ``"mse"`` or ``"bernoulli"``."""
-        return self._step.options.consistency
-
-    @property
-    def ignore_index(self) -> int:
-        """The target value of rows that do not count."""
-        return self._step.options.ignore_index
-
-    @property
-    def label_smoothing(self) -> float:
-        """The label smoothing of each CE term."""
-        return self._step.options.label_smoothing
-
-    @property
-    def reduction(self) -> str:
-        """How the loss reduces over rows."""
-        return self._step.options.reduction
-
-    @property
-    def chunk_size(self) -> int | None:
-        """Rows per chunk of the chunked loss (``None``: not chunked)."""
-        return self._step.options.chunk_size
-
-    @property
-    def check_finite(self) -> bool:
-        """Whether the loss checks its result (one device sync)."""
-        return self._step.options.check_finite
+    num_passes = option_property("num_passes", via="step_options")
+    mode = option_property("mode", via="step_options")
+    stop_gradient = option_property("stop_gradient", via="step_options")
+    second_pass_fraction = option_property("second_pass_fraction", via="step_options")
+    consistency = option_property("consistency", via="step_options")
+    ignore_index = option_property("ignore_index", via="step_options")
+    label_smoothing = option_property("label_smoothing", via="step_options")
+    reduction = option_property("reduction", via="step_options")
+    chunk_size = option_property("chunk_size", via="step_options")
+    check_finite = option_property("check_finite", via="step_options")
 
     def schedule(self) -> RDropStep:
         """The decision of :class:`rdrop.Schedule` at the current step (R-Drop off

@@ -2,6 +2,7 @@
 (:mod:`rdrop.losses`); the losses never call it.
 
 * :mod:`.step`: the one training step (plan -> passes -> loss) every entry point runs;
+  :mod:`.options`: its options, one frozen object whose ``validate`` holds every rule between them;
 * :mod:`.schedule`: which optimizer steps run R-Drop, with what alpha; :mod:`.autostart`: the
   start rules (:class:`rdrop.AutoStart`, :class:`rdrop.PlateauStart`);
 * :mod:`.batching`: the inputs duplicated along the batch and the outputs split back;

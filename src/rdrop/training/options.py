@@ -14,6 +14,7 @@ from there. *When* R-Drop runs is :class:`rdrop.Schedule`'s, not this object's.
 from __future__ import annotations
 
 from dataclasses import InitVar, dataclass
+from typing import Any
 
 from rdrop.losses.checks import (
     IGNORE_INDEX,
@@ -24,7 +25,7 @@ from rdrop.losses.checks import (
 from rdrop.losses.subset import check_second_pass_fraction
 from rdrop.training.noise import Noise, parse_noise
 
-__all__ = ["MODES", "StepOptions"]
+__all__ = ["MODES", "StepOptions", "option_property"]
 
 MODES = ("concat", "twice")
 
@@ -169,3 +170,34 @@ class StepOptions:
                              num_passes=n, allowed=STEP_CONSISTENCIES)
         set_(self, "ignore_index", int(self.ignore_index))
         set_(self, "label_smoothing", float(self.label_smoothing))
+
+
+def option_property(name: str, *, via: str = "options") -> property:
+    """A read-only property for option ``name`` of the :class:`StepOptions` an object holds in
+    its attribute ``via``: one copy of each option, so that setting it fails loudly instead of
+    being ignored by the step.
+
+    Args:
+        name: a field of :class:`StepOptions`.
+        via: the attribute of the object that holds its options.
+
+    Example:
+        >>> class Holder:
+        ...     num_passes = option_property("num_passes")
+        ...     def __init__(self):
+        ...         self.options = StepOptions(num_passes=3)
+        >>> Holder().num_passes
+        3
+        >>> Holder().num_passes = 4  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        AttributeError: ...
+    """
+    if name not in StepOptions.__dataclass_fields__:
+        raise ValueError(f"{name!r} is not an option of StepOptions.")
+
+    def get(obj: Any) -> Any:
+        return getattr(getattr(obj, via), name)
+
+    get.__name__ = name
+    return property(get, doc=f"The step's ``{name}`` (its :class:`StepOptions`).")

@@ -68,7 +68,7 @@ from rdrop.losses.multilabel import MultiLabelLoss
 from rdrop.losses.subset import subset_rdrop_loss
 from rdrop.training.batching import ConcatLayout, InputName, concat_inputs, extract_logits
 from rdrop.training.inspection import batchnorm_layers
-from rdrop.training.options import MODES, StepOptions
+from rdrop.training.options import MODES, StepOptions, option_property
 from rdrop.training.schedule import RDropStep
 from rdrop.training.subset import SubsetLayout, subset_inputs
 
@@ -365,25 +365,10 @@ class TrainingStep:
         self._inputs_checked = False
         self._batchnorms: tuple[nn.Module, ...] | None = None
 
-    @property
-    def num_passes(self) -> int:
-        """Passes on an R-Drop step (the options')."""
-        return self.options.num_passes
-
-    @property
-    def mode(self) -> str:
-        """``"concat"`` or ``"twice"`` (the options')."""
-        return self.options.mode
-
-    @property
-    def stop_gradient(self) -> bool:
-        """The second pass is a detached target (the options')."""
-        return self.options.stop_gradient
-
-    @property
-    def second_pass_fraction(self) -> float:
-        """The share of rows the second pass runs on (the options')."""
-        return self.options.second_pass_fraction
+    num_passes = option_property("num_passes")
+    mode = option_property("mode")
+    stop_gradient = option_property("stop_gradient")
+    second_pass_fraction = option_property("second_pass_fraction")
 
     def __repr__(self) -> str:
         return f"TrainingStep({self.options!r}, loss={self.loss!r})"

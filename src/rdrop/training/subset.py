@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rdrop.losses.subset import check_second_pass_fraction, subset_size
+from rdrop.losses.subset import subset_size
 from rdrop.training.batching import InputName, _map, concat_inputs
 
 __all__ = ["SubsetLayout", "subset_inputs"]
@@ -79,6 +79,8 @@ def subset_inputs(args: Sequence[Any], kwargs: dict[str, Any], fraction: float, 
     own forward).
 
     Raises:
+        TypeError, ValueError: a ``fraction`` outside ``(0, 1]`` (checked by
+            :func:`rdrop.losses.subset.subset_size`).
         ValueError: a packed batch (its sequences share one row, see :func:`subset_size`), a
             batch of one row with ``fraction < 1``, or as
             :func:`rdrop.training.batching.concat_inputs`.
@@ -90,7 +92,6 @@ def subset_inputs(args: Sequence[Any], kwargs: dict[str, Any], fraction: float, 
         >>> args[0][:, 0].tolist(), kwargs["mask"].shape[0], layout.rows
         ([0, 2, 4, 6, 0, 2], 6, 2)
     """
-    fraction = check_second_pass_fraction(fraction)
     _, _, layout = concat_inputs(args, kwargs, 1, batched=batched, unbatched=unbatched)
     if layout.packed:
         raise ValueError(
