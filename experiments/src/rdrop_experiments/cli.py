@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["build_parser", "main"]
 
@@ -71,20 +72,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for name in names:  # devices, committed results, writable folders: before the first run
         preflight(plans[name], args.out, variant=variant, allow_committed=args.allow_committed,
                   write=not args.dry_run, launcher=launcher)
-    for name in names:
-        if args.dry_run:
+    if args.dry_run:
+        for name in names:
             print(format_plan(plans[name], force=args.force))
-            continue
-        try:
-            records = execute_plan(experiments[name], plans[name], out=args.out,
-                                   variant=variant, overrides=parsed[name], grid=grid,
-                                   progress=not args.no_progress, force=args.force,
-                                   launcher=launcher)
-        except RunsFailedError as exc:  # --launcher ray: the other runs are written
-            print(f"rdrop run {name}: {exc}", file=sys.stderr)
-            return 1
-        print(f"{name}: {len(records)} finished run(s) under {os.path.join(args.out, name)}")
-    return 0
+        return 0
+
+    def execute(name: str) -> list[dict]:
+        return execute_plan(experiments[name], plans[name], out=args.out, variant=variant,
+                            overrides=parsed[name], grid=grid, progress=not args.no_progress,
+                            force=args.force, launcher=launcher)
+
+    if launcher is None:  # here, one run after another; a run that raises stops the command
+        outcomes = {}
+        for name in names:
+            outcomes[name] = _outcome(execute, name)
+    else:  # the cluster schedules every experiment's runs at once (one sender thread each)
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            futures = {name: pool.submit(_outcome, execute, name) for name in names}
+        outcomes = {name: future.result() for name, future in futures.items()}
+    status = 0
+    for name, outcome in outcomes.items():
+        if isinstance(outcome, RunsFailedError):  # --launcher ray: the other runs are written
+            print(f"rdrop run {name}: {outcome}", file=sys.stderr)
+            status = 1
+        else:
+            print(f"{name}: {len(outcome)} finished run(s) under {os.path.join(args.out, name)}")
+    return status
+
+
+def _outcome(execute: Callable[[str], list[dict]], name: str) -> list[dict] | Exception:
+    """``execute(name)``'s records, or the :class:`RunsFailedError` it ended with (the other
+    runs finished and were written); any other error propagates."""
+    from rdrop_experiments.runner import RunsFailedError
+
+    try:
+        return execute(name)
+    except RunsFailedError as exc:
+        return exc
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -104,6 +128,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_scale(args: argparse.Namespace) -> int:
     from rdrop_experiments.launch import make_launcher
+    from rdrop_experiments.runner import RunsFailedError
     from rdrop_experiments.scale import CELLS, get_cell, run_cell, run_extra_arms
 
     if args.list or not (args.cells or args.all):
@@ -123,20 +148,26 @@ def _cmd_scale(args: argparse.Namespace) -> int:
         return 2
     cells = list(CELLS) if args.all else [get_cell(n) for n in args.cells]
     launcher = make_launcher(args.launcher, args.address)
+    status = 0
     for cell in cells:
         extra = flags[0] if flags else None
-        if extra:
-            try:
-                run_extra_arms(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run,
-                            arms=extra, launcher=launcher)
-            except ValueError as exc:
-                flag = extra.replace("_", "-")
-                print(f"rdrop scale {cell.name} --{flag}: {exc}", file=sys.stderr)
-                return 2
-        else:
-            run_cell(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run,
-                     launcher=launcher)
-    return 0
+        try:
+            if extra:
+                run_extra_arms(cell, args.out, progress=not args.no_progress,
+                               dry_run=args.dry_run, arms=extra, launcher=launcher)
+            else:
+                run_cell(cell, args.out, progress=not args.no_progress, dry_run=args.dry_run,
+                         launcher=launcher)
+        except RunsFailedError as exc:  # --launcher ray: the cell's other runs are written
+            print(f"rdrop scale {cell.name}: {exc}", file=sys.stderr)
+            status = 1  # the next cells still run
+        except ValueError as exc:
+            if not extra:
+                raise
+            flag = extra.replace("_", "-")
+            print(f"rdrop scale {cell.name} --{flag}: {exc}", file=sys.stderr)
+            return 2
+    return status
 
 
 def _cmd_advise(args: argparse.Namespace) -> int:
