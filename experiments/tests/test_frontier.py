@@ -9,11 +9,19 @@ import math
 import pytest
 
 from rdrop_experiments.frontier import (
+    CHEAPER_ARM,
+    NO_FULL_ARM,
+    NO_GAIN,
+    AtCompute,
+    Interval,
+    Recommendation,
     arm_name,
     compute_to_reach,
     frontier_markdown,
     frontier_rows,
     recommendation,
+    recommendation_text,
+    unscheduled,
 )
 from rdrop_experiments.verdict import build_verdicts, verdict_report
 
@@ -86,11 +94,41 @@ def test_rows_and_equal_compute_by_hand():
 
 def test_recommendation_picks_the_cheapest_arm_keeping_eighty_percent():
     (v,) = build_verdicts(_family())
-    text = recommendation(v)
-    assert "**rdrop+fraction** (second_pass_fraction=0.25): 81% of the gain" in text
-    assert "No arm beats the tuned baseline at the baseline's compute" in text
+    r = recommendation(v)
+    assert (r.family, r.metric, r.higher_is_better, r.kind) == ("lm", "perplexity", False,
+                                                                CHEAPER_ARM)
+    # full R-Drop: 269 against the baseline's 301, at 400 / 100 fb to its best
+    assert r.gain == pytest.approx(-32.0) and r.full_to_best == pytest.approx(4.0)
+    # the fraction keeps (275 - 301) / (269 - 301) of it, at 240 / 100 fb, every seed alike;
+    # the stop-gradient arm keeps 11/32 (below 80%) although it is cheaper (2.25x)
+    assert (r.arm, r.chosen) == ("rdrop+fraction", "second_pass_fraction=0.25")
+    assert r.gain_kept == pytest.approx(26 / 32)
+    assert (r.quality.mean, r.quality.low, r.quality.high) == pytest.approx((275, 275, 275))
+    assert (r.to_best.mean, r.to_best.low, r.to_best.high) == pytest.approx((2.4, 2.4, 2.4))
+    # at the baseline's compute (150 fb) the fraction is 300 against 300, 301, 302: -1 on
+    # average, not significant; the closest arm to beating the baseline
+    assert r.beats_baseline == ()
+    closest = r.best_at_compute
+    assert closest.arm == "rdrop+fraction" and closest.mean == pytest.approx(-1.0)
+    assert closest.p_holm > 0.05
     md = frontier_markdown([v])
     assert "| lm (f=0.50) | rdrop+fraction | second_pass_fraction=0.25 |" in md
+
+
+def test_the_paragraph_is_written_from_the_fields():
+    r = Recommendation("fam", "accuracy", True, CHEAPER_ARM, gain=2.0, full_to_best=3.0,
+                       arm="rdrop+fraction", chosen="alpha=1", gain_kept=0.9,
+                       quality=Interval(3, 80.0, 79.0, math.nan),
+                       to_best=Interval(3, 1.5, 1.25, 1.75),
+                       beats_baseline=(AtCompute("rdrop+plateau", 1.0, 0.5, 1.5, 0.0004),))
+    text = recommendation_text(r)
+    for part in ("fam (accuracy, higher is better)", "+2.00 at 3.00x", "**rdrop+fraction** "
+                 "(alpha=1): 90% of the gain", "80.00 [79.00, n/a]", "1.50x [1.25x, 1.75x]",
+                 "rdrop+plateau +1.00 [+0.50, +1.50], Holm p <0.001"):
+        assert part in text, part
+    assert "nan" not in text
+    assert recommendation_text(Recommendation("fam", "m", True, NO_FULL_ARM)) == (
+        "fam: no full R-Drop arm, so no gain to keep.")
 
 
 def test_without_a_gain_there_is_nothing_to_keep():
@@ -99,8 +137,22 @@ def test_without_a_gain_there_is_nothing_to_keep():
         if r["method"] == "rdrop" and not r["config"]:
             r["value"] = 320.0
     (v,) = build_verdicts(recs)
-    assert "does not improve on the tuned baseline" in recommendation(v)
-    assert all(math.isnan(r.gain_kept) for r in frontier_rows(v))
+    r = recommendation(v)
+    assert r.kind == NO_GAIN and r.arm is None and r.gain == pytest.approx(320 - 301)
+    assert all(math.isnan(row.gain_kept) for row in frontier_rows(v))
+
+
+def test_without_full_rdrop_there_is_no_gain_to_keep():
+    (v,) = build_verdicts([r for r in _family() if r["method"] != "rdrop"])
+    r = recommendation(v)
+    assert r.kind == NO_FULL_ARM and math.isnan(r.gain) and r.best_at_compute is None
+
+
+def test_unscheduled_keeps_only_the_arms_named_by_their_method():
+    recs = _family()
+    kept = unscheduled(recs)
+    assert {arm_name(r) for r in kept} == {"baseline", "rdrop", "rdrop_stop_gradient"}
+    assert len(kept) == len(recs) - 3  # the three fraction records
 
 
 def test_compute_to_reach_never_reached_is_inf():

@@ -1,4 +1,5 @@
-"""The report from fixture results: pairing, statistics, CSV/Markdown/PNG outputs."""
+"""The report from fixture results: pairing, statistics, CSV/Markdown/PNG outputs. Expected
+numbers are written out by hand (the fixture's seeds are small enough to do so)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import math
 
 import pytest
 
-from rdrop_experiments.report import build_report, group_results
-from rdrop_experiments.stats import paired_difference, summarize
+from rdrop_experiments.design import Design, ExperimentDesign
+from rdrop_experiments.report import build_report, collect_report, group_results
 from rdrop_experiments.storage import write_json_atomic
+
+# the registered experiment as the reports see it: 3 seeds by default, 2 for --quick
+IMAGE = Design({"image": ExperimentDesign(seeds=3, variant_seeds={"quick": 2},
+                                          dataset="fashion-mnist", alpha=0.6, paper="+0.5")})
 
 BASE = {"exp": [0.80, 0.82, 0.81], "rd": [0.82, 0.83, 0.83], "rd_a5": [0.79, 0.80, 0.82]}
 
@@ -53,11 +58,18 @@ def test_report_numbers_and_files(results):
     with open(results / "summary.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["metric"] == "accuracy"]
     row = next(r for r in rows if r["setting"] == "alpha=1")
-    d = paired_difference(dict(enumerate(BASE["exp"])), dict(enumerate(BASE["rd"])))
-    assert math.isclose(float(row["delta"]), d.mean)
-    assert math.isclose(float(row["delta_low"]), d.low) and d.low > 0  # +1.67 [+0.23, +3.10]
-    assert math.isclose(float(row["baseline_mean"]), summarize(BASE["exp"]).mean)
-    row_md = "| fixture | alpha=1 | accuracy (%) | 81.00 ± 1.00 | 82.67 ± 0.58 | +1.67"
+    # by hand: differences .02, .01, .02; mean 1/60, sd sqrt(1/3) / 100, t_{2,.975} = 4.302653
+    half = 4.302653 * math.sqrt(1 / 3) / 100 / math.sqrt(3)
+    assert float(row["delta"]) == pytest.approx(1 / 60)
+    assert float(row["delta_low"]) == pytest.approx(1 / 60 - half, rel=1e-5)
+    assert float(row["delta_high"]) == pytest.approx(1 / 60 + half, rel=1e-5)
+    # t = (1/60) / (sd / sqrt 3) = 5 with 2 df: p = 1 - 5 / sqrt(27)
+    assert float(row["p_value"]) == pytest.approx(1 - 5 / math.sqrt(27), rel=1e-5)
+    assert float(row["baseline_mean"]) == pytest.approx(0.81)
+    assert float(row["rdrop_mean"]) == pytest.approx(2.48 / 3)
+    assert int(row["n_pairs"]) == 3 and row["paper"] == "+1.0"  # unregistered: the records'
+    row_md = ("| fixture | alpha=1 | accuracy (%) | 81.00 ± 1.00 | 82.67 ± 0.58 | +1.67 [+0.23, "
+              "+3.10] | 0.038 | 3 | 10 / 15 | +1.0 |")
     assert row_md in text
     assert (results / "summary.md").read_text() == text
     assert "- fixture [all 2 settings]: `rdrop run fixture`" in text  # one command, one line
@@ -65,13 +77,6 @@ def test_report_numbers_and_files(results):
     assert pngs == ["fixture__alpha=1_curves.png", "fixture__alpha=5_curves.png",
                     "fixture_metric.png"]
     assert all((results / "plots" / p).stat().st_size > 1000 for p in pngs)
-
-
-def test_t_interval_matches_scipy():
-    d = paired_difference({0: 1.0, 1: 2.0, 2: 4.0, 3: 4.0}, {0: 2.0, 1: 2.5, 2: 5.5, 3: 4.0})
-    # differences 1, .5, 1.5, 0: mean .75, sd .6455, t_{3,.975} = 3.1824
-    assert math.isclose(d.mean, 0.75)
-    assert math.isclose(d.high - d.mean, 3.18245 * 0.645497 / 2, rel_tol=1e-4)
 
 
 def test_empty_results_raise(tmp_path):
@@ -92,15 +97,15 @@ def test_reproduce_command_drops_work_splitting_options():
 
 
 def test_reproduce_command_knows_the_variants_seeds():
-    from rdrop_experiments.registry import get_experiment
-
-    image = get_experiment("image")  # the registered family: its quick variant's seed count
-    n = image.variants["quick"].get("seeds", image.config.seeds)
-    recs = [_record(m, s, 0.8, "k", "k") for m in ("baseline", "rdrop") for s in range(n + 1)]
+    recs = [_record(m, s, 0.8, "k", "k") for m in ("baseline", "rdrop") for s in range(3)]
     for r in recs:
         r.update(experiment="image", variant="quick", command="rdrop run image --quick")
-    assert group_results(recs)[0].command() == f"rdrop run image --quick seeds={n + 1}"
-    recs = [r for r in recs if r["seed"] < n]
+    # the design's quick variant runs 2 seeds: 3 is named, 2 is the default
+    assert group_results(recs, IMAGE)[0].command() == "rdrop run image --quick seeds=3"
+    two = [r for r in recs if r["seed"] < 2]
+    assert group_results(two, IMAGE)[0].command() == "rdrop run image --quick"
+    # without the design the records alone are read: 3 seeds by default
+    assert group_results(two)[0].command() == "rdrop run image --quick seeds=2"
     assert group_results(recs)[0].command() == "rdrop run image --quick"
 
 
@@ -118,27 +123,22 @@ def test_settings_sort_by_number():
         "alpha=0.3", "alpha=1.0", "alpha=3.0", "alpha=10.0"]
 
 
-def test_the_default_alpha_is_named(results):
+def test_the_default_alpha_is_named():
     recs = [_record(m, s, 0.8, m, "baseline") for m in ("baseline", "rdrop") for s in range(2)]
     for r in recs:  # the image family at its defaults, e.g. max_steps overridden
         r.update(experiment="image", overrides={"max_steps": "1500"},
-                 config={"alpha": get_default("image").alpha, "dataset": "fashion-mnist"})
-    (group,) = group_results(recs)
-    assert group.label == f"max_steps=1500 alpha={get_default('image').alpha:g} (default)"
-
-
-def get_default(name):
-    from rdrop_experiments.registry import get_experiment
-
-    return get_experiment(name).config
+                 config={"alpha": 0.6, "dataset": "fashion-mnist"})
+    (group,) = group_results(recs, IMAGE)
+    assert group.label == "max_steps=1500 alpha=0.6 (default)"
+    assert group.info("paper") == "+0.5"  # the design's figure over the records' "+1.0"
+    assert group_results(recs)[0].label == "max_steps=1500 alpha=0.6"  # no design: no default
 
 
 def test_quick_image_runs_are_labelled_digits():
     recs = [_record(m, s, 0.8, m, "baseline") for m in ("baseline", "rdrop") for s in range(2)]
     for r in recs:
-        r.update(experiment="image", variant="quick",
-                 config={"alpha": get_default("image").alpha, "dataset": "digits"})
-    assert group_results(recs)[0].label.startswith("quick dataset=digits")
+        r.update(experiment="image", variant="quick", config={"alpha": 0.6, "dataset": "digits"})
+    assert group_results(recs, IMAGE)[0].label == "quick dataset=digits alpha=0.6 (default)"
 
 
 def test_quick_rows_never_mix_with_full_ones(tmp_path):
@@ -263,6 +263,17 @@ def test_diverged_runs_are_listed_and_left_out_of_every_table(results):
         row = next(r for r in csv.DictReader(f)
                    if r["metric"] == "accuracy" and r["setting"] == "alpha=1")
     assert int(row["n_rdrop"]) == 2 and int(row["n_pairs"]) == 2
-    assert math.isclose(float(row["rdrop_mean"]), summarize(BASE["rd"][:2]).mean)
-    d = paired_difference(dict(enumerate(BASE["exp"][:2])), dict(enumerate(BASE["rd"][:2])))
-    assert math.isclose(float(row["delta"]), d.mean)
+    assert float(row["rdrop_mean"]) == pytest.approx(0.825)  # seeds 0 and 1: .82, .83
+    assert float(row["delta"]) == pytest.approx(0.015)  # paired with .80, .82
+
+
+def test_collecting_writes_nothing_and_holds_what_the_report_says(results):
+    before = sorted(p.name for p in results.rglob("*"))
+    data = collect_report(results)
+    assert sorted(p.name for p in results.rglob("*")) == before
+    assert [g.label for g in data.groups] == ["alpha=1", "alpha=5"]
+    assert [s.path.name for s in data.skipped] == ["broken.json"]
+    assert not data.has_verdict and data.scale_map is None and data.agreement == []
+    row = next(r for r in data.rows if r["setting"] == "alpha=5" and r["primary"])
+    # alpha 5: .79, .80, .82 against .80, .82, .81: differences -.01, -.02, +.01
+    assert row["delta"] == pytest.approx(-0.02 / 3) and row["n_pairs"] == 3

@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 
 from rdrop_experiments.advise import AdviseError, advise, read_baseline
+from rdrop_experiments.design import Design, dropout_key
 from rdrop_experiments.predictor import fit_line, fit_predictor
-from rdrop_experiments.scale import edge_state, extension
+from rdrop_experiments.registry import discover, get_experiment
+from rdrop_experiments.scale import CELLS, STOPPING, extension, map_grid, missing_runs
 from rdrop_experiments.scale_map import MapCell, map_cells
+from rdrop_experiments.verdict import edge_state
+
+# what the CLI hands the reports: the registered grids and the scale cells' missing runs
+DESIGN = Design.of(discover().values(), cells=CELLS, missing_runs=missing_runs)
 
 
 def _record(method, seed, *, value, valid, knob, train_loss=1.0, valid_loss=1.5,
@@ -83,7 +89,7 @@ def test_map_cell_values_against_a_hand_computation(tmp_path):
     folder.mkdir(parents=True)
     for i, rec in enumerate(_cell_records(gain=0.03, size=2000)):
         (folder / f"r{i}.json").write_text(json.dumps(rec))
-    (cell,) = map_cells(tmp_path)
+    (cell,) = map_cells(tmp_path, DESIGN)
     base = sum(100 * (0.70 + 0.01 * s) for s in range(3)) / 3
     assert cell.size == 2000 and cell.model == "d32" and cell.source == "scale"
     assert math.isclose(cell.baseline, base)
@@ -94,6 +100,7 @@ def test_map_cell_values_against_a_hand_computation(tmp_path):
     assert math.isclose(cell.after_best, 0.02 / 0.80)
     assert cell.overfit and cell.stopped_past_optimum == "3/3"
     assert cell.at_edge == [] and cell.missing_runs == 0  # both choices interior
+    assert cell.verdict == "yes"
 
 
 def test_a_choice_still_at_an_extendable_edge_leaves_the_cell_incomplete(tmp_path):
@@ -107,8 +114,14 @@ def test_a_choice_still_at_an_extendable_edge_leaves_the_cell_incomplete(tmp_pat
     folder.mkdir(parents=True)
     for i, rec in enumerate(recs):
         (folder / f"r{i}.json").write_text(json.dumps(rec))
-    (mc,) = map_cells(tmp_path)
-    assert "baseline dropout=0.1" in mc.at_edge and not mc.verdict_ok
+    (mc,) = map_cells(tmp_path, DESIGN)
+    assert mc.at_edge == ["baseline dropout=0.1", "rdrop alpha=1"] and not mc.verdict_ok
+    assert mc.missing_runs == 6
+    assert mc.verdict == ("no: INCOMPLETE: 6 runs to go; at a grid edge: baseline dropout=0.1, "
+                          "rdrop alpha=1")
+    # without the design the records alone are read: no grid, no cell to complete
+    (bare,) = map_cells(tmp_path)
+    assert bare.at_edge == [] and bare.missing_runs == 0
     # the baseline's extension runs; dropout 0.0 ends its range even if it wins
     recs += [_record("baseline", s, value=0.7, valid=0.9, knob={"dropout": 0.0}, size=2000)
              for s in range(3)]
@@ -120,8 +133,9 @@ def test_a_cell_whose_baseline_did_not_overfit_carries_no_verdict(tmp_path):
     folder.mkdir(parents=True)
     for i, rec in enumerate(_cell_records(stop="compute_cap", size=8000)):
         (folder / f"r{i}.json").write_text(json.dumps(rec))
-    (cell,) = map_cells(tmp_path)
+    (cell,) = map_cells(tmp_path, DESIGN)
     assert not cell.overfit and not cell.verdict_ok
+    assert cell.verdict == "no: the baseline passed its optimum in 0/3 seeds"
 
 
 def _cell(family, gap, rel):
@@ -172,7 +186,7 @@ def test_advise_reads_a_record_and_a_trainer_state(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(rec))
     run = read_baseline(tmp_path / "run.json")
     assert run.gap == pytest.approx(0.7) and run.best_step == 20 and run.source == "record"
-    text = advise(tmp_path / "run.json", tmp_path)
+    text = advise(tmp_path / "run.json", tmp_path, DESIGN)
     assert "0.700 nats" in text and f"rdrop tryout {tmp_path / 'run.json'}" in text
     assert "nearest cells" in text and "image-500-vit-d32" in text  # the map, as context
 
@@ -216,12 +230,22 @@ def test_write_map_writes_the_table_the_csv_and_the_plots(tmp_path):
     from rdrop_experiments.scale_map import write_map
 
     _write_map(tmp_path)
-    text = write_map(tmp_path)
-    assert "| image-500-vit-d32 | 500 |" in text and "no predictor fitted" in text
+    text = write_map(tmp_path, design=DESIGN)
+    assert "no predictor fitted" in text
+    head, rule, *rows = [line for line in text.split("\n## ")[0].splitlines()
+                         if line.startswith("|")][:4]
+    assert head.count("|") - 1 == 7 and rule == "|---" * 7 + "|"  # seven columns at most
+    assert [c.strip() for c in rows[1].strip("|").split("|")] == [
+        "image-500-vit-d32", "500", "+3.00 [+3.00, +3.00], <0.001", "+3.00 [+3.00, +3.00], "
+        "<0.001", "1.00x", "0.500", "yes"]
     with open(tmp_path / "scale" / "map.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["name"] for r in rows] == ["image-2000-vit-d32", "image-500-vit-d32"]
-    assert float(rows[1]["best"]) == pytest.approx(3.0)
+        csv_rows = list(csv.DictReader(f))
+    assert [r["name"] for r in csv_rows] == ["image-2000-vit-d32", "image-500-vit-d32"]
+    # the CSV keeps what the table leaves out
+    assert float(csv_rows[1]["best"]) == pytest.approx(3.0)
+    assert csv_rows[1]["model"] == "d32" and csv_rows[1]["seeds"] == "5"
+    assert csv_rows[1]["chosen_baseline"] == "dropout=0.1" and csv_rows[1]["verdict"] == "yes"
+    assert float(csv_rows[1]["rel"]) == pytest.approx(3.0 / 72.0)  # 5 seeds: 70 .. 74%
     for name in ("scale-baseline-image.png", "scale-gap.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
 
@@ -391,35 +415,43 @@ def test_a_registered_cell_with_runs_to_go_is_incomplete_and_carries_no_verdict(
     recs[-1]["config"]["second_pass_fraction"] = 0.5
     for i, rec in enumerate(recs):
         (folder / f"r{i}.json").write_text(json.dumps(rec))
-    (cell,) = map_cells(tmp_path)
+    (cell,) = map_cells(tmp_path, DESIGN)
     # the registered first grid also holds `rdrop_alpha0`: its 3 seeds are still to go
     assert cell.missing_runs == 3 and cell.overfit and not cell.verdict_ok
-    assert "INCOMPLETE: 3 runs to go" in map_markdown([cell])
+    assert "| no: INCOMPLETE: 3 runs to go |" in map_markdown([cell])
     for seed in range(2):
         rec = _record("rdrop_alpha0", seed, value=0.7, valid=0.79, knob={}, size=2000)
         (folder / f"a{seed}.json").write_text(json.dumps(rec))
-    assert map_cells(tmp_path)[0].missing_runs == 1
+    assert map_cells(tmp_path, DESIGN)[0].missing_runs == 1
     rec = _record("rdrop_alpha0", 2, value=0.7, valid=0.79, knob={}, size=2000)
     (folder / "a2.json").write_text(json.dumps(rec))
-    (cell,) = map_cells(tmp_path)
+    (cell,) = map_cells(tmp_path, DESIGN)
     assert cell.missing_runs == 0 and cell.verdict_ok
     assert "INCOMPLETE" not in map_markdown([cell])
 
 
-@pytest.mark.parametrize("cell", __import__("rdrop_experiments.scale").scale.CELLS,
-                         ids=lambda c: c.name)
-def test_every_registered_cell_can_run(cell):
-    from rdrop_experiments.registry import get_experiment
-    from rdrop_experiments.scale import STOPPING, _dropout_key, map_grid, missing_runs
+# each family's baseline grid knob, written out: the edge extensions walk it
+KNOBS = {"image": "dropout", "language-modeling": "dropout", "text-classification": "dropout",
+         "summarization": "dropout", "translation": "dropout"}
 
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.name)
+def test_every_registered_cell_can_run(cell):
     grid = map_grid(get_experiment(cell.family).grid)
-    methods = {s["methods"][0] for s in grid}
-    assert methods == {"baseline", "rdrop", "rdrop_alpha0"}
-    assert _dropout_key(grid)  # the baseline's dropout knob, for the edge extensions
+    assert {s["methods"][0] for s in grid} == {"baseline", "rdrop", "rdrop_alpha0"}
+    assert dropout_key(grid) == KNOBS[cell.family]
+    assert DESIGN.experiment(cell.family).dropout_key == KNOBS[cell.family]
     overrides = cell.config_overrides()
     assert overrides[cell.size_key] == cell.size and overrides["seeds"] == cell.seeds
-    assert STOPPING[cell.family]["eval_every_epochs"] > 0
+    assert overrides["eval_every_epochs"] == STOPPING[cell.family]["eval_every_epochs"] == 1.0
+    # nothing run yet: every point of the first grid, every seed, is still to go
     assert missing_runs(cell, []) == len(grid) * cell.seeds
+    assert DESIGN.missing(cell.name, []) == len(grid) * cell.seeds
+
+
+def test_a_folder_that_is_no_registered_cell_lacks_no_runs():
+    assert DESIGN.missing("image-123-made-up", []) == 0
+    assert Design().missing(CELLS[0].name, []) == 0
 
 
 def test_the_map_reports_the_examples_a_run_trained_on_not_its_cap(tmp_path):
@@ -459,7 +491,7 @@ def test_advise_leaves_out_a_cell_with_runs_to_go(tmp_path):
     next((tmp_path / "scale" / "image-2000-vit-d32" / "image").glob("r*.json")).unlink()
     rec = _record("baseline", 0, value=0.7, valid=0.8, knob={"dropout": 0.1})
     (tmp_path / "run.json").write_text(json.dumps(rec))
-    text = advise(tmp_path / "run.json", tmp_path)
+    text = advise(tmp_path / "run.json", tmp_path, DESIGN)
     assert "image-500-vit-d32" in text and "image-2000-vit-d32" not in text
 
 

@@ -8,7 +8,14 @@ import statistics
 
 import pytest
 
-from rdrop_experiments.verdict import build_verdicts, verdict_line, verdict_report
+from rdrop_experiments.design import Design, ExperimentDesign
+from rdrop_experiments.verdict import (
+    build_verdicts,
+    edge_state,
+    grid_order,
+    verdict_line,
+    verdict_report,
+)
 
 
 def _rec(method, seed, setting, *, valid, test, best_passes, stop_passes, curves=None,
@@ -166,23 +173,59 @@ def _tied_arm(experiment, labels):
     return recs
 
 
+IMAGE = Design({"image": ExperimentDesign(grid=("dropout=0.1", "dropout=0.3", "alpha=1.0"))})
+
+
 @pytest.mark.parametrize("labels", [["dropout=0.0", "dropout=0.3", "dropout=0.1"],
                                     ["dropout=0.1", "dropout=0.0", "dropout=0.3"],
                                     ["dropout=0.3", "dropout=0.1", "dropout=0.0"]])
 def test_a_tie_goes_to_the_first_point_of_the_registered_grid_whatever_the_record_order(labels):
-    # image's registered baseline grid is dropout 0.1, 0.3; 0.0 is a scale cell's extension
-    (v,) = build_verdicts(_tied_arm("image", labels))
+    # the design's baseline grid is dropout 0.1, 0.3; 0.0 is a scale cell's extension
+    (v,) = build_verdicts(_tied_arm("image", labels), IMAGE)
     assert v.arms["baseline"].chosen == "dropout=0.1"
+    # without the design the records alone decide: the first label
+    (v,) = build_verdicts(_tied_arm("image", labels))
+    assert v.arms["baseline"].chosen == "dropout=0.0"
     # a strictly better point still wins over the grid's first, wherever it is read
     recs = _tied_arm("image", labels)
     for rec in recs:
-        if rec["setting"].endswith("dropout=0.0"):
+        if rec["setting"].endswith("dropout=0.3"):
             rec["extra"] = {**rec["extra"], "best_valid": 0.81}
-    (v,) = build_verdicts(recs)
-    assert v.arms["baseline"].chosen == "dropout=0.0"
+    (v,) = build_verdicts(recs, IMAGE)
+    assert v.arms["baseline"].chosen == "dropout=0.3"
 
 
 def test_a_tie_outside_any_registered_grid_goes_to_the_first_label():
     for labels in (["dropout=0.5", "dropout=0.2"], ["dropout=0.2", "dropout=0.5"]):
-        (v,) = build_verdicts(_tied_arm("not-registered", labels))
+        (v,) = build_verdicts(_tied_arm("not-registered", labels), IMAGE)
         assert v.arms["baseline"].chosen == "dropout=0.2"
+
+
+def test_the_registry_design_carries_the_registered_grid_order():
+    from rdrop_experiments.registry import discover
+
+    design = Design.of(discover().values())
+    assert design.grid("image")[:2] == ("dropout=0.1", "dropout=0.3")
+    assert design.experiment("image").dropout_key == "dropout"
+    assert grid_order("image", design)[:2] == ["dropout=0.1", "dropout=0.3"]
+    assert grid_order("image") == [] and grid_order("not-registered", design) == []
+
+
+def test_edge_state_reads_the_choice_on_validation_against_the_grid():
+    recs = _tied_arm("image", ["dropout=0.1", "dropout=0.3"])
+    for rec in recs:
+        rec["config"] = {"dropout": float(rec["setting"].rsplit("=", 1)[1])}
+        if rec["setting"].endswith("dropout=0.3"):
+            rec["extra"] = {**rec["extra"], "best_valid": 0.9}
+    assert edge_state(recs, "dropout") == {"baseline": {
+        "knob": "dropout", "values": [0.1, 0.3], "chosen": 0.3, "at_edge": True}}
+    assert edge_state([], "dropout") == {}
+
+
+def test_missing_numbers_read_n_a_in_every_table(tmp_path):
+    recs = [r for r in _family() if r["seed"] == 0]  # one seed: no interval, no p value
+    text = verdict_report(recs, tmp_path, plots=False)
+    assert "nan" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| fam | dropout=0.3"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "+3.00 [n/a, n/a]" and cells[6] == "n/a"  # Δ best, p

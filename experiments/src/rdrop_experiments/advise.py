@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from rdrop.training.autostart import PLATEAU_FRACTION, PLATEAU_WINDOW, plateau_step
+from rdrop_experiments.design import Design
+from rdrop_experiments.formatting import ci, percent, signed
 
 __all__ = ["AdviseError", "BaselineRun", "advise", "read_baseline"]
 
@@ -160,10 +162,12 @@ def read_baseline(path: str | Path) -> BaselineRun:
                       "'curves') or a Hugging Face trainer_state.json (with 'log_history').")
 
 
-def advise(path: str | Path, results: str | Path | None = None) -> str:
+def advise(path: str | Path, results: str | Path | None = None,
+           design: Design | None = None) -> str:
     """How to measure R-Drop on the baseline run at ``path``: where the plateau rule fires, the
     checkpoint to branch from, and the tryout command; with ``results`` holding a scale map, the
-    map's nearest cells as context.
+    map's nearest cells as context (``design``: the registered cells' missing runs, so that an
+    incomplete cell is left out).
 
     Raises:
         AdviseError: see :func:`read_baseline`.
@@ -201,21 +205,22 @@ def advise(path: str | Path, results: str | Path | None = None) -> str:
                      "after that point):")
         lines.append(f"  rdrop tryout {path}")
     if results is not None and Path(results).is_dir():
-        lines.extend(_map_context(run, results))
+        lines.extend(_map_context(run, results, design))
     return "\n".join(lines)
 
 
-def _map_context(run: BaselineRun, results: str | Path) -> list[str]:
+def _map_context(run: BaselineRun, results: str | Path, design: Design | None) -> list[str]:
     """The scale map's nearest cells by gap (context for the tryout, not a prediction)."""
-    from rdrop_experiments.scale_map import map_cells
+    from rdrop_experiments import scale_map  # reads every record: only when a map is asked for
 
-    cells = [c for c in map_cells(results) if math.isfinite(c.gap) and not c.missing_runs]
+    cells = [c for c in scale_map.map_cells(results, design)
+             if math.isfinite(c.gap) and not c.missing_runs]
     if not cells:
         return []
     lines = ["for context, the scale map's nearest cells (by gap; the map does not predict "
              "a user's gain):"]
     for c in sorted(cells, key=lambda c: abs(c.gap - run.gap))[:3]:
-        lines.append(f"  {c.name}: gap {c.gap:.3f}, R-Drop {100 * c.rel:+.1f}% relative "
-                     f"(Δ {c.best:+.2f} [{c.best_low:+.2f}, {c.best_high:+.2f}] {c.metric}), "
-                     f"at the baseline's compute Δ {c.equal:+.2f}, alpha {c.alpha:g}")
+        lines.append(f"  {c.name}: gap {c.gap:.3f}, R-Drop {percent(c.rel)} relative "
+                     f"(Δ {ci(c.best, c.best_low, c.best_high)} {c.metric}), "
+                     f"at the baseline's compute Δ {signed(c.equal)}, alpha {c.alpha:g}")
     return lines

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rdrop_experiments.design import Design
+from rdrop_experiments.formatting import NA, ci, p_value, percent
 from rdrop_experiments.storage import load_results
 from rdrop_experiments.verdict import build_verdicts
 
@@ -77,16 +79,17 @@ def _branch_seed(rec: dict[str, Any]) -> int:
     return int(rec["seed"]) if branch is None else int(branch)
 
 
-def agreement_rows(results: str | Path) -> list[AgreementRow]:
+def agreement_rows(results: str | Path, design: Design | None = None) -> list[AgreementRow]:
     """A row per family that has both a tryout under ``results/tryout/<family>`` and the
-    plateau arm's full comparison under ``results/<family>``."""
+    plateau arm's full comparison under ``results/<family>`` (``design``: the registered grids'
+    order, for ties on validation)."""
     results = Path(results)
     rows = []
     for path in sorted((results / "tryout").glob("*/tryout-2seeds.json")):
         saved = json.loads(path.read_text())
         family = saved["experiment"]
         records = [r for r in load_results(results / family) if r["experiment"] == family]
-        verdicts = build_verdicts(records)
+        verdicts = build_verdicts(records, design)
         if not verdicts or ARM not in verdicts[0].arms:
             continue
         v = verdicts[0]
@@ -116,10 +119,10 @@ def agreement_rows(results: str | Path) -> list[AgreementRow]:
         scale = v.scale if same else 1.0  # a percent metric is shown in points
         rows.append(AgreementRow(
             family=family, tryout=saved["verdict"], tryout_alpha=float(saved["alpha"]),
-            tryout_delta=(f"{scale * at['mean']:+.2f} [{scale * at['low']:+.2f}, "
-                          f"{scale * at['high']:+.2f}]") if at else "n/a",
+            tryout_delta=ci(scale * at["mean"], scale * at["low"], scale * at["high"])
+            if at else NA,
             full=full, full_alpha=v.arms[ARM].chosen,
-            full_delta=f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}], Holm p {cmp.p_holm:.3f}",
+            full_delta=f"{ci(d.mean, d.low, d.high)}, Holm p {p_value(cmp.p_holm)}",
             agree=saved["verdict"] == full,
             compute_fraction=tryout_passes / full_passes if full_passes else math.nan,
             followup=followup, same_metric=same))
@@ -143,21 +146,23 @@ def agreement_markdown(rows: Sequence[AgreementRow]) -> str:
         family = r.family if r.same_metric else f"{r.family} (tryout on test NLL, full on " \
             "the family's metric: not comparable)"
         more = ("–" if f is None else
-                f"{f[0]}, {f[1]}, {'yes' if f[2] else 'no'}, {100 * f[3]:.0f}%")
+                f"{f[0]}, {f[1]}, {'yes' if f[2] else 'no'}, {percent(f[3], 0, sign=False)}")
         lines.append(f"| {family} | {r.tryout}, {r.tryout_alpha:g}, {r.tryout_delta} | "
                      f"{r.full}, {r.full_alpha}, {r.full_delta} | {'yes' if r.agree else 'no'} "
-                     f"| {100 * r.compute_fraction:.0f}% | {more} |")
+                     f"| {percent(r.compute_fraction, 0, sign=False)} | {more} |")
     same = [r for r in rows if r.same_metric]
     agree = sum(r.agree for r in same)
     mean_fraction = sum(r.compute_fraction for r in same) / len(same) if same else math.nan
     lines += ["", f"Agreement at 2 seeds, over the {len(same)} families where both compare "
               f"the same metric: {agree}/{len(same)} "
-              f"({100 * agree / len(same) if same else math.nan:.0f}%), at "
-              f"{100 * mean_fraction:.0f}% of the full comparison's compute on average."]
+              f"({percent(agree / len(same) if same else math.nan, 0, sign=False)}), at "
+              f"{percent(mean_fraction, 0, sign=False)} of the full comparison's compute on "
+              "average."]
     followed = [r.followup for r in same if r.followup is not None]
     if followed:
         n_agree = sum(f[2] for f in followed)
         lines.append(f"With the seeds the tryout asked for ({len(followed)} families): "
                      f"{n_agree}/{len(followed)} agree, at "
-                     f"{100 * sum(f[3] for f in followed) / len(followed):.0f}% of the compute.")
+                     f"{percent(sum(f[3] for f in followed) / len(followed), 0, sign=False)} of "
+                     "the compute.")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rdrop_experiments.formatting import number
 from rdrop_experiments.stats import display_scale
 from rdrop_experiments.storage import check_one_record_per_run, load_results
 
@@ -97,7 +98,7 @@ def pair_records(old: Sequence[dict[str, Any]],
 
 def _scaled(metric: str, x: float) -> str:
     scale, digits = display_scale(metric)
-    return f"{x * scale:.{digits + 2}f}"
+    return number(x * scale, digits + 2)
 
 
 def format_comparison(pairs: Sequence[Pair], only_old: int, only_new: int) -> str:

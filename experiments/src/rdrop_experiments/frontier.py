@@ -36,11 +36,13 @@ from typing import Any
 
 from rdrop_experiments.compute import fb_of_point
 from rdrop_experiments.config import SCHEDULE_TAGS
+from rdrop_experiments.formatting import NA, ci, number, p_value, ratio, signed
 from rdrop_experiments.stats import t_quantile
 
-__all__ = ["FrontierRow", "arm_name", "compute_to_reach", "family_forward_ratio",
-           "fb_at_best", "fb_used", "frontier_markdown", "frontier_rows", "improves",
-           "plot_frontier", "quality_at_fb", "recommendation"]
+__all__ = ["AtCompute", "FrontierRow", "Recommendation", "arm_name", "compute_to_reach",
+           "family_forward_ratio", "fb_at_best", "fb_used", "frontier_markdown", "frontier_rows",
+           "improves", "plot_frontier", "quality_at_fb", "recommendation", "recommendation_text",
+           "unscheduled"]
 
 GAIN_KEPT = 0.8
 
@@ -72,6 +74,19 @@ def arm_name(rec: Mapping[str, Any]) -> str:
     if config.get("arm_tag"):
         tags.append(str(config["arm_tag"]))
     return "+".join([str(rec["method"]), *tags])
+
+
+def unscheduled(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of arms without a schedule option, noise source or arm tag (issue 20's
+    cheaper arms, read in their own frontier table, are left out): what the scale map's rows
+    and a cell's completeness count.
+
+    Example:
+        >>> rec = {"method": "rdrop", "setting": "methods=rdrop,alpha=1.0", "config": {}}
+        >>> len(unscheduled([rec, {**rec, "config": {"second_pass_fraction": 0.5}}]))
+        1
+    """
+    return [r for r in records if arm_name(r) == r["method"]]
 
 
 def family_forward_ratio(records: Sequence[Mapping[str, Any]]) -> float:
@@ -240,71 +255,129 @@ def frontier_rows(v: Any) -> list[FrontierRow]:
     return rows
 
 
-def recommendation(v: Any, rows: Sequence[FrontierRow] | None = None) -> str:
-    """The family's recommendation (see the module doc), one paragraph."""
+@dataclass(frozen=True)
+class AtCompute:
+    """An arm minus the baseline at the baseline's compute (mean, 95% CI, Holm p)."""
+
+    arm: str
+    mean: float
+    low: float
+    high: float
+    p_holm: float
+
+
+NO_FULL_ARM, NO_GAIN, CHEAPER_ARM, NONE_KEEPS = "no full arm", "no gain", "cheaper arm", \
+    "none keeps the gain"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A family's recommendation (see the module doc), as data; :func:`recommendation_text`
+    writes it as a paragraph.
+
+    Attributes:
+        family, metric, higher_is_better: the family and its metric.
+        kind: :data:`CHEAPER_ARM` (``arm`` keeps >= :data:`GAIN_KEPT` of full R-Drop's gain),
+            :data:`NONE_KEEPS` (no arm does), :data:`NO_GAIN` (full R-Drop does not improve on
+            the tuned baseline) or :data:`NO_FULL_ARM` (no full R-Drop arm was run).
+        gain: full R-Drop's best-quality gain (mean, report units); full_to_best: its compute
+            to best over the baseline's (geometric mean).
+        arm, chosen: the cheapest arm keeping the gain and its grid point chosen on validation
+            (None, '' unless ``kind`` is :data:`CHEAPER_ARM`); gain_kept: its share of the gain;
+            quality: its best test quality; to_best: its compute to best (x the baseline's).
+        beats_baseline: the arms better than the tuned baseline at the baseline's compute with
+            Holm p < 0.05; best_at_compute: where none is, the arm closest to it (None without
+            such comparisons).
+    """
+
+    family: str
+    metric: str
+    higher_is_better: bool
+    kind: str
+    gain: float = math.nan
+    full_to_best: float = math.nan
+    arm: str | None = None
+    chosen: str = ""
+    gain_kept: float = math.nan
+    quality: Interval | None = None
+    to_best: Interval | None = None
+    beats_baseline: tuple[AtCompute, ...] = ()
+    best_at_compute: AtCompute | None = None
+
+
+def _at(r: FrontierRow) -> AtCompute:
+    assert r.at_baseline is not None
+    return AtCompute(r.arm, *r.at_baseline)
+
+
+def recommendation(v: Any, rows: Sequence[FrontierRow] | None = None) -> Recommendation:
+    """The family's recommendation (see the module doc) for a
+    :class:`~rdrop_experiments.verdict.FamilyVerdict` ``v`` and its frontier ``rows``."""
     rows = list(rows if rows is not None else frontier_rows(v))
     by = {r.arm: r for r in rows}
+    head = {"family": v.experiment, "metric": v.metric, "higher_is_better": v.higher_is_better}
     if "rdrop" not in by:
-        return f"{v.experiment}: no full R-Drop arm, so no gain to keep."
+        return Recommendation(**head, kind=NO_FULL_ARM)
     full = by["rdrop"]
-    better = "higher" if v.higher_is_better else "lower"
-    keep = [r for r in rows if r.arm not in ("baseline", "rdrop_alpha0")
-            and math.isfinite(r.gain_kept) and r.gain_kept >= GAIN_KEPT]
     gain = full.quality.mean - by["baseline"].quality.mean
-    text = [f"{v.experiment} ({v.metric}, {better} is better): full R-Drop's gain is "
-            f"{_d(gain)} at {_x(full.to_best.mean)} the baseline's compute to best."]
+    head |= {"gain": gain, "full_to_best": full.to_best.mean}
+    pick: dict[str, Any] = {}
     if not improves(gain, v.higher_is_better):
+        kind = NO_GAIN
+    else:
+        keep = [r for r in rows if r.arm not in ("baseline", "rdrop_alpha0")
+                and math.isfinite(r.gain_kept) and r.gain_kept >= GAIN_KEPT]
+        kind = CHEAPER_ARM if keep else NONE_KEEPS
+        if keep:
+            r = min(keep, key=lambda r: (r.to_best.mean, r.arm))
+            pick = {"arm": r.arm, "chosen": r.chosen, "gain_kept": r.gain_kept,
+                    "quality": r.quality, "to_best": r.to_best}
+    at = [_at(r) for r in rows if r.at_baseline is not None]
+    wins = tuple(a for a in at if math.isfinite(a.p_holm) and a.p_holm < 0.05
+                 and improves(a.mean, v.higher_is_better))
+    closest = None
+    if not wins and at:
+        closest = (max if v.higher_is_better else min)(at, key=lambda a: a.mean)
+    return Recommendation(**head, kind=kind, **pick, beats_baseline=wins,
+                          best_at_compute=closest)
+
+
+def _at_text(a: AtCompute) -> str:
+    return f"{a.arm} {ci(a.mean, a.low, a.high)}, Holm p {p_value(a.p_holm)}"
+
+
+def recommendation_text(r: Recommendation) -> str:
+    """The recommendation as one paragraph."""
+    if r.kind == NO_FULL_ARM:
+        return f"{r.family}: no full R-Drop arm, so no gain to keep."
+    better = "higher" if r.higher_is_better else "lower"
+    text = [f"{r.family} ({r.metric}, {better} is better): full R-Drop's gain is "
+            f"{signed(r.gain)} at {ratio(r.full_to_best)} the baseline's compute to best."]
+    if r.kind == NO_GAIN:
         text.append("Full R-Drop does not improve on the tuned baseline here, so there is no "
                     "gain to keep.")
-    elif keep:
-        pick = min(keep, key=lambda r: (r.to_best.mean, r.arm))
+    elif r.kind == CHEAPER_ARM:
+        assert r.quality is not None and r.to_best is not None
+        q, c = r.quality, r.to_best
         text.append(
-            f"Cheapest arm keeping >= {GAIN_KEPT:.0%} of that gain: **{pick.arm}** "
-            f"({pick.chosen}): {pick.gain_kept:.0%} of the gain, best {v.metric} "
-            f"{_v(pick.quality.mean)} [{_v(pick.quality.low)}, {_v(pick.quality.high)}], "
-            f"compute to best {_x(pick.to_best.mean)} [{_x(pick.to_best.low)}, "
-            f"{_x(pick.to_best.high)}] the baseline's.")
+            f"Cheapest arm keeping >= {GAIN_KEPT:.0%} of that gain: **{r.arm}** "
+            f"({r.chosen}): {r.gain_kept:.0%} of the gain, best {r.metric} "
+            f"{number(q.mean)} [{number(q.low)}, {number(q.high)}], compute to best "
+            f"{ratio(c.mean)} [{ratio(c.low)}, {ratio(c.high)}] the baseline's.")
     else:
         text.append(f"No arm keeps >= {GAIN_KEPT:.0%} of full R-Drop's gain.")
-    wins = [r for r in rows if r.at_baseline is not None and math.isfinite(r.at_baseline[3])
-            and r.at_baseline[3] < 0.05
-            and (r.at_baseline[0] > 0 if v.higher_is_better else r.at_baseline[0] < 0)]
-    if wins:
-        found = "; ".join(
-            f"{r.arm} {_d(r.at_baseline[0])} [{_d(r.at_baseline[1])}, {_d(r.at_baseline[2])}], "
-            f"Holm p {_p(r.at_baseline[3])}" for r in wins if r.at_baseline)
-        text.append(f"Beats the tuned baseline at the baseline's compute (Holm p < 0.05): "
-                    f"{found}.")
-    else:
-        best_eq = [r for r in rows if r.at_baseline is not None]
-        if best_eq:
-            top = (max if v.higher_is_better else min)(best_eq, key=lambda r: r.at_baseline[0])
-            assert top.at_baseline is not None
-            text.append(f"No arm beats the tuned baseline at the baseline's compute (best: "
-                        f"{top.arm} {_d(top.at_baseline[0])} [{_d(top.at_baseline[1])}, "
-                        f"{_d(top.at_baseline[2])}], Holm p {_p(top.at_baseline[3])}).")
+    if r.beats_baseline:
+        text.append("Beats the tuned baseline at the baseline's compute (Holm p < 0.05): "
+                    + "; ".join(_at_text(a) for a in r.beats_baseline) + ".")
+    elif r.best_at_compute is not None:
+        text.append("No arm beats the tuned baseline at the baseline's compute (best: "
+                    f"{_at_text(r.best_at_compute)}).")
     return " ".join(text)
 
 
 def improves(diff: float, higher_is_better: bool) -> bool:
     """Whether a finite difference (arm - reference) is an improvement in the metric's direction."""
     return math.isfinite(diff) and (diff > 0 if higher_is_better else diff < 0)
-
-
-def _d(x: float) -> str:
-    return "nan" if not math.isfinite(x) else f"{x:+.2f}"
-
-
-def _v(x: float) -> str:
-    return "nan" if not math.isfinite(x) else f"{x:.2f}"
-
-
-def _x(x: float) -> str:
-    return "nan" if not math.isfinite(x) else f"{x:.2f}x"
-
-
-def _p(x: float) -> str:
-    return "n/a" if not math.isfinite(x) else (f"{x:.3f}" if x >= 0.001 else "<0.001")
 
 
 def frontier_markdown(verdicts: Sequence[Any], *, level: int = 3) -> str:
@@ -326,22 +399,20 @@ def frontier_markdown(verdicts: Sequence[Any], *, level: int = 3) -> str:
         f = v.forward_ratio
         rows = frontier_rows(v)
         for r in rows:
-            at = "—" if r.at_baseline is None else (
-                f"{_d(r.at_baseline[0])} [{_d(r.at_baseline[1])}, {_d(r.at_baseline[2])}], "
-                f"{_p(r.at_baseline[3])}")
-            reach = (f"{_x(r.to_baseline_best.mean)} [{_x(r.to_baseline_best.low)}, "
-                     f"{_x(r.to_baseline_best.high)}]; {r.reached}/{r.seeds}")
+            at = "—" if r.at_baseline is None else ci(*r.at_baseline[:3], p=r.at_baseline[3])
+            reach = (f"{ratio(r.to_baseline_best.mean)} [{ratio(r.to_baseline_best.low)}, "
+                     f"{ratio(r.to_baseline_best.high)}]; {r.reached}/{r.seeds}")
             gain = "—" if r.arm == "baseline" or not math.isfinite(r.gain_kept) else (
                 f"{r.gain_kept:.0%}")
             lines.append(
-                f"| {v.experiment} (f={_v(f) if v.forward_ratio_measured else 'n/a'}) | {r.arm} | "
-                f"{r.chosen} | {_v(r.quality.mean)} [{_v(r.quality.low)}, "
-                f"{_v(r.quality.high)}] | {r.fb_best:.0f} | {_x(r.to_best.mean)} "
-                f"[{_x(r.to_best.low)}, {_x(r.to_best.high)}] | {reach} | {at} | {gain} |")
+                f"| {v.experiment} (f={number(f) if v.forward_ratio_measured else NA}) | "
+                f"{r.arm} | {r.chosen} | {number(r.quality.mean)} [{number(r.quality.low)}, "
+                f"{number(r.quality.high)}] | {number(r.fb_best, 0)} | {ratio(r.to_best.mean)} "
+                f"[{ratio(r.to_best.low)}, {ratio(r.to_best.high)}] | {reach} | {at} | {gain} |")
     lines += ["", "**Recommendation per family** (the cheapest arm on the frontier keeping >= "
               f"{GAIN_KEPT:.0%} of full R-Drop's best-quality gain; an arm beating the tuned "
               "baseline at the baseline's compute):", ""]
-    lines += [f"- {recommendation(v)}" for v in verdicts]
+    lines += [f"- {recommendation_text(recommendation(v))}" for v in verdicts]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rdrop_experiments.formatting import ci, ratio
 from rdrop_experiments.verdict import Comparison, FamilyVerdict
 
 __all__ = ["Headline", "headline", "headline_markdown"]
@@ -56,10 +57,6 @@ def headline(v: FamilyVerdict) -> Headline | None:
                     v.compute_to_best[arm], bool(winners), v.arms["baseline"].chosen)
 
 
-def _ci(x: tuple[float, float, float]) -> str:
-    return f"{x[0]:+.2f} [{x[1]:+.2f}, {x[2]:+.2f}]"
-
-
 def headline_markdown(rows: Sequence[Headline]) -> str:
     """The table (family | best-quality Δ [CI] | Δ at the baseline's compute | compute to best
     | what to use)."""
@@ -69,6 +66,6 @@ def headline_markdown(rows: Sequence[Headline]) -> str:
         better = "higher" if r.higher_is_better else "lower"
         use = (f"`{r.arm}` ({r.chosen})" if r.beats_baseline else
                f"the tuned baseline ({r.baseline}); `{r.arm}` shown")
-        lines.append(f"| {r.family} ({r.metric}, {better} is better) | {_ci(r.best)} | "
-                     f"{_ci(r.equal)}, {r.equal_p_holm:.3f} | {r.compute_to_best:.2f}x | {use} |")
+        lines.append(f"| {r.family} ({r.metric}, {better} is better) | {ci(*r.best)} | "
+                     f"{ci(*r.equal, p=r.equal_p_holm)} | {ratio(r.compute_to_best)} | {use} |")
     return "\n".join(lines) + "\n"

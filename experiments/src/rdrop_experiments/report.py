@@ -12,6 +12,12 @@ Two records of one run (a copied folder) are refused, naming both files; a run t
 (non-finite loss) and a record that names no config (no ``key``) are left out of every table,
 each with a note that lists them. A file that is not a readable record (cut off mid-write,
 corrupt) is named with why, and every comparison that lost seeds to it is marked.
+
+The report is collected first (:func:`collect_report`: reads, computes, writes nothing) and
+written second (:func:`write_report`: the CSV, the markdown, the plots, and the verdict, headline,
+scale map and tryout-agreement files it holds). What only the registry knows (the default seeds,
+the paper's figures, grid order, a scale cell's missing runs) comes in as a
+:class:`~rdrop_experiments.design.Design`; the report imports no registry.
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rdrop_experiments.agreement import AgreementRow, agreement_markdown, agreement_rows
 from rdrop_experiments.config import NON_RESULT_FIELDS
+from rdrop_experiments.design import Design, ExperimentDesign
+from rdrop_experiments.formatting import ci, number, p_value, signed
+from rdrop_experiments.headline import Headline, headline, headline_markdown
+from rdrop_experiments.scale_map import ScaleMap, collect_map, write_map
 from rdrop_experiments.stats import (
     PairedDiff,
     Summary,
@@ -41,8 +52,18 @@ from rdrop_experiments.storage import (
     load_results,
     scan_results,
 )
+from rdrop_experiments.verdict import (
+    FamilyVerdict,
+    build_verdicts,
+    describe_run,
+    is_diverged,
+    is_protocol_record,
+    verdict_markdown,
+    write_verdict,
+)
 
-__all__ = ["Group", "build_report", "group_results", "markdown_table"]
+__all__ = ["Group", "ReportData", "build_report", "collect_report", "group_results",
+           "markdown_table", "summary_markdown", "write_report"]
 
 
 @dataclass
@@ -55,6 +76,7 @@ class Group:
     higher_is_better: bool
     baseline: list[dict[str, Any]] = field(default_factory=list)
     rdrop: list[dict[str, Any]] = field(default_factory=list)
+    registered: ExperimentDesign | None = None
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -90,10 +112,8 @@ class Group:
         tokens = [t for t in shlex.split(recs[0]["command"])
                   if t.partition("=")[0] not in NON_RESULT_FIELDS]
         seeds = sorted({r["seed"] for r in self.records})
-        exp = _registered(self.experiment)
-        default = getattr(getattr(exp, "config", None), "seeds", 3)
-        variant = getattr(exp, "variants", {}).get(recs[0].get("variant", ""), {})
-        default = variant.get("seeds", default)  # e.g. --quick runs 2 seeds
+        exp = self.registered or ExperimentDesign()
+        default = exp.seeds_for(recs[0].get("variant", ""))  # e.g. --quick runs 2 seeds
         if seeds[0] != 0:
             tokens.append(f"first_seed={seeds[0]}")
         if len(seeds) != default:
@@ -103,34 +123,22 @@ class Group:
     def info(self, key: str) -> str:
         """``info[key]`` of the registered experiment if it is registered (the paper's figures
         are metadata and may be corrected after a run), else from the records."""
-        exp = _registered(self.experiment)
-        if exp is not None and getattr(exp, key, ""):
-            return str(getattr(exp, key))
+        if self.registered is not None and getattr(self.registered, key, ""):
+            return str(getattr(self.registered, key))
         for r in self.records:
             if r.get("info", {}).get(key):
                 return str(r["info"][key])
         return ""
 
 
-def _registered(name: str) -> Any:
-    try:
-        from rdrop_experiments.registry import discover
-
-        return discover().get(name)
-    except Exception:  # a broken family module must not break the report
-        return None
-
-
-def _label(rec: dict[str, Any]) -> str:
+def _label(rec: dict[str, Any], exp: ExperimentDesign | None) -> str:
     """What sets the group apart: the variant (unless default), the data set where it is not
     the experiment's own (the quick image run trains on digits), the setting and overrides,
     and the R-Drop arm's alpha (marked "default" when it is the experiment's)."""
     parts = [] if rec.get("variant", "default") == "default" else [rec["variant"]]
     setting = rec.get("setting", "default")
     cfg = rec.get("config", {})
-    exp = _registered(rec["experiment"])
-    default_cfg = getattr(exp, "config", None)
-    default_data = getattr(default_cfg, "dataset", None)
+    default_data = exp.dataset if exp is not None else None
     if cfg.get("dataset") and default_data is not None and cfg["dataset"] != default_data:
         parts.append(f"dataset={cfg['dataset']}")
     if setting not in ("default", ""):  # "k=v,k=v"; which arms ran (methods=) is no setting
@@ -139,7 +147,7 @@ def _label(rec: dict[str, Any]) -> str:
     parts += [f"{k}={v}" for k, v in ov.items() if f"{k}=" not in setting]
     if rec["method"] != "baseline" and "alpha" in cfg and not any(
             p.startswith("alpha=") for p in parts):
-        mark = " (default)" if cfg["alpha"] == getattr(default_cfg, "alpha", None) else ""
+        mark = " (default)" if exp is not None and cfg["alpha"] == exp.alpha else ""
         parts.append(f"alpha={_num(cfg['alpha'])}{mark}")
     return " ".join(parts) or "default"
 
@@ -166,11 +174,14 @@ def _natural(text: str) -> list[tuple[int, Any]]:
     return key
 
 
-def group_results(records: Sequence[dict[str, Any]]) -> list[Group]:
-    """Pair records: one group per (experiment, R-Drop config key) with its baselines.
+def group_results(records: Sequence[dict[str, Any]],
+                  design: Design | None = None) -> list[Group]:
+    """Pair records: one group per (experiment, R-Drop config key) with its baselines; each
+    group knows its experiment's registered ``design`` (None when not registered).
 
     Baseline runs whose ``pair_key`` has no R-Drop runs form a baseline-only group.
     """
+    design = design or Design()
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         if r["method"] == "baseline":
@@ -184,19 +195,19 @@ def group_results(records: Sequence[dict[str, Any]]) -> list[Group]:
         if gk not in groups:
             pk = (r["experiment"], r["pair_key"])
             used.add(pk)
-            groups[gk] = Group(r["experiment"], _label(r), r["metric"],
-                               bool(r.get("higher_is_better", True)), list(by_pair.get(pk, [])))
+            exp = design.experiment(r["experiment"])
+            groups[gk] = Group(r["experiment"], _label(r, exp), r["metric"],
+                               bool(r.get("higher_is_better", True)), list(by_pair.get(pk, [])),
+                               registered=exp)
         groups[gk].rdrop.append(r)
     for pk, recs in by_pair.items():
         if pk not in used:
             r = recs[0]
-            groups[pk] = Group(r["experiment"], _label(r), r["metric"],
-                               bool(r.get("higher_is_better", True)), list(recs))
+            exp = design.experiment(r["experiment"])
+            groups[pk] = Group(r["experiment"], _label(r, exp), r["metric"],
+                               bool(r.get("higher_is_better", True)), list(recs),
+                               registered=exp)
     return sorted(groups.values(), key=lambda g: (g.experiment, _natural(g.label)))
-
-
-def _fmt(x: float, digits: int) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
 def _ms(s: Summary, scale: float, digits: int) -> str:
@@ -244,10 +255,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, primary_only: bool = False
         sb = Summary(row["n_baseline"], row["baseline_mean"], row["baseline_std"])
         sr = Summary(row["n_rdrop"], row["rdrop_mean"], row["rdrop_std"])
         if row["n_pairs"] >= 2:
-            delta = (f"{row['delta'] * scale:+.{digits}f} [{row['delta_low'] * scale:+.{digits}f}, "
-                     f"{row['delta_high'] * scale:+.{digits}f}]")
+            delta = ci(row["delta"] * scale, row["delta_low"] * scale, row["delta_high"] * scale,
+                       digits=digits)
         elif row["n_pairs"] == 1:
-            delta = f"{row['delta'] * scale:+.{digits}f}"
+            delta = signed(row["delta"] * scale, digits)
         else:
             delta = "–"
         pct = " (%)" if scale == 100.0 else ""
@@ -259,8 +270,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, primary_only: bool = False
         lines.append(
             f"| {row['experiment']} | {setting} | {row['metric']}{pct} | "
             f"{_ms(sb, scale, digits)} | {_ms(sr, scale, digits)} | {delta} | "
-            f"{_fmt(row['p_value'], 3)} | {_seeds(row)} | "
-            f"{_fmt(row['baseline_wall_s'], 0)} / {_fmt(row['rdrop_wall_s'], 0)} | "
+            f"{p_value(row['p_value'])} | {_seeds(row)} | "
+            f"{number(row['baseline_wall_s'], 0)} / {number(row['rdrop_wall_s'], 0)} | "
             f"{row['paper'] or '–'} |"
         )
     return "\n".join(lines)
@@ -386,36 +397,64 @@ def _plot_metric(experiment: str, groups: Sequence[Group], path: Path) -> None:
     plt.close(fig)
 
 
-def build_report(
+@dataclass
+class ReportData:
+    """Everything the report says, collected from the records before anything is written.
+
+    Attributes:
+        root: the folder read. groups, rows: the paired comparisons and their table rows.
+        diverged: runs that stopped on a non-finite loss (in no table).
+        skipped: files that are no readable records; skipped_cells: the scale cell each
+            belongs to (None outside the scale map); lost_to: what each took a seed from.
+        lost_rows: ``(experiment, setting)`` comparisons that lost a seed; lost_verdicts: the
+            experiments whose verdict did.
+        unkeyed: records without a config hash (left out).
+        only_quick: every record is a quick (smoke) run; left_out: quick records left out.
+        protocol: any record is of the second protocol.
+        verdicts, verdict_diverged, verdict_quick: the second protocol's verdicts, its diverged
+            runs, and whether all its records are quick runs.
+        headlines: the README's table rows. scale_map: the map (None without ``root/scale``).
+        agreement: the tryout against the full comparison (empty without ``root/tryout``).
+    """
+
+    root: Path
+    groups: list[Group]
+    rows: list[dict[str, Any]]
+    diverged: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    skipped_cells: list[str | None] = field(default_factory=list)
+    lost_to: list[list[str]] = field(default_factory=list)
+    lost_rows: set[tuple[str, str]] = field(default_factory=set)
+    lost_verdicts: list[str] = field(default_factory=list)
+    unkeyed: list[dict[str, Any]] = field(default_factory=list)
+    only_quick: bool = False
+    left_out: int = 0
+    protocol: bool = False
+    verdicts: list[FamilyVerdict] = field(default_factory=list)
+    verdict_diverged: list[dict[str, Any]] = field(default_factory=list)
+    verdict_quick: bool = False
+    headlines: list[Headline] = field(default_factory=list)
+    scale_map: ScaleMap | None = None
+    agreement: list[AgreementRow] = field(default_factory=list)
+
+    @property
+    def has_verdict(self) -> bool:
+        """Whether the report holds a second-protocol verdict section."""
+        return bool(self.verdicts or self.verdict_diverged)
+
+
+def collect_report(
     root: str | os.PathLike[str] = "runs",
     *,
-    out: str | os.PathLike[str] | None = None,
-    plots: bool = True,
     experiments: Sequence[str] | None = None,
     include_quick: bool = False,
-) -> str:
-    """Write ``summary.csv``, ``summary.md`` and plots under ``out`` (default ``root``).
-
-    Args:
-        root: folder holding run records (searched recursively).
-        out: where to write (default ``root``).
-        plots: write PNG plots.
-        experiments: only these experiments.
-        include_quick: keep quick (smoke) runs when full runs are present too; by default they
-            are left out, so smoke numbers never sit beside evidence. A report of quick runs
-            only is headed as such.
-
-    Returns:
-        The Markdown text (primary-metric table, then all metrics, then commands).
+    design: Design | None = None,
+) -> ReportData:
+    """Read and compute everything the report says (see :func:`build_report`); writes nothing.
 
     Raises:
-        FileNotFoundError: ``root`` holds no run records (of ``experiments``, naming the ones
-            it does hold).
-        DuplicateRunError: two records of one run (same experiment, config hash, method and
-            seed) under ``root``; the message names both files.
+        FileNotFoundError, DuplicateRunError: as :func:`build_report`.
     """
-    from rdrop_experiments.verdict import describe_run, is_diverged, is_protocol_record
-
     scale_root = (Path(root) / "scale").resolve()  # the scale map's cells: their own report
     tryout_root = Path(root) / "tryout"  # the tryouts' continuations: storage leaves them out
     records, skipped = scan_results(root, experiments)
@@ -437,58 +476,70 @@ def build_report(
     if quick and len(quick) < len(records) and not include_quick:
         records = [r for r in records if r.get("variant") != "quick"]
         left_out = len(quick)
-    out = Path(out or root)
-    out.mkdir(parents=True, exist_ok=True)
     diverged = [r for r in records if is_diverged(r)]
-    groups = group_results([r for r in records if not is_diverged(r)])
-    rows = _rows(groups)
+    groups = group_results([r for r in records if not is_diverged(r)], design)
     # A skipped file of the scale map's cells is the map's loss; of the others, the comparisons
     # of its experiment that hold its config, and its experiment's verdict.
     cells = [next((p.name for p in skip.path.resolve().parents if p.parent == scale_root), None)
              for skip in skipped]
-    protocol = {r["experiment"] for r in records if is_protocol_record(r)}
+    protocol_records = [r for r in records if is_protocol_record(r)]
+    protocol = {r["experiment"] for r in protocol_records}
     hits = [[] if cell else _lost(skip, groups, protocol)
             for skip, cell in zip(skipped, cells, strict=True)]
-    lost_rows = {(g.experiment, g.label) for g in groups
-                 if any(f"{g.experiment} [{g.label}]" in hit for hit in hits)}
-    lost_verdicts = sorted({e for skip, cell in zip(skipped, cells, strict=True)
-                            if not cell and (e := skip.experiment) in protocol})
-    with open(out / "summary.csv", "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    verdicts = build_verdicts(protocol_records, design)
+    return ReportData(
+        root=Path(root), groups=groups, rows=_rows(groups), diverged=diverged,
+        skipped=list(skipped), skipped_cells=cells, lost_to=hits,
+        lost_rows={(g.experiment, g.label) for g in groups
+                   if any(f"{g.experiment} [{g.label}]" in hit for hit in hits)},
+        lost_verdicts=sorted({e for skip, cell in zip(skipped, cells, strict=True)
+                              if not cell and (e := skip.experiment) in protocol}),
+        unkeyed=unkeyed, only_quick=only_quick, left_out=left_out, protocol=bool(protocol),
+        verdicts=verdicts, verdict_diverged=[r for r in protocol_records if is_diverged(r)],
+        verdict_quick=all(r.get("variant") == "quick" for r in protocol_records),
+        headlines=[h for v in verdicts if (h := headline(v)) is not None],
+        scale_map=collect_map(root, design) if scale_root.is_dir() else None,
+        agreement=agreement_rows(root, design) if tryout_root.is_dir() else [])
+
+
+def _plot_names(groups: Sequence[Group]) -> tuple[list[tuple[Group, str]], list[tuple[str, str]]]:
+    """The file names of each group's curves plot and of each experiment's metric plot."""
+    curves = [(g, f"{_slug(g.experiment)}__{_slug(g.label)}_curves.png") for g in groups]
+    experiments = dict.fromkeys(g.experiment for g in groups)
+    return curves, [(e, f"{_slug(e)}_metric.png") for e in experiments]
+
+
+def summary_markdown(data: ReportData, *, plots: bool = False) -> str:
+    """``summary.md``: the primary-metric table, then all metrics, the notes, the commands, and
+    (with ``plots``) the plots' names."""
+    root, groups, skipped = data.root, data.groups, data.skipped
     md = ["## Results", ""]
-    if only_quick:
+    if data.only_quick:
         md += ["**Quick smoke runs**: they check that the pipeline runs end to end; they are "
                "too short to be evidence.", ""]
-    if diverged:
-        md += [f"**{len(diverged)} diverged run(s)** (training stopped on a non-finite loss) are "
-               "left out of every table below; see Diverged runs.", ""]
+    if data.diverged:
+        md += [f"**{len(data.diverged)} diverged run(s)** (training stopped on a non-finite "
+               "loss) are left out of every table below; see Diverged runs.", ""]
     if skipped:
         md += [f"**{len(skipped)} file(s) skipped**: not readable as run records (cut off "
                "mid-write or corrupt), so the comparisons marked ⚠ lost seeds rest on fewer "
                "seeds than were run; each file is named in Skipped files.", ""]
-    if unkeyed:
-        md += [f"**{len(unkeyed)} record(s) without a config hash** (`key`/`pair_key`, written "
-               "by an older version) are left out: they cannot be paired with a baseline. "
-               f"First: {unkeyed[0].get('_path', '?')}. Rerun them to include them.", ""]
-    from rdrop_experiments.verdict import verdict_report
-
-    verdict = verdict_report(records, out, plots=plots)  # the second protocol's records, if any
-    if verdict:
-        from rdrop_experiments.headline import headline, headline_markdown
-        from rdrop_experiments.verdict import build_verdicts
-
-        headlines = [h for v in build_verdicts(records) if (h := headline(v)) is not None]
-        (out / "headline.md").write_text(headline_markdown(headlines))
+    if data.unkeyed:
+        md += [f"**{len(data.unkeyed)} record(s) without a config hash** (`key`/`pair_key`, "
+               "written by an older version) are left out: they cannot be paired with a "
+               f"baseline. First: {data.unkeyed[0].get('_path', '?')}. Rerun them to include "
+               "them.", ""]
+    if data.has_verdict:
+        verdict = verdict_markdown(data.verdicts, data.verdict_diverged,
+                                   quick=data.verdict_quick, plots=plots)
         md += ["### Verdict (second protocol: arms chosen on validation; also in `verdict.md`)",
                ""]
-        if lost_verdicts:
-            md += [f"**⚠ lost seeds**: the verdicts of {', '.join(lost_verdicts)} rest on fewer "
-                   "seeds than were run (a record could not be read; see Skipped files).", ""]
+        if data.lost_verdicts:
+            md += [f"**⚠ lost seeds**: the verdicts of {', '.join(data.lost_verdicts)} rest on "
+                   "fewer seeds than were run (a record could not be read; see Skipped files).",
+                   ""]
         md += [verdict.strip(), "", "### Every setting", ""]
-    if any(is_protocol_record(r) for r in records):
+    if data.protocol:
         how = ("each run trained until validation stopped improving and tested at its "
                "best-validation checkpoint; each R-Drop setting is paired with the baseline "
                "of the same other settings")
@@ -497,13 +548,13 @@ def build_report(
     md += ["Test metrics, mean ± sample std over seeds; Δ = R-Drop − baseline, paired by seed, "
            f"with a 95% Student-t interval and a paired t-test p-value; {how}. s/run is wall "
            "time per run. Rates (accuracy, F1, BLEU, chrF, ROUGE) in percent.", ""]
-    if left_out:
-        md += [f"{left_out} quick (smoke) run record(s) under {root!s} left out "
+    if data.left_out:
+        md += [f"{data.left_out} quick (smoke) run record(s) under {root!s} left out "
                "(`--include-quick` keeps them).", ""]
-    md += [markdown_table(rows, primary_only=True, lost=lost_rows), "", "### All metrics", "",
-           markdown_table(rows, lost=lost_rows), ""]
+    md += [markdown_table(data.rows, primary_only=True, lost=data.lost_rows), "",
+           "### All metrics", "", markdown_table(data.rows, lost=data.lost_rows), ""]
     if skipped:
-        md += _skipped_section(skipped, hits, cells)
+        md += _skipped_section(skipped, data.lost_to, data.skipped_cells)
     mixed = [g for g in groups if len(g.data_hashes) > 1]
     if mixed:
         md += ["### Different data", "",
@@ -511,11 +562,11 @@ def build_report(
                "the apt lists changed between runs): rerun them on one snapshot.", ""]
         md += [f"- {g.experiment} [{g.label}]: {', '.join(g.data_hashes)}" for g in mixed]
         md.append("")
-    if diverged:
+    if data.diverged:
         md += ["### Diverged runs", "",
                "Stopped on a non-finite training loss; not results, so in no table or verdict:",
                ""]
-        md += [f"- {describe_run(r)}: `{r.get('_path', '?')}`" for r in diverged]
+        md += [f"- {describe_run(r)}: `{r.get('_path', '?')}`" for r in data.diverged]
         md.append("")
     md += ["### Reproduce", ""]
     by_command: dict[str, list[Group]] = defaultdict(list)
@@ -527,35 +578,89 @@ def build_report(
         label = gs[0].label if len(gs) == 1 else f"all {len(gs)} settings"
         md.append(f"- {gs[0].experiment} [{label}]: `{cmd}`")
     if plots:
+        curves, metrics = _plot_names(groups)
+        md += ["", "### Plots", ""]
+        md += [f"- {g.experiment} [{g.label}] curves: `plots/{name}`" for g, name in curves]
+        md += [f"- {e} per-seed test {next(g.metric for g in groups if g.experiment == e)}: "
+               f"`plots/{name}`" for e, name in metrics]
+    if data.scale_map is not None and data.scale_map.cells:
+        md += ["", "### Scale map", "", "Where R-Drop pays, by training-set size and "
+               "overfitting: `scale/map.md` (`rdrop advise RUN.json` reads a baseline run "
+               "against it)."]
+    if agreement_markdown(data.agreement):
+        md += ["", "### The tryout against the full comparison", "",
+               "`tryout/agreement.md`: `rdrop tryout` on each family's baseline against "
+               "the registered plateau arm."]
+    return "\n".join(md) + "\n"
+
+
+def write_report(data: ReportData, out: str | os.PathLike[str], *, plots: bool = True) -> str:
+    """Write what :func:`collect_report` collected under ``out``: ``summary.csv``,
+    ``summary.md``, the plots, and where the data holds them ``verdict.md``/``verdict.csv``,
+    ``headline.md``, ``scale/map.md``/``map.csv`` and ``tryout/agreement.md``. Returns the
+    summary's markdown."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = data.rows
+    with open(out / "summary.csv", "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    if data.has_verdict:
+        write_verdict(data.verdicts, data.verdict_diverged, out, quick=data.verdict_quick,
+                      plots=plots)
+        (out / "headline.md").write_text(headline_markdown(data.headlines))
+    if plots:
         plot_dir = out / "plots"
         plot_dir.mkdir(exist_ok=True)
-        md += ["", "### Plots", ""]
-        by_exp: dict[str, list[Group]] = defaultdict(list)
-        for g in groups:
-            by_exp[g.experiment].append(g)
-            name = f"{_slug(g.experiment)}__{_slug(g.label)}_curves.png"
+        curves, metrics = _plot_names(data.groups)
+        for g, name in curves:
             _plot_group(g, plot_dir / name)
-            md.append(f"- {g.experiment} [{g.label}] curves: `plots/{name}`")
-        for exp, gs in by_exp.items():
-            name = f"{_slug(exp)}_metric.png"
-            _plot_metric(exp, gs, plot_dir / name)
-            md.append(f"- {exp} per-seed test {gs[0].metric}: `plots/{name}`")
-    if scale_root.is_dir():
-        from rdrop_experiments.scale_map import write_map
-
-        if write_map(root, out, plots=plots):
-            md += ["", "### Scale map", "", "Where R-Drop pays, by training-set size and "
-                   "overfitting: `scale/map.md` (`rdrop advise RUN.json` reads a baseline run "
-                   "against it)."]
-    if tryout_root.is_dir():
-        from rdrop_experiments.agreement import agreement_markdown, agreement_rows
-
-        if table := agreement_markdown(agreement_rows(root)):
-            (out / "tryout").mkdir(parents=True, exist_ok=True)
-            (out / "tryout" / "agreement.md").write_text(table)
-            md += ["", "### The tryout against the full comparison", "",
-                   "`tryout/agreement.md`: `rdrop tryout` on each family's baseline against "
-                   "the registered plateau arm."]
-    text = "\n".join(md) + "\n"
+        for exp, name in metrics:
+            _plot_metric(exp, [g for g in data.groups if g.experiment == exp], plot_dir / name)
+    if data.scale_map is not None:
+        write_map(data.root, out, plots=plots, data=data.scale_map)
+    if table := agreement_markdown(data.agreement):
+        (out / "tryout").mkdir(parents=True, exist_ok=True)
+        (out / "tryout" / "agreement.md").write_text(table)
+    text = summary_markdown(data, plots=plots)
     (out / "summary.md").write_text(text)
     return text
+
+
+def build_report(
+    root: str | os.PathLike[str] = "runs",
+    *,
+    out: str | os.PathLike[str] | None = None,
+    plots: bool = True,
+    experiments: Sequence[str] | None = None,
+    include_quick: bool = False,
+    design: Design | None = None,
+) -> str:
+    """Write ``summary.csv``, ``summary.md`` and plots under ``out`` (default ``root``):
+    :func:`collect_report`, then :func:`write_report`.
+
+    Args:
+        root: folder holding run records (searched recursively).
+        out: where to write (default ``root``).
+        plots: write PNG plots.
+        experiments: only these experiments.
+        include_quick: keep quick (smoke) runs when full runs are present too; by default they
+            are left out, so smoke numbers never sit beside evidence. A report of quick runs
+            only is headed as such.
+        design: what the registry says (default seeds, the paper's figures, grid order, a scale
+            cell's missing runs); without it, the records alone are read.
+
+    Returns:
+        The Markdown text (primary-metric table, then all metrics, then commands).
+
+    Raises:
+        FileNotFoundError: ``root`` holds no run records (of ``experiments``, naming the ones
+            it does hold).
+        DuplicateRunError: two records of one run (same experiment, config hash, method and
+            seed) under ``root``; the message names both files.
+    """
+    data = collect_report(root, experiments=experiments, include_quick=include_quick,
+                          design=design)
+    return write_report(data, out or root, plots=plots)

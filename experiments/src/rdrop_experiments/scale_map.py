@@ -15,9 +15,13 @@ family cells under ``results/<family>/`` and the scale map's cells under
   (``after_best``: relative change from the best to the last evaluation, positive = worse);
 * whether the chosen baseline overfit: it stopped on patience (past its optimum) in a majority
   of seeds. A cell where it did not is reported as such, not as a verdict;
-* whether every registered run of a scale cell has finished (:func:`rdrop_experiments.scale.
-  missing_runs`): a cell with runs still to go is marked incomplete, carries no verdict and
-  stays out of the predictor's fit.
+* whether every registered run of a scale cell has finished (``rdrop_experiments.scale.
+  missing_runs``, handed in through a :class:`~rdrop_experiments.design.Design`): a cell with
+  runs still to go is marked incomplete, carries no verdict and stays out of the predictor's
+  fit.
+
+The map is collected first (:func:`collect_map`, reading only) and written second
+(:func:`write_map`); ``map.md``'s main table keeps seven columns, ``map.csv`` holds every field.
 """
 
 from __future__ import annotations
@@ -30,11 +34,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rdrop_experiments.predictor import fit_predictor, predictor_markdown
-from rdrop_experiments.scale import unscheduled
+from rdrop_experiments.design import Design
+from rdrop_experiments.formatting import ci, number, p_value, ratio
+from rdrop_experiments.frontier import (
+    frontier_markdown,
+    improves,
+    plot_frontier,
+    unscheduled,
+)
+from rdrop_experiments.predictor import Predictor, fit_predictor, predictor_markdown
+from rdrop_experiments.storage import check_one_record_per_run, load_results
+from rdrop_experiments.verdict import FamilyVerdict, build_verdicts, edge_state
+from rdrop_experiments.verdict import field as rfield
 
-__all__ = ["MapCell", "cell_from_records", "extra_verdicts", "map_cells", "map_markdown",
-           "span_markdown", "tuned_dropout_markdown", "write_map"]
+__all__ = ["MapCell", "ScaleMap", "cell_from_records", "collect_map", "extra_verdicts",
+           "map_cells", "map_markdown", "span_markdown", "tuned_dropout_markdown", "write_map"]
 
 SIZE_KEYS = ("train_tokens", "train_size")
 
@@ -79,6 +93,18 @@ class MapCell:
         baseline passed its optimum)."""
         return self.overfit and self.missing_runs == 0
 
+    @property
+    def verdict(self) -> str:
+        """Whether the cell carries a verdict, and why not: ``yes``, or ``no: ...``; then the
+        choices still at a grid edge."""
+        if self.missing_runs:
+            text = f"no: INCOMPLETE: {self.missing_runs} runs to go"
+        elif not self.overfit:
+            text = f"no: the baseline passed its optimum in {self.stopped_past_optimum} seeds"
+        else:
+            text = "yes"
+        return text + (f"; at a grid edge: {', '.join(self.at_edge)}" if self.at_edge else "")
+
 
 def _size(rec: dict[str, Any]) -> int:
     """The training set's actual size: tokens for language modeling; otherwise the examples
@@ -107,8 +133,6 @@ def _model_name(rec: dict[str, Any]) -> str:
 
 
 def _best_point(rec: dict[str, Any]) -> dict[str, Any]:
-    from rdrop_experiments.verdict import field as rfield
-
     step = rfield(rec, "best_step")
     return next((c for c in rec["curves"] if c["step"] == step), rec["curves"][-1])
 
@@ -116,8 +140,6 @@ def _best_point(rec: dict[str, Any]) -> dict[str, Any]:
 def _after_best(rec: dict[str, Any]) -> float:
     """Relative change of the selection metric from the best to the last evaluation
     (positive = worse)."""
-    from rdrop_experiments.verdict import field as rfield
-
     metric = str(rfield(rec, "selection_metric", ""))
     higher = bool(rfield(rec, "selection_higher_is_better", rec["higher_is_better"]))
     best = float(rfield(rec, "best_valid", math.nan))
@@ -133,12 +155,11 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def cell_from_records(records: Sequence[dict[str, Any]], *, name: str, source: str,
-                      model: str = "") -> MapCell | None:
-    """The :class:`MapCell` of one cell's records (None without both baseline and R-Drop)."""
-    from rdrop_experiments.scale import _dropout_key, edge_state
-    from rdrop_experiments.verdict import build_verdicts
-
-    verdicts = [v for v in build_verdicts(records) if "rdrop" in v.arms]
+                      model: str = "", design: Design | None = None) -> MapCell | None:
+    """The :class:`MapCell` of one cell's records (None without both baseline and R-Drop);
+    ``design`` breaks ties on validation and names the family's dropout knob (for the choices
+    still at a grid edge)."""
+    verdicts = [v for v in build_verdicts(records, design) if "rdrop" in v.arms]
     if not verdicts:
         return None
     v = verdicts[0]
@@ -153,15 +174,11 @@ def cell_from_records(records: Sequence[dict[str, Any]], *, name: str, source: s
                  - float(_best_point(x).get("train_loss", math.nan)) for x in base_runs])
     past = sum(x.get("stop_reason", x.get("extra", {}).get("stop_reason")) == "patience"
                for x in base_runs)
+    registered = design.experiment(v.experiment) if design is not None else None
     edges = []
-    try:
-        from rdrop_experiments.registry import get_experiment
-
-        key = _dropout_key(get_experiment(v.experiment).grid)
-        state = edge_state(records, key)
+    if registered is not None and registered.dropout_key:
+        state = edge_state(records, registered.dropout_key, design)
         edges = [f"{m} {s['knob']}={s['chosen']:g}" for m, s in state.items() if s["at_edge"]]
-    except (ValueError, KeyError):
-        pass
     nan = math.nan
     return MapCell(
         name=name, family=v.experiment, source=source, size=_size(base_runs[0]),
@@ -179,17 +196,16 @@ def cell_from_records(records: Sequence[dict[str, Any]], *, name: str, source: s
         at_edge=edges, alpha=float(rdrop_runs[0].get("config", {}).get("alpha", nan)))
 
 
-def map_cells(root: str | Path = "results") -> list[MapCell]:
+def map_cells(root: str | Path = "results", design: Design | None = None) -> list[MapCell]:
     """Every cell under ``root``: the second-protocol family cells (``root/<family>/``) and the
     scale map's cells (``root/scale/<cell>/``), sorted by family, model and size."""
-    return _cells_and_records(root)[0]
+    return _cells_and_records(root, design)[0]
 
 
 def _cells_and_records(
-    root: str | Path,
+    root: str | Path, design: Design | None = None,
 ) -> tuple[list[MapCell], dict[str, list[dict[str, Any]]]]:
-    from rdrop_experiments.storage import check_one_record_per_run, load_results
-
+    design = design or Design()
     root = Path(root)
     scale_root = (root / "scale").resolve()
     cells: list[MapCell] = []
@@ -201,7 +217,8 @@ def _cells_and_records(
             continue
         protocol[rec["experiment"]].append(rec)
     for family, recs in protocol.items():
-        cell = cell_from_records(recs, name=f"{family} (second protocol)", source="protocol")
+        cell = cell_from_records(recs, name=f"{family} (second protocol)", source="protocol",
+                                 design=design)
         if cell is not None:
             cells.append(cell)
     if scale_root.is_dir():
@@ -210,49 +227,72 @@ def _cells_and_records(
             check_one_record_per_run(recs, where=str(folder))
             # the map row keeps the cell's registered comparisons: arms with a schedule option
             # (issue 20's cheaper arms) are read in their own frontier table
-            cell = cell_from_records(unscheduled(recs), name=folder.name, source="scale")
+            cell = cell_from_records(unscheduled(recs), name=folder.name, source="scale",
+                                     design=design)
             if cell is not None:
-                cell.missing_runs = _missing(folder.name, recs)
+                cell.missing_runs = design.missing(folder.name, recs)
                 cells.append(cell)
                 by_cell[folder.name] = recs
     cells.sort(key=lambda c: (c.family, c.source != "scale", c.model, c.size))
     return cells, by_cell
 
 
-def _missing(name: str, records: Sequence[dict[str, Any]]) -> int:
-    """Runs a registered cell still lacks (0 for a folder that is not a registered cell)."""
-    from rdrop_experiments.scale import get_cell, missing_runs
+@dataclass
+class ScaleMap:
+    """Everything ``map.md`` says, collected (:func:`collect_map`) before anything is written.
 
-    try:
-        return missing_runs(get_cell(name), records)
-    except KeyError:
-        return 0
+    Attributes:
+        cells: every cell (:class:`MapCell`), sorted by family, model and size.
+        predictor: the registered predictor fitted on them (None: too few cells).
+        extra: the verdicts of each scale cell holding arms beyond its map row
+            (:func:`extra_verdicts`).
+        baselines: per scale cell, its chosen baseline's runs (their validation curves are the
+            evidence that each baseline passed its optimum).
+    """
+
+    cells: list[MapCell]
+    predictor: Predictor | None
+    extra: dict[str, list[FamilyVerdict]]
+    baselines: dict[str, list[dict[str, Any]]]
 
 
-def cheaper_markdown(verdicts_by_cell: Mapping[str, Sequence[Any]],
-                     plots: Path | None = None) -> str:
+def collect_map(root: str | Path = "results", design: Design | None = None) -> ScaleMap:
+    """Read the map's cells under ``root`` (see :func:`map_cells`); writes nothing.
+
+    Raises:
+        DuplicateRunError: two records of one run in one cell's folder.
+    """
+    cells, by_cell = _cells_and_records(root, design)
+    baselines = {}
+    for name, recs in by_cell.items():
+        verdicts = build_verdicts(recs, design)
+        if verdicts:
+            baselines[name] = list(verdicts[0].arms["baseline"].runs.values())
+    return ScaleMap(cells, fit_predictor(cells) if cells else None,
+                    extra_verdicts(by_cell, design), baselines)
+
+
+def cheaper_markdown(verdicts_by_cell: Mapping[str, Sequence[FamilyVerdict]], *,
+                     links: bool = False) -> str:
     """The frontier table of each scale cell that holds arms beyond its map row (issue 20's
     cheaper schedules, R-Drop at the tuned baseline's dropout: ``scale.run_extra_arms``), every
     arm of the cell chosen on validation, Holm over that table ('' when no cell has such arms);
-    with ``plots``, ``frontier-<cell>.png`` there. ``verdicts_by_cell``: :func:`extra_verdicts`."""
-    from rdrop_experiments.frontier import frontier_markdown, plot_frontier
-
+    with ``links``, a link to its ``plots/frontier-<cell>.png``. ``verdicts_by_cell``:
+    :func:`extra_verdicts`."""
     text = ""
     for name, verdicts in sorted(verdicts_by_cell.items()):
         text += (f"\n## Extra arms in scale cells: {name}\n\n"
                  + frontier_markdown(verdicts, level=4) + _best_deltas(verdicts))
-        if plots is not None and verdicts:
-            plot_frontier(verdicts[0], plots / f"frontier-{name}.png")
+        if links and verdicts:
             text += f"\n![{name} frontier](../plots/frontier-{name}.png)\n"
     return text
 
 
-def extra_verdicts(by_cell: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, list[Any]]:
+def extra_verdicts(by_cell: Mapping[str, Sequence[dict[str, Any]]],
+                   design: Design | None = None) -> dict[str, list[FamilyVerdict]]:
     """The verdicts (all arms, Holm over each cell's comparisons) of each scale cell that holds
     arms beyond its map row; built once for the report's extra-arms sections."""
-    from rdrop_experiments.verdict import build_verdicts
-
-    return {name: build_verdicts(recs) for name, recs in by_cell.items()
+    return {name: build_verdicts(recs, design) for name, recs in by_cell.items()
             if len(unscheduled(recs)) != len(recs)}
 
 
@@ -271,8 +311,6 @@ def tuned_dropout_markdown(verdicts_by_cell: Mapping[str, Sequence[Any]]) -> str
     it beats the tuned baseline after Holm (last column). ``verdicts_by_cell``:
     :func:`extra_verdicts`.
     """
-    from rdrop_experiments.frontier import improves
-
     rows = []
     for name, verdicts in sorted(verdicts_by_cell.items()):
         for v in verdicts:
@@ -290,7 +328,7 @@ def tuned_dropout_markdown(verdicts_by_cell: Mapping[str, Sequence[Any]]) -> str
                 f"{next(iter(reg.runs.values()))['config'].get(knob)}; {reg.chosen} | "
                 f"{next(iter(tuned.runs.values()))['config'].get(knob)} | {len(tuned.runs)} | "
                 f"{sum(values) / len(values):.2f} | {_delta(reg_best)} | {_delta(best)} | "
-                f"{_delta(equal)} | {v.compute_to_best[TUNED]:.2f}x | "
+                f"{_delta(equal)} | {ratio(v.compute_to_best[TUNED])} | "
                 f"{base.valid[base.chosen]:.3f} / {reg.valid[reg.chosen]:.3f} / "
                 f"{tuned.valid[tuned.chosen]:.3f} | {'yes' if better else 'no'} |")
     if not rows:
@@ -308,18 +346,18 @@ def tuned_dropout_markdown(verdicts_by_cell: Mapping[str, Sequence[Any]]) -> str
 
 
 def _ci(c: Any) -> str:
-    return f"{_f(c.diff.mean)} [{_f(c.diff.low)}, {_f(c.diff.high)}]"
+    return ci(c.diff.mean, c.diff.low, c.diff.high)
 
 
 def _delta(c: Any) -> str:
-    return f"{_ci(c)}, {_p(c.p_holm)}"
+    return ci(c.diff.mean, c.diff.low, c.diff.high, p=c.p_holm)
 
 
 def _best_deltas(verdicts: Sequence[Any]) -> str:
     """Each arm's best-quality Δ against the tuned baseline, paired by seed, with the Holm p
     of the verdict the frontier table was read from (its equal-compute Δ is in the table)."""
     lines = [f"- {c.name.split(' - ')[0]} - baseline at each one's best: {_ci(c)}, "
-             f"Holm p {_p(c.p_holm)}"
+             f"Holm p {p_value(c.p_holm)}"
              for v in verdicts for c in v.comparisons
              if c.kind == "best" and c.name.endswith(" - baseline, best")]
     if not lines:
@@ -328,39 +366,25 @@ def _best_deltas(verdicts: Sequence[Any]) -> str:
             "Holm over the cell's comparisons):\n\n" + "\n".join(lines) + "\n")
 
 
-def _f(x: float, digits: int = 2) -> str:
-    return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
-
-
-def _p(x: float) -> str:
-    return "n/a" if not math.isfinite(x) else (f"{x:.3f}" if x >= 0.001 else "<0.001")
-
-
 def map_markdown(cells: Sequence[MapCell]) -> str:
-    """The map's table: one row per cell."""
+    """The map's main table: one row per cell, seven columns (the rest is in ``map.csv``)."""
     lines = ["## Scale map: where R-Drop pays", "",
              "Δ = R-Drop − baseline at each arm's point chosen on validation, paired by seed "
-             "(95% t interval, Holm p over the cell); rel = relative gain (+ = R-Drop better); "
-             "gap = the tuned baseline's validation − training loss at its best step (eval "
-             "mode); after best = how much its validation metric worsened from the best to the "
-             "last evaluation; overfit = the baseline stopped past its optimum in most seeds "
-             "(cells where it did not carry no verdict).", "",
-             "| cell | size | model | seeds | chosen (baseline; R-Drop) | baseline | R-Drop | "
-             "Δ best [95% CI], Holm p | Δ at baseline's compute, Holm p | compute to best | "
-             "rel | gap | after best | overfit | still at a grid edge |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(95% t interval, Holm p over the cell); gap = the tuned baseline's validation − "
+             "training loss at its best step (eval mode). A cell carries a verdict when every "
+             "registered run finished and its baseline stopped past its optimum in most seeds. "
+             "`map.csv` holds every column: model, seeds, the chosen points, each arm's mean, "
+             "rel (the relative gain), after best (how much the baseline's validation metric "
+             "worsened after its best), the Holm p values and the choices still at a grid "
+             "edge.", "",
+             "| cell | size | Δ best [95% CI], Holm p | Δ at baseline's compute, Holm p | "
+             "compute to best | gap | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for c in cells:
-        name = c.name + (f" (INCOMPLETE: {c.missing_runs} runs to go, no verdict)"
-                         if c.missing_runs else "")
         lines.append(
-            f"| {name} | {c.size} | {c.model} | {c.seeds} | {c.chosen_baseline}; "
-            f"{c.chosen_rdrop} | {c.baseline:.2f} | {c.rdrop:.2f} | {_f(c.best)} "
-            f"[{_f(c.best_low)}, {_f(c.best_high)}], {_p(c.best_holm)} | {_f(c.equal)} "
-            f"[{_f(c.equal_low)}, {_f(c.equal_high)}], {_p(c.equal_holm)} | "
-            f"{c.compute_to_best:.2f}x | {100 * c.rel:+.1f}% | {c.gap:.3f} | "
-            f"{100 * c.after_best:+.1f}% | "
-            f"{'yes' if c.overfit else 'NO: no verdict'} ({c.stopped_past_optimum}) | "
-            f"{', '.join(c.at_edge) or '-'} |")
+            f"| {c.name} | {c.size} | {ci(c.best, c.best_low, c.best_high, p=c.best_holm)} | "
+            f"{ci(c.equal, c.equal_low, c.equal_high, p=c.equal_holm)} | "
+            f"{ratio(c.compute_to_best)} | {number(c.gap, 3)} | {c.verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -444,21 +468,15 @@ def _plot_family(family: str, cells: Sequence[MapCell], path: Path) -> None:
 
 
 def _plot_baseline_curves(family: str, cells: Sequence[MapCell],
-                          records: dict[str, list[dict[str, Any]]], path: Path) -> None:
+                          baselines: Mapping[str, Sequence[dict[str, Any]]], path: Path) -> None:
     """The chosen baseline's validation metric against epochs, relative to its best, one line
     per seed and a colour per cell: the evidence that each baseline passed its optimum."""
     plt = _pyplot()
 
-    from rdrop_experiments.verdict import build_verdicts
-    from rdrop_experiments.verdict import field as rfield
-
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, cell in enumerate(cells):
-        verdicts = build_verdicts(records[cell.name])
-        if not verdicts:
-            continue
-        for j, rec in enumerate(verdicts[0].arms["baseline"].runs.values()):
+        for j, rec in enumerate(baselines.get(cell.name, ())):
             metric = str(rfield(rec, "selection_metric", ""))
             best = float(rfield(rec, "best_valid", math.nan))
             pts = [(c["epoch"], c[metric] / best) for c in rec["curves"] if metric in c]
@@ -496,44 +514,65 @@ def _plot_gap(cells: Sequence[MapCell], path: Path, line: tuple[float, float] | 
     _save(fig, path)
 
 
-def write_map(root: str | Path = "results", out: str | Path | None = None, *,
-              plots: bool = True) -> str:
-    """Write ``scale/map.md``, ``scale/map.csv``, ``plots/scale-<family>.png`` (Δ against size),
-    ``plots/scale-baseline-<family>.png`` (the chosen baselines' validation curves) and
-    ``plots/scale-gap.png`` (gain against overfitting) under ``out`` (default ``root``); return
-    the markdown ('' when there are no cells).
-
-    Raises:
-        DuplicateRunError: two records of one run in one cell's folder.
-    """
-    cells, by_cell = _cells_and_records(root)
-    if not cells:
-        return ""
-    out = Path(out or root)
-    (out / "scale").mkdir(parents=True, exist_ok=True)
-    predictor = fit_predictor(cells)
+def map_text(data: ScaleMap, *, plots: bool = False) -> str:
+    """``map.md``: the main table, the span of each axis, the predictor, the plots' links (with
+    ``plots``), R-Drop at the tuned baseline's dropout and the extra arms of each cell."""
+    cells = data.cells
     text = (map_markdown(cells) + "\n" + span_markdown(cells) + "\n"
-            + predictor_markdown(predictor))
+            + predictor_markdown(data.predictor))
     if plots:
         for family in sorted({c.family for c in cells}):
             fam = [c for c in cells if c.family == family]
             if len({c.size for c in fam}) > 1:
-                _plot_family(family, fam, out / "plots" / f"scale-{family}.png")
                 text += f"\n![{family}](../plots/scale-{family}.png)\n"
-            scaled = [c for c in fam if c.name in by_cell]
-            if scaled:
-                name = f"scale-baseline-{family}.png"
-                _plot_baseline_curves(family, scaled, by_cell, out / "plots" / name)
-                text += f"\n![{family}: baselines past their optimum](../plots/{name})\n"
-        _plot_gap(cells, out / "plots" / "scale-gap.png",
-                  (predictor.a, predictor.b) if predictor else None)
+            if any(c.name in data.baselines for c in fam):
+                text += (f"\n![{family}: baselines past their optimum]"
+                         f"(../plots/scale-baseline-{family}.png)\n")
         text += "\n![gain against overfitting](../plots/scale-gap.png)\n"
-    extra = extra_verdicts(by_cell)
-    text += tuned_dropout_markdown(extra)
-    text += cheaper_markdown(extra, out / "plots" if plots else None)
+    text += tuned_dropout_markdown(data.extra)
+    return text + cheaper_markdown(data.extra, links=plots)
+
+
+def _plot_map(data: ScaleMap, plots: Path) -> None:
+    cells = data.cells
+    for family in sorted({c.family for c in cells}):
+        fam = [c for c in cells if c.family == family]
+        if len({c.size for c in fam}) > 1:
+            _plot_family(family, fam, plots / f"scale-{family}.png")
+        scaled = [c for c in fam if c.name in data.baselines]
+        if scaled:
+            _plot_baseline_curves(family, scaled, data.baselines,
+                                  plots / f"scale-baseline-{family}.png")
+    p = data.predictor
+    _plot_gap(cells, plots / "scale-gap.png", (p.a, p.b) if p else None)
+    for name, verdicts in data.extra.items():
+        if verdicts:
+            plot_frontier(verdicts[0], plots / f"frontier-{name}.png")
+
+
+def write_map(root: str | Path = "results", out: str | Path | None = None, *,
+              plots: bool = True, design: Design | None = None,
+              data: ScaleMap | None = None) -> str:
+    """Write ``scale/map.md``, ``scale/map.csv``, ``plots/scale-<family>.png`` (Δ against size),
+    ``plots/scale-baseline-<family>.png`` (the chosen baselines' validation curves) and
+    ``plots/scale-gap.png`` (gain against overfitting) under ``out`` (default ``root``); return
+    the markdown ('' when there are no cells). ``data``: the map already collected
+    (:func:`collect_map`), else it is collected from ``root`` with ``design``.
+
+    Raises:
+        DuplicateRunError: two records of one run in one cell's folder.
+    """
+    data = data if data is not None else collect_map(root, design)
+    if not data.cells:
+        return ""
+    out = Path(out or root)
+    (out / "scale").mkdir(parents=True, exist_ok=True)
+    if plots:
+        _plot_map(data, out / "plots")
+    text = map_text(data, plots=plots)
     (out / "scale" / "map.md").write_text(text)
-    rows = [{k: (";".join(v) if isinstance(v, list) else v) for k, v in asdict(c).items()}
-            for c in cells]
+    rows = [{**{k: (";".join(v) if isinstance(v, list) else v) for k, v in asdict(c).items()},
+             "verdict": c.verdict} for c in data.cells]
     with open(out / "scale" / "map.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rdrop_experiments.design import Design, point_label
+from rdrop_experiments.formatting import NA, ci, number, p_value, ratio
 from rdrop_experiments.frontier import (
     arm_name,
     family_forward_ratio,
@@ -60,8 +62,9 @@ from rdrop_experiments.stats import (
     summarize,
 )
 
-__all__ = ["Arm", "Comparison", "FamilyVerdict", "build_verdicts", "describe_run", "field",
-           "grid_order", "is_diverged", "is_protocol_record", "verdict_report"]
+__all__ = ["Arm", "Comparison", "FamilyVerdict", "build_verdicts", "describe_run", "edge_state",
+           "field", "grid_order", "is_diverged", "is_protocol_record", "verdict_markdown",
+           "verdict_report", "write_verdict"]
 
 ARMS = ("baseline", "rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
 # (name, arm, reference arm, kind): the comparisons of a family, primary first.
@@ -110,9 +113,7 @@ def describe_run(rec: dict[str, Any]) -> str:
 
 
 def _point(rec: dict[str, Any]) -> str:
-    parts = [p for p in str(rec.get("setting", "default")).split(",")
-             if not p.startswith("methods=")]
-    return ",".join(parts) or "default"
+    return point_label(rec.get("setting", "default"))
 
 
 @dataclass
@@ -163,23 +164,16 @@ class FamilyVerdict:
     forward_ratio_measured: bool = False
 
 
-def grid_order(experiment: str) -> list[str]:
-    """Point labels of ``experiment``'s registered grid, in grid order (``[]`` for an
-    experiment that is not registered). A tie on validation goes to the earliest of them.
+def grid_order(experiment: str, design: Design | None = None) -> list[str]:
+    """Point labels of ``experiment``'s registered grid in ``design``, in grid order (``[]``
+    for an experiment it does not hold). A tie on validation goes to the earliest of them.
 
     Example:
-        >>> grid_order("image")[:2]
-        ['dropout=0.1', 'dropout=0.3']
+        >>> from rdrop_experiments.design import ExperimentDesign
+        >>> grid_order("image", Design({"image": ExperimentDesign(("dropout=0.1", "alpha=1"))}))
+        ['dropout=0.1', 'alpha=1']
     """
-    from rdrop_experiments.config import ConfigError
-    from rdrop_experiments.registry import get_experiment
-    from rdrop_experiments.runner import setting_label
-
-    try:
-        grid = get_experiment(experiment).grid
-    except ConfigError:
-        return []
-    return [_point({"setting": setting_label(s)}) for s in grid]
+    return list(design.grid(experiment)) if design is not None else []
 
 
 def _rank(label: str, order: list[str]) -> tuple[int, str]:
@@ -188,7 +182,7 @@ def _rank(label: str, order: list[str]) -> tuple[int, str]:
     return (order.index(label) if label in order else len(order), label)
 
 
-def _choose(method: str, records: list[dict[str, Any]]) -> Arm:
+def _choose(method: str, records: list[dict[str, Any]], order: list[str]) -> Arm:
     """The grid point with the best mean best-validation value (in the direction of the
     metric that selected the checkpoints, e.g. validation NLL for ``select_on=loss``)."""
     higher = bool(field(records[0], "selection_higher_is_better",
@@ -198,7 +192,6 @@ def _choose(method: str, records: list[dict[str, Any]]) -> Arm:
         points[_point(rec)][int(rec["seed"])] = rec
     valid = {label: summarize([float(field(r, "best_valid")) for r in runs.values()]).mean
              for label, runs in points.items()}
-    order = grid_order(str(records[0]["experiment"]))
     best = None
     for label in sorted(valid, key=lambda lb: _rank(lb, order)):  # strict improvement wins
         v = valid[label]
@@ -213,9 +206,11 @@ def _geo_mean(values: Sequence[float]) -> float:
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else math.nan
 
 
-def build_verdicts(records: Sequence[dict[str, Any]]) -> list[FamilyVerdict]:
+def build_verdicts(records: Sequence[dict[str, Any]],
+                   design: Design | None = None) -> list[FamilyVerdict]:
     """One :class:`FamilyVerdict` per experiment among the second-protocol ``records``
-    (diverged runs left out: :func:`is_diverged`)."""
+    (diverged runs left out: :func:`is_diverged`); ``design`` gives each registered grid's
+    order, which breaks ties on validation (:func:`grid_order`)."""
     by_exp: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         if is_protocol_record(rec) and not is_diverged(rec):
@@ -226,7 +221,8 @@ def build_verdicts(records: Sequence[dict[str, Any]]) -> list[FamilyVerdict]:
         scale = display_scale(recs[0]["metric"])[0]
         names = {arm_name(r) for r in recs}
         order = [m for m in ARMS if m in names] + sorted(names - set(ARMS))
-        arms = {m: _choose(m, [r for r in recs if arm_name(r) == m]) for m in order}
+        grid = grid_order(name, design)
+        arms = {m: _choose(m, [r for r in recs if arm_name(r) == m], grid) for m in order}
         if "baseline" not in arms:
             continue
         # Compute in forward+backward equivalents; without a measured forward ratio a forward
@@ -268,16 +264,31 @@ def build_verdicts(records: Sequence[dict[str, Any]]) -> list[FamilyVerdict]:
     return out
 
 
-def _f(x: float, digits: int = 2) -> str:
-    return "nan" if x is None or not math.isfinite(x) else f"{x:+.{digits}f}"
+def edge_state(records: Sequence[dict[str, Any]], dropout_key: str,
+               design: Design | None = None) -> dict[str, Any]:
+    """Per arm (``baseline``, ``rdrop``): its grid values (the baseline's ``dropout_key``, R-Drop's
+    ``alpha``), the value chosen on validation, and whether that choice is at an edge of its
+    grid.
 
-
-def _v(x: float, digits: int = 2) -> str:
-    return "nan" if not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _p(x: float) -> str:
-    return "n/a" if not math.isfinite(x) else (f"{x:.3f}" if x >= 0.001 else "<0.001")
+    Example:
+        >>> edge_state([], "dropout")
+        {}
+    """
+    verdicts = build_verdicts(records, design)
+    if not verdicts:
+        return {}
+    out: dict[str, Any] = {}
+    for method, knob in (("baseline", dropout_key), ("rdrop", "alpha")):
+        arm = verdicts[0].arms.get(method)
+        if arm is None:
+            continue
+        values = {label: float(next(iter(runs.values()))["config"][knob])
+                  for label, runs in arm.points.items()}
+        chosen = values[arm.chosen]
+        vals = sorted(set(values.values()))
+        out[method] = {"knob": knob, "values": vals, "chosen": chosen,
+                       "at_edge": len(vals) > 1 and chosen in (vals[0], vals[-1])}
+    return out
 
 
 def verdict_line(v: FamilyVerdict) -> str:
@@ -294,13 +305,13 @@ def verdict_line(v: FamilyVerdict) -> str:
         d = best.diff
         name = "R-Drop" if arm == "rdrop" else f"R-Drop{arm[len('rdrop'):]}"
         text = (f"{name} ({v.arms[arm].chosen}, chosen on validation) changes the best test "
-                f"{v.metric} by {_f(d.mean)} [{_f(d.low)}, {_f(d.high)}] (Holm p "
-                f"{_p(best.p_holm)}, {d.n} seeds) and needs {_v(v.compute_to_best[arm])}x the "
-                "baseline's compute (forward+backward equivalents) to reach its best")
+                f"{v.metric} by {ci(d.mean, d.low, d.high)} (Holm p {p_value(best.p_holm)}, "
+                f"{d.n} seeds) and needs {ratio(v.compute_to_best[arm])} the baseline's compute "
+                "(forward+backward equivalents) to reach its best")
         if equal is not None:
             e = equal.diff
-            text += (f"; at the baseline's compute it is {_f(e.mean)} [{_f(e.low)}, "
-                     f"{_f(e.high)}] (Holm p {_p(equal.p_holm)})")
+            text += (f"; at the baseline's compute it is {ci(e.mean, e.low, e.high)} (Holm p "
+                     f"{p_value(equal.p_holm)})")
         clauses.append(text)
     if not clauses:
         return f"{v.experiment}: R-Drop not run."
@@ -339,17 +350,17 @@ def headline_rows(v: FamilyVerdict) -> list[str]:
     cells = []
     for m in ("baseline", "rdrop"):
         s = summarize([v.scale * float(r["value"]) for r in v.arms[m].runs.values()])
-        cells.append(f"{_v(s.mean)} ± {_v(s.std)}")
+        cells.append(f"{number(s.mean)} ± {number(s.std)}")
     d = best.diff
-    eq = "n/a" if equal is None else (f"{_f(equal.diff.mean)} [{_f(equal.diff.low)}, "
-                                      f"{_f(equal.diff.high)}], {_p(equal.p_holm)}")
+    eq = NA if equal is None else ci(equal.diff.mean, equal.diff.low, equal.diff.high,
+                                     p=equal.p_holm)
     rdrop_runs = v.arms["rdrop"].runs.values()
     patience = sum(field(r, "stop_reason") == "patience" for r in rdrop_runs)
     metric = f"{v.metric} (%)" if v.scale == 100 else v.metric
     return [f"| {v.experiment} | {v.arms['baseline'].chosen}; {v.arms['rdrop'].chosen} | "
-            f"{metric} | {cells[0]} | {cells[1]} | {_f(d.mean)} [{_f(d.low)}, {_f(d.high)}] | "
-            f"{_p(d.p_value)} | {_p(best.p_holm)} | {eq} | "
-            f"{_v(v.compute_to_best['rdrop'])}x | {patience}/{len(rdrop_runs)} |"]
+            f"{metric} | {cells[0]} | {cells[1]} | {ci(d.mean, d.low, d.high)} | "
+            f"{p_value(d.p_value)} | {p_value(best.p_holm)} | {eq} | "
+            f"{ratio(v.compute_to_best['rdrop'])} | {patience}/{len(rdrop_runs)} |"]
 
 
 def diverged_note(diverged: Sequence[dict[str, Any]]) -> str:
@@ -368,10 +379,15 @@ def diverged_note(diverged: Sequence[dict[str, Any]]) -> str:
 
 
 def verdict_markdown(verdicts: Sequence[FamilyVerdict],
-                     diverged: Sequence[dict[str, Any]] = ()) -> str:
-    """The verdict lines, the note on diverged runs, the headline table, the arms table and the
-    comparisons table."""
+                     diverged: Sequence[dict[str, Any]] = (), *, quick: bool = False,
+                     plots: bool = False) -> str:
+    """The verdict lines, the note on diverged runs, the headline table, the arms table, the
+    comparisons table and the frontier; ``quick`` heads it as smoke runs, ``plots`` links each
+    family's plots (``plots/compute-<family>.png``, ``plots/frontier-<family>.png``)."""
     lines = ["## Second protocol: verdict", ""]
+    if quick:
+        lines += ["**Quick smoke runs**: they check that the pipeline runs end to end; they are "
+                  "too short to be evidence.", ""]
     lines += [f"- {verdict_line(v)}" for v in verdicts]
     if diverged:
         lines += ["", diverged_note(diverged)]
@@ -390,9 +406,9 @@ def verdict_markdown(verdicts: Sequence[FamilyVerdict],
     for v in verdicts:
         for r in _rows(v):
             lines.append(f"| {r['experiment']} ({v.metric}) | {r['arm']} | {r['chosen']} | "
-                         f"{r['grid_valid']} | {r['seeds']} | {_v(r['test_mean'])} ± "
-                         f"{_v(r['test_std'])} | {_v(r['compute_to_best_x'])} | "
-                         f"{r['stopped_on_patience']}/{r['seeds']} | {r['wall_s']:.0f} |")
+                         f"{r['grid_valid']} | {r['seeds']} | {number(r['test_mean'])} ± "
+                         f"{number(r['test_std'])} | {number(r['compute_to_best_x'])} | "
+                         f"{r['stopped_on_patience']}/{r['seeds']} | {number(r['wall_s'], 0)} |")
     lines += ["", "### Comparisons (paired by seed; 95% t interval; Holm over each family)", "",
               "| family | comparison | n | difference [95% CI] | p | Holm p |",
               "|---|---|---|---|---|---|"]
@@ -401,13 +417,19 @@ def verdict_markdown(verdicts: Sequence[FamilyVerdict],
             d = c.diff
             lines.append(f"| {v.experiment} ({v.metric}, "
                          f"{'higher' if v.higher_is_better else 'lower'} is better) | {c.name} "
-                         f"| {d.n} | {_f(d.mean)} [{_f(d.low)}, {_f(d.high)}] | "
-                         f"{_p(d.p_value)} | {_p(c.p_holm)} |")
+                         f"| {d.n} | {ci(d.mean, d.low, d.high)} | "
+                         f"{p_value(d.p_value)} | {p_value(c.p_holm)} |")
     lines += ["", "Equal compute: each seed's budget is the compute (forward+backward "
               "equivalents) the chosen baseline run used until it stopped; the other arm's "
               "value is its test metric at its best-validation-so-far checkpoint within that "
               "budget.", "", frontier_markdown(verdicts)]
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    if plots:
+        text += "\n" + "\n".join(
+            f"![{v.experiment}](plots/compute-{v.experiment}.png) "
+            f"![{v.experiment} frontier](plots/frontier-{v.experiment}.png)"
+            for v in verdicts) + "\n"
+    return text
 
 
 def plot_compute(v: FamilyVerdict, path: Path) -> None:
@@ -452,29 +474,30 @@ def plot_compute(v: FamilyVerdict, path: Path) -> None:
 
 
 def verdict_report(records: Sequence[dict[str, Any]], out: str | Path, *,
-                   plots: bool = True) -> str:
+                   plots: bool = True, design: Design | None = None) -> str:
     """Write ``verdict.md``, ``verdict.csv``, ``plots/compute-<family>.png`` and
     ``plots/frontier-<family>.png`` under ``out``
     for the second-protocol records among ``records``; return the markdown ('' if none)."""
-    verdicts = build_verdicts(records)
-    diverged = [r for r in records if is_protocol_record(r) and is_diverged(r)]
+    protocol = [r for r in records if is_protocol_record(r)]
+    verdicts = build_verdicts(protocol, design)
+    diverged = [r for r in protocol if is_diverged(r)]
     if not verdicts and not diverged:
         return ""
+    quick = all(r.get("variant") == "quick" for r in protocol)
+    return write_verdict(verdicts, diverged, out, quick=quick, plots=plots)
+
+
+def write_verdict(verdicts: Sequence[FamilyVerdict], diverged: Sequence[dict[str, Any]],
+                  out: str | Path, *, quick: bool = False, plots: bool = True) -> str:
+    """Write the verdict's files under ``out`` (see :func:`verdict_report`); return its
+    markdown."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    text = verdict_markdown(verdicts, diverged)
-    if all(r.get("variant") == "quick" for r in records if is_protocol_record(r)):
-        text = text.replace("## Second protocol: verdict\n", "## Second protocol: verdict\n\n"
-                            "**Quick smoke runs**: they check that the pipeline runs end to "
-                            "end; they are too short to be evidence.\n", 1)
+    text = verdict_markdown(verdicts, diverged, quick=quick, plots=plots)
     if plots:
         for v in verdicts:
             plot_compute(v, out / "plots" / f"compute-{v.experiment}.png")
             plot_frontier(v, out / "plots" / f"frontier-{v.experiment}.png")
-        text += "\n" + "\n".join(
-            f"![{v.experiment}](plots/compute-{v.experiment}.png) "
-            f"![{v.experiment} frontier](plots/frontier-{v.experiment}.png)"
-            for v in verdicts) + "\n"
     (out / "verdict.md").write_text(text)
     with open(out / "verdict.csv", "w", newline="") as f:
         w = csv.writer(f)
