@@ -131,6 +131,8 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     from rdrop_experiments.runner import RunsFailedError
     from rdrop_experiments.scale import CELLS, get_cell, run_cell, run_extra_arms
 
+    if args.costs:
+        return _print_costs(args.out, [n for n in args.cells if "=" not in n] or None)
     if args.list or not (args.cells or args.all):
         for cell in CELLS:
             print(f"{cell.name:<34} seeds={cell.seeds}  {cell.config_overrides()}")
@@ -168,6 +170,31 @@ def _cmd_scale(args: argparse.Namespace) -> int:
             print(f"rdrop scale {cell.name} --{flag}: {exc}", file=sys.stderr)
             return 2
     return status
+
+
+def _print_costs(root: str, cells: list[str] | None) -> int:
+    from rdrop_experiments.costs import cell_costs, costs_markdown, extrapolate
+
+    try:
+        measured = cell_costs(root, cells)
+    except FileNotFoundError as exc:
+        print(f"rdrop scale --costs: error: {exc}", file=sys.stderr)
+        return 2
+    if not measured:
+        print(f"rdrop scale --costs: no records under {root}"
+              + (f" for {', '.join(cells)}" if cells else "") + ".", file=sys.stderr)
+        return 2
+    largest = {}
+    for cost in measured:
+        key = (cost.family, cost.model)
+        if key not in largest or cost.size > largest[key].size:
+            largest[key] = cost
+    guesses = [extrapolate(measured, f, m, 4 * c.size) for (f, m), c in sorted(largest.items())]
+    print(costs_markdown(measured))
+    print(f"\nmeasured: {sum(c.hours for c in measured):.1f} hours in all; a 4x larger cell "
+          "per family and model (linear in size; if the data has that many examples):\n")
+    print(costs_markdown(guesses))
+    return 0
 
 
 def _cmd_advise(args: argparse.Namespace) -> int:
@@ -281,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_sc.add_argument("cells", nargs="*", help="cell names (see `rdrop scale --list`)")
     p_sc.add_argument("--all", action="store_true", help="every registered cell, in order")
     p_sc.add_argument("--list", action="store_true", help="list the cells and exit")
+    p_sc.add_argument("--costs", action="store_true",
+                      help="print each cell's measured CPU/GPU-hours (from the records under "
+                           "--out) and an extrapolated cost of a 4x larger cell per family and "
+                           "model; train nothing")
     p_sc.add_argument("--out", default="results/scale", help="root folder (default results/scale)")
     p_sc.add_argument("--cheaper", action="store_true",
                       help="in finished cells, the fraction arms of issue 20 at the cell's "
