@@ -45,7 +45,7 @@ def _trainer_state(path: Path, evals: list[float]) -> Path:
 def test_advise_never_takes_a_nan_evaluation_for_the_best(tmp_path, monkeypatch):
     import rdrop_experiments.scale_map as scale_map
 
-    monkeypatch.setattr(scale_map, "map_cells", lambda results: [
+    monkeypatch.setattr(scale_map, "map_cells", lambda results, design=None: [
         _map_cell("near-cell", 0.35), _map_cell("far-cell", 3.0)])
     # first evaluation NaN; the finite best is step 20: 1.9 - 1.5 (train loss logged there)
     state = _trainer_state(tmp_path / "trainer_state.json", [math.nan, 1.9, 2.1])

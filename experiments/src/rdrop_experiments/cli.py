@@ -111,6 +111,20 @@ def _outcome(execute: Callable[[str], list[dict]], name: str) -> list[dict] | Ex
         return exc
 
 
+def _design():  # type: ignore[no-untyped-def]
+    """What the registry says, as data for the reports (the reading wing imports no registry)."""
+    from rdrop_experiments.design import Design
+    from rdrop_experiments.registry import discover
+    from rdrop_experiments.scale import CELLS, missing_runs
+
+    try:
+        return Design.of(discover().values(), cells=CELLS, missing_runs=missing_runs)
+    except Exception as exc:  # a broken family module must not break the report (as before)
+        print(f"rdrop: warning: the registry could not be read ({type(exc).__name__}: {exc}); "
+              "reading the records alone (ties by label, 3 seeds assumed).", file=sys.stderr)
+        return None
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from rdrop_experiments.report import build_report
     from rdrop_experiments.storage import DuplicateRunError
@@ -118,7 +132,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     try:
         text = build_report(args.results, out=args.out, plots=not args.no_plots,
                             experiments=args.experiment or None,
-                            include_quick=args.include_quick)
+                            include_quick=args.include_quick, design=_design())
     except DuplicateRunError as exc:
         print(f"rdrop report: error: {exc}", file=sys.stderr)
         return 2
@@ -201,7 +215,7 @@ def _cmd_advise(args: argparse.Namespace) -> int:
     from rdrop_experiments.advise import AdviseError, advise
 
     try:
-        print(advise(args.path, args.results))
+        print(advise(args.path, args.results, _design()))
     except AdviseError as exc:
         print(f"rdrop advise: {exc}", file=sys.stderr)
         return 2

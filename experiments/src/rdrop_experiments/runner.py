@@ -37,6 +37,7 @@ from rdrop_experiments.config import (
     config_key,
     config_to_dict,
 )
+from rdrop_experiments.design import setting_label
 from rdrop_experiments.progress import progress_bar
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, get_experiment
 from rdrop_experiments.storage import (
@@ -107,19 +108,6 @@ class Launcher(Protocol):
         """Train ``runs`` (each with :func:`train_run`); yield each with its outcome as it
         finishes: a :class:`TrainedRun`, or the exception that ended it for good."""
         ...
-
-
-def setting_label(setting: Mapping[str, Any]) -> str:
-    """A grid setting as the ``setting`` label of its records (``key=value``, comma-joined;
-    tuples joined by ``/``; ``default`` when empty).
-
-    Example:
-        >>> setting_label({"methods": ("rdrop",), "alpha": 0.5})
-        'methods=rdrop,alpha=0.5'
-    """
-    if not setting:
-        return "default"
-    return ",".join(f"{k}={_fmt(v)}" for k, v in setting.items())
 
 
 def _fmt(v: Any) -> str:

@@ -30,8 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rdrop_experiments.config import ConfigError
-from rdrop_experiments.frontier import SCHEDULE_TAGS, arm_name
+from rdrop_experiments.config import SCHEDULE_TAGS, ConfigError
+from rdrop_experiments.design import Design
+from rdrop_experiments.design import dropout_key as _dropout_key
+from rdrop_experiments.frontier import unscheduled
 
 __all__ = ["CELLS", "STOPPING", "Cell", "UnknownCellError", "busy_runs", "cheaper_settings",
            "edge_state", "extension", "get_cell", "map_grid", "missing_runs", "pending_extensions",
@@ -198,18 +200,6 @@ def map_grid(grid: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             and not any(k in s for k in schedules)]
 
 
-def unscheduled(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records of arms without a schedule option (issue 20's cheaper arms, read in their
-    own frontier table, are left out): what the map's rows and a cell's completeness count.
-
-    Example:
-        >>> rec = {"method": "rdrop", "setting": "methods=rdrop,alpha=1.0", "config": {}}
-        >>> len(unscheduled([rec]))
-        1
-    """
-    return [r for r in records if arm_name(r) == r["method"]]
-
-
 def missing_runs(cell: Cell, records: Sequence[dict[str, Any]]) -> int:
     """Runs ``cell`` still lacks: for every grid point of its first grid and every point its
     records hold (extensions included), ``cell.seeds`` minus the distinct seeds finished there.
@@ -271,40 +261,18 @@ def pending_extensions(first_grid: Sequence[Mapping[str, Any]],
     return out
 
 
-def _dropout_key(grid: Sequence[Mapping[str, Any]]) -> str:
-    for setting in grid:
-        if tuple(setting.get("methods", ())) == ("baseline",):
-            keys = [k for k in setting if k != "methods"]
-            if len(keys) == 1:
-                return keys[0]
-    raise ValueError("the family's grid has no baseline dropout dimension.")
-
-
 def edge_state(records: Sequence[dict[str, Any]], dropout_key: str) -> dict[str, Any]:
-    """Per arm (``baseline``, ``rdrop``): its grid values, the value chosen on validation, and
-    whether that choice is at an edge of its grid.
+    """:func:`rdrop_experiments.verdict.edge_state` with the registry's grid order for ties
+    (per arm: its grid values, the value chosen on validation, whether it is at an edge).
 
     Example:
         >>> edge_state([], "dropout")
         {}
     """
-    from rdrop_experiments.verdict import build_verdicts
+    from rdrop_experiments.registry import discover
+    from rdrop_experiments.verdict import edge_state as read
 
-    verdicts = build_verdicts(records)
-    if not verdicts:
-        return {}
-    out: dict[str, Any] = {}
-    for method, knob in (("baseline", dropout_key), ("rdrop", "alpha")):
-        arm = verdicts[0].arms.get(method)
-        if arm is None:
-            continue
-        values = {label: float(next(iter(runs.values()))["config"][knob])
-                  for label, runs in arm.points.items()}
-        chosen = values[arm.chosen]
-        vals = sorted(set(values.values()))
-        out[method] = {"knob": knob, "values": vals, "chosen": chosen,
-                       "at_edge": len(vals) > 1 and chosen in (vals[0], vals[-1])}
-    return out
+    return read(records, dropout_key, Design.of(discover().values()))
 
 
 def busy_runs(folder: str | Path) -> list[Path]:
