@@ -110,7 +110,7 @@ def test_every_module_belongs_to_one_wing():
     placed = [READING, RUNNING, SHARED, OTHER]
     assert sorted(tops - set().union(*placed)) == []
     assert sum(len(w) for w in placed) == len(set().union(*placed))  # no module in two wings
-    assert not (READING | SHARED) - tops - {"costs"}  # costs.py: being written beside this
+    assert not (READING | SHARED) - tops
 
 
 def test_the_reading_wing_never_imports_the_running_wing():
