@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from rdrop_experiments.agreement import AgreementRow, agreement_markdown, full_verdict
+from rdrop_experiments.agreement import (
+    AgreementRow,
+    agreement_markdown,
+    full_verdict,
+    same_metric,
+)
 
 
 @pytest.mark.parametrize(("mean", "low", "high", "p", "higher", "expected"), [
@@ -30,3 +35,14 @@ def test_agreement_markdown_counts_agreement_and_compute():
     assert "the same metric: 1/2 (50%), at 25% of the full comparison's compute" in text
     assert "asked for (1 families): 1/1 agree, at 40% of the compute" in text
     assert agreement_markdown([]) == ""
+
+
+@pytest.mark.parametrize(("saved", "selection", "metric", "expected"), [
+    ({"test_metric": "test_rouge1"}, "valid_loss", "rouge1", True),    # the reported metric
+    ({}, "valid_loss", "rouge1", False),                               # an older tryout: NLL
+    ({"test_metric": "test_loss"}, "valid_loss", "bleu", False),       # said, and not BLEU
+    ({}, "valid_perplexity", "perplexity", True),                      # selects on it anyway
+])
+def test_a_tryout_compares_with_the_full_one_only_on_the_same_metric(saved, selection, metric,
+                                                                     expected):
+    assert same_metric(saved, selection, metric) is expected

@@ -26,7 +26,8 @@ from rdrop_experiments.formatting import NA, ci, p_value, percent
 from rdrop_experiments.storage import load_results
 from rdrop_experiments.verdict import build_verdicts
 
-__all__ = ["AgreementRow", "agreement_markdown", "agreement_rows", "full_verdict"]
+__all__ = ["AgreementRow", "agreement_markdown", "agreement_rows", "full_verdict",
+           "same_metric"]
 
 ARM = "rdrop+plateau"
 
@@ -112,10 +113,8 @@ def agreement_rows(results: str | Path, design: Design | None = None) -> list[Ag
             passes = sum(_passes_after(r, branch) for r in continuations)
             followup = (len(later["seeds"]), later["verdict"], later["verdict"] == full,
                         passes / full_passes if full_passes else math.nan)
-        # the harness tryout compares test values of the selection metric (validation NLL in
-        # the seq2seq families), the full comparison the family's metric (ROUGE-1, BLEU)
         selection = json.loads(Path(saved["record"]).read_text())["extra"]["selection_metric"]
-        same = selection == f"valid_{v.metric}"
+        same = same_metric(saved, selection, v.metric)
         scale = v.scale if same else 1.0  # a percent metric is shown in points
         rows.append(AgreementRow(
             family=family, tryout=saved["verdict"], tryout_alpha=float(saved["alpha"]),
@@ -127,6 +126,21 @@ def agreement_rows(results: str | Path, design: Design | None = None) -> list[Ag
             compute_fraction=tryout_passes / full_passes if full_passes else math.nan,
             followup=followup, same_metric=same))
     return rows
+
+
+def same_metric(saved: dict[str, Any], selection: str, metric: str) -> bool:
+    """Whether a saved tryout's Δs are of the family's metric, as the full comparison's are: it
+    says so (``test_metric``, written since the tryout compares the reported metric), or the
+    family selects on that metric (an older tryout compared test values of the selection
+    metric: validation NLL in the seq2seq families, which ROUGE-1 and BLEU are not).
+
+    Example:
+        >>> same_metric({"test_metric": "test_rouge1"}, "valid_loss", "rouge1")
+        True
+        >>> same_metric({}, "valid_loss", "rouge1"), same_metric({}, "valid_accuracy", "accuracy")
+        (False, True)
+    """
+    return saved.get("test_metric") == f"test_{metric}" or selection == f"valid_{metric}"
 
 
 def agreement_markdown(rows: Sequence[AgreementRow]) -> str:

@@ -119,5 +119,6 @@ def record_tryout(path: str | Path, *, out: str | Path = "runs/tryout", seeds: i
     out.mkdir(parents=True, exist_ok=True)
     (out / f"tryout-{len(result.seeds)}seeds.json").write_text(json.dumps(
         {"record": str(path), "experiment": rec["experiment"], "seed": seed,
+         "test_metric": test_key,
          **dataclasses.asdict(result)}, indent=1, default=str) + "\n")
     return result
