@@ -24,6 +24,7 @@ __all__ = [
     "RDropArgumentsMixin",
     "RDropSeq2SeqTrainingArguments",
     "RDropTrainingArguments",
+    "class_smoothing",
     "step_options",
     "validate_rdrop_options",
 ]
@@ -86,12 +87,23 @@ def validate_rdrop_options(options: dict[str, Any], *, only: Collection[str] | N
     return step_options(options, label_smoothing=label_smoothing)
 
 
+def class_smoothing(consistency: str, label_smoothing: float) -> float:
+    """The Trainer's ``label_smoothing_factor`` smooths class heads only: 0 for ``"mse"``
+    (regression) and ``"bernoulli"`` (multi-label) heads.
+
+    Example:
+        >>> class_smoothing("mse", 0.1), class_smoothing("kl", 0.1)
+        (0.0, 0.1)
+    """
+    return 0.0 if consistency in ("mse", "bernoulli") else label_smoothing
+
+
 def step_options(options: dict[str, Any], *, consistency: str | None = None,
                  label_smoothing: float = 0.0) -> StepOptions:
     """The trainers' options (keyed as :data:`DEFAULTS`) as the step's, with the Trainer's
-    conventions: ``ignore_index=-100``; ``label_smoothing_factor`` smooths class heads only (not
-    ``"mse"`` regression or ``"bernoulli"`` multi-label heads); ``rdrop_chunk_size`` chunks the
-    fused head's loss only (the logits path is not chunked).
+    conventions: ``ignore_index=-100``; ``label_smoothing_factor`` smooths class heads only
+    (:func:`class_smoothing`); ``rdrop_chunk_size`` chunks the fused head's loss only (the logits
+    path is not chunked).
 
     Args:
         options: values keyed as :data:`DEFAULTS`.
@@ -110,8 +122,8 @@ def step_options(options: dict[str, Any], *, consistency: str | None = None,
     """
     fused = options["fused_linear"]
     consistency = consistency or options["consistency"] or "kl"
-    smoothing = 0.0 if consistency in ("mse", "bernoulli") else label_smoothing
-    return StepOptions(consistency=consistency, label_smoothing=smoothing,
+    return StepOptions(consistency=consistency,
+                       label_smoothing=class_smoothing(consistency, label_smoothing),
                        num_passes=options["num_passes"],
                        second_pass_fraction=options["second_pass_fraction"],
                        noise=options["noise"], fused_linear=fused,

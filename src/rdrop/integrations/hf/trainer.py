@@ -9,6 +9,7 @@ every micro-batch of an accumulated step).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,7 @@ from rdrop.training.options import StepOptions
 from rdrop.training.schedule import RDropStep, Schedule
 from rdrop.training.step import PassLoss, TrainingStep
 
-from .arguments import DEFAULTS, step_options, validate_rdrop_options
+from .arguments import DEFAULTS, class_smoothing, validate_rdrop_options
 from .callbacks import RDropAutoStartCallback, check_auto_start
 from .fused import FusedLoss, HiddenCapture, check_fused_head, check_fused_model
 from .guards import (
@@ -333,9 +334,11 @@ class RDropTrainerMixin:
         if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)) and (
                 cached[1].options.consistency == consistency):
             return cached[1], cached[2]
-        if consistency != options.consistency:
-            options = step_options(self._rdrop_options(), consistency=consistency,
-                                   label_smoothing=options.label_smoothing)
+        if consistency != options.consistency:  # automatic, so the options' are "kl"'s
+            options = dataclasses.replace(
+                options, consistency=consistency,
+                label_smoothing=class_smoothing(consistency, options.label_smoothing),
+                prefix="rdrop_")
         step, call = self._rdrop_build_step(model, unwrapped, options)
         self._rdrop_step = (key, step, call)
         return step, call
@@ -376,10 +379,6 @@ class RDropTrainerMixin:
         if self._rdrop_batch is None:
             raise RuntimeError("the R-Drop step's hooks run inside compute_loss only.")
         return self._rdrop_batch
-
-    def _rdrop_options(self) -> dict[str, Any]:
-        """The trainer's R-Drop options keyed as :data:`.arguments.DEFAULTS`."""
-        return {key: getattr(self, f"rdrop_{key}") for key in DEFAULTS}
 
     def _rdrop_observe(self, model: nn.Module, inputs: dict[str, Any], first_pass: Tensor,
                        target: Tensor) -> None:
