@@ -106,9 +106,13 @@ def test_the_loop_charges_what_the_step_ran_and_restarts_patience_at_the_switch(
 
     from rdrop_experiments.config import CommonConfig
     from rdrop_experiments.protocol import train_until_patience
+    from rdrop_experiments.registry import ArmRun
+    from rdrop_experiments.resume import BatchCycle
+    from rdrop_experiments.task import Task, Trainer
 
     @dataclass(frozen=True)
     class Cfg(CommonConfig):
+        batch_size: int = 4
         eval_every: int = 2
         max_steps: int = 40
         patience: int = 2
@@ -119,11 +123,12 @@ def test_the_loop_charges_what_the_step_ran_and_restarts_patience_at_the_switch(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     x, y = torch.randn(4, 8), torch.randint(0, 4, (4,))
     valid = iter([1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0, 1.0, 1.0])
-    out = train_until_patience(
-        cfg=Cfg(), method="baseline", model=net, step_fn=step, optimizer=opt, scheduler=sched,
-        next_batch=lambda: ((x,), y), batch_size=4, n_train=8,
-        evaluate=lambda split: {"m": next(valid)} if split == "valid" else {"loss": 0.0},
-        metric="m", higher_is_better=False)
+    task = Task(model=lambda: net, batch=lambda idx: ((x,), y), n_train=8,
+                evaluate=lambda _, split: {"m": next(valid)} if split == "valid"
+                else {"loss": 0.0}, metric="m", higher_is_better=False)
+    trainer = Trainer(net, step, opt, sched, BatchCycle(8, 4, torch.Generator()))
+    out = train_until_patience(task, trainer, Cfg(), ArmRun(method="baseline", seed=0,
+                                                            progress=False))
     # best at the 2nd evaluation; the switch at the 3rd (no improvement) restarts the count:
     # without it the run would stop at the 4th evaluation, with it at the 5th
     assert out.stop_reason == "patience"

@@ -107,3 +107,34 @@ def test_every_number_of_every_family_is_finite_and_not_negative(family):
                 continue  # an int field cannot hold nan/inf (the parser refuses them)
             with pytest.raises(ConfigError, match=rf"^{name} must be (a )?{says}"):
                 apply_overrides(cfg, {name: bad})
+
+
+# ------------------------------------------------------------------- the one table of arms
+def test_the_arm_table_is_the_one_list_of_arms():
+    from rdrop_experiments.config import ARMS, METHODS, arm_spec
+    from rdrop_experiments.protocol import TWO_PASS_METHODS
+
+    assert METHODS == tuple(ARMS) == ("baseline", "rdrop", "rdrop_alpha0",
+                                      "rdrop_stop_gradient")
+    assert TWO_PASS_METHODS == ("rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
+    assert (arm_spec("rdrop_alpha0").zero_alpha, arm_spec("rdrop").zero_alpha) == (True, False)
+    with pytest.raises(ValueError, match="unknown method 'dropout'"):
+        arm_spec("dropout")
+
+
+def test_a_new_arm_is_one_row_of_the_table(monkeypatch):
+    import torch
+    from torch import nn
+
+    from rdrop_experiments.config import ARMS, ArmSpec, CommonConfig
+    from rdrop_experiments.protocol import step_cost
+    from rdrop_experiments.training import make_step
+
+    monkeypatch.setitem(ARMS, "rdrop_sg_alpha0", ArmSpec(zero_alpha=True, stop_gradient=True))
+    cfg = CommonConfig(methods=("baseline", "rdrop_sg_alpha0"), alpha=3.0)  # accepted
+    step = make_step(nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5)), cfg, "rdrop_sg_alpha0")
+    out = step(torch.randn(4, 3), target=torch.tensor([0, 1, 1, 0]))
+    assert step.alpha == 0.0 and step.step.stop_gradient
+    assert out.loss.item() == pytest.approx(out.task_loss.item())  # the KL weighs nothing
+    assert step.last_passes == (4, 4)  # one pass with a backward, one without
+    assert step_cost(cfg, "rdrop_sg_alpha0", 4, 0) == (8, 4)  # the same cost model

@@ -9,6 +9,7 @@ import importlib
 import pytest
 import torch
 
+import rdrop_experiments.protocol as protocol_module
 from rdrop_experiments import get_experiment
 from rdrop_experiments.config import apply_overrides
 from rdrop_experiments.registry import ArmRun
@@ -34,12 +35,12 @@ def test_recipe_resolves_the_configured_device_and_moves_the_model(name, monkeyp
         asked.append(device_name)
         return torch.device("cpu")
 
-    def fake_train(*, model, **_):  # the protocol loop: stop before any training
-        placed.append(next(model.parameters()).device)
+    def fake_train(task, trainer, cfg, ctx):  # the protocol loop: stop before any training
+        placed.append(next(trainer.model.parameters()).device)
         raise _Stop
 
     monkeypatch.setattr(module, "resolve_device", fake_resolve)
-    monkeypatch.setattr(module, "train_until_patience", fake_train)
+    monkeypatch.setattr(protocol_module, "train_until_patience", fake_train)
     quick = exp.variants["quick"]
     cfg = apply_overrides(exp.config, {**quick, "device": "cpu:0"})
     with pytest.raises(_Stop):

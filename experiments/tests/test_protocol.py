@@ -17,6 +17,9 @@ from rdrop_experiments.protocol import (
     step_cost,
     train_until_patience,
 )
+from rdrop_experiments.registry import ArmRun
+from rdrop_experiments.resume import BatchCycle
+from rdrop_experiments.task import Task, Trainer
 from rdrop_experiments.training import make_step
 
 
@@ -33,6 +36,12 @@ def test_step_cost_counts_sample_passes_per_arm():
     assert [step_cost(every2, "rdrop", 8, s)[0] for s in range(4)] == [16, 8, 16, 8]
     with pytest.raises(ValueError, match="unknown method"):
         step_cost(cfg, "dropout", 8, 0)
+    # the plan's cost model: a second pass on a quarter of the rows, a late start
+    assert step_cost(CommonConfig(second_pass_fraction=0.25), "rdrop", 8, 0) == (10, 10)
+    assert step_cost(CommonConfig(second_pass_fraction=0.25), "rdrop_stop_gradient", 8,
+                     0) == (10, 8)
+    assert [step_cost(CommonConfig(start_step=2), "rdrop", 8, s)[0] for s in range(3)] == [
+        8, 8, 16]
 
 
 def test_config_rejects_bad_protocol_fields():
@@ -46,6 +55,7 @@ def test_config_rejects_bad_protocol_fields():
 # ------------------------------------------------------------------------------- the train loop
 @dataclass(frozen=True)
 class LoopConfig(CommonConfig):
+    batch_size: int = 4
     eval_every: int = 2
     max_steps: int = 100
     patience: int = 2
@@ -77,10 +87,12 @@ def _loop(cfg: LoopConfig, method: str, valid_seq: list[float], higher: bool = T
             return {"acc": 10.0 * calls["valid"]}
         return {"loss": 0.0}
 
-    out = train_until_patience(
-        cfg=cfg, method=method, model=model, step_fn=lambda x, target: _Out((w * x).sum()),
-        optimizer=opt, scheduler=sched, next_batch=lambda: ((torch.ones(4),), None),
-        batch_size=4, n_train=8, evaluate=evaluate, metric="acc", higher_is_better=higher)
+    task = Task(model=lambda: model, batch=lambda idx: ((torch.ones(4),), None), n_train=8,
+                evaluate=lambda net, split: evaluate(split), metric="acc",
+                higher_is_better=higher)
+    trainer = Trainer(model, lambda x, target: _Out((w * x).sum()), opt, sched,
+                      BatchCycle(8, 4, torch.Generator().manual_seed(0)))
+    out = train_until_patience(task, trainer, cfg, ArmRun(method=method, seed=0, progress=False))
     return out, calls
 
 
@@ -245,3 +257,49 @@ def test_every_family_tunes_baseline_and_rdrop_on_grids_of_one_size(family):
     plateau = [s["alpha"] for s in exp.grid if s.get("start_rule") == "plateau"]
     if family != "translation-full":  # registered, not run: its protocol grid only
         assert len(plateau) == len(points["baseline"]) and max(plateau) / min(plateau) == 10
+
+
+# ------------------------------------------------------------ the loop's state and its rules
+def test_loop_state_saves_the_checkpoint_layout_and_restores_it():
+    from rdrop_experiments.protocol import LoopState, Running
+
+    state = LoopState(step=6, curves=[{"step": 6}], best=0.7, best_step=4, since_best=1,
+                      passes=48, backward=24, running=Running(loss=1.5, task=1.0, n=2))
+    saved = state.state_dict()
+    # the keys of the checkpoints written before the state was a class: they still resume
+    assert set(saved) == {"step", "curves", "best", "best_step", "best_passes", "since_best",
+                          "test", "test_evals", "passes", "backward", "running", "elapsed",
+                          "compute"}
+    assert saved["running"] == {"loss": 1.5, "task": 1.0, "consistency": 0.0, "n": 2}
+    assert LoopState.from_state_dict(saved) == state
+    old = {k: v for k, v in saved.items() if k != "compute"}  # before the compute meter
+    assert LoopState.from_state_dict(old).compute is None
+    assert Running(loss=3.0, task=2.0, consistency=0.5, n=2).means() == {
+        "train_objective": 1.5, "train_task_loss": 1.0, "train_consistency": 0.25}
+
+
+def test_stop_rules_at_the_edges_of_patience_cap_and_margin():
+    from rdrop_experiments.protocol import LoopState, StopRules
+
+    rules = StopRules(eval_every=5, patience=3, cap=100, margin=0.0, max_steps=50,
+                      higher_is_better=True)
+
+    def stop(value=0.5, diverged=False, **state):
+        return rules.should_stop(LoopState(best=0.8, **state), value, diverged)
+
+    assert stop(since_best=2) is None  # one point short of the patience
+    assert stop(since_best=3) == "patience"
+    assert stop(since_best=0, passes=99) is None  # one sample pass short of the cap
+    assert stop(since_best=0, passes=100) == "compute_cap"
+    assert stop(since_best=3, passes=100) == "patience"  # patience is read first
+    assert stop(since_best=0, diverged=True) == "diverged"
+    never = StopRules(5, patience=0, cap=0, margin=0.0, max_steps=50, higher_is_better=True)
+    assert never.should_stop(LoopState(best=0.8, since_best=99), 0.1, diverged=False) is None
+    flat = StopRules(5, patience=3, cap=0, margin=0.01, max_steps=50, higher_is_better=True)
+    assert flat.should_stop(LoopState(best=0.8, since_best=3), 0.795, False) is None
+    assert flat.should_stop(LoopState(best=0.8, since_best=3), 0.79, False) == "patience"
+    # evaluation points: every 5 steps, at max_steps, at the cap, after a non-finite loss
+    assert [s for s in range(1, 13) if rules.is_eval_point(s, LoopState(), False)] == [5, 10]
+    assert rules.is_eval_point(50, LoopState(), False)
+    assert rules.is_eval_point(7, LoopState(passes=100), False)
+    assert rules.is_eval_point(7, LoopState(), True)

@@ -9,9 +9,10 @@ import torch
 
 from rdrop_experiments.config import CommonConfig, ConfigError, apply_overrides, config_key
 from rdrop_experiments.families.language_modeling import run_language_modeling
-from rdrop_experiments.protocol import passed_optimum, stopping_schedule
+from rdrop_experiments.protocol import passed_optimum, stopping_schedule, train_until_patience
 from rdrop_experiments.registry import ArmRun, get_experiment
 from rdrop_experiments.resume import BatchCycle, load_checkpoint
+from rdrop_experiments.task import Task, Trainer
 
 
 class Killed(Exception):
@@ -24,6 +25,16 @@ def _lm_config(**extra):
     return apply_overrides(quick, {"dropout": 0.1, "alpha": 1.0, "eval_every": 3,
                                    "patience": 0, "max_sample_passes": 0, "max_steps": 24,
                                    "checkpoint_every_s": 0, "progress": False, **extra})
+
+
+def _train(cfg, model, step_fn, opt, sched, batch, evaluate, metric, higher_is_better):
+    """The loop on one fixed batch of one example."""
+    task = Task(model=lambda: model, batch=lambda idx: batch, n_train=1,
+                evaluate=lambda net, split: evaluate(split), metric=metric,
+                higher_is_better=higher_is_better)
+    trainer = Trainer(model, step_fn, opt, sched, BatchCycle(1, 1, torch.Generator()))
+    return train_until_patience(task, trainer, cfg, ArmRun(method="baseline", seed=0,
+                                                           progress=False))
 
 
 def _without_wall(curves):
@@ -57,16 +68,6 @@ def test_killed_run_resumes_to_the_same_curve_bit_for_bit(tmp_path, monkeypatch,
     assert len(resumed.curves) == len(whole.curves) == 8
     assert _without_wall(resumed.curves) == _without_wall(whole.curves)
     assert resumed.metrics == whole.metrics
-
-
-def test_a_checkpoint_without_the_batch_order_is_refused(tmp_path):
-    from rdrop_experiments.protocol import train_until_patience
-
-    with pytest.raises(ValueError, match="batches="):
-        train_until_patience(cfg=CommonConfig(), method="baseline", model=torch.nn.Linear(1, 1),
-                             step_fn=None, optimizer=None, scheduler=None, next_batch=None,
-                             batch_size=1, n_train=1, evaluate=None, metric="loss",
-                             higher_is_better=False, checkpoint=tmp_path / "c.pt")
 
 
 def test_batch_cycle_matches_a_plain_shuffle_and_restores_mid_epoch():
@@ -112,8 +113,6 @@ def test_passed_optimum_needs_the_metric_to_turn_by_the_margin():
 
 
 def test_a_flat_plateau_does_not_stop_on_patience_but_a_turn_does():
-    from rdrop_experiments.protocol import train_until_patience
-
     def run(values, margin):
         it = iter(values)
         model = torch.nn.Linear(2, 1)
@@ -125,12 +124,11 @@ def test_a_flat_plateau_does_not_stop_on_patience_but_a_turn_does():
             from rdrop.losses.functional import RDropOutput
             return RDropOutput(loss, loss.detach(), torch.zeros(()), None)
 
-        cfg = CommonConfig(eval_every=1, patience=2, stop_margin=margin, max_steps=len(values))
-        out = train_until_patience(
-            cfg=cfg, method="baseline", model=model, step_fn=step_fn, optimizer=opt,
-            scheduler=sched, next_batch=lambda: ((torch.ones(1, 2),), torch.zeros(1)),
-            batch_size=1, n_train=1, evaluate=lambda split: {"loss": next(it)}
-            if split == "valid" else {"loss": 0.0}, metric="loss", higher_is_better=False)
+        cfg = CommonConfig(eval_every=1, patience=2, stop_margin=margin, max_steps=len(values),
+                           batch_size=1)
+        out = _train(cfg, model, step_fn, opt, sched, ((torch.ones(1, 2),), torch.zeros(1)),
+                     lambda split: {"loss": next(it)} if split == "valid" else {"loss": 0.0},
+                     "loss", higher_is_better=False)
         return out.stop_reason, out.steps
 
     plateau = [5.0, 4.0, 4.01, 4.005, 4.01, 4.0, 4.01, 4.01]
@@ -141,8 +139,6 @@ def test_a_flat_plateau_does_not_stop_on_patience_but_a_turn_does():
 
 
 def test_diverged_runs_stop_and_say_so():
-    from rdrop_experiments.protocol import train_until_patience
-
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -153,11 +149,9 @@ def test_diverged_runs_stop_and_say_so():
         loss = model(x).sum() * 0 + next(losses)
         return RDropOutput(loss, loss.detach(), torch.zeros(()), None)
 
-    out = train_until_patience(
-        cfg=CommonConfig(eval_every=10, max_steps=4), method="baseline", model=model,
-        step_fn=step_fn, optimizer=opt, scheduler=sched,
-        next_batch=lambda: ((torch.ones(1, 2),), torch.zeros(1)), batch_size=1, n_train=1,
-        evaluate=lambda split: {"loss": 1.0}, metric="loss", higher_is_better=False)
+    out = _train(CommonConfig(eval_every=10, max_steps=4, batch_size=1), model, step_fn, opt,
+                 sched, ((torch.ones(1, 2),), torch.zeros(1)), lambda split: {"loss": 1.0},
+                 "loss", higher_is_better=False)
     assert (out.stop_reason, out.steps, len(out.curves)) == ("diverged", 3, 1)
     assert math.isnan(out.curves[0]["train_objective"]) and out.best_step == 3
     assert out.sample_passes == 2  # the non-finite step made no update and is not charged

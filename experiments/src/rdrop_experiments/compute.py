@@ -41,9 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rdrop.losses.subset import subset_size
 from rdrop.training.batching import extract_logits
+from rdrop.training.step import PassPlan
 
-__all__ = ["ComputeMeter", "fb_of_point", "measure_forward_ratio", "step_passes",
+__all__ = ["ComputeMeter", "fb_of_point", "measure_forward_ratio", "plan_passes", "step_passes",
            "step_passes_of"]
 
 
@@ -76,20 +78,36 @@ def step_passes(batch_size: int, *, active: bool, num_passes: int = 2,
     return batch_size + second, 0
 
 
-def step_passes_of(step_fn: Any, fallback: tuple[int, int]) -> tuple[int, int]:
-    """``(g, h)`` of the step ``step_fn`` just ran: its ``last_passes`` when it reports them
-    (the harness's training step does, from the library step's plan), else from ``fallback``,
-    the ``(forward, backward)`` sample passes of
+def plan_passes(plan: PassPlan, batch_size: int) -> tuple[int, int]:
+    """``(g, h)`` of one step that runs ``plan`` (:meth:`rdrop.training.step.TrainingStep.plan`)
+    over ``batch_size`` rows: the one cost model, read by the training step and by
     :func:`rdrop_experiments.protocol.step_cost`.
 
     Example:
-        >>> step_passes_of(object(), (32, 16))
+        >>> plan_passes(PassPlan(passes=2, alpha=1.0, concat=False, detached=1, fraction=0.25), 16)
+        (16, 4)
+        >>> plan_passes(PassPlan(passes=1, alpha=0.0, concat=False), 16)
+        (16, 0)
+    """
+    second = subset_size(batch_size, plan.fraction) if plan.fraction < 1.0 else None
+    return step_passes(batch_size, active=plan.active, num_passes=plan.passes,
+                       second_rows=second, stop_gradient=bool(plan.detached))
+
+
+def step_passes_of(step_fn: Any, fallback: Callable[[], tuple[int, int]]) -> tuple[int, int]:
+    """``(g, h)`` of the step ``step_fn`` just ran: its ``last_passes`` when it reports them
+    (the harness's training step does, from the library step's plan), else ``fallback()``'s
+    ``(forward, backward)`` sample passes (:func:`rdrop_experiments.protocol.step_cost`, the
+    same plan read from the config), called only then.
+
+    Example:
+        >>> step_passes_of(object(), lambda: (32, 16))
         (16, 16)
     """
     reported = getattr(step_fn, "last_passes", None)
     if reported is not None:
         return int(reported[0]), int(reported[1])
-    forward, backward = fallback
+    forward, backward = fallback()
     return backward, forward - backward
 
 

@@ -18,14 +18,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 __all__ = [
+    "ARMS",
     "LATE_FIELDS",
     "METHODS",
     "NON_RESULT_FIELDS",
     "RDROP_FIELDS",
     "SCHEDULE_TAGS",
+    "ArmSpec",
     "CommonConfig",
     "ConfigError",
     "apply_overrides",
+    "arm_spec",
     "check_heads",
     "check_rates",
     "check_vocab_size",
@@ -34,7 +37,53 @@ __all__ = [
     "parse_overrides",
 ]
 
-METHODS = ("baseline", "rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """What sets an arm (``methods=``) apart; everything else comes from the config.
+
+    Attributes:
+        two_pass: R-Drop's passes on its R-Drop steps (False: one plain pass on every step, with
+            the noise of its own; its run ignores :data:`RDROP_FIELDS`).
+        zero_alpha: consistency weight 0 whatever ``alpha`` says (the passes' cross-entropies
+            alone: the doubled-sample gradient without the KL term).
+        stop_gradient: the second pass under ``no_grad``, a detached target (one backward).
+        summary: one line for readers.
+    """
+
+    two_pass: bool = True
+    zero_alpha: bool = False
+    stop_gradient: bool = False
+    summary: str = ""
+
+
+# The arms, in the reports' order: the one table a new arm is added to.
+ARMS = {
+    "baseline": ArmSpec(two_pass=False, summary="one pass, cross-entropy"),
+    "rdrop": ArmSpec(summary="R-Drop with the config's alpha"),
+    "rdrop_alpha0": ArmSpec(zero_alpha=True, summary="R-Drop's passes, consistency weight 0"),
+    "rdrop_stop_gradient": ArmSpec(stop_gradient=True,
+                                   summary="R-Drop, second pass a detached target"),
+}
+METHODS = tuple(ARMS)
+
+
+def arm_spec(method: str) -> ArmSpec:
+    """The :class:`ArmSpec` of arm ``method``.
+
+    Raises:
+        ValueError: an unknown arm (the message lists the known ones).
+
+    Example:
+        >>> arm_spec("rdrop_stop_gradient").stop_gradient
+        True
+    """
+    try:
+        return ARMS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; expected one of {tuple(ARMS)}.") from None
+
+
 # The schedule options that make an arm of their own (config field, its default, the tag the arm
 # gets when the field differs from it): read by the reports' arm names and by the runner's labels.
 SCHEDULE_TAGS = (("auto_start_patience", 0, "auto_start"), ("start_step", 0, "start"),
@@ -80,7 +129,7 @@ class CommonConfig:
     Attributes:
         seeds: number of seeds per method (seeds ``first_seed .. first_seed + seeds - 1``).
         first_seed: first seed.
-        methods: arms to run, a subset of :data:`METHODS`: ``baseline`` (one pass, CE),
+        methods: arms to run, a subset of :data:`ARMS`: ``baseline`` (one pass, CE),
             ``rdrop``, ``rdrop_alpha0`` (two passes, consistency weight 0: the doubled-sample
             gradient without the KL term), ``rdrop_stop_gradient`` (second pass under
             ``no_grad`` as a detached target).
@@ -214,9 +263,9 @@ class CommonConfig:
         _positive("num_threads", self.num_threads)
         if self.first_seed < 0:
             raise ConfigError(f"first_seed must be >= 0, got {self.first_seed}.")
-        if not self.methods or any(m not in METHODS for m in self.methods):
+        if not self.methods or any(m not in ARMS for m in self.methods):
             raise ConfigError(
-                f"methods must be a non-empty subset of {METHODS}, got {self.methods}."
+                f"methods must be a non-empty subset of {tuple(ARMS)}, got {self.methods}."
             )
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods has duplicates: {self.methods}.")
@@ -462,8 +511,9 @@ def config_to_dict(config: CommonConfig) -> dict[str, Any]:
 def config_key(config: CommonConfig, method: str) -> str:
     """A short hash that identifies one arm's run for one seed, across processes.
 
-    Excludes :data:`NON_RESULT_FIELDS`; for ``method="baseline"`` also resets
-    :data:`RDROP_FIELDS` to their defaults, so an alpha sweep shares one baseline per seed.
+    Excludes :data:`NON_RESULT_FIELDS`; for a one-pass arm (``baseline``, :data:`ARMS`) also
+    resets :data:`RDROP_FIELDS` to their defaults, so an alpha sweep shares one baseline per
+    seed.
 
     Example:
         >>> a = CommonConfig(alpha=0.5)
@@ -479,7 +529,7 @@ def config_key(config: CommonConfig, method: str) -> str:
     for k in LATE_FIELDS:
         if k in d and d[k] == defaults[k]:
             del d[k]
-    if method == "baseline":
+    if method in ARMS and not ARMS[method].two_pass:  # one plain pass: no R-Drop field counts
         defaults = {f.name: f.default for f in dataclasses.fields(CommonConfig)}
         for k in RDROP_FIELDS:
             if k in LATE_FIELDS:  # at its default for every baseline: left out, as before it was

@@ -28,38 +28,59 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from rdrop.training.schedule import rdrop_step
-from rdrop_experiments.compute import ComputeMeter, step_passes_of
+from rdrop.training.schedule import RDropStep, rdrop_step
+from rdrop_experiments.compute import ComputeMeter, plan_passes, step_passes_of
+from rdrop_experiments.config import ARMS, arm_spec
+from rdrop_experiments.progress import progress_bar
+from rdrop_experiments.registry import ArmRun, RunResult
+from rdrop_experiments.resume import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rdrop_experiments.task import Task, Trainer, build_trainer
+from rdrop_experiments.training import arm_training_step
 
 __all__ = [
     "PLATEAU_ALPHAS",
+    "TWO_PASS_METHODS",
+    "LoopState",
     "ProtocolOutcome",
+    "Running",
+    "StopRules",
+    "branch_point",
     "cheaper_grid",
+    "evaluate_point",
     "is_better",
     "passed_optimum",
     "plateau_grid",
     "protocol_grid",
     "quality_at_compute",
+    "resume",
+    "run_task",
+    "save",
     "step_cost",
     "stopping_schedule",
+    "task_metrics",
+    "train_step",
     "train_until_patience",
 ]
 
-TWO_PASS_METHODS = ("rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
+TWO_PASS_METHODS = tuple(m for m, arm in ARMS.items() if arm.two_pass)
 
 
 def step_cost(cfg: Any, method: str, batch_size: int, optimizer_step: int) -> tuple[int, int]:
-    """``(forward, backward)`` sample passes of one optimizer step of arm ``method``.
+    """``(forward, backward)`` sample passes of one optimizer step of arm ``method``: the plan
+    of the arm's library step (:func:`rdrop_experiments.training.arm_training_step`) at the
+    config's schedule, charged by :func:`rdrop_experiments.compute.plan_passes`, the cost
+    model the training step reports by (a start rule's switch aside: it depends on the run).
 
     Args:
-        cfg: the run's config (reads ``num_passes``, ``every_k_steps``).
+        cfg: the run's config (reads ``num_passes``, ``every_k_steps``, ``start_step``,
+            ``second_pass_fraction``, ``rdrop_mode``, ``pass_dropouts``).
         method: the arm.
         batch_size: samples in the step, before R-Drop duplicates them.
         optimizer_step: 0-based optimizer step (``every_k_steps`` decides on it).
@@ -72,17 +93,11 @@ def step_cost(cfg: Any, method: str, batch_size: int, optimizer_step: int) -> tu
         >>> step_cost(cfg, "rdrop", 16, 1)
         (16, 16)
     """
-    if method == "baseline":
-        return batch_size, batch_size
-    if method not in TWO_PASS_METHODS:
-        raise ValueError(f"unknown method {method!r}; expected baseline or one of "
-                         f"{TWO_PASS_METHODS}.")
-    active = rdrop_step(optimizer_step, alpha=1.0, every_k_steps=cfg.every_k_steps).active
-    if not active:
-        return batch_size, batch_size
-    if method == "rdrop_stop_gradient":
-        return 2 * batch_size, batch_size
-    return cfg.num_passes * batch_size, cfg.num_passes * batch_size
+    decision = (rdrop_step(optimizer_step, alpha=1.0, every_k_steps=cfg.every_k_steps,
+                           start_step=getattr(cfg, "start_step", 0))
+                if arm_spec(method).two_pass else RDropStep(active=False, alpha=0.0))
+    grad, no_grad = plan_passes(arm_training_step(cfg, method).plan(decision), batch_size)
+    return grad + no_grad, grad
 
 
 def is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
@@ -191,210 +206,354 @@ def passed_optimum(last: float, best: float, margin: float, higher_is_better: bo
     return worse > margin * abs(best)
 
 
-def train_until_patience(
-    *,
-    cfg: Any,
-    method: str,
-    model: nn.Module,
-    step_fn: Callable[..., Any],
-    optimizer: Any,
-    scheduler: Any,
-    next_batch: Callable[[], tuple[tuple[Any, ...], Any]],
-    batch_size: int,
-    n_train: int,
-    evaluate: Callable[[str], Mapping[str, float]],
-    metric: str,
-    higher_is_better: bool,
-    clip_norm: float | None = None,
-    progress: bool = False,
-    label: str = "",
-    batches: Any = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-) -> ProtocolOutcome:
-    r"""Train one arm until its validation ``metric`` stalls; test at the best-valid checkpoint.
+@dataclass
+class Running:
+    """Sums of the training objective's parts since the last evaluation point."""
 
-    Loop: take ``next_batch() -> (args, target)``, ``out = step_fn(*args, target=target)``,
-    ``out.loss.backward()``, optional gradient clipping, ``optimizer.step()``,
-    ``scheduler.step()``. Every ``eval_every`` steps (and when a stop condition is met):
-    ``evaluate("train")`` and ``evaluate("valid")``; if ``valid[metric]`` is strictly better
-    than every earlier value, ``evaluate("test")`` on the current weights. Stop when the
-    validation metric has not improved for ``patience`` evaluation points *and* has passed its
-    optimum (:func:`passed_optimum` with ``cfg.stop_margin``; ``0`` = never stop on patience),
-    when the sample passes reach the cap (``0`` = no cap), at ``cfg.max_steps``, or when the
-    training loss is not finite (``stop_reason="diverged"``). The spacing, the patience and the
-    cap come from :func:`stopping_schedule` (in steps, or in epochs).
+    loss: float = 0.0
+    task: float = 0.0
+    consistency: float = 0.0
+    n: int = 0
 
-    With ``checkpoint`` (a file path) and ``batches`` (the :class:`~rdrop_experiments.resume.
-    BatchCycle` behind ``next_batch``), the loop state is saved there at evaluation points at
-    most every ``cfg.checkpoint_every_s`` seconds, and a run that finds a checkpoint resumes
+    def add(self, out: Any) -> None:
+        """Add one step's :class:`rdrop.losses.functional.RDropOutput`."""
+        self.loss += out.loss.item()
+        self.task += out.task_loss.item()
+        self.consistency += out.consistency_loss.item()
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        """The curve point's ``train_objective``, ``train_task_loss``, ``train_consistency``."""
+        return {"train_objective": self.loss / self.n, "train_task_loss": self.task / self.n,
+                "train_consistency": self.consistency / self.n}
+
+
+@dataclass
+class LoopState:
+    """What :func:`train_until_patience` carries from step to step; a checkpoint saves it as a
+    plain dict (:meth:`state_dict`, the keys of the checkpoints written before this class).
+
+    Attributes:
+        step: optimizer steps done.
+        curves: the evaluation points so far.
+        best, best_step, best_passes: the best validation value (None: none yet), its step and
+            the sample passes used by then.
+        since_best: evaluation points since it (the patience count).
+        test, test_evals: test metrics of the best-validation checkpoint; test evaluations.
+        passes, backward: sample passes forwarded, and those with a backward.
+        running: the training objective since the last evaluation point.
+        elapsed: seconds of training loop (earlier processes of a resumed run included).
+        compute: the :class:`~rdrop_experiments.compute.ComputeMeter`'s state.
+    """
+
+    step: int = 0
+    curves: list[dict[str, float]] = field(default_factory=list)
+    best: float | None = None
+    best_step: int = 0
+    best_passes: int = 0
+    since_best: int = 0
+    test: dict[str, float] = field(default_factory=dict)
+    test_evals: int = 0
+    passes: int = 0
+    backward: int = 0
+    running: Running = field(default_factory=Running)
+    elapsed: float = 0.0
+    compute: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers, lists and dicts (``torch.load(weights_only=True)`` reads them)."""
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> LoopState:
+        """Restore :meth:`state_dict`.
+
+        Example:
+            >>> s = LoopState(step=4, best=0.5, running=Running(loss=2.0, n=1))
+            >>> LoopState.from_state_dict(s.state_dict()) == s
+            True
+        """
+        return cls(**{**state, "running": Running(**state["running"])})
+
+    def charge(self, passes: tuple[int, int]) -> None:
+        """Count one step's ``(g, h)`` samples forwarded with and without a backward."""
+        grad, no_grad = passes
+        self.passes += grad + no_grad
+        self.backward += grad
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """When a run is evaluated and when it stops (:func:`stopping_schedule` of its config).
+
+    Attributes:
+        eval_every: steps between evaluation points.
+        patience: evaluation points without a better validation value (0: never).
+        cap: the compute cap in sample passes (0: none).
+        margin: ``cfg.stop_margin`` (:func:`passed_optimum`).
+        max_steps: the safety stop.
+        higher_is_better: the selection metric's direction.
+    """
+
+    eval_every: int
+    patience: int
+    cap: int
+    margin: float
+    max_steps: int
+    higher_is_better: bool
+
+    @classmethod
+    def of(cls, cfg: Any, n_train: int, higher_is_better: bool) -> StopRules:
+        """The rules of ``cfg`` for ``n_train`` training examples.
+
+        Example:
+            >>> from rdrop_experiments.config import CommonConfig
+            >>> rules = StopRules.of(CommonConfig(eval_every=5, patience=2), 100, True)
+            >>> rules.eval_every, rules.patience, rules.cap, rules.max_steps
+            (5, 2, 0, 1000)
+        """
+        eval_every, patience, cap = stopping_schedule(cfg, cfg.batch_size, n_train)
+        return cls(eval_every, patience, cap, float(getattr(cfg, "stop_margin", 0.0)),
+                   int(cfg.max_steps), higher_is_better)
+
+    def capped(self, state: LoopState) -> bool:
+        """The run has used its compute."""
+        return self.cap > 0 and state.passes >= self.cap
+
+    def is_eval_point(self, step: int, state: LoopState, diverged: bool) -> bool:
+        """Every ``eval_every`` steps, and at every stop (cap, ``max_steps``, divergence)."""
+        return (step % self.eval_every == 0 or self.capped(state) or step == self.max_steps
+                or diverged)
+
+    def should_stop(self, state: LoopState, value: float, diverged: bool) -> str | None:
+        """The stop reason after an evaluation point with validation ``value``, or None.
+
+        Example:
+            >>> rules = StopRules(2, patience=2, cap=0, margin=0.0, max_steps=9,
+            ...                   higher_is_better=True)
+            >>> rules.should_stop(LoopState(best=0.9, since_best=1), 0.8, diverged=False) is None
+            True
+            >>> rules.should_stop(LoopState(best=0.9, since_best=2), 0.8, diverged=False)
+            'patience'
+        """
+        if diverged:
+            return "diverged"
+        best = math.nan if state.best is None else float(state.best)
+        if (self.patience and state.since_best >= self.patience
+                and passed_optimum(value, best, self.margin, self.higher_is_better)):
+            return "patience"
+        if self.capped(state):
+            return "compute_cap"
+        return None
+
+
+def branch_point(cfg: Any, trainer: Trainer, step: int) -> None:
+    """At ``cfg.branch_step`` (with a ``cfg.branch_seed``): reseed torch, Python and the batch
+    order, so the run continues as another seed's (``rdrop tryout``)."""
+    branch_seed = getattr(cfg, "branch_seed", None)
+    if branch_seed is not None and step == cfg.branch_step + 1:
+        torch.manual_seed(branch_seed)
+        random.seed(branch_seed)
+        trainer.batches.reseed(branch_seed)
+
+
+def train_step(task: Task, trainer: Trainer, cfg: Any, method: str, state: LoopState,
+               meter: ComputeMeter) -> bool:
+    """One optimizer step on the next batch; ``True`` when its loss was not finite (then no
+    update and no charge: the loop evaluates once more and stops)."""
+    trainer.model.train()
+    args, target = task.batch(next(trainer.batches))
+    out = trainer.step(*args, target=target)
+    diverged = not math.isfinite(out.loss.item())
+    if not diverged:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if task.clip_norm is not None:
+            nn.utils.clip_grad_norm_(trainer.model.parameters(), task.clip_norm)
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+        passes = step_passes_of(trainer.step,
+                                lambda: step_cost(cfg, method, cfg.batch_size, state.step))
+        meter.add(args, target, passes=passes)
+        state.charge(passes)
+    state.running.add(out)
+    state.step += 1
+    return diverged
+
+
+def evaluate_point(task: Task, trainer: Trainer, state: LoopState, meter: ComputeMeter,
+                   diverged: bool, start: float) -> float:
+    """Evaluate train and valid; on a strictly better validation value, test at once (the
+    best-validation checkpoint's test value, no weights kept); feed the arm's start rule;
+    append the curve point (``wall_s``: seconds since ``start``, a ``perf_counter`` value).
+    Returns the validation value.
+
+    Raises:
+        KeyError: the valid dict lacks ``task.metric``.
+    """
+    step, model = state.step, trainer.model
+    train = task.evaluate(model, "train")
+    valid = dict(task.evaluate(model, "valid"))
+    if task.metric not in valid:
+        raise KeyError(f"evaluate('valid') returned no {task.metric!r}; got {sorted(valid)}.")
+    value = float(valid[task.metric])
+    if is_better(value, state.best, task.higher_is_better):
+        state.best, state.best_step, state.best_passes, state.since_best = (
+            value, step, state.passes, 0)
+        state.test = {k: float(v) for k, v in task.evaluate(model, "test").items()}
+        state.test_evals += 1
+    else:
+        state.since_best += 1
+    if hasattr(trainer.step, "observe_validation") and trainer.step.observe_validation(
+            value, step, task.higher_is_better):
+        state.since_best = 0  # R-Drop switched on (automatic start): patience restarts
+    if diverged and state.best is None:  # never a valid point: the result is this one
+        state.best_step, state.best_passes = step, state.passes
+        state.test = {k: float(v) for k, v in task.evaluate(model, "test").items()}
+        state.test_evals += 1
+    state.curves.append({
+        "step": step, "epoch": step * trainer.batches.batch_size / max(1, task.n_train),
+        "sample_passes": state.passes, "backward_passes": state.backward,
+        **meter.point(), "train_loss": float(train.get("loss", math.nan)),
+        **{f"train_{k}": float(v) for k, v in train.items() if k != "loss"},
+        **{f"valid_{k}": float(v) for k, v in valid.items()},
+        "best_valid": float(state.best) if state.best is not None else math.nan,
+        "best_step": state.best_step,
+        **{f"test_{k}": v for k, v in state.test.items()},
+        **state.running.means(), "wall_s": round(time.perf_counter() - start, 2),
+    })
+    state.running = Running()
+    state.compute = meter.state_dict()
+    return value
+
+
+def train_until_patience(task: Task, trainer: Trainer, cfg: Any, ctx: ArmRun) -> ProtocolOutcome:
+    r"""Train one arm until its validation metric stalls; test at the best-valid checkpoint.
+
+    Each step (:func:`train_step`): the next batch of ``trainer.batches`` through
+    ``task.batch``, the arm's loss, backward, optional clipping (``task.clip_norm``), the
+    optimizer and the LR schedule. At each evaluation point (:meth:`StopRules.is_eval_point`,
+    :func:`evaluate_point`): train and valid evaluations; on a strictly better
+    ``valid[task.metric]`` the test split, on the current weights. Stop
+    (:meth:`StopRules.should_stop`) when the validation metric has not improved for
+    ``patience`` evaluation points *and* has passed its optimum (:func:`passed_optimum` with
+    ``cfg.stop_margin``), when the sample passes reach the cap, at ``cfg.max_steps``, or when
+    the training loss is not finite (``stop_reason="diverged"``). The spacing, the patience
+    and the cap come from :func:`stopping_schedule` (in steps, or in epochs).
+
+    With ``ctx.checkpoint`` (a file path), the loop state is saved there at evaluation points
+    at most every ``cfg.checkpoint_every_s`` seconds, and a run that finds a checkpoint resumes
     from it: the same curve, bit for bit on CPU, as a run never interrupted (see
     :mod:`rdrop_experiments.resume`). The caller deletes the file once the record is written.
 
     Args:
+        task: the family's :class:`~rdrop_experiments.task.Task` (batches, evaluation, metric).
+        trainer: the run's :class:`~rdrop_experiments.task.Trainer` (model, step, optimizer,
+            schedule, batch order).
         cfg: the run's config (``eval_every``/``eval_every_epochs``, ``patience``/
             ``patience_epochs``, ``stop_margin``, ``max_sample_passes``/
-            ``max_sample_pass_epochs``, ``max_steps``, ``num_passes``, ``every_k_steps``,
-            ``checkpoint_every_s``).
-        method: the arm (charges compute, see :func:`step_cost`).
-        model: put in train mode before each step (``evaluate`` may switch it to eval).
-        step_fn: the arm's loss (:class:`rdrop_experiments.training.TrainStep`).
-        optimizer, scheduler: stepped once per optimizer step.
-        next_batch: returns ``(args, target)`` for the next training batch.
-        batch_size: samples per step before duplication (for the compute count).
-        n_train: training examples (for ``epoch`` on the curves, and the epoch units).
-        evaluate: ``evaluate(split) -> {name: value}`` for ``"train"``, ``"valid"``, ``"test"``;
-            the ``"valid"`` dict must contain ``metric``.
-        metric: the validation metric that selects the checkpoint.
-        higher_is_better: its direction.
-        clip_norm: max gradient norm (None = no clipping).
-        progress, label: tqdm bar.
-        batches: the batch order to save in a checkpoint (needed with ``checkpoint``).
-        checkpoint: where to keep the resumable state (None = no checkpoints).
+            ``max_sample_pass_epochs``, ``max_steps``, ``batch_size``, ``checkpoint_every_s``,
+            ``branch_seed``/``branch_step``).
+        ctx: the arm's :class:`~rdrop_experiments.registry.ArmRun` (``method`` charges a step
+            that does not report its passes, see :func:`step_cost`; ``progress``, ``label``,
+            ``checkpoint``).
 
     Returns:
         :class:`ProtocolOutcome`.
 
     Raises:
-        KeyError: ``evaluate("valid")`` lacks ``metric``.
-        ValueError: ``checkpoint`` without ``batches``.
+        KeyError: ``task.evaluate(model, "valid")`` lacks ``task.metric``.
     """
-    from rdrop_experiments.progress import progress_bar as tqdm  # plain lines in a log
-    from rdrop_experiments.resume import (
-        load_checkpoint,
-        load_step_state,
-        rng_state,
-        save_checkpoint,
-        set_rng_state,
-        step_state,
-    )
-
-    if checkpoint is not None and batches is None:
-        raise ValueError("checkpoint needs batches= (the BatchCycle behind next_batch), or a "
-                         "resumed run would draw a different data order.")
-    eval_every, patience, cap = stopping_schedule(cfg, batch_size, n_train)
-    margin = float(getattr(cfg, "stop_margin", 0.0))
+    rules = StopRules.of(cfg, task.n_train, task.higher_is_better)
     every_s = float(getattr(cfg, "checkpoint_every_s", 0.0))
-    loop: dict[str, Any] = {
-        "step": 0, "curves": [], "best": None, "best_step": 0, "best_passes": 0,
-        "since_best": 0, "test": {}, "test_evals": 0, "passes": 0, "backward": 0,
-        "running": {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}, "elapsed": 0.0,
-    }
-    saved = load_checkpoint(checkpoint) if checkpoint is not None else None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        load_step_state(step_fn, saved["step_fn"])
-        batches.load_state_dict(saved["batches"])
-        set_rng_state(saved["rng"])
-        loop = saved["loop"]
-    meter = ComputeMeter(model)  # fb_equivalents of every step (rdrop_experiments.compute)
-    meter.load_state_dict(loop.setdefault("compute", meter.state_dict()))
+    state = resume(trainer, ctx.checkpoint)
+    meter = ComputeMeter(trainer.model)  # fb_equivalents of every step (rdrop_experiments.compute)
+    if state.compute is not None:
+        meter.load_state_dict(state.compute)
     stop_reason = "max_steps"
-    start = time.perf_counter() - loop["elapsed"]
+    start = time.perf_counter() - state.elapsed
     last_save = time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, initial=loop["step"], desc=label, leave=False,
-               disable=not progress, dynamic_ncols=True)
-    running = loop["running"]
-    step = loop["step"]
-    branch_seed = getattr(cfg, "branch_seed", None)
-    if branch_seed is not None and batches is None:
-        raise ValueError("branch_seed needs batches= (the BatchCycle behind next_batch) to "
-                         "reseed the batch order at the branch.")
-    for step in range(loop["step"] + 1, cfg.max_steps + 1):
-        model.train()
-        if branch_seed is not None and step == cfg.branch_step + 1:  # the branch: a new seed
-            torch.manual_seed(branch_seed)
-            random.seed(branch_seed)
-            batches.reseed(branch_seed)  # type: ignore[union-attr]
-        args, target = next_batch()
-        out = step_fn(*args, target=target)
-        loss_value = out.loss.item()
-        diverged = not math.isfinite(loss_value)
-        if not diverged:  # a non-finite loss: no update; one last evaluation point, then stop
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if clip_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-            optimizer.step()
-            scheduler.step()
-            grad, no_grad = step_passes_of(step_fn, step_cost(cfg, method, batch_size, step - 1))
-            meter.add(args, target, passes=(grad, no_grad))
-            loop["passes"] += grad + no_grad
-            loop["backward"] += grad
-        running["loss"] += loss_value
-        running["task"] += out.task_loss.item()
-        running["consistency"] += out.consistency_loss.item()
-        running["n"] += 1
+    bar = progress_bar(total=cfg.max_steps, initial=state.step, desc=ctx.label, leave=False,
+                       disable=not ctx.progress, dynamic_ncols=True)
+    while state.step < cfg.max_steps:
+        branch_point(cfg, trainer, state.step + 1)
+        diverged = train_step(task, trainer, cfg, ctx.method, state, meter)
         bar.update(1)
-        capped = cap > 0 and loop["passes"] >= cap
-        if step % eval_every and not capped and step != cfg.max_steps and not diverged:
+        if not rules.is_eval_point(state.step, state, diverged):
             continue
-        train = evaluate("train")
-        valid = dict(evaluate("valid"))
-        if metric not in valid:
-            raise KeyError(f"evaluate('valid') returned no {metric!r}; got {sorted(valid)}.")
-        value = float(valid[metric])
-        if is_better(value, loop["best"], higher_is_better):
-            loop.update(best=value, best_step=step, best_passes=loop["passes"], since_best=0)
-            loop["test"] = {k: float(v) for k, v in evaluate("test").items()}
-            loop["test_evals"] += 1
-        else:
-            loop["since_best"] += 1
-        if hasattr(step_fn, "observe_validation") and step_fn.observe_validation(
-                value, step, higher_is_better):
-            loop["since_best"] = 0  # R-Drop switched on (automatic start): patience restarts
-        if diverged and loop["best"] is None:  # never a valid point: the result is this one
-            loop.update(best_step=step, best_passes=loop["passes"])
-            loop["test"] = {k: float(v) for k, v in evaluate("test").items()}
-            loop["test_evals"] += 1
-        n = running["n"]
-        best = loop["best"]
-        loop["curves"].append({
-            "step": step, "epoch": step * batch_size / max(1, n_train),
-            "sample_passes": loop["passes"], "backward_passes": loop["backward"],
-            **meter.point(), "train_loss": float(train.get("loss", math.nan)),
-            **{f"train_{k}": float(v) for k, v in train.items() if k != "loss"},
-            **{f"valid_{k}": float(v) for k, v in valid.items()},
-            "best_valid": float(best) if best is not None else math.nan,
-            "best_step": loop["best_step"],
-            **{f"test_{k}": v for k, v in loop["test"].items()},
-            "train_objective": running["loss"] / n, "train_task_loss": running["task"] / n,
-            "train_consistency": running["consistency"] / n,
-            "wall_s": round(time.perf_counter() - start, 2),
-        })
-        running = loop["running"] = {"loss": 0.0, "task": 0.0, "consistency": 0.0, "n": 0}
-        loop["compute"] = meter.state_dict()
-        bar.set_postfix(valid=f"{value:.4g}", best=f"{best:.4g}" if best else "")
-        if diverged:
-            stop_reason = "diverged"
+        value = evaluate_point(task, trainer, state, meter, diverged, start)
+        bar.set_postfix(valid=f"{value:.4g}", best=f"{state.best:.4g}" if state.best else "")
+        reason = rules.should_stop(state, value, diverged)
+        if reason is not None:
+            stop_reason = reason
             break
-        if (patience and loop["since_best"] >= patience
-                and passed_optimum(value, float(best) if best is not None else math.nan,
-                                   margin, higher_is_better)):
-            stop_reason = "patience"
-            break
-        if capped:
-            stop_reason = "compute_cap"
-            break
-        if checkpoint is not None and time.perf_counter() - last_save >= every_s:
-            loop["step"], loop["elapsed"] = step, time.perf_counter() - start
-            save_checkpoint(checkpoint, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step_fn": step_state(step_fn),
-                "batches": batches.state_dict(), "rng": rng_state(), "loop": loop})
+        if ctx.checkpoint is not None and time.perf_counter() - last_save >= every_s:
+            state.elapsed = time.perf_counter() - start
+            save(ctx.checkpoint, trainer, state)
             last_save = time.perf_counter()
     bar.close()
-    best = loop["best"]
-    return ProtocolOutcome(curves=loop["curves"], best_step=loop["best_step"],
-                           best_sample_passes=loop["best_passes"],
-                           best_valid=float(best) if best is not None else math.nan,
-                           test=loop["test"], stop_reason=stop_reason, steps=step,
-                           sample_passes=loop["passes"], test_evaluations=loop["test_evals"],
-                           selection_metric=f"valid_{metric}",
-                           selection_higher_is_better=higher_is_better,
-                           compute={**meter.record_fields(),
-                                    **getattr(step_fn, "record_fields", dict)()})
+    return ProtocolOutcome(
+        curves=state.curves, best_step=state.best_step, best_sample_passes=state.best_passes,
+        best_valid=float(state.best) if state.best is not None else math.nan,
+        test=state.test, stop_reason=stop_reason, steps=state.step,
+        sample_passes=state.passes, test_evaluations=state.test_evals,
+        selection_metric=f"valid_{task.metric}", selection_higher_is_better=task.higher_is_better,
+        compute={**meter.record_fields(), **getattr(trainer.step, "record_fields", dict)()})
+
+
+def resume(trainer: Trainer, checkpoint: str | os.PathLike[str] | None) -> LoopState:
+    """The loop state of the checkpoint at ``checkpoint``, with the trainer's parts and the
+    random generators restored from it; a fresh state without one."""
+    saved = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if saved is None:
+        return LoopState()
+    trainer.load_state_dict(saved)
+    set_rng_state(saved["rng"])
+    return LoopState.from_state_dict(saved["loop"])
+
+
+def save(checkpoint: str | os.PathLike[str], trainer: Trainer, state: LoopState) -> None:
+    """Write the resumable state: the trainer's parts, the generators, the loop state."""
+    save_checkpoint(checkpoint, {**trainer.state_dict(), "rng": rng_state(),
+                                 "loop": state.state_dict()})
+
+
+def task_metrics(task: Task, outcome: ProtocolOutcome) -> dict[str, float]:
+    """The record's metrics: every test metric at the best-validation checkpoint (``loss`` as
+    ``test_loss``), ``valid_<metric>`` with ``task.report_valid``, and ``loss_gap`` (validation
+    minus training loss at that checkpoint).
+
+    Example:
+        >>> out = ProtocolOutcome(curves=[{"step": 4, "valid_loss": 1.5, "train_loss": 1.0}],
+        ...     best_step=4, best_sample_passes=8, best_valid=0.7, test={"loss": 1.4, "acc": 0.6},
+        ...     stop_reason="patience", steps=6, sample_passes=12, test_evaluations=1)
+        >>> task_metrics(Task(None, None, 1, None, "acc", report_valid=True), out)
+        {'acc': 0.6, 'test_loss': 1.4, 'valid_acc': 0.7, 'loss_gap': 0.5}
+    """
+    best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
+    metrics = {k: v for k, v in outcome.test.items() if k != "loss"}
+    metrics["test_loss"] = outcome.test["loss"]
+    if task.report_valid:
+        metrics[f"valid_{task.metric}"] = outcome.best_valid
+    metrics["loss_gap"] = best["valid_loss"] - best["train_loss"]
+    return metrics
+
+
+def run_task(task: Task, cfg: Any, ctx: ArmRun) -> RunResult:
+    """One seed of one arm of a family's ``task``: build it
+    (:func:`rdrop_experiments.task.build_trainer`), train until validation stalls
+    (:func:`train_until_patience`), and the record's metrics (:func:`task_metrics`), curves and
+    extras (the protocol's fields, the family's, ``epochs`` and the trainable parameters)."""
+    trainer = build_trainer(task, cfg, ctx.method, ctx.seed)
+    outcome = train_until_patience(task, trainer, cfg, ctx)
+    params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return RunResult(
+        metrics=task_metrics(task, outcome),
+        curves=outcome.curves,
+        extra={**outcome.record_fields(), **task.extra,
+               "epochs": outcome.steps * cfg.batch_size / task.n_train,
+               task.parameters_key: params},
+    )
 
 
 def quality_at_compute(curves: list[Mapping[str, float]], key: str, budget: float) -> float:

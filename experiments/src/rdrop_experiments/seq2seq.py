@@ -1,7 +1,7 @@
 """The encoder-decoder recipe shared by the translation and summarization families: encode text
 pairs with a BPE trained on the training split, train a small Transformer until the validation
-metric stalls (:func:`rdrop_experiments.protocol.train_until_patience`), score greedy decodings
-of the test split at the best-validation checkpoint."""
+metric stalls (:func:`rdrop_experiments.protocol.run_task`), score greedy decodings of the test
+split at the best-validation checkpoint."""
 
 from __future__ import annotations
 
@@ -13,15 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdrop_experiments.protocol import train_until_patience
+from rdrop_experiments.protocol import run_task
 from rdrop_experiments.registry import ArmRun, RunResult
-from rdrop_experiments.training import (
-    cycle_batches,
-    lr_schedule,
-    make_step,
-    resolve_device,
-    seed_everything,
-)
+from rdrop_experiments.task import Task
+from rdrop_experiments.training import resolve_device
 
 __all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID", "EncodedPairs", "encode_pairs", "pad",
            "run_seq2seq"]
@@ -141,74 +136,57 @@ def _decode(model: Any, tok: Any, src: list[Tensor], batch_size: int, max_len: i
 def run_seq2seq(cfg: Any, ctx: ArmRun, data: EncodedPairs,
                 score: Callable[[list[str], list[str]], dict[str, float]],
                 metric: str) -> RunResult:
-    """One seed of one arm for an encoder-decoder family: setup, train, evaluate.
+    """One seed of one arm for an encoder-decoder family (:func:`run_task`).
 
-    Every arm: same seeded init and batch order, AdamW, the config's LR schedule,
-    label-smoothed CE (``ignore_index`` = padding) through ``make_step`` (R-Drop arms:
-    ``rdrop.RDrop`` in concat mode on the token logits (B, T, V)), trained until
-    ``valid_<metric>`` (greedy decoding of ``cfg.valid_bleu_size`` validation pairs) stalls
-    (:func:`rdrop_experiments.protocol.train_until_patience`). Curves also carry eval-mode
-    per-token NLL on a fixed training slice and on the validation split. Test: greedy decoding
-    of the whole test split at each new best-validation checkpoint, scored by
-    ``score(hyps, refs)``.
+    Every arm: label-smoothed CE (``ignore_index`` = padding) on the token logits (B, T, V),
+    trained until ``valid_<metric>`` (greedy decoding of ``cfg.valid_bleu_size`` validation
+    pairs, or the teacher-forced NLL with ``select_on=loss``) stalls. Curves also carry
+    eval-mode per-token NLL on a fixed training slice and on the validation split. Test: greedy
+    decoding of the whole test split at each new best-validation checkpoint, scored by
+    ``score(hyps, refs)``; the record keeps five samples of it.
     """
     from rdrop_experiments.models.seq2seq import Seq2SeqTransformer
 
     src_tr, tgt_tr = data.src["train"], data.tgt["train"]
     n_probe = min(len(src_tr), 128)  # fixed training slice for the curves
     ctx.record_data(data.src, data.tgt, data.refs)
-    generator = seed_everything(ctx.seed)
     device = resolve_device(cfg.device)
-    model = Seq2SeqTransformer(
-        vocab_size=data.tokenizer.get_vocab_size(), dim=cfg.dim, heads=cfg.heads, ffn=cfg.ffn,
-        encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
-        dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
-        activation_dropout=cfg.activation_dropout, pad_id=PAD_ID,
-        max_len=max(512, cfg.decode_max_len + 2)).to(device)
-    step_fn = make_step(model, cfg, ctx.method, ignore_index=PAD_ID,
-                        label_smoothing=cfg.label_smoothing)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(0.9, 0.98))
-    batches = cycle_batches(len(src_tr), cfg.batch_size, generator)
     n_vb = 0 if cfg.select_on == "loss" else min(cfg.valid_bleu_size, len(data.src["valid"]))
+    samples: list[dict[str, str]] = []
 
-    def next_batch() -> tuple[tuple[Tensor, Tensor], Tensor]:
-        idx = next(batches).tolist()
-        tgt = pad([tgt_tr[i] for i in idx]).to(device)
-        return (pad([src_tr[i] for i in idx]).to(device), tgt[:, :-1]), tgt[:, 1:]
+    def model() -> nn.Module:
+        return Seq2SeqTransformer(
+            vocab_size=data.tokenizer.get_vocab_size(), dim=cfg.dim, heads=cfg.heads,
+            ffn=cfg.ffn, encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
+            dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
+            activation_dropout=cfg.activation_dropout, pad_id=PAD_ID,
+            max_len=max(512, cfg.decode_max_len + 2))
 
-    def evaluate(split: str) -> dict[str, float]:
+    def batch(idx: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        rows = idx.tolist()
+        tgt = pad([tgt_tr[i] for i in rows]).to(device)
+        return (pad([src_tr[i] for i in rows]).to(device), tgt[:, :-1]), tgt[:, 1:]
+
+    def evaluate(net: nn.Module, split: str) -> dict[str, float]:
         if split == "train":
-            return {"loss": _teacher_forced_nll(model, src_tr[:n_probe], tgt_tr[:n_probe],
+            return {"loss": _teacher_forced_nll(net, src_tr[:n_probe], tgt_tr[:n_probe],
                                                 cfg.eval_batch_size)}
         src, tgt, refs = data.src[split], data.tgt[split], data.refs[split]
-        scores = {"loss": _teacher_forced_nll(model, src, tgt, cfg.eval_batch_size)}
+        scores = {"loss": _teacher_forced_nll(net, src, tgt, cfg.eval_batch_size)}
         if split == "valid":
             if not n_vb:  # selecting on the loss: no validation decoding
                 return scores
             src, refs = src[:n_vb], refs[:n_vb]
-        hyps = _decode(model, data.tokenizer, src, cfg.eval_batch_size, cfg.decode_max_len)
+        hyps = _decode(net, data.tokenizer, src, cfg.eval_batch_size, cfg.decode_max_len)
         scores.update(score(hyps, refs))
         if split == "test":
             samples[:] = [{"hyp": h, "ref": r} for h, r in zip(hyps[:5], refs[:5], strict=False)]
         return scores
 
-    samples: list[dict[str, str]] = []
-    outcome = train_until_patience(
-        cfg=cfg, method=ctx.method, model=model, step_fn=step_fn, optimizer=optimizer,
-        scheduler=lr_schedule(optimizer, cfg), next_batch=next_batch, batch_size=cfg.batch_size,
-        n_train=len(src_tr), evaluate=evaluate,
+    return run_task(Task(
+        model=model, batch=batch, n_train=len(src_tr), evaluate=evaluate,
         metric="loss" if cfg.select_on == "loss" else metric,
-        higher_is_better=cfg.select_on != "loss", clip_norm=1.0, progress=ctx.progress,
-        label=ctx.label, batches=batches, checkpoint=ctx.checkpoint)
-    best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
-    metrics = dict(outcome.test)
-    metrics["test_loss"] = metrics.pop("loss")
-    metrics["loss_gap"] = best["valid_loss"] - best["train_loss"]
-    return RunResult(
-        metrics=metrics, curves=outcome.curves,
-        extra={**outcome.record_fields(), "data": data.source, "sizes": data.sizes(),
-               "data_meta": data.meta, "decoding": "greedy",
-               "epochs": outcome.steps * cfg.batch_size / len(src_tr),
-               "parameters": sum(p.numel() for p in model.parameters()), "samples": samples},
-    )
+        higher_is_better=cfg.select_on != "loss", device=device, ignore_index=PAD_ID,
+        label_smoothing=cfg.label_smoothing, clip_norm=1.0, betas=(0.9, 0.98),
+        extra={"data": data.source, "sizes": data.sizes(), "data_meta": data.meta,
+               "decoding": "greedy", "samples": samples}), cfg, ctx)

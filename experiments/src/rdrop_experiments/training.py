@@ -1,8 +1,9 @@
 """The pieces every recipe shares: the training step of each arm, seeding, the LR schedule.
 
-``make_step(model, cfg, method)`` is the only place where the two arms differ. Everything else in
-a recipe (data order, initialisation, optimizer, schedule, number of optimizer steps, evaluation)
-is identical for both arms and seeded by the run's seed.
+``make_step(model, cfg, method)`` is the only place where the arms differ (each arm's
+:class:`rdrop_experiments.config.ArmSpec`). Everything else in a recipe (data order,
+initialisation, optimizer, schedule, number of optimizer steps, evaluation) is identical for
+every arm and seeded by the run's seed (:func:`rdrop_experiments.protocol.run_task`).
 """
 
 from __future__ import annotations
@@ -16,19 +17,19 @@ import torch
 from torch import Tensor, nn
 
 from rdrop.losses.functional import RDropOutput
-from rdrop.losses.subset import subset_size
 from rdrop.training.autostart import AutoStart, PlateauStart
 from rdrop.training.batching import extract_logits
 from rdrop.training.inspection import dropout_slots
 from rdrop.training.noise import attach_noise
 from rdrop.training.schedule import RDropStep, Schedule
-from rdrop.training.step import PassPlan, TrainingStep, pass_loss
-from rdrop_experiments.compute import step_passes
-from rdrop_experiments.config import METHODS, CommonConfig
+from rdrop.training.step import PassLoss, PassPlan, TrainingStep, pass_loss
+from rdrop_experiments.compute import plan_passes
+from rdrop_experiments.config import CommonConfig, arm_spec
 from rdrop_experiments.resume import BatchCycle
 
 __all__ = [
     "TrainStep",
+    "arm_training_step",
     "cycle_batches",
     "linear_warmup_decay",
     "lr_schedule",
@@ -172,8 +173,7 @@ class TrainStep:
         label_smoothing: float = 0.0,
         logits_fn: Callable[[Any], Tensor] | None = None,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        self.arm = arm_spec(method)
         self.model = model
         self.cfg = cfg
         self.method = method
@@ -181,26 +181,19 @@ class TrainStep:
         self.label_smoothing = label_smoothing
         self.logits_fn = logits_fn or extract_logits
         self.calls = 0
-        self.alpha = 0.0 if method == "rdrop_alpha0" else cfg.alpha
+        self.alpha = 0.0 if self.arm.zero_alpha else cfg.alpha
         self.schedule: Schedule | None = None  # with a start rule: made at the first validation
-        if method != "baseline" and not self._has_rule():
+        if self.arm.two_pass and not self._has_rule():
             self.schedule = Schedule(self.alpha, cfg.every_k_steps, cfg.alpha_warmup_steps,
                                      cfg.start_step)
         self.last_passes: tuple[int, int] | None = None
         loss = pass_loss(cfg.consistency, ignore_index=ignore_index,
                          label_smoothing=label_smoothing, chunk_size=cfg.chunk_size,
                          # the baseline is plain cross-entropy, which checks nothing
-                         check_finite=method != "baseline")
+                         check_finite=self.arm.two_pass)
         self.noise = attach_noise(model, cfg.noise)
-        self.step = TrainingStep(
-            num_passes=cfg.num_passes,
-            mode="twice" if cfg.pass_dropouts else cfg.rdrop_mode,
-            stop_gradient=method == "rdrop_stop_gradient",
-            second_pass_fraction=cfg.second_pass_fraction,
-            loss=loss,
-            logits_fn=self.logits_fn,
-            pass_context=self._pass_context,
-        )
+        self.step = arm_training_step(cfg, method, loss=loss, logits_fn=self.logits_fn,
+                                      pass_context=self._pass_context)
 
     @contextlib.contextmanager
     def _pass_context(self, passes: range, plan: PassPlan) -> Iterator[None]:
@@ -212,7 +205,7 @@ class TrainStep:
         pass_context`)."""
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.noise.forward_copies(len(passes))
-                                if self.method == "baseline"
+                                if not self.arm.two_pass
                                 else self.noise.pass_context(passes, plan))
             if self.cfg.pass_dropouts:
                 stack.enter_context(self._pass_dropout(passes, plan))
@@ -254,7 +247,7 @@ class TrainStep:
     def observe_validation(self, value: float, step: int, higher_is_better: bool) -> bool:
         """Feed the start rule (``cfg.start_rule``, ``cfg.auto_start_patience``) one validation
         value after ``step`` optimizer steps; ``True`` when R-Drop switches on at this call."""
-        if not self._has_rule() or self.method == "baseline":
+        if not self._has_rule() or not self.arm.two_pass:
             return False
         if self.schedule is None:
             self.schedule = self._new_schedule(higher_is_better)
@@ -262,7 +255,7 @@ class TrainStep:
 
     def record_fields(self) -> dict[str, Any]:
         """For the run's record: the step the start rule fired at (``None``: never)."""
-        if not self._has_rule() or self.method == "baseline":
+        if not self._has_rule() or not self.arm.two_pass:
             return {}
         return {"rdrop_start_step": None if self.schedule is None else self.schedule.start_step}
 
@@ -285,11 +278,29 @@ class TrainStep:
         decision = self.decision(self.calls)
         self.calls += 1
         plan = self.step.plan(decision)
-        rows = int(target.shape[0])
-        second = subset_size(rows, plan.fraction) if plan.fraction < 1.0 else None
-        self.last_passes = step_passes(rows, active=plan.active, num_passes=plan.passes,
-                                       second_rows=second, stop_gradient=bool(plan.detached))
+        self.last_passes = plan_passes(plan, int(target.shape[0]))
         return self.step.run(self.model, args, kwargs, target, plan).out
+
+
+def arm_training_step(cfg: CommonConfig, method: str, *, loss: PassLoss | None = None,
+                      **kwargs: Any) -> TrainingStep:
+    """The library's step for arm ``method`` under ``cfg`` (passes, mode, stop-gradient, second
+    pass fraction): what :class:`TrainStep` runs and what
+    :func:`rdrop_experiments.protocol.step_cost` plans from (``kwargs``: ``logits_fn``,
+    ``pass_context``).
+
+    Example:
+        >>> arm_training_step(CommonConfig(), "rdrop_stop_gradient").stop_gradient
+        True
+    """
+    return TrainingStep(
+        num_passes=cfg.num_passes,
+        mode="twice" if cfg.pass_dropouts else cfg.rdrop_mode,
+        stop_gradient=arm_spec(method).stop_gradient,
+        second_pass_fraction=cfg.second_pass_fraction,
+        **({} if loss is None else {"loss": loss}),
+        **kwargs,
+    )
 
 
 def make_step(model: nn.Module, cfg: CommonConfig, method: str, **kwargs: Any) -> TrainStep:

@@ -21,20 +21,10 @@ from rdrop_experiments.config import (
     check_heads,
     check_rates,
 )
-from rdrop_experiments.protocol import (
-    cheaper_grid,
-    plateau_grid,
-    protocol_grid,
-    train_until_patience,
-)
+from rdrop_experiments.protocol import cheaper_grid, plateau_grid, protocol_grid, run_task
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
-from rdrop_experiments.training import (
-    cycle_batches,
-    lr_schedule,
-    make_step,
-    resolve_device,
-    seed_everything,
-)
+from rdrop_experiments.task import Task
+from rdrop_experiments.training import resolve_device
 
 __all__ = ["ImageConfig", "SmallViT", "run_image"]
 
@@ -131,9 +121,7 @@ def _evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> dict[s
 
 
 def run_image(cfg: ImageConfig, ctx: ArmRun) -> RunResult:
-    """One seed of one arm: setup, train ``max_steps`` steps, evaluate, return metrics/curves."""
-
-    # setup
+    """One seed of one arm: the normalized images, the ViT, accuracy (:func:`run_task`)."""
     data = _data(cfg.dataset, cfg.data_path, cfg.train_size, cfg.valid_size, cfg.test_size,
                  cfg.image_size, cfg.channels)
     mean, std = data.splits["train"][0].mean(), data.splits["train"][0].std()
@@ -145,37 +133,23 @@ def run_image(cfg: ImageConfig, ctx: ArmRun) -> RunResult:
     # Train loss on the curves: eval mode, on a fixed slice of at most 500 training images.
     n_probe = min(len(y_tr), 500)
     ctx.record_data(x_tr, y_tr, x_va, y_va, x_te, y_te)
-    generator = seed_everything(ctx.seed)
-    model = SmallViT(image_shape=data.shape, num_classes=len(data.classes),
-                     patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
-                     mlp_dim=cfg.mlp_dim, dropout=cfg.dropout).to(device)
-    step_fn = make_step(model, cfg, ctx.method)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batches = cycle_batches(len(y_tr), cfg.batch_size, generator)
     splits = {"train": (x_tr[:n_probe], y_tr[:n_probe]), "valid": (x_va, y_va),
               "test": (x_te, y_te)}
 
-    def next_batch() -> tuple[tuple[Tensor], Tensor]:
-        idx = next(batches).to(device)
+    def model() -> nn.Module:
+        return SmallViT(image_shape=data.shape, num_classes=len(data.classes),
+                        patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
+                        mlp_dim=cfg.mlp_dim, dropout=cfg.dropout)
+
+    def batch(idx: Tensor) -> tuple[tuple[Tensor], Tensor]:
+        idx = idx.to(device)
         return (x_tr[idx],), y_tr[idx]
 
-    outcome = train_until_patience(
-        cfg=cfg, method=ctx.method, model=model, step_fn=step_fn, optimizer=optimizer,
-        scheduler=lr_schedule(optimizer, cfg), next_batch=next_batch, batch_size=cfg.batch_size,
-        n_train=len(y_tr), evaluate=lambda split: _evaluate(model, *splits[split],
-                                                            cfg.eval_batch_size),
-        metric="accuracy", higher_is_better=True, progress=ctx.progress, label=ctx.label,
-        batches=batches, checkpoint=ctx.checkpoint)
-    best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
-    return RunResult(
-        metrics={"accuracy": outcome.test["accuracy"], "test_loss": outcome.test["loss"],
-                 "valid_accuracy": outcome.best_valid,
-                 "loss_gap": best["valid_loss"] - best["train_loss"]},
-        curves=outcome.curves,
-        extra={**outcome.record_fields(), "data": data.source, "sizes": data.sizes(),
-               "classes": data.classes, "epochs": outcome.steps * cfg.batch_size / len(y_tr),
-               "parameters": sum(p.numel() for p in model.parameters())},
-    )
+    return run_task(Task(
+        model=model, batch=batch, n_train=len(y_tr), device=device, metric="accuracy",
+        evaluate=lambda net, split: _evaluate(net, *splits[split], cfg.eval_batch_size),
+        report_valid=True,
+        extra={"data": data.source, "sizes": data.sizes(), "classes": data.classes}), cfg, ctx)
 
 
 # Second protocol (docs/EXPERIMENTS.md): 500 training images and a 2-layer d=32 ViT from

@@ -27,20 +27,10 @@ from rdrop_experiments.config import (
     check_rates,
     check_vocab_size,
 )
-from rdrop_experiments.protocol import (
-    cheaper_grid,
-    plateau_grid,
-    protocol_grid,
-    train_until_patience,
-)
+from rdrop_experiments.protocol import cheaper_grid, plateau_grid, protocol_grid, run_task
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
-from rdrop_experiments.training import (
-    cycle_batches,
-    lr_schedule,
-    make_step,
-    resolve_device,
-    seed_everything,
-)
+from rdrop_experiments.task import Task
+from rdrop_experiments.training import resolve_device
 
 __all__ = ["LMConfig", "TokenBlocks", "make_blocks", "run_language_modeling"]
 
@@ -166,9 +156,8 @@ def _nll(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
 
 
 def run_language_modeling(cfg: LMConfig, ctx: ArmRun) -> RunResult:
-    """One seed of one arm: BPE token windows, train the causal LM until validation perplexity
-    stalls (:func:`rdrop_experiments.protocol.train_until_patience`), test perplexity at the
-    best-validation checkpoint."""
+    """One seed of one arm: BPE token windows, the causal LM, test perplexity at the
+    best-validation checkpoint (:func:`run_task`)."""
     from rdrop_experiments.models.causal_lm import CausalTransformerLM
 
     data = _data(cfg.dataset, cfg.data_path, cfg.split_seed, cfg.vocab_size, cfg.block_size,
@@ -185,44 +174,30 @@ def run_language_modeling(cfg: LMConfig, ctx: ArmRun) -> RunResult:
     device = resolve_device(cfg.device)
     x_tr, y_tr, x_va, y_va, x_te, y_te = (t.to(device) for t in (x_tr, y_tr, x_va, y_va, x_te,
                                                                   y_te))
-    generator = seed_everything(ctx.seed)
-    model = CausalTransformerLM(
-        vocab_size=data.vocab_size, dim=cfg.dim, heads=cfg.heads, ffn=cfg.ffn,
-        layers=cfg.layers, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
-        activation_dropout=cfg.activation_dropout, max_len=cfg.block_size,
-        pad_id=PAD_ID).to(device)
-    step_fn = make_step(model, cfg, ctx.method, ignore_index=PAD_ID)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(0.9, 0.98))
-    batches = cycle_batches(len(x_tr), cfg.batch_size, generator)
+    splits = {"train": (x_tr[:probe], y_tr[:probe]), "valid": (x_va, y_va),
+              "test": (x_te, y_te)}
 
-    def next_batch() -> tuple[tuple[Tensor], Tensor]:
-        idx = next(batches).to(device)
+    def model() -> nn.Module:
+        return CausalTransformerLM(
+            vocab_size=data.vocab_size, dim=cfg.dim, heads=cfg.heads, ffn=cfg.ffn,
+            layers=cfg.layers, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
+            activation_dropout=cfg.activation_dropout, max_len=cfg.block_size, pad_id=PAD_ID)
+
+    def batch(idx: Tensor) -> tuple[tuple[Tensor], Tensor]:
+        idx = idx.to(device)
         return (x_tr[idx],), y_tr[idx]
 
-    def evaluate(split: str) -> dict[str, float]:
-        x, y = {"train": (x_tr[:probe], y_tr[:probe]), "valid": (x_va, y_va),
-                "test": (x_te, y_te)}[split]
-        nll = _nll(model, x, y, cfg.eval_batch_size)
+    def evaluate(net: nn.Module, split: str) -> dict[str, float]:
+        nll = _nll(net, *splits[split], cfg.eval_batch_size)
         return {"loss": nll, "perplexity": math.exp(min(nll, 50.0))}
 
-    outcome = train_until_patience(
-        cfg=cfg, method=ctx.method, model=model, step_fn=step_fn, optimizer=optimizer,
-        scheduler=lr_schedule(optimizer, cfg), next_batch=next_batch, batch_size=cfg.batch_size,
-        n_train=len(x_tr), evaluate=evaluate, metric="perplexity", higher_is_better=False,
-        clip_norm=1.0, progress=ctx.progress, label=ctx.label,
-        batches=batches, checkpoint=ctx.checkpoint)
-    best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
-    return RunResult(
-        metrics={"perplexity": outcome.test["perplexity"], "test_loss": outcome.test["loss"],
-                 "loss_gap": best["valid_loss"] - best["train_loss"]},
-        curves=outcome.curves,
-        extra={**outcome.record_fields(), "data": data.source, "tokens": data.tokens,
-               "data_meta": data.meta, "blocks": {"train": len(x_tr), "valid": len(x_va),
-                                                  "test": len(x_te)},
-               "epochs": outcome.steps * cfg.batch_size / len(x_tr),
-               "parameters": sum(p.numel() for p in model.parameters())},
-    )
+    return run_task(Task(
+        model=model, batch=batch, n_train=len(x_tr), evaluate=evaluate, metric="perplexity",
+        higher_is_better=False, device=device, ignore_index=PAD_ID, clip_norm=1.0,
+        betas=(0.9, 0.98),
+        extra={"data": data.source, "tokens": data.tokens, "data_meta": data.meta,
+               "blocks": {"train": len(x_tr), "valid": len(x_va), "test": len(x_te)}}),
+        cfg, ctx)
 
 
 # Second protocol (docs/EXPERIMENTS.md, "Second protocol"): 15k training tokens (234 windows

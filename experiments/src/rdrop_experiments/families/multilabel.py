@@ -21,15 +21,10 @@ from torch import Tensor, nn
 
 from rdrop_experiments.config import CommonConfig, ConfigError, apply_overrides, check_rates
 from rdrop_experiments.families.text_classification import encoder_classifier, minilm_path
-from rdrop_experiments.protocol import protocol_grid, train_until_patience
+from rdrop_experiments.protocol import protocol_grid, run_task
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
-from rdrop_experiments.training import (
-    cycle_batches,
-    lr_schedule,
-    make_step,
-    resolve_device,
-    seed_everything,
-)
+from rdrop_experiments.task import Task
+from rdrop_experiments.training import resolve_device
 
 __all__ = ["MultiLabelConfig", "mean_average_precision", "multilabel_macro_f1", "run_multilabel"]
 
@@ -176,7 +171,8 @@ def _evaluate(model: nn.Module, split: tuple[Tensor, Tensor, Tensor], batch_size
 
 
 def run_multilabel(cfg: MultiLabelConfig, ctx: ArmRun) -> RunResult:
-    """One seed of one arm: fine-tune until validation mAP stalls, test at its best checkpoint."""
+    """One seed of one arm: fine-tune until validation mAP stalls, test at its best checkpoint
+    (:func:`run_task`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
     from transformers.utils import logging as hf_logging
 
@@ -191,38 +187,22 @@ def run_multilabel(cfg: MultiLabelConfig, ctx: ArmRun) -> RunResult:
     ids, mask, y = splits["train"]
     n_probe = min(len(y), 128)  # fixed training slice for the curves
     ctx.record_data(splits)
-    generator = seed_everything(ctx.seed)
-    model = encoder_classifier(cfg, model_path, len(data.labels)).to(device)
-    step_fn = make_step(model, cfg, ctx.method)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batches = cycle_batches(len(y), cfg.batch_size, generator)
     splits["train"] = (ids[:n_probe], mask[:n_probe], y[:n_probe])
 
-    def next_batch() -> tuple[tuple[Tensor, Tensor], Tensor]:
-        idx = next(batches).to(device)
+    def batch(idx: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        idx = idx.to(device)
         return (ids[idx], mask[idx]), y[idx]
 
-    outcome = train_until_patience(
-        cfg=cfg, method=ctx.method, model=model, step_fn=step_fn, optimizer=optimizer,
-        scheduler=lr_schedule(optimizer, cfg), next_batch=next_batch, batch_size=cfg.batch_size,
-        n_train=len(y), evaluate=lambda split: _evaluate(model, splits[split],
-                                                         cfg.eval_batch_size, cfg.threshold),
-        metric="map", higher_is_better=True, clip_norm=1.0, progress=ctx.progress,
-        label=ctx.label, batches=batches, checkpoint=ctx.checkpoint)
-    best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
-    return RunResult(
-        metrics={"map": outcome.test["map"], "macro_f1": outcome.test["macro_f1"],
-                 "test_loss": outcome.test["loss"], "valid_map": outcome.best_valid,
-                 "loss_gap": best["valid_loss"] - best["train_loss"]},
-        curves=outcome.curves,
-        extra={**outcome.record_fields(), "data": data.source, "labels": data.labels,
+    return run_task(Task(
+        model=lambda: encoder_classifier(cfg, model_path, len(data.labels)), batch=batch,
+        n_train=len(y), device=device, metric="map", clip_norm=1.0, report_valid=True,
+        evaluate=lambda net, split: _evaluate(net, splits[split], cfg.eval_batch_size,
+                                              cfg.threshold),
+        parameters_key="trainable_parameters",
+        extra={"data": data.source, "labels": data.labels,
                "sizes": {k: len(v[2]) for k, v in splits.items() if k != "train"}
                | {"train": len(y)},
-               "available": data.sizes(), "data_meta": data.meta,
-               "epochs": outcome.steps * cfg.batch_size / len(y),
-               "trainable_parameters": sum(p.numel() for p in params)},
-    )
+               "available": data.sizes(), "data_meta": data.meta}), cfg, ctx)
 
 
 # Registered in docs/EXPERIMENTS.md (issue 17, 2026-12-04) before any run. Sizes: one baseline

@@ -20,20 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rdrop_experiments.config import CommonConfig, ConfigError, apply_overrides, check_rates
-from rdrop_experiments.protocol import (
-    cheaper_grid,
-    plateau_grid,
-    protocol_grid,
-    train_until_patience,
-)
+from rdrop_experiments.protocol import cheaper_grid, plateau_grid, protocol_grid, run_task
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, register
-from rdrop_experiments.training import (
-    cycle_batches,
-    lr_schedule,
-    make_step,
-    resolve_device,
-    seed_everything,
-)
+from rdrop_experiments.task import Task
+from rdrop_experiments.training import resolve_device
 
 __all__ = ["SentenceClassifier", "TextConfig", "encoder_classifier", "macro_f1", "minilm_path",
            "pretrained_encoder", "run_text"]
@@ -219,13 +209,13 @@ def _evaluate(model: nn.Module, split: tuple[Tensor, Tensor, Tensor], batch_size
 
 
 def run_text(cfg: TextConfig, ctx: ArmRun) -> RunResult:
-    """One seed of one arm: setup, fine-tune ``max_steps`` steps, evaluate, return results."""
+    """One seed of one arm: the tokenized sentences, the encoder under a new head, accuracy
+    and macro-F1 (:func:`run_task`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    # setup
     model_path = cfg.model_path or minilm_path()
     sizes = {"train": cfg.train_size, "valid": cfg.valid_size, "test": cfg.test_size}
     data, splits = _data((cfg.dataset, cfg.data_path, cfg.text_column, cfg.label_column,
@@ -237,39 +227,24 @@ def run_text(cfg: TextConfig, ctx: ArmRun) -> RunResult:
     ids, mask, y = splits["train"]
     n_probe = min(len(y), 128)  # fixed training slice for the curves
     ctx.record_data(splits)
-    generator = seed_everything(ctx.seed)
-    model = encoder_classifier(cfg, model_path, num_classes).to(device)
-    step_fn = make_step(model, cfg, ctx.method)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batches = cycle_batches(len(y), cfg.batch_size, generator)
     splits["train"] = (ids[:n_probe], mask[:n_probe], y[:n_probe])
 
-    def next_batch() -> tuple[tuple[Tensor, Tensor], Tensor]:
-        idx = next(batches).to(device)
+    def batch(idx: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        idx = idx.to(device)
         return (ids[idx], mask[idx]), y[idx]
 
-    outcome = train_until_patience(
-        cfg=cfg, method=ctx.method, model=model, step_fn=step_fn, optimizer=optimizer,
-        scheduler=lr_schedule(optimizer, cfg), next_batch=next_batch, batch_size=cfg.batch_size,
-        n_train=len(y), evaluate=lambda split: _evaluate(model, splits[split],
-                                                         cfg.eval_batch_size, num_classes),
-        metric="accuracy", higher_is_better=True, clip_norm=1.0, progress=ctx.progress,
-        label=ctx.label, batches=batches, checkpoint=ctx.checkpoint)
-    best = next(c for c in outcome.curves if c["step"] == outcome.best_step)
-    return RunResult(
-        metrics={"accuracy": outcome.test["accuracy"], "macro_f1": outcome.test["macro_f1"],
-                 "test_loss": outcome.test["loss"], "valid_accuracy": outcome.best_valid,
-                 "loss_gap": best["valid_loss"] - best["train_loss"]},
-        curves=outcome.curves,
-        extra={**outcome.record_fields(), "data": data.source, "classes": data.classes,
+    return run_task(Task(
+        model=lambda: encoder_classifier(cfg, model_path, num_classes), batch=batch,
+        n_train=len(y), device=device, metric="accuracy", clip_norm=1.0, report_valid=True,
+        evaluate=lambda net, split: _evaluate(net, splits[split], cfg.eval_batch_size,
+                                              num_classes),
+        parameters_key="trainable_parameters",
+        extra={"data": data.source, "classes": data.classes,
                "sizes": {k: len(v[2]) for k, v in splits.items() if k != "train"}
                | {"train": len(y)},
                "available": data.sizes(), "data_meta": data.meta,
-               "epochs": outcome.steps * cfg.batch_size / len(y), "model": os.path.basename(
-                   os.path.dirname(model_path)) if cfg.model_path is None else model_path,
-               "trainable_parameters": sum(p.numel() for p in params)},
-    )
+               "model": os.path.basename(os.path.dirname(model_path))
+               if cfg.model_path is None else model_path}), cfg, ctx)
 
 
 # Second protocol (docs/EXPERIMENTS.md): 240 training sentences of at most 24 tokens and the
