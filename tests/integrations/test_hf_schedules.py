@@ -235,3 +235,19 @@ def test_plateau_start_fires_at_the_same_step_after_a_resume(tmp_path):
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert fresh.start_step == 3  # the evaluations before the kill came back from the checkpoint
     assert rows.rows == [4, 8, 8]
+
+
+@pytest.mark.parametrize("name", ["alpha", "num_passes", "every_k_steps", "alpha_warmup_steps",
+                                  "consistency", "chunk_size", "noise", "start_step",
+                                  "second_pass_fraction", "fused_linear"])
+def test_the_trainers_settings_are_read_only_after_construction(tmp_path, name):
+    # the step and the schedule are built from them once: a later value would be ignored
+    trainer = RDropTrainer(model=tiny_bert(), args=make_args(tmp_path, rdrop_alpha=2.0,
+                                                               rdrop_second_pass_fraction=0.5),
+                           train_dataset=classification_data(8))
+    expected = {"alpha": 2.0, "second_pass_fraction": 0.5}
+    if name in expected:
+        assert getattr(trainer, f"rdrop_{name}") == expected[name]
+    with pytest.raises(AttributeError, match=f"rdrop_{name} is fixed when the trainer is built"):
+        setattr(trainer, f"rdrop_{name}", 3)
+    assert trainer.rdrop_alpha == 2.0 and trainer.rdrop_step_options.second_pass_fraction == 0.5

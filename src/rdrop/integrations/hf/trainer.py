@@ -54,6 +54,30 @@ class RDropTrainerMixin:
     current_gradient_accumulation_steps: int
     loss_is_scaled_for_ga: bool | None
 
+    def _rdrop_setting(name: str) -> Any:  # type: ignore[misc]
+        def get(self: RDropTrainerMixin) -> Any:
+            return self._rdrop_settings[name]
+
+        def set_(self: RDropTrainerMixin, value: Any) -> None:
+            raise AttributeError(
+                f"rdrop_{name} is fixed when the trainer is built (the step and the schedule "
+                f"were made from it, and would not see a new value); pass rdrop_{name}=... to "
+                "the trainer or set it in RDropTrainingArguments.")
+
+        return property(get, set_, doc=f"The trainer's ``rdrop_{name}`` (read-only).")
+
+    rdrop_alpha = _rdrop_setting("alpha")
+    rdrop_num_passes = _rdrop_setting("num_passes")
+    rdrop_every_k_steps = _rdrop_setting("every_k_steps")
+    rdrop_alpha_warmup_steps = _rdrop_setting("alpha_warmup_steps")
+    rdrop_consistency = _rdrop_setting("consistency")
+    rdrop_fused_linear = _rdrop_setting("fused_linear")
+    rdrop_chunk_size = _rdrop_setting("chunk_size")
+    rdrop_noise = _rdrop_setting("noise")
+    rdrop_start_step = _rdrop_setting("start_step")
+    rdrop_second_pass_fraction = _rdrop_setting("second_pass_fraction")
+    del _rdrop_setting
+
     def __init__(
         self,
         *args: Any,
@@ -91,10 +115,9 @@ class RDropTrainerMixin:
             label_smoothing=smoothing)
         self._rdrop_step: tuple[tuple[Any, ...], TrainingStep, Callable[..., Any]] | None = None
         self._rdrop_batch: tuple[dict[str, Any], Tensor | None] | None = None
-        for key, value in options.items():
-            setattr(self, f"rdrop_{key}", value)
-        self.rdrop_alpha = float(self.rdrop_alpha)
-        self.rdrop_second_pass_fraction = float(self.rdrop_second_pass_fraction)
+        options["alpha"] = float(options["alpha"])
+        options["second_pass_fraction"] = float(options["second_pass_fraction"])
+        self._rdrop_settings = options  # read by the rdrop_* properties, never set again
         owner = type(self).__name__
         if self._rdrop_auto_start() is not None:
             check_auto_start(self.args, self.rdrop_start_step, owner)
