@@ -228,3 +228,23 @@ def test_missing_numbers_read_n_a_in_every_table(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| fam | dropout=0.3"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[5] == "+3.00 [n/a, n/a]" and cells[6] == "n/a"  # Δ best, p
+
+
+def test_an_arm_added_to_the_config_table_is_compared_without_touching_the_verdict(
+        monkeypatch):
+    # one row in config.ARMS is all a new arm needs: the verdict compares it with the baseline
+    # at its best and at the baseline's compute, and the registered comparisons stay as they are
+    from rdrop_experiments import config, verdict
+    from rdrop_experiments.config import ArmSpec
+
+    monkeypatch.setitem(config.ARMS, "rdrop_new", ArmSpec(summary="a new arm"))
+    monkeypatch.setattr(verdict, "ARMS", tuple(config.ARMS))
+    recs = _family() + [_rec("rdrop_new", s, "alpha=1.0", valid=0.8, test=0.85 + 0.01 * s,
+                             best_passes=300, stop_passes=400) for s in range(3)]
+    (v,) = build_verdicts(recs)
+    names = [c.name for c in v.comparisons]
+    assert names[:4] == ["rdrop - baseline, best", "rdrop - baseline, equal compute",
+                         "rdrop_alpha0 - baseline, best", "rdrop - rdrop_alpha0, best"]
+    assert names[4:] == ["rdrop_new - baseline, best", "rdrop_new - baseline, equal compute"]
+    new = next(c for c in v.comparisons if c.name == "rdrop_new - baseline, best").diff
+    assert new.mean == pytest.approx(100 * (0.85 - 0.80))  # the same 0.01 s slope as the base

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rdrop_experiments.config import METHODS
 from rdrop_experiments.design import Design, point_label
 from rdrop_experiments.formatting import NA, ci, number, p_value, ratio
 from rdrop_experiments.frontier import (
@@ -66,7 +67,7 @@ __all__ = ["Arm", "Comparison", "FamilyVerdict", "build_verdicts", "describe_run
            "field", "grid_order", "is_diverged", "is_protocol_record", "verdict_markdown",
            "verdict_report", "write_verdict"]
 
-ARMS = ("baseline", "rdrop", "rdrop_alpha0", "rdrop_stop_gradient")
+ARMS = METHODS  # config.ARMS, the one table of arms, in the reports' order
 # (name, arm, reference arm, kind): the comparisons of a family, primary first.
 COMPARISONS = (
     ("rdrop - baseline, best", "rdrop", "baseline", "best"),
@@ -77,6 +78,9 @@ COMPARISONS = (
     ("rdrop_stop_gradient - baseline, equal compute", "rdrop_stop_gradient", "baseline",
      "equal"),
 )
+# the arms the registered comparisons above read (the second protocol's); other arms get the
+# generic two
+_REGISTERED = {"baseline"} | {arm for _, arm, _, _ in COMPARISONS}
 
 
 def field(rec: dict[str, Any], name: str, default: Any = None) -> Any:
@@ -233,9 +237,11 @@ def build_verdicts(records: Sequence[dict[str, Any]],
         base = arms["baseline"].runs
         budget = {s: fb_used(r, f) for s, r in base.items()}
         key = f"test_{recs[0]['metric']}"
+        # every other arm (a schedule option, a noise source, an arm added to config.ARMS):
+        # against the baseline at its best and at the baseline's compute
         extra = [(f"{m} - baseline, {word}", m, "baseline", kind) for m in arms
-                 if m not in ARMS for word, kind in (("best", "best"),
-                                                     ("equal compute", "equal"))]
+                 if m not in _REGISTERED for word, kind in (("best", "best"),
+                                                            ("equal compute", "equal"))]
         # R-Drop against the same noise alone (rdrop+embedding - baseline+embedding): what the
         # consistency term adds to that source of randomness.
         extra += [(f"{m} - {ref}, best", m, ref, "best") for m in arms
