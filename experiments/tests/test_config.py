@@ -138,3 +138,22 @@ def test_a_new_arm_is_one_row_of_the_table(monkeypatch):
     assert out.loss.item() == pytest.approx(out.task_loss.item())  # the KL weighs nothing
     assert step.last_passes == (4, 4)  # one pass with a backward, one without
     assert step_cost(cfg, "rdrop_sg_alpha0", 4, 0) == (8, 4)  # the same cost model
+
+
+def test_a_new_start_rule_is_one_row_of_the_table(monkeypatch):
+    from torch import nn
+
+    from rdrop.training.autostart import AutoStart
+    from rdrop_experiments.config import START_RULES, CommonConfig, ConfigError
+    from rdrop_experiments.frontier import arm_name
+    from rdrop_experiments.training import make_step
+
+    with pytest.raises(ConfigError, match="start_rule must be one of plateau"):
+        CommonConfig(start_rule="late")
+    monkeypatch.setitem(START_RULES, "late", "AutoStart")  # any rdrop.training.autostart class
+    cfg = CommonConfig(methods=("rdrop",), start_rule="late")  # accepted now
+    step = make_step(nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5)), cfg, "rdrop")
+    schedule = step._new_schedule(True)
+    assert isinstance(schedule.rule, AutoStart) and schedule.rule.higher_is_better
+    assert arm_name({"method": "rdrop", "config": {"start_rule": "late"}}) == "rdrop+late"
+    assert arm_name({"method": "rdrop", "config": {"start_rule": "plateau"}}) == "rdrop+plateau"

@@ -24,6 +24,7 @@ __all__ = [
     "NON_RESULT_FIELDS",
     "RDROP_FIELDS",
     "SCHEDULE_TAGS",
+    "START_RULES",
     "ArmSpec",
     "CommonConfig",
     "ConfigError",
@@ -84,10 +85,15 @@ def arm_spec(method: str) -> ArmSpec:
         raise ValueError(f"unknown method {method!r}; expected one of {tuple(ARMS)}.") from None
 
 
+# The start rules the harness runs (``start_rule=NAME``; the arm is ``rdrop+NAME``): NAME -> the
+# rule's class in rdrop.training.autostart, built with its registered defaults and the run's
+# ``higher_is_better``. A new rule is one row here (and its class in the library).
+START_RULES = {"plateau": "PlateauStart"}
 # The schedule options that make an arm of their own (config field, its default, the tag the arm
-# gets when the field differs from it): read by the reports' arm names and by the runner's labels.
+# gets when the field differs from it; None: the field's value, a start rule's name): read by the
+# reports' arm names and by the runner's labels.
 SCHEDULE_TAGS = (("auto_start_patience", 0, "auto_start"), ("start_step", 0, "start"),
-                 ("start_rule", "", "plateau"), ("second_pass_fraction", 1.0, "fraction"))
+                 ("start_rule", "", None), ("second_pass_fraction", 1.0, "fraction"))
 
 # Fields that only the R-Drop arm reads: a baseline run does not depend on them, so sweep points
 # that differ only here share one baseline run (see ``config_key``).
@@ -159,10 +165,10 @@ class CommonConfig:
             after this many evaluation points without a better validation metric (the run's
             selection metric; validation only), from the next optimizer step on. The
             protocol's own patience then counts again from the switch.
-        start_rule: ``"plateau"``: R-Drop starts by :class:`rdrop.PlateauStart` with
-            the registered parameters (docs/EXPERIMENTS.md, "Plateau start") on the run's
-            selection metric, before its optimum; the run is the baseline's up to there. Its
-            arm is ``rdrop+plateau``. Empty: no rule.
+        start_rule: a name of :data:`START_RULES`: ``"plateau"``: R-Drop starts by
+            :class:`rdrop.PlateauStart` with the registered parameters (docs/EXPERIMENTS.md,
+            "Plateau start") on the run's selection metric, before its optimum; the run is the
+            baseline's up to there. Its arm is ``rdrop+<name>``. Empty: no rule.
         branch_seed, branch_step: with a ``branch_seed`` (an int), the run is the seed's run up to
             optimizer step ``branch_step``, then every generator (torch, Python, the batch
             order) is reseeded with ``branch_seed``: a continuation of that run from its
@@ -312,9 +318,10 @@ class CommonConfig:
         if (self.branch_seed is not None and self.branch_seed < 0) or self.branch_step < 0:
             raise ConfigError(f"branch_seed must be >= 0 (or none: no branch) and branch_step "
                               f">= 0, got {self.branch_seed} and {self.branch_step}.")
-        if self.start_rule not in ("", "plateau"):
-            raise ConfigError(f"start_rule must be plateau (rdrop.PlateauStart, the registered "
-                              f"rule) or empty, got {self.start_rule!r}.")
+        if self.start_rule and self.start_rule not in START_RULES:
+            rules = ", ".join(f"{k} (rdrop.{v})" for k, v in START_RULES.items())
+            raise ConfigError(f"start_rule must be one of {rules}, or empty, got "
+                              f"{self.start_rule!r}.")
         if sum(map(bool, (self.start_step, self.auto_start_patience, self.start_rule))) > 1:
             raise ConfigError("start_step, auto_start_patience and start_rule each choose when "
                               "R-Drop starts; set one of them (the others 0 or empty).")

@@ -67,7 +67,8 @@ def arm_name(rec: Mapping[str, Any]) -> str:
         'rdrop+tuned_dropout'
     """
     config = rec.get("config", {})
-    tags = [tag for key, default, tag in SCHEDULE_TAGS if config.get(key, default) != default]
+    tags = [tag or str(config[key]) for key, default, tag in SCHEDULE_TAGS
+            if config.get(key, default) != default]
     noise = str(config.get("noise", "dropout"))
     if noise != "dropout":
         tags.append(noise.split(":")[0])

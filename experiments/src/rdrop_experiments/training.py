@@ -17,14 +17,15 @@ import torch
 from torch import Tensor, nn
 
 from rdrop.losses.functional import RDropOutput
-from rdrop.training.autostart import AutoStart, PlateauStart
+from rdrop.training import autostart
+from rdrop.training.autostart import AutoStart, StartRule
 from rdrop.training.batching import extract_logits
 from rdrop.training.inspection import dropout_slots
 from rdrop.training.noise import attach_noise
 from rdrop.training.schedule import RDropStep, Schedule
 from rdrop.training.step import PassLoss, PassPlan, TrainingStep, pass_loss
 from rdrop_experiments.compute import plan_passes
-from rdrop_experiments.config import CommonConfig, arm_spec
+from rdrop_experiments.config import START_RULES, CommonConfig, arm_spec
 from rdrop_experiments.resume import BatchCycle
 
 __all__ = [
@@ -227,13 +228,14 @@ class TrainStep:
         return bool(self.cfg.auto_start_patience or self.cfg.start_rule)
 
     def _new_schedule(self, higher_is_better: bool) -> Schedule:
-        rule: AutoStart | PlateauStart = (
-            PlateauStart(higher_is_better=higher_is_better) if self.cfg.start_rule else
+        rule: StartRule = (
+            getattr(autostart, START_RULES[self.cfg.start_rule])(
+                higher_is_better=higher_is_better) if self.cfg.start_rule else
             AutoStart(self.cfg.auto_start_patience, higher_is_better=higher_is_better))
         return Schedule(self.alpha, self.cfg.every_k_steps, self.cfg.alpha_warmup_steps, rule)
 
     @property
-    def auto(self) -> AutoStart | PlateauStart | None:
+    def auto(self) -> StartRule | None:
         """The start rule (``None`` without one, or before the first validation)."""
         return None if self.schedule is None else self.schedule.rule  # type: ignore[return-value]
 
