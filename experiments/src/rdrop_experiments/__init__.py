@@ -45,7 +45,8 @@ __all__ = [
 
 
 def build_report(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """:func:`rdrop_experiments.report.build_report` (imported on use: it loads matplotlib)."""
+    """:func:`rdrop_experiments.report.build_report` (imported on use, with the reports it
+    drives)."""
     from rdrop_experiments.report import build_report as _build
 
     return _build(*args, **kwargs)

@@ -37,7 +37,8 @@ class ArmRun:
     handle back to the runner (progress display, which data it used).
 
     Attributes:
-        method: ``"baseline"`` or ``"rdrop"`` (or another arm the config names).
+        method: an arm of :data:`rdrop_experiments.config.ARMS` (``"baseline"``, ``"rdrop"``,
+            ...).
         seed: the run's seed (the recipe seeds torch with it before building the model).
         progress: whether to show progress (a bar on a terminal, plain lines in a log).
         label: short text for progress, e.g. ``"image rdrop s0"``.
