@@ -217,6 +217,26 @@ def subset_rdrop_loss(
         >>> bool(torch.allclose(full.loss, rdrop_loss(l1, l2, y, alpha=1.0).loss))
         True
     """
+    alpha = check_alpha(alpha)
+    consistency = check_consistency(consistency)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    check_loss_combination(consistency=consistency, reduction="mean",
+                           label_smoothing=label_smoothing)
+    return _subset_rdrop_loss(
+        logits1, logits2, target, alpha=alpha, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, consistency=consistency, stop_gradient=stop_gradient,
+        num_items_in_batch=num_items_in_batch, num_items_in_subset=num_items_in_subset,
+        check_finite=check_finite)
+
+
+def _subset_rdrop_loss(logits1: Tensor, logits2: Tensor, target: Tensor, *, alpha: float,
+                       ignore_index: int, label_smoothing: float, consistency: str,
+                       stop_gradient: bool, num_items_in_batch: int | Tensor | None,
+                       num_items_in_subset: int | Tensor | None, check_finite: bool
+                       ) -> RDropOutput:
+    """:func:`subset_rdrop_loss` after its settings were checked (once, by the caller that
+    owns them: :class:`rdrop.training.step.LogitsLoss` checks its own at construction); the
+    tensors and counts are checked here, every call."""
     for name, t in (("logits1", logits1), ("logits2", logits2)):
         if not isinstance(t, Tensor) or t.dim() < 1:
             raise TypeError(f"{name} must be a torch.Tensor with a row dimension first.")
@@ -227,11 +247,6 @@ def subset_rdrop_loss(
             f"{rows}, shaped like logits1 after dim 0; got logits1 {tuple(logits1.shape)} and "
             f"logits2 {tuple(logits2.shape)}."
         )
-    alpha = check_alpha(alpha)
-    consistency = check_consistency(consistency)
-    label_smoothing = check_label_smoothing(label_smoothing)
-    check_loss_combination(consistency=consistency, reduction="mean",
-                           label_smoothing=label_smoothing)
     _check_counts(num_items_in_batch, num_items_in_subset)
     if n == rows and not stop_gradient and num_items_in_subset is num_items_in_batch:
         # S = B: exactly rdrop_loss (same code path, bit for bit, including its lean path).

@@ -65,7 +65,7 @@ from torch import Tensor, nn
 from rdrop.losses.checks import IGNORE_INDEX, check_loss_arguments, check_num_items_in_batch
 from rdrop.losses.functional import RDropOutput, _multi_pass, _single_pass
 from rdrop.losses.multilabel import MultiLabelLoss
-from rdrop.losses.subset import subset_rdrop_loss
+from rdrop.losses.subset import _subset_rdrop_loss
 from rdrop.training.batching import ConcatLayout, InputName, concat_inputs, extract_logits
 from rdrop.training.inspection import batchnorm_layers
 from rdrop.training.options import MODES, StepOptions, option_property
@@ -187,12 +187,13 @@ class LogitsLoss:
         """:func:`rdrop.subset_rdrop_loss` of a first pass over ``B`` rows and a second
         over the first ``n`` (``reduction="mean"``; computed unchunked), the step's alpha
         applied after it as in :meth:`__call__`."""
-        out = subset_rdrop_loss(first, second, target, alpha=1.0, ignore_index=self.ignore_index,
-                                label_smoothing=self.label_smoothing,
-                                consistency=self.consistency, stop_gradient=stop_gradient,
-                                num_items_in_batch=num_items_in_batch,
-                                num_items_in_subset=num_items_in_subset,
-                                check_finite=self.check_finite)
+        out = _subset_rdrop_loss(first, second, target, alpha=1.0,
+                                 ignore_index=self.ignore_index,
+                                 label_smoothing=self.label_smoothing,
+                                 consistency=self.consistency, stop_gradient=stop_gradient,
+                                 num_items_in_batch=num_items_in_batch,
+                                 num_items_in_subset=num_items_in_subset,
+                                 check_finite=self.check_finite)
         return RDropOutput(out.task_loss + alpha * out.consistency_loss, out.task_loss,
                            out.consistency_loss)
 
