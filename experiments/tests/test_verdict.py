@@ -221,6 +221,13 @@ def test_edge_state_reads_the_choice_on_validation_against_the_grid():
     assert edge_state([], "dropout") == {}
 
 
+def test_edge_state_reads_the_choice_on_validation(image_cell_records):
+    state = edge_state(image_cell_records(extended=False), "dropout")
+    assert state["baseline"] == {"knob": "dropout", "values": [0.1, 0.3], "chosen": 0.1,
+                                 "at_edge": True}
+    assert state["rdrop"]["chosen"] == 1.0 and state["rdrop"]["at_edge"]
+
+
 def test_missing_numbers_read_n_a_in_every_table(tmp_path):
     recs = [r for r in _family() if r["seed"] == 0]  # one seed: no interval, no p value
     text = verdict_report(recs, tmp_path, plots=False)
