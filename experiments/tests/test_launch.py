@@ -98,7 +98,7 @@ def test_a_killed_worker_resumes_and_every_record_equals_the_local_run(cluster, 
     driver.start()
     # kill -9 the worker of the R-Drop run once it has written a mid-run checkpoint
     ckpt = checkpoint_path(victim.path)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a loaded machine starts Ray workers slowly
     while not ckpt.exists() and driver.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert ckpt.exists(), "the run finished (or never started) before a checkpoint was seen"
