@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Design", "ExperimentDesign", "dropout_key", "point_label", "setting_label"]
+__all__ = ["Design", "ExperimentDesign", "dropout_key", "point_label", "setting_label",
+           "value_label"]
 
 Records = Sequence[Mapping[str, Any]]
 
@@ -42,10 +43,16 @@ def setting_label(setting: Mapping[str, Any]) -> str:
     """
     if not setting:
         return "default"
-    return ",".join(f"{k}={_value(v)}" for k, v in setting.items())
+    return ",".join(f"{k}={value_label(v)}" for k, v in setting.items())
 
 
-def _value(v: Any) -> str:
+def value_label(v: Any) -> str:
+    """One setting value as its records write it (a tuple's items joined by ``/``).
+
+    Example:
+        >>> value_label(("baseline", "rdrop")), value_label(0.5)
+        ('baseline/rdrop', '0.5')
+    """
     return "/".join(str(x) for x in v) if isinstance(v, (tuple, list)) else str(v)
 
 

@@ -37,7 +37,7 @@ from rdrop_experiments.config import (
     config_key,
     config_to_dict,
 )
-from rdrop_experiments.design import setting_label
+from rdrop_experiments.design import setting_label, value_label
 from rdrop_experiments.progress import progress_bar
 from rdrop_experiments.registry import ArmRun, Experiment, RunResult, get_experiment
 from rdrop_experiments.storage import (
@@ -110,12 +110,6 @@ class Launcher(Protocol):
         ...
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, (tuple, list)):
-        return "/".join(str(x) for x in v)
-    return str(v)
-
-
 def _grid_settings(experiment: Experiment, overrides: Mapping[str, Any], *, variant: str | None,
                    grid: bool) -> list[dict[str, Any]]:
     """The grid settings an invocation runs, with the user's ``overrides`` taken into account.
@@ -135,7 +129,7 @@ def _grid_settings(experiment: Experiment, overrides: Mapping[str, Any], *, vari
         return [{k: overrides[k] for k in [*grid_keys, *arm_keys] if k in overrides}]
     clash = [k for k in overrides if k in grid_keys and k != "methods"]
     if clash:
-        mine = " ".join(f"{k}={_fmt(overrides[k])}" for k in clash)
+        mine = " ".join(f"{k}={value_label(overrides[k])}" for k in clash)
         raise ConfigError(
             f"{experiment.name} runs a grid of {len(settings)} settings that sets "
             f"{', '.join(sorted(set(grid_keys) - {'methods'}))} per setting, so your {mine} "
@@ -224,7 +218,7 @@ def _command(name: str, variant: str | None, overrides: Mapping[str, Any] | None
         parts += ["--variant", variant]
     if not grid:
         parts.append("--no-grid")
-    parts += [f"{k}={_fmt(v) if not isinstance(v, (tuple, list)) else ','.join(map(str, v))}"
+    parts += [f"{k}={value_label(v) if not isinstance(v, (tuple, list)) else ','.join(map(str, v))}"
               for k, v in (overrides or {}).items()]
     return shlex.join(parts)
 
@@ -661,7 +655,7 @@ def _record(experiment: Experiment, run: PlannedRun, trained: TrainedRun, *,
         "config": config_to_dict(run.config),
         "key": run.key,
         "pair_key": run.pair_key,
-        "overrides": {k: _fmt(v) for k, v in (overrides or {}).items()},
+        "overrides": {k: value_label(v) for k, v in (overrides or {}).items()},
         "command": command,
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
