@@ -603,16 +603,17 @@ def tryout(
     at_limit = start + (total_steps - start) / step_cost + 1e-9  # c(s) <= T
     plain_best = {seed: _best(plain[seed], until=total_steps, sign=sign) for seed in seed_list}
     at_deltas, best_deltas, best_steps, best_compute = [], [], [], []
+    best_seed, best_value = seed_list[0], math.inf
     for seed in seed_list:
         reference = plain_best[seed][pick]  # type: ignore[index]
         best = _best(runs[alpha][seed], until=stop, sign=sign)
+        if sign * best[1] < best_value:  # type: ignore[index]  # the run to keep (first on a tie)
+            best_seed, best_value = seed, sign * best[1]  # type: ignore[index]
         at = _best(runs[alpha][seed], until=at_limit, sign=sign)
         best_deltas.append(best[pick] - reference)  # type: ignore[index,operator]
         best_steps.append(best[0])  # type: ignore[index]
         best_compute.append((start + step_cost * (best[0] - start)) / total_steps)  # type: ignore[index]
         at_deltas.append(None if at is None else at[pick] - reference)  # type: ignore[operator]
-    best_seed = min(seed_list, key=lambda seed: sign * _best(  # type: ignore[index]
-        runs[alpha][seed], until=stop, sign=sign)[1])
     best_estimate = paired_interval(best_deltas)
     at_estimate = (None if any(d is None for d in at_deltas)
                    else paired_interval(at_deltas))  # type: ignore[arg-type]
