@@ -187,7 +187,7 @@ def _cmd_scale(args: argparse.Namespace) -> int:
 
 
 def _print_costs(root: str, cells: list[str] | None) -> int:
-    from rdrop_experiments.costs import cell_costs, costs_markdown, extrapolate
+    from rdrop_experiments.costs import cell_costs, costs_markdown, larger_cells
 
     try:
         measured = cell_costs(root, cells)
@@ -198,16 +198,10 @@ def _print_costs(root: str, cells: list[str] | None) -> int:
         print(f"rdrop scale --costs: no records under {root}"
               + (f" for {', '.join(cells)}" if cells else "") + ".", file=sys.stderr)
         return 2
-    largest = {}
-    for cost in measured:
-        key = (cost.family, cost.model)
-        if key not in largest or cost.size > largest[key].size:
-            largest[key] = cost
-    guesses = [extrapolate(measured, f, m, 4 * c.size) for (f, m), c in sorted(largest.items())]
     print(costs_markdown(measured))
     print(f"\nmeasured: {sum(c.hours for c in measured):.1f} hours in all; a 4x larger cell "
           "per family and model (linear in size; if the data has that many examples):\n")
-    print(costs_markdown(guesses))
+    print(costs_markdown(larger_cells(measured)))
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from rdrop_experiments.storage import scan_results
 
-__all__ = ["CellCost", "cell_costs", "costs_markdown", "extrapolate"]
+__all__ = ["CellCost", "cell_costs", "costs_markdown", "extrapolate", "larger_cells"]
 
 
 @dataclass(frozen=True)
@@ -104,11 +104,10 @@ def _cost(name: str, parsed: tuple[str, int, str], records: Sequence[Mapping[str
     for rec in records:
         wall = float(rec.get("wall_time_s") or 0.0)
         config = rec.get("config", {})
-        threads = 1 if str(config.get("device", "cpu")).startswith("cuda") else int(
-            config.get("num_threads") or 1)
-        seconds += wall * threads
+        gpu = str(config.get("device", "cpu")).startswith("cuda")
+        seconds += wall * (1 if gpu else int(config.get("num_threads") or 1))
         longest = max(longest, wall)
-        devices.add("cuda" if str(config.get("device", "cpu")).startswith("cuda") else "cpu")
+        devices.add("cuda" if gpu else "cpu")
     family, size, model = parsed
     return CellCost(name, family, size, model, len(records), seconds / 3600, longest / 60,
                     "+".join(sorted(devices)))
@@ -137,6 +136,25 @@ def extrapolate(measured: Sequence[CellCost], family: str, model: str, size: int
     return CellCost(f"{family}-{size}-{model}", family, size, model, base.runs,
                     base.hours * ratio, base.longest_minutes * ratio, base.device,
                     extrapolated=True)
+
+
+def larger_cells(measured: Sequence[CellCost], factor: int = 4) -> list[CellCost]:
+    """One cell ``factor`` times the largest measured one of each family and model,
+    extrapolated (:func:`extrapolate`), in family and model order.
+
+    Example:
+        >>> small = CellCost("lm-1000-d64", "lm", 1000, "d64", 10, 2.0, 5.0)
+        >>> large = CellCost("lm-4000-d64", "lm", 4000, "d64", 10, 6.0, 9.0)
+        >>> [(c.cell, c.hours) for c in larger_cells([small, large])]
+        [('lm-16000-d64', 24.0)]
+    """
+    largest: dict[tuple[str, str], int] = {}
+    for c in measured:
+        if not c.extrapolated:
+            key = (c.family, c.model)
+            largest[key] = max(largest.get(key, 0), c.size)
+    return [extrapolate(measured, family, model, factor * size)
+            for (family, model), size in sorted(largest.items())]
 
 
 def costs_markdown(costs: Sequence[CellCost]) -> str:
