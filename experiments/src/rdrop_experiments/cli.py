@@ -82,22 +82,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
                             overrides=parsed[name], grid=grid, progress=not args.no_progress,
                             force=args.force, launcher=launcher)
 
-    if launcher is None:  # here, one run after another; a run that raises stops the command
-        outcomes = {}
-        for name in names:
-            outcomes[name] = _outcome(execute, name)
-    else:  # the cluster schedules every experiment's runs at once (one sender thread each)
-        with ThreadPoolExecutor(max_workers=len(names)) as pool:
-            futures = {name: pool.submit(_outcome, execute, name) for name in names}
-        outcomes = {name: future.result() for name, future in futures.items()}
-    status = 0
-    for name, outcome in outcomes.items():
+    def report(name: str, outcome: list[dict] | Exception) -> int:
         if isinstance(outcome, RunsFailedError):  # --launcher ray: the other runs are written
             print(f"rdrop run {name}: {outcome}", file=sys.stderr)
-            status = 1
-        else:
-            print(f"{name}: {len(outcome)} finished run(s) under {os.path.join(args.out, name)}")
-    return status
+            return 1
+        print(f"{name}: {len(outcome)} finished run(s) under {os.path.join(args.out, name)}")
+        return 0
+
+    if launcher is None:  # here, one run after another; a run that raises stops the command
+        return max(report(name, _outcome(execute, name)) for name in names)
+    # the cluster schedules every experiment's runs at once (one sender thread each)
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        futures = {name: pool.submit(_outcome, execute, name) for name in names}
+    return max(report(name, future.result()) for name, future in futures.items())
 
 
 def _outcome(execute: Callable[[str], list[dict]], name: str) -> list[dict] | Exception:
