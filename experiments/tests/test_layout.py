@@ -4,10 +4,13 @@ function, not even through a shared module; and no import circle among the harne
 
 from __future__ import annotations
 
-import ast
+import sys
 from pathlib import Path
 
 import rdrop_experiments
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # import_graph
+from import_graph import find_cycle, module_graph
 
 SRC = Path(rdrop_experiments.__file__).resolve().parent
 PACKAGE = "rdrop_experiments"
@@ -21,33 +24,8 @@ SHARED = {"config", "storage", "compute", "progress", "design", "formatting"}
 OTHER = {"cli"}  # the router: it hands the registry's design to the reports
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """Every harness module a file imports, at module level or inside a function."""
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            for alias in node.names:
-                sub = f"{base}.{alias.name}"
-                found.add(sub if sub in modules else base)
-    return {m for m in found if m in modules and m != name}
-
-
 def _graph() -> dict[str, set[str]]:
-    files = {_module_name(p): p for p in SRC.rglob("*.py")}
-    return {name: _imports(path, set(files)) for name, path in files.items()}
+    return module_graph(SRC)
 
 
 def _wing(module: str) -> str:
@@ -73,26 +51,6 @@ def _reach(graph: dict[str, set[str]], start: str) -> dict[str, list[str]]:
     return paths
 
 
-def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                return [*stack[stack.index(nxt):], nxt]
-            if nxt not in state and (found := visit(nxt)):
-                return found
-        state[node] = 2
-        stack.pop()
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (found := visit(node)):
-            return found
-    return None
 
 
 def _crossings(graph: dict[str, set[str]], wing: str, banned: set[str]) -> list[str]:
@@ -124,7 +82,7 @@ def test_the_shared_modules_import_neither_wing():
 
 
 def test_no_import_circle_in_the_harness():
-    cycle = _cycle(_graph())
+    cycle = find_cycle(_graph())
     assert cycle is None, " -> ".join(cycle or [])
 
 
@@ -141,7 +99,7 @@ def test_the_checks_can_fail():
     graph = {"p.verdict": {"p.design"}, "p.design": {"p.runner"}, "p.runner": set()}
     # a reading module reaching a running one through a shared module is found, with its path
     assert _reach(graph, "p.verdict")["p.runner"] == ["p.verdict", "p.design", "p.runner"]
-    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert _cycle({"a": {"b"}, "b": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert _wing(f"{PACKAGE}.families.image") == "running"
     assert _wing(f"{PACKAGE}.scale_map") == "reading" and _wing(f"{PACKAGE}.cli") == "other"
